@@ -1,0 +1,167 @@
+"""The LMM seam: requests in, parsed answers out, every call in one request log.
+
+A backend implements ``async generate(requests) -> list[Generation]`` (hf here; the vLLM HTTP and
+in-process backends implement the same). ``LMMClient`` wraps any backend with the response cache,
+JSON validation with retries, and the request log from which the run's counted figures come.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from kbridge.engine.lmm.prompts import PROMPT_VERSION
+
+log = logging.getLogger("kbridge.lmm")
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list  # chat messages; image parts carry PIL images
+    schema: dict | None  # None: free text
+    seed: int
+    max_new_tokens: int
+    temperature: float
+    sample_id: str
+    stage: str
+    turn: int
+    """Position of this call on its sample's serial critical path (1 = first)."""
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+
+
+@dataclass
+class Response:
+    text: str
+    parsed: Any
+    """The JSON value for schema requests (None when still invalid after retries), else None."""
+    prompt_tokens: int
+    generated_tokens: int
+    cached: bool
+    error: str | None = None
+
+
+class Backend(Protocol):
+    model_id: str
+
+    async def generate(self, requests: Sequence[Request]) -> list[Generation]: ...
+
+
+@dataclass
+class RequestLog:
+    """One record per sequence decoded (or served from cache)."""
+
+    records: list[dict] = field(default_factory=list)
+
+    def add(self, req: Request, model: str, prompt_tokens: int, generated_tokens: int, cached: bool) -> None:
+        self.records.append({"model": model, "sample_id": req.sample_id, "stage": req.stage, "turn": req.turn,
+                             "prompt_tokens": prompt_tokens, "generated_tokens": generated_tokens,
+                             "cached": cached})
+
+    def per_sample(self) -> dict[str, dict]:
+        """Counted figures per sample: sequences decoded, serial turns, prompt/generated tokens."""
+        out: dict[str, dict] = defaultdict(lambda: {"lmm_calls": 0, "lmm_serial_turns": 0, "prompt_tokens": 0,
+                                                     "generated_tokens": 0, "cache_hits": 0})
+        for r in self.records:
+            s = out[r["sample_id"]]
+            if r["cached"]:
+                s["cache_hits"] += 1
+                continue
+            s["lmm_calls"] += 1
+            s["lmm_serial_turns"] = max(s["lmm_serial_turns"], r["turn"])
+            s["prompt_tokens"] += r["prompt_tokens"]
+            s["generated_tokens"] += r["generated_tokens"]
+        return dict(out)
+
+    def totals(self) -> dict:
+        fresh = [r for r in self.records if not r["cached"]]
+        return {"lmm_calls": len(fresh), "cache_hits": len(self.records) - len(fresh),
+                "prompt_tokens": sum(r["prompt_tokens"] for r in fresh),
+                "generated_tokens": sum(r["generated_tokens"] for r in fresh)}
+
+
+def _image_digest(img) -> str:
+    buf = io.BytesIO()
+    buf.write(f"{img.mode}{img.size}".encode())
+    buf.write(img.tobytes())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def request_key(model_id: str, req: Request, greedy: bool) -> str:
+    """Cache key: model and revision, prompt version, messages (images by content), schema,
+    sampling parameters and seed. The sample id and turn are bookkeeping, not content."""
+    msgs = [{"role": m["role"], "content": [
+        {"type": "image", "sha": _image_digest(p["image"])} if p["type"] == "image" else p for p in m["content"]]}
+        for m in req.messages]
+    blob = json.dumps({"model": model_id, "v": PROMPT_VERSION, "messages": msgs, "schema": req.schema,
+                       "seed": None if greedy else req.seed, "greedy": greedy, "t": req.temperature,
+                       "max": req.max_new_tokens}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def parse_json(text: str, schema: dict) -> Any:
+    """Strict JSON parse plus the structural checks the callers rely on."""
+    value = json.loads(text)
+    if not isinstance(value, dict) or not set(schema.get("required", [])) <= set(value):
+        raise ValueError("answer does not match the schema's required keys")
+    return value
+
+
+class LMMClient:
+    """Cache, validation and retries, and the request log, over any backend."""
+
+    def __init__(self, backend: Backend, request_log: RequestLog, cache=None, greedy: bool = False,
+                 retries: int = 2):
+        self.backend, self.log, self.cache = backend, request_log, cache
+        self.greedy, self.retries = greedy, retries
+
+    async def complete(self, requests: Sequence[Request]) -> list[Response]:
+        requests = list(requests)
+        out: list[Response | None] = [None] * len(requests)
+        keys = [request_key(self.backend.model_id, r, self.greedy) for r in requests]
+        todo = []
+        for i, (req, key) in enumerate(zip(requests, keys)):
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                out[i] = Response(hit["text"], hit.get("parsed"), hit["prompt_tokens"], hit["generated_tokens"], True)
+                self.log.add(req, self.backend.model_id, hit["prompt_tokens"], hit["generated_tokens"], True)
+            else:
+                todo.append(i)
+        attempt = 0
+        while todo:
+            batch = [requests[i] if attempt == 0 else _reseeded(requests[i], attempt) for i in todo]
+            gens = await self.backend.generate(batch)
+            retry = []
+            for i, req, gen in zip(todo, batch, gens):
+                self.log.add(req, self.backend.model_id, gen.prompt_tokens, gen.generated_tokens, False)
+                parsed, err = None, None
+                if req.schema is not None:
+                    try:
+                        parsed = parse_json(gen.text, req.schema)
+                    except ValueError as e:
+                        err = f"invalid JSON answer ({e})"
+                if err and attempt < self.retries:
+                    log.warning("%s: %s; retrying with another seed", req.sample_id, err)
+                    retry.append(i)
+                    continue
+                out[i] = Response(gen.text, parsed, gen.prompt_tokens, gen.generated_tokens, False, err)
+                if err is None and self.cache is not None:
+                    self.cache.put(keys[i], {"text": gen.text, "parsed": parsed, "prompt_tokens": gen.prompt_tokens,
+                                             "generated_tokens": gen.generated_tokens})
+            todo, attempt = retry, attempt + 1
+        return out  # type: ignore[return-value]
+
+
+def _reseeded(req: Request, attempt: int) -> Request:
+    from dataclasses import replace
+
+    return replace(req, seed=(req.seed + 7919 * attempt) % (2**63))

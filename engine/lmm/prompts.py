@@ -1,0 +1,129 @@
+"""Prompt text for every LMM call, and the message builders.
+
+Layout is prefix-cache friendly: the system prompt and the task instructions come first, the
+sample's own content (text, image, knowledge) last, so concurrent requests share a long prefix.
+Bump PROMPT_VERSION whenever any text here changes: it is part of the response-cache key.
+"""
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from kbridge.engine.config import KnowledgeConfig
+from kbridge.engine.types import Knowledge
+
+PROMPT_VERSION = "2026-11-22.1"
+
+SYSTEM = ("You turn images and texts into structured knowledge for a dataset-completion engine. "
+          "Be concrete: specific nouns, visible counts, plain attributes. Never invent what is not supported "
+          "by the input.")
+
+
+def _sys() -> dict:
+    return {"role": "system", "content": [{"type": "text", "text": SYSTEM}]}
+
+
+def _user(*parts) -> dict:
+    content = []
+    for p in parts:
+        if isinstance(p, Image.Image):
+            content.append({"type": "image", "image": p})
+        elif p:
+            content.append({"type": "text", "text": p})
+    return {"role": "user", "content": content}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def _source(text: str | None, image: Image.Image | None) -> list:
+    """The sample content, always last."""
+    return [image] if image is not None else [f"Text: {text}"]
+
+
+def _what(image) -> str:
+    return "the image" if image is not None else "the text"
+
+
+# ---------------------------------------------------------------- extraction
+
+def knowledge_fast(k: KnowledgeConfig, text: str | None, image: Image.Image | None) -> list[dict]:
+    ask = (f"Read {_what(image)} below and return one JSON record. objects: up to {k.max_objects} salient "
+           f"objects, each with a specific name, how many are present, and up to {k.max_attributes} short "
+           f"attributes. style: the overall visual or writing style in a few words. triples: up to {k.triples} "
+           "distinct (head, relation, tail) facts connecting the objects, their attributes and the scene; "
+           "heads and tails are short noun phrases, relations are short verbs or prepositions.")
+    return [_sys(), _user(ask, *_source(text, image))]
+
+
+def chain_describe(k: KnowledgeConfig, text: str | None, image: Image.Image | None) -> list[dict]:
+    """Reference fidelity, turn 1: a free-text characterisation."""
+    ask = (f"Study {_what(image)} below. Name up to {k.max_objects} salient objects with specific nouns, say how "
+           "many of each there are and describe their attributes, then describe the overall style.")
+    return [_sys(), _user(ask, *_source(text, image))]
+
+
+CHAIN_OBJECTS = "Restate your description as a JSON record with the objects, their counts and attributes, and the style."
+
+
+def chain_triples_ask(k: KnowledgeConfig, image: Image.Image | None) -> dict:
+    """Reference fidelity, turn 3 (the image is attached again, as the reference does)."""
+    ask = (f"Now list {k.triples} distinct (head, relation, tail) facts about {_what(image)}, connecting its "
+           "objects, attributes and scene.")
+    return _user(ask, *([image] if image is not None else []))
+
+
+CHAIN_TRIPLES = "Restate those facts as JSON: a list of triples with head, relation and tail."
+
+
+def continue_chain(messages: list[dict], answer: str, follow_up: dict | str) -> list[dict]:
+    nxt = follow_up if isinstance(follow_up, dict) else _user(follow_up)
+    return [*messages, _assistant(answer), nxt]
+
+
+# ---------------------------------------------------------------- generation
+
+def _knowledge_block(kn: Knowledge) -> str:
+    return "Knowledge: " + json.dumps(kn.as_dict(), separators=(",", ":"))
+
+
+def prompts_fast(k: KnowledgeConfig, n: int, text: str, kn: Knowledge) -> list[dict]:
+    lo, hi = k.prompt_words
+    ask = (f"The image of this sample is lost; its text and the knowledge extracted from it are below. Write {n} "
+           f"different text-to-image prompts, each {lo} to {hi} words, that could each have produced a faithful "
+           "photograph of the scene: keep every object, count and relation, vary viewpoint, lighting, framing "
+           "and background detail between prompts.")
+    return [_sys(), _user(ask, _knowledge_block(kn), f"Text: {text}")]
+
+
+def chain_scene(k: KnowledgeConfig, text: str, kn: Knowledge) -> list[dict]:
+    """Reference fidelity: a scene paragraph first, then serial variants, then compression."""
+    ask = ("The image of this sample is lost. From its text and knowledge below, describe the scene of the "
+           "lost image in one detailed paragraph.")
+    return [_sys(), _user(ask, _knowledge_block(kn), f"Text: {text}")]
+
+
+CHAIN_VARIANT = "Describe the same scene once more, differently: another viewpoint, lighting or framing."
+
+
+def chain_compress(k: KnowledgeConfig, description: str) -> list[dict]:
+    lo, hi = k.prompt_words
+    ask = f"Compress this scene description into one text-to-image prompt of {lo} to {hi} words."
+    return [_sys(), _user(ask, f"Description: {description}")]
+
+
+def captions_fast(k: KnowledgeConfig, n: int, image: Image.Image, kn: Knowledge) -> list[dict]:
+    lo, hi = k.caption_words
+    ask = (f"The text of this sample is lost. Write {n} different captions of {lo} to {hi} words for the image "
+           f"below, each faithful to the image and to the knowledge, varying wording and focus; give each caption "
+           f"up to {k.caption_triples} (head, relation, tail) facts it states.")
+    return [_sys(), _user(ask, _knowledge_block(kn), image)]
+
+
+def candidate_triples(k: KnowledgeConfig, image: Image.Image) -> list[dict]:
+    """Triples of a generated image, for graph ranking (one batched pass over all candidates)."""
+    ask = (f"List up to {k.triples} distinct (head, relation, tail) facts visible in the image below, "
+           "connecting its objects, attributes and scene.")
+    return [_sys(), _user(ask, image)]

@@ -1,0 +1,68 @@
+"""JSON schemas of every structured answer, built from the knowledge bounds.
+
+Strings are constrained with ``pattern`` (never ``maxLength``: xgrammar 0.2.8 compiles that to a
+class admitting raw control characters, STACK.md), so every bounded answer is valid JSON and its
+length has a known ceiling below the token cap.
+"""
+from __future__ import annotations
+
+from kbridge.engine.config import KnowledgeConfig
+
+_WORD = "[A-Za-z0-9,.;:'()/-]"
+
+
+def _text(max_chars: int) -> dict:
+    return {"type": "string", "pattern": f"^[A-Za-z0-9][A-Za-z0-9 ,.'/&-]{{0,{max_chars - 1}}}$"}
+
+
+def _words(lo: int, hi: int) -> dict:
+    w = f"{_WORD}{{1,16}}"
+    return {"type": "string", "pattern": f"^{w}( {w}){{{lo - 1},{hi - 1}}}$"}
+
+
+def _obj(props: dict, required: list[str] | None = None) -> dict:
+    return {"type": "object", "properties": props, "required": required or list(props),
+            "additionalProperties": False}
+
+
+def _array(item: dict, lo: int, hi: int) -> dict:
+    return {"type": "array", "items": item, "minItems": lo, "maxItems": hi}
+
+
+def triple(k: KnowledgeConfig) -> dict:
+    name = _text(k.name_chars)
+    return _obj({"head": name, "relation": _text(max(8, k.name_chars * 3 // 4)), "tail": name})
+
+
+def triples(k: KnowledgeConfig, n: int | None = None) -> dict:
+    return _obj({"triples": _array(triple(k), 1, n or k.triples)})
+
+
+def objects(k: KnowledgeConfig) -> dict:
+    """Objects with counts and attributes, and the overall style (the reference's turn 2)."""
+    obj = _obj({"name": _text(k.name_chars), "count": {"type": "integer", "minimum": 1, "maximum": 99},
+                "attributes": _array(_text(k.name_chars * 3 // 2), 0, k.max_attributes)})
+    return _obj({"objects": _array(obj, 1, k.max_objects), "style": _text(k.name_chars * 3 // 2)})
+
+
+def knowledge(k: KnowledgeConfig) -> dict:
+    """The whole record in one answer: objects, counts, attributes, style and triples."""
+    o = objects(k)["properties"]
+    return _obj({"objects": o["objects"], "style": o["style"], "triples": _array(triple(k), 1, k.triples)})
+
+
+def prompts(k: KnowledgeConfig, n: int) -> dict:
+    return _obj({"prompts": _array(_words(*k.prompt_words), n, n)})
+
+
+def prompt(k: KnowledgeConfig) -> dict:
+    """One compressed diffusion prompt (the reference's per-candidate compression call)."""
+    return _obj({"prompt": _words(*k.prompt_words)})
+
+
+def captions(k: KnowledgeConfig, n: int, with_triples: bool = True) -> dict:
+    """N captions; each carries its own triples unless the reference chain re-extracts them."""
+    props = {"text": _words(*k.caption_words)}
+    if with_triples:
+        props["triples"] = _array(triple(k), 1, k.caption_triples)
+    return _obj({"captions": _array(_obj(props), n, n)})

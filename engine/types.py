@@ -1,0 +1,86 @@
+"""Plain data passed between stages. No behaviour beyond small conveniences."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+Modality = Literal["image", "text"]
+
+
+@dataclass(frozen=True)
+class Triple:
+    head: str
+    relation: str
+    tail: str
+
+    def as_dict(self) -> dict:
+        return {"head": self.head, "relation": self.relation, "tail": self.tail}
+
+
+@dataclass
+class Sample:
+    """One dataset item with what is available. ``missing`` is None for complete samples."""
+
+    sample_id: str  # "<dataset name>:<index>"
+    index: int
+    text: str | None
+    image: Image.Image | None  # RGB, normalised
+    missing: Modality | None
+    labels: list = field(default_factory=list)
+    file_name: str | None = None
+
+
+@dataclass
+class ObjectInfo:
+    name: str
+    count: int
+    attributes: list[str]
+
+
+@dataclass
+class Knowledge:
+    """What the LMM extracted from the available modality."""
+
+    objects: list[ObjectInfo]
+    style: str
+    triples: list[Triple]
+
+    def as_dict(self) -> dict:
+        return {
+            "objects": [{"name": o.name, "count": o.count, "attributes": o.attributes} for o in self.objects],
+            "style": self.style,
+            "triples": [t.as_dict() for t in self.triples],
+        }
+
+
+@dataclass
+class Candidate:
+    """A candidate for the missing modality. Exactly one of ``text`` / ``image`` is set."""
+
+    id: str
+    source: Literal["generated", "retrieved"]
+    text: str | None = None
+    image: Image.Image | None = None
+    prompt: str | None = None  # the diffusion prompt for generated images
+    seed: int | None = None
+    triples: list[Triple] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SampleResult:
+    sample: Sample
+    knowledge: Knowledge
+    candidates: list[Candidate]
+    best: str
+
+
+class SampleError(Exception):
+    """A problem with one sample; the run records it and goes on with the others."""
+
+    def __init__(self, sample_id: str, message: str):
+        super().__init__(f"{sample_id}: {message}")
+        self.sample_id = sample_id
+        self.message = message
