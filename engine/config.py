@@ -101,8 +101,9 @@ class RankConfig:
     graph_weight: float = 0.5
     """Weight of the knowledge-graph term (in [0, 1])."""
     graph_metric: str = "jaccard_relations"
-    """"jaccard" (undirected edges, normalised entity names) or "jaccard_relations" (the same
-    over (edge, relation) pairs, so "man holds cup" and "man drops cup" differ)."""
+    """"jaccard": Jaccard over undirected edges between normalised entity names.
+    "jaccard_relations": the mean of that and the same over (edge, relation) pairs, so a shared
+    edge with another verb ("man holds cup" / "man drops cup") earns half credit."""
     device: str = "cpu"
 
 

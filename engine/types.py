@@ -84,3 +84,12 @@ class SampleError(Exception):
         super().__init__(f"{sample_id}: {message}")
         self.sample_id = sample_id
         self.message = message
+
+
+def derive_seed(root: int, *parts: object) -> int:
+    """A reproducible 63-bit seed per (root, sample, purpose, index): distinct samples and
+    candidates never share noise (the reference re-uses seed 2025 everywhere)."""
+    import hashlib
+
+    h = hashlib.sha256(repr((root, *parts)).encode()).digest()
+    return int.from_bytes(h[:8], "big") >> 1

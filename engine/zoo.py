@@ -143,7 +143,7 @@ def write_clip_tokenizer(out: Path) -> None:
     vocab = {c: i for i, c in enumerate(chars)}
     for c in chars:
         vocab[c + "</w>"] = len(vocab)
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
     for word in _words():
         word = "".join(ch for ch in word if ord(ch) < 128)
         if len(word) < 2:
@@ -151,7 +151,7 @@ def write_clip_tokenizer(out: Path) -> None:
         cur = word[0]
         for i, ch in enumerate(word[1:], start=1):
             nxt = ch + ("</w>" if i == len(word) - 1 else "")
-            merge = f"{cur} {nxt}"
+            merge = (cur, nxt)
             cur += nxt
             if cur not in vocab:
                 vocab[cur] = len(vocab)
@@ -159,12 +159,8 @@ def write_clip_tokenizer(out: Path) -> None:
     # the end-of-text id must be the largest: CLIP pools at the argmax id in some configs
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(d) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-        tok = CLIPTokenizer(vocab_file=str(Path(d) / "vocab.json"), merges_file=str(Path(d) / "merges.txt"),
-                            model_max_length=77)
-        tok.save_pretrained(out)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tok.save_pretrained(out)
 
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",

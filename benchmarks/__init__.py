@@ -1,0 +1,1 @@
+"""Benchmarks: one harness, the reference-pattern baseline, one script per question."""

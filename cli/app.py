@@ -1,0 +1,198 @@
+"""``kbridge`` — parse, call the engine, format. No logic of its own."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Training-free missing-modality completion (Knowledge Bridger), fast.")
+models_app = typer.Typer(no_args_is_help=True, help="The model zoo: list slots, build tiny twins.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset helpers.")
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+class _OneLine(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        err.print(f"[bold red]{level}[/]: {record.getMessage()}" if level == "error"
+                  else f"[yellow]{level}[/]: {record.getMessage()}", highlight=False, markup=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("kbridge")
+    root.handlers[:] = [_OneLine()]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root.propagate = False
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error[/]: {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(profile: str, config: Optional[Path], **sections):
+    from kbridge.engine.config import ConfigError, build_config
+
+    overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
+    try:
+        return build_config(profile, config, overrides)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+ProfileOpt = typer.Option("tiny", "--profile", "-p", help="tiny (CPU default), h100, 4090x4, edge.")
+ConfigOpt = typer.Option(None, "--config", help="TOML file overriding profile sections ([models], [lmm], ...).")
+LmmPath = typer.Option(None, "--lmm-path", help="Local Qwen2-VL directory (default: tiny twin).")
+BasePath = typer.Option(None, "--sdxl-base-path", help="Local SDXL base directory (diffusers layout).")
+RefinerPath = typer.Option(None, "--sdxl-refiner-path", help="Local SDXL refiner directory.")
+ClipPath = typer.Option(None, "--clip-path", help="Local CLIP directory.")
+
+
+@app.command()
+def run(
+    profile: str = ProfileOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (default: bundled demo set)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="coco | mmimdb | iuxray (detected when unambiguous)."),
+    missing: Optional[Path] = typer.Option(None, "--missing", help="Missing config (reference format)."),
+    out_dir: Path = typer.Option(Path("kbridge-out"), "--out", help="Run directory (re-run to resume)."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="Candidates per incomplete sample."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N incomplete samples."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Root seed."),
+    fidelity: Optional[str] = typer.Option(None, "--fidelity", help="fast (default) | reference (multi-turn chains)."),
+    config: Optional[Path] = ConfigOpt,
+    lmm_path: Optional[str] = LmmPath,
+    sdxl_base_path: Optional[str] = BasePath,
+    sdxl_refiner_path: Optional[str] = RefinerPath,
+    clip_path: Optional[str] = ClipPath,
+    refiner: Optional[bool] = typer.Option(None, "--refiner/--no-refiner", help="Run the SDXL refiner."),
+    export_completed: Optional[Path] = typer.Option(None, "--export-completed",
+                                                    help="Write the completed dataset (reference layout) here."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Complete every incomplete sample: extract → generate → rank."""
+    _setup_logging(verbose)
+    cfg = _config(profile, config,
+                  models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
+                  generation=dict(candidates=candidates, refiner=refiner), run=dict(seed=seed, fidelity=fidelity))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kbridge.engine.api import Engine
+    from kbridge.engine.data import DataError
+    from kbridge.engine.store import RunConfigMismatch
+    from kbridge.engine.zoo import ModelNotFound
+
+    progress = Progress(TextColumn("[bold]kbridge run"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=not err.is_terminal)
+    try:
+        with progress:
+            task = progress.add_task("samples", total=None)
+            report = Engine(cfg).run(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
+                                     export=export_completed,
+                                     on_sample=lambda sid, status: progress.advance(task))
+    except (DataError, RunConfigMismatch, ModelNotFound) as e:
+        _fail(str(e))
+    _summary(report)
+    if report.errors:
+        raise typer.Exit(1 if report.completed == 0 and report.skipped == 0 else 0)
+
+
+def _summary(r) -> None:
+    t = Table(title=f"kbridge run → {r.out}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("incomplete samples", str(r.incomplete))
+    t.add_row("completed now", str(r.completed))
+    t.add_row("already done (resumed)", str(r.skipped))
+    t.add_row("errors", str(len(r.errors)))
+    t.add_row("candidates", str(r.candidates))
+    for stage, sec in r.stage_seconds.items():
+        t.add_row(f"time: {stage}", f"{sec:.2f} s")
+    t.add_row("time: wall", f"{r.wall_seconds:.2f} s")
+    if r.lmm:
+        t.add_row("LMM calls (sequences)", str(r.lmm["lmm_calls"]))
+        t.add_row("LMM cache hits", str(r.lmm["cache_hits"]))
+        t.add_row("LMM tokens prompt / generated", f"{r.lmm['prompt_tokens']} / {r.lmm['generated_tokens']}")
+    for kind, c in r.counts_by_missing.items():
+        t.add_row(f"per {kind}-missing sample",
+                  f"{c.get('lmm_calls', 0):g} LMM calls, {c.get('lmm_serial_turns', 0):g} serial turns, "
+                  f"{c.get('unet_evals', 0):g} UNet evals")
+    if r.exported:
+        t.add_row("exported", f"{r.exported['samples']} samples → {r.exported['path']}")
+    out.print(t)
+
+
+@models_app.command("list")
+def models_list(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt, lmm_path: Optional[str] = LmmPath,
+                sdxl_base_path: Optional[str] = BasePath, sdxl_refiner_path: Optional[str] = RefinerPath,
+                clip_path: Optional[str] = ClipPath,
+                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Each model slot, its source (tiny / path), location and size."""
+    from kbridge.engine.zoo import MODELS, list_models
+
+    cfg = _config(profile, config, models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path,
+                                                sdxl_refiner=sdxl_refiner_path, clip=clip_path))
+    rows = list_models(cfg)
+    if as_json:
+        print(json.dumps([{"name": m.name, "source": m.source, "path": str(m.path), "ready": m.ready,
+                           "size_bytes": m.size_bytes, "real_model": MODELS[m.name][1]} for m in rows], indent=1))
+        return
+    t = Table(title="kbridge models")
+    for col in ("slot", "architecture", "source", "ready", "size", "path"):
+        t.add_column(col)
+    for m in rows:
+        t.add_row(m.name, MODELS[m.name][0], m.source, "yes" if m.ready else "no (built on first use)"
+                  if m.source == "tiny" else "MISSING", f"{m.size_bytes / 1e6:.1f} MB", str(m.path))
+    out.print(t)
+
+
+@models_app.command("build")
+def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt):
+    """Build every tiny twin the profile uses (they are also built on first use)."""
+    from kbridge.engine import zoo
+
+    cfg = _config(profile, config)
+    for name in zoo.MODELS:
+        if getattr(cfg.models, name) == "tiny":
+            existed = (zoo.tiny_dir(name, cfg.cache_dir()) / ".complete").exists()
+            p = zoo.ensure_tiny(name, cfg.cache_dir())
+            out.print(f"{name}: {'found cached' if existed else 'built'} {p}")
+
+
+@data_app.command("make-missing")
+def make_missing(
+    kind: str = typer.Option("mixed", "--type", help="text | image | mixed"),
+    ratio: float = typer.Option(0.7, "--ratio", help="Fraction of samples with a missing modality."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (its size sets the total)."),
+    total: Optional[int] = typer.Option(None, "--total", help="Dataset size, instead of --data."),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write here (default: stdout)."),
+):
+    """Write a missing config in the reference format."""
+    from kbridge.engine.data import DataError, make_missing as mk, open_dataset
+
+    try:
+        # the format only picks the text rule, which counting does not need
+        n = total if total is not None else len(open_dataset(data, fmt="coco").items)
+        cfg = mk(n, kind, ratio, seed)
+    except DataError as e:
+        _fail(str(e))
+    text = json.dumps(cfg, indent=1)
+    if out_file:
+        out_file.write_text(text + "\n")
+        err.print(f"wrote {out_file}: {cfg['num_missing']} of {cfg['total']} samples missing a modality")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Candidate generation: LMM-written prompts and captions (text.py), SDXL images (sdxl.py)."""

@@ -1,0 +1,98 @@
+"""What the LMM writes for a missing modality: diffusion prompts (image missing) or captions with
+their own triples (text missing). Fast: one structured call per sample. Reference: the serial
+scene → variants → per-variant compression chain, and captions re-extracted later for ranking."""
+from __future__ import annotations
+
+import re
+
+from kbridge.engine.config import PipelineConfig
+from kbridge.engine.extract import _check, _req, parse_triples
+from kbridge.engine.lmm import LMMClient
+from kbridge.engine.lmm import prompts as P
+from kbridge.engine.lmm import schemas as S
+from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, derive_seed
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _dedupe(texts: list[str]) -> list[str]:
+    """Drop repeats but keep order (the reference's set() made order, and so output, random)."""
+    seen, out = set(), []
+    for t in texts:
+        key = t.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
+                        knowledge: list[Knowledge], turn: int) -> list[list[str] | SampleError]:
+    n, k = cfg.generation.candidates, cfg.knowledge
+    if cfg.run.fidelity == "reference":
+        return await _prompt_chain(client, cfg, samples, knowledge, turn)
+    reqs = [_req(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
+            for s, kn in zip(samples, knowledge)]
+    out: list[list[str] | SampleError] = []
+    for s, r in zip(samples, await client.complete(reqs)):
+        try:
+            out.append(_dedupe([_clean(p) for p in _check(r, s.sample_id, "prompt writing")["prompts"]]))
+        except SampleError as e:
+            out.append(e)
+    return out
+
+
+async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str] | SampleError]:
+    n, k = cfg.generation.candidates, cfg.knowledge
+    msgs = [P.chain_scene(k, s.text, kn) for s, kn in zip(samples, knowledge)]
+    descs: list[list[str]] = [[] for _ in samples]
+    for j in range(n):  # 1 scene turn + (n - 1) serial variant turns, free text
+        reqs = [_req(cfg, m, None, s.sample_id, "generate", turn + j, j, free=True) for s, m in zip(samples, msgs)]
+        for i, r in enumerate(await client.complete(reqs)):
+            descs[i].append(r.text)
+            msgs[i] = P.continue_chain(msgs[i], r.text, P.CHAIN_VARIANT)
+    # n independent compression calls per sample, all on the same (last) turn
+    reqs = [_req(cfg, P.chain_compress(k, d), S.prompt(k), s.sample_id, "generate", turn + n, j)
+            for s, ds in zip(samples, descs) for j, d in enumerate(ds)]
+    resps = await client.complete(reqs)
+    out: list[list[str] | SampleError] = []
+    for i, s in enumerate(samples):
+        mine = resps[i * n:(i + 1) * n]
+        try:
+            out.append(_dedupe([_clean(_check(r, s.sample_id, "prompt compression")["prompt"]) for r in mine]))
+        except SampleError as e:
+            out.append(e)
+    return out
+
+
+async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
+                         knowledge: list[Knowledge], turn: int) -> list[list[Candidate] | SampleError]:
+    n, k = cfg.generation.candidates, cfg.knowledge
+    with_triples = cfg.run.fidelity == "fast"
+    reqs = [_req(cfg, P.captions_fast(k, n, s.image, kn), S.captions(k, n, with_triples), s.sample_id,
+                 "generate", turn) for s, kn in zip(samples, knowledge)]
+    out: list[list[Candidate] | SampleError] = []
+    for s, r in zip(samples, await client.complete(reqs)):
+        try:
+            caps = _check(r, s.sample_id, "caption writing")["captions"]
+        except SampleError as e:
+            out.append(e)
+            continue
+        cands, seen = [], set()
+        for c in caps:
+            text = _clean(c["text"])
+            if text.lower() in seen:
+                continue
+            seen.add(text.lower())
+            cands.append(Candidate(id=f"c{len(cands)}", source="generated", text=text,
+                                   triples=parse_triples(c.get("triples"))))
+        out.append(cands)
+    return out
+
+
+def image_candidates(sample: Sample, prompts: list[str], root_seed: int) -> list[Candidate]:
+    """One candidate per prompt with its own (sample, candidate) seed; images filled in later."""
+    return [Candidate(id=f"c{j}", source="generated", prompt=p, seed=derive_seed(root_seed, sample.sample_id, "image", j))
+            for j, p in enumerate(prompts)]

@@ -1,0 +1,1 @@
+"""Ranking: semantic (CLIP) and knowledge-graph similarity, combined into one total in [0, 1]."""

@@ -1,0 +1,193 @@
+"""The run directory: results, images, errors, manifest, and the SQLite response cache.
+
+``results.jsonl`` gets one line per finished sample, written with a single ``write`` and fsync,
+so a killed run leaves at most one torn last line, which the next open truncates. Images are
+written to a temporary name and renamed before their result line is written. Re-opening the same
+directory skips finished samples; a different configuration is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from kbridge.engine.types import SampleResult
+
+
+class RunConfigMismatch(RuntimeError):
+    """The output directory holds a run made with another configuration."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _append_line(path: Path, obj: dict) -> None:
+    line = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_jsonl(path: Path) -> list[dict]:
+    """Read complete lines; cut a torn (unterminated or unparsable) tail left by a kill."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    rows, good = [], 0
+    for line in data[:keep].splitlines(keepends=True):
+        try:
+            rows.append(json.loads(line))
+            good += len(line)
+        except ValueError:
+            break
+    if good != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return rows
+
+
+class ResponseCache:
+    """LMM answers keyed by request_key (model+revision, prompt version, schema, sampling, seed)."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS lmm (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def get(self, key: str) -> dict | None:
+        row = self.db.execute("SELECT value FROM lmm WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO lmm VALUES (?, ?)", (key, json.dumps(value)))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _image_rel(sample_id: str, cand_id: str) -> str:
+    ds, _, idx = sample_id.rpartition(":")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+    return f"images/{safe}/{idx}/{cand_id}.png"
+
+
+class RunStore:
+    def __init__(self, out: str | Path, config_hash: str, manifest: dict):
+        self.root = Path(out)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.results_path = self.root / "results.jsonl"
+        self.errors_path = self.root / "errors.jsonl"
+        self.manifest_path = self.root / "manifest.json"
+        if self.manifest_path.exists():
+            old = json.loads(self.manifest_path.read_text())
+            if old.get("config_hash") != config_hash:
+                raise RunConfigMismatch(
+                    f"{self.root} holds a run with another configuration (hash {old.get('config_hash')}, "
+                    f"now {config_hash}); use another --out, or delete the directory to start over")
+            manifest = {**old, **{k: v for k, v in manifest.items() if k not in ("totals", "created")}}
+        self.manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest, "config_hash": config_hash}
+        self.write_manifest()
+        self.results = {r["sample_id"]: r for r in _repair_jsonl(self.results_path)}
+        _repair_jsonl(self.errors_path)
+        self.cache = ResponseCache(self.root / "cache.sqlite")
+
+    def done(self) -> set[str]:
+        return set(self.results)
+
+    def write_result(self, res: SampleResult, counts: dict | None = None) -> dict:
+        s = res.sample
+        cands = []
+        for c in res.candidates:
+            d = {"id": c.id, "source": c.source}
+            if c.image is not None:
+                rel = _image_rel(s.sample_id, c.id)
+                buf = tempfile.SpooledTemporaryFile()
+                c.image.save(buf, format="PNG")
+                buf.seek(0)
+                atomic_write(self.root / rel, buf.read())
+                d["image"] = rel
+            else:
+                d["text"] = c.text
+            if c.prompt is not None:
+                d["prompt"] = c.prompt
+            if c.seed is not None:
+                d["seed"] = c.seed
+            d["triples"] = [t.as_dict() for t in c.triples]
+            d["scores"] = c.scores
+            cands.append(d)
+        row = {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
+               "knowledge": res.knowledge.as_dict(), "candidates": cands, "best": res.best}
+        if counts:
+            row["counts"] = counts
+        _append_line(self.results_path, row)
+        self.results[s.sample_id] = row
+        return row
+
+    def write_error(self, sample_id: str, message: str, stage: str) -> None:
+        _append_line(self.errors_path, {"sample_id": sample_id, "stage": stage, "error": message,
+                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def write_manifest(self, **updates) -> None:
+        self.manifest.update(updates)
+        atomic_write(self.manifest_path, (json.dumps(self.manifest, indent=1, default=str) + "\n").encode())
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def export_completed(run_dir: Path, dataset, out: Path) -> dict:
+    """Write the completed dataset in the reference layout: metadata.json with every sample that
+    is complete or was completed (best candidate filled in), category.json, and the images."""
+    from kbridge.engine.data import _image_path
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    results = {r["index"]: r for r in _repair_jsonl(Path(run_dir) / "results.jsonl")}
+    meta, skipped = [], 0
+    for i, rec in enumerate(dataset.items):
+        miss = dataset.missing.get(i)
+        rec = dict(rec)
+        if miss is not None:
+            r = results.get(i)
+            if r is None:
+                skipped += 1
+                continue
+            best = next(c for c in r["candidates"] if c["id"] == r["best"])
+            if miss == "text":
+                rec["captions"] = [best["text"]]
+            else:
+                name = f"images/completed_{i}.png"
+                shutil.copyfile(Path(run_dir) / best["image"], out / name)
+                rec["file_name"] = name
+                meta.append(rec)
+                continue
+        src = _image_path(dataset, rec["file_name"])
+        name = f"images/{i}_{Path(rec['file_name']).name}"
+        if src.exists():
+            shutil.copyfile(src, out / name)
+        rec["file_name"] = name
+        meta.append(rec)
+    atomic_write(out / "metadata.json", json.dumps(meta, indent=1).encode())
+    cat = dataset.root / "category.json"
+    if cat.exists():
+        shutil.copyfile(cat, out / "category.json")
+    return {"samples": len(meta), "skipped": skipped, "path": str(out)}

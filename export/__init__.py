@@ -1,0 +1,1 @@
+"""Model export (ONNX, TensorRT) and the artifact cache: see the compiled-backends work."""

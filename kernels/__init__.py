@@ -1,0 +1,1 @@
+"""Native ops (C++ / CUDA via nanobind), built by the root CMakeLists.txt."""
