@@ -18,7 +18,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Dataset helpers.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
 
 class _OneLine(logging.Handler):
@@ -51,7 +51,8 @@ def _config(profile: str, config: Optional[Path], **sections):
 
 
 ProfileOpt = typer.Option("tiny", "--profile", "-p", help="tiny (CPU default), h100, 4090x4, edge.")
-ConfigOpt = typer.Option(None, "--config", help="TOML file overriding profile sections ([models], [lmm], ...).")
+ConfigOpt = typer.Option(None, "--config",
+                         help="TOML file overriding profile sections: models, lmm, knowledge, generation, rank, run.")
 LmmPath = typer.Option(None, "--lmm-path", help="Local Qwen2-VL directory (default: tiny twin).")
 BasePath = typer.Option(None, "--sdxl-base-path", help="Local SDXL base directory (diffusers layout).")
 RefinerPath = typer.Option(None, "--sdxl-refiner-path", help="Local SDXL refiner directory.")

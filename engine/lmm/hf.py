@@ -62,7 +62,7 @@ class _GuidedSampler:
                     self.done[i] = True
         guided = []
         for i, m in enumerate(self.matchers):
-            if self.done[i] or self.step >= self.caps[i]:
+            if self.done[i] or self.step >= self.caps[i] - 1:  # the cap counts the end token
                 scores[i].fill_(float("-inf"))
                 scores[i, self.eos] = 0.0
             elif m is not None:
@@ -159,7 +159,7 @@ class HFBackend:
                                  [r.temperature for r in reqs], [r.max_new_tokens for r in reqs],
                                  self.eos, self.banned, self.vocab, self.cfg.greedy)
         seq = self.model.generate(input_ids=ids, attention_mask=mask, **extra, do_sample=False,
-                                  max_new_tokens=max(r.max_new_tokens for r in reqs) + 1,
+                                  max_new_tokens=max(r.max_new_tokens for r in reqs),
                                   logits_processor=[sampler], eos_token_id=self.eos, pad_token_id=self.pad)
         new = seq[:, ids.shape[1]:].cpu()
         out = []

@@ -1,0 +1,3 @@
+from kbridge.cli.app import main
+
+main()

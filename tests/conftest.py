@@ -1,0 +1,43 @@
+"""Shared fixtures: one tiny-model cache per test session, one loaded engine for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tiny twins are built once per session into this directory (subprocesses inherit it). A caller
+# may point KBRIDGE_CACHE somewhere persistent to reuse builds across sessions.
+os.environ.setdefault("KBRIDGE_CACHE", tempfile.mkdtemp(prefix="kbridge-test-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cfg():
+    from kbridge.engine.config import build_config
+
+    return build_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def engine(cfg):
+    from kbridge.engine.api import Engine
+
+    eng = Engine(cfg)
+    eng.models(need_diffusion=True)
+    return eng
+
+
+@pytest.fixture(scope="session")
+def demo_run(engine, tmp_path_factory):
+    """The whole demo set, run once; several tests read it."""
+    out = tmp_path_factory.mktemp("demo-run")
+    report = engine.run(out=out)
+    return out, report
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
