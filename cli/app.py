@@ -21,11 +21,19 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
 
+def _line(level: str, message: str) -> None:
+    """One line on stderr; the message is printed literally (no markup from data)."""
+    from rich.text import Text
+
+    style = "bold red" if level == "error" else "yellow" if level == "warning" else "dim"
+    err.print(Text.assemble((level, style), ": ", message), highlight=False)
+
+
 class _OneLine(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        level = "error" if record.levelno >= logging.ERROR else "warning"
-        err.print(f"[bold red]{level}[/]: {record.getMessage()}" if level == "error"
-                  else f"[yellow]{level}[/]: {record.getMessage()}", highlight=False, markup=True)
+        level = "error" if record.levelno >= logging.ERROR else "warning" \
+            if record.levelno >= logging.WARNING else "debug"
+        _line(level, record.getMessage())
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -36,7 +44,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error[/]: {message}", highlight=False)
+    _line("error", message)
     raise typer.Exit(code)
 
 
@@ -99,6 +107,7 @@ def run(
             task = progress.add_task("samples", total=None)
             report = Engine(cfg).run(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
                                      export=export_completed,
+                                     on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except (DataError, RunConfigMismatch, ModelNotFound) as e:
         _fail(str(e))

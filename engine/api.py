@@ -104,11 +104,12 @@ class Engine:
 
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
             out: str | Path = "kbridge-out", limit: int | None = None,
-            export: str | Path | None = None,
+            export: str | Path | None = None, on_start: Callable[[int], None] | None = None,
             on_sample: Callable[[str, str], None] | None = None) -> RunReport:
         """Complete every incomplete sample of a dataset (the bundled demo set when ``data`` is None).
 
-        ``on_sample(sample_id, status)`` is called as each sample finishes ("done" / "error").
+        ``on_start(n)`` gets the number of samples left to do; ``on_sample(sample_id, status)`` is
+        called as each finishes ("done" / "error").
         Raises DataError for an unreadable dataset and RunConfigMismatch for a reused ``out``.
         """
         import torch
@@ -132,6 +133,8 @@ class Engine:
                 indices = indices[:limit]
             report.incomplete = len(indices)
             done = store.done()
+            if on_start:
+                on_start(len([i for i in indices if f"{ds.name}:{i}" not in done]))
             samples = []
             for i in indices:
                 sid = f"{ds.name}:{i}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from transformers import GenerationConfig
 
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
@@ -158,9 +159,12 @@ class HFBackend:
         sampler = _GuidedSampler(matchers, [r.seed for r in reqs],
                                  [r.temperature for r in reqs], [r.max_new_tokens for r in reqs],
                                  self.eos, self.banned, self.vocab, self.cfg.greedy)
-        seq = self.model.generate(input_ids=ids, attention_mask=mask, **extra, do_sample=False,
-                                  max_new_tokens=max(r.max_new_tokens for r in reqs),
-                                  logits_processor=[sampler], eos_token_id=self.eos, pad_token_id=self.pad)
+        # an explicit config: the checkpoint's own sampling defaults must not apply (the sampler
+        # above does the sampling, greedy argmax over its perturbed scores picks the token)
+        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max(r.max_new_tokens for r in reqs),
+                                   eos_token_id=self.eos, pad_token_id=self.pad)
+        seq = self.model.generate(input_ids=ids, attention_mask=mask, **extra, generation_config=gen_cfg,
+                                  logits_processor=[sampler])
         new = seq[:, ids.shape[1]:].cpu()
         out = []
         for row, m in zip(range(len(reqs)), mask.sum(-1).tolist()):
