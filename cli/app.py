@@ -17,6 +17,15 @@ models_app = typer.Typer(no_args_is_help=True, help="The model zoo: list slots, 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset helpers.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+
+
+def _register_subapps() -> None:
+    from kbridge.cli.bench import bench_app
+
+    app.add_typer(bench_app, name="bench")
+
+
+_register_subapps()
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
@@ -96,6 +105,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kbridge.engine.api import Engine
+    from kbridge.engine.config import ConfigError
     from kbridge.engine.data import DataError
     from kbridge.engine.store import RunConfigMismatch
     from kbridge.engine.zoo import ModelNotFound
@@ -109,7 +119,7 @@ def run(
                                      export=export_completed,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
-    except (DataError, RunConfigMismatch, ModelNotFound) as e:
+    except (DataError, RunConfigMismatch, ModelNotFound, ConfigError) as e:
         _fail(str(e))
     _summary(report)
     if report.errors:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from kbridge.engine import data as D
-from kbridge.engine import zoo
 from kbridge.engine.config import PipelineConfig, build_config
 from kbridge.engine.lmm import LMMClient, RequestLog
+from kbridge.engine.models import load_models
 from kbridge.engine.scheduler import Models, Scheduler
 from kbridge.engine.store import RunStore, export_completed
 from kbridge.engine.types import SampleError, SampleResult
@@ -55,36 +55,6 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = "source" if pkg == "kbridge" else None
     return out
-
-
-def _quiet_libraries() -> None:
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-
-
-def load_models(cfg: PipelineConfig, need_diffusion: bool) -> Models:
-    """Resolve (building tiny twins on first use) and load every model the run needs, once."""
-    from kbridge.engine.rank.semantic import ClipScorer
-
-    _quiet_libraries()
-    if cfg.lmm.backend != "hf":
-        raise D.DataError(f"LMM backend {cfg.lmm.backend!r} is not available in this build (use 'hf')")
-    from kbridge.engine.lmm.hf import HFBackend
-
-    backend = HFBackend(zoo.resolve("lmm", cfg), cfg.lmm)
-    scorer = ClipScorer(zoo.resolve("clip", cfg), cfg.rank.device)
-    diffusion = None
-    if need_diffusion:
-        from kbridge.engine.generate.sdxl import SDXLGenerator
-
-        refiner = zoo.resolve("sdxl_refiner", cfg) if cfg.generation.refiner else None
-        diffusion = SDXLGenerator(zoo.resolve("sdxl_base", cfg), refiner, cfg.generation)
-    return Models(backend, scorer, diffusion)
 
 
 def _sha(path: Path | None) -> str | None:
