@@ -47,6 +47,19 @@ def render(reports: list[dict]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def write(path: Path, results_dir: Path = RESULTS_DIR) -> Path:
-    Path(path).write_text(render(load_reports(results_dir)))
+def plots(reports: list[dict], root: Path) -> None:
+    """Draw each report's plot (a per-stage bar chart of its first extra table) next to the markdown."""
+    from kbridge.benchmarks.plot import stage_bars
+
+    for r in reports:
+        if r.get("plot") and r.get("tables"):
+            t = r["tables"][0]
+            stage_bars(t["rows"], [c for c in t["columns"] if c != "name"], root / r["plot"], t["title"])
+
+
+def write(path: Path, results_dir: Path = RESULTS_DIR, draw: bool = True) -> Path:
+    reports = load_reports(results_dir)
+    Path(path).write_text(render(reports))
+    if draw:
+        plots(reports, Path(path).parent)
     return Path(path)

@@ -171,20 +171,21 @@ def models_list(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt, l
         t.add_column(col)
     for m in rows:
         t.add_row(m.name, MODELS[m.name][0], m.source, "yes" if m.ready else "no (built on first use)"
-                  if m.source == "tiny" else "MISSING", f"{m.size_bytes / 1e6:.1f} MB", str(m.path))
+                  if m.source != "path" else "MISSING", f"{m.size_bytes / 1e6:.1f} MB", str(m.path))
     out.print(t)
 
 
 @models_app.command("build")
 def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt):
-    """Build every tiny twin the profile uses (they are also built on first use)."""
+    """Build every random-weight twin the profile uses (they are also built on first use)."""
     from kbridge.engine import zoo
 
     cfg = _config(profile, config)
     for name in zoo.MODELS:
-        if getattr(cfg.models, name) == "tiny":
-            existed = (zoo.tiny_dir(name, cfg.cache_dir()) / ".complete").exists()
-            p = zoo.ensure_tiny(name, cfg.cache_dir())
+        size = getattr(cfg.models, name)
+        if size in zoo.SIZES:
+            existed = (zoo.tiny_dir(name, cfg.cache_dir(), size) / ".complete").exists()
+            p = zoo.ensure_tiny(name, cfg.cache_dir(), size)
             out.print(f"{name}: {'found cached' if existed else 'built'} {p}")
 
 

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: baseline vs kbridge, measured in one run.")
-out = Console()
+out = Console(width=160)
 
 
 def _finish(report: dict, json_path: Optional[Path], save_default: bool) -> None:
@@ -31,3 +31,18 @@ def report(path: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Where
     from kbridge.benchmarks.report import write
 
     out.print(f"wrote {write(path)}")
+
+
+@bench_app.command("e2e")
+def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile for both rows."),
+        samples: int = typer.Option(4, "--samples", help="Incomplete samples (half image-, half text-missing)."),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+        quick: bool = typer.Option(False, "--quick", help="2 samples; finishes within 5 minutes here."),
+        threads: int = typer.Option(0, "--threads", help="torch threads for both rows (0: torch's default)."),
+        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/e2e.json.")):
+    """Reference execution pattern vs kbridge, end to end, on the same samples in one process."""
+    from kbridge.benchmarks import e2e as q
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    _finish(q.run(profile, samples, quick, threads), json_path, save)

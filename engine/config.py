@@ -73,6 +73,9 @@ class KnowledgeConfig:
     caption_words: tuple[int, int] = (8, 40)
     name_chars: int = 32
     """Longest entity / object name; relations get 3/4 of it, attributes 1.5×."""
+    exact: bool = False
+    """Ask for exactly max_objects objects and `triples` triples (the reference's fixed counts)
+    instead of up to that many; benchmarks use it so both rows produce the same content."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,9 @@ PROFILES: dict[str, dict] = {
     "tiny": dict(generation=dict(height=64, width=64, steps=4, candidates=4, batch_size=16),
                  knowledge=dict(max_objects=4, max_attributes=2, triples=5, caption_triples=3,
                                 prompt_words=(5, 12), caption_words=(4, 10), name_chars=16)),
+    "small": dict(models=dict(lmm="small", sdxl_base="small", sdxl_refiner="small", clip="small"),
+                  generation=dict(height=128, width=128, steps=10, batch_size=7),
+                  knowledge=dict(exact=True), run=dict(batch_size=4)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
                  rank=dict(device="cuda:0")),
     "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:1", batch_size=2),

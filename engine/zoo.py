@@ -68,15 +68,20 @@ def _dir_size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
 
 
-def tiny_dir(name: str, cache_dir: Path) -> Path:
-    return Path(cache_dir) / "zoo" / f"tiny-{name}-v{ZOO_VERSION}"
+SIZES = ("tiny", "small")
+"""Twin sizes: ``tiny`` for tests and the default profile, ``small`` (same architectures, wider
+and deeper, so model compute rather than Python overhead dominates) for CPU benchmarks."""
+
+
+def tiny_dir(name: str, cache_dir: Path, size: str = "tiny") -> Path:
+    return Path(cache_dir) / "zoo" / f"{size}-{name}-v{ZOO_VERSION}"
 
 
 def resolve(name: str, cfg: PipelineConfig) -> Path:
-    """The directory to load model slot ``name`` from, building the tiny twin if needed."""
+    """The directory to load model slot ``name`` from, building the twin if needed."""
     spec = getattr(cfg.models, name)
-    if spec == "tiny":
-        return ensure_tiny(name, cfg.cache_dir())
+    if spec in SIZES:
+        return ensure_tiny(name, cfg.cache_dir(), spec)
     p = Path(spec).expanduser()
     if not (p / "config.json").exists() and not (p / "model_index.json").exists():
         raise ModelNotFound(f"model {name}: {p} is not a model directory (no config.json or "
@@ -84,16 +89,19 @@ def resolve(name: str, cfg: PipelineConfig) -> Path:
     return p
 
 
-def ensure_tiny(name: str, cache_dir: Path) -> Path:
-    """Build the tiny twin once (atomically: built aside, then renamed into place)."""
-    target = tiny_dir(name, cache_dir)
+def ensure_tiny(name: str, cache_dir: Path, size: str = "tiny") -> Path:
+    """Build the twin once (atomically: built aside, then renamed into place)."""
+    target = tiny_dir(name, cache_dir, size)
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        log.info("building tiny %s into %s", name, target)
-        _BUILDERS[name](tmp)
+        log.info("building %s %s into %s", size, name, target)
+        if size == "tiny":
+            _BUILDERS[name](tmp)
+        else:
+            _BUILDERS[name](tmp, size)
         (tmp / ".complete").write_text("ok\n")
         try:
             os.rename(tmp, target)
@@ -110,9 +118,9 @@ def list_models(cfg: PipelineConfig) -> list[ModelEntry]:
     out = []
     for name in MODELS:
         spec = getattr(cfg.models, name)
-        if spec == "tiny":
-            p = tiny_dir(name, cfg.cache_dir())
-            out.append(ModelEntry(name, spec, p, "tiny", (p / ".complete").exists(), _dir_size(p)))
+        if spec in SIZES:
+            p = tiny_dir(name, cfg.cache_dir(), spec)
+            out.append(ModelEntry(name, spec, p, spec, (p / ".complete").exists(), _dir_size(p)))
         else:
             p = Path(spec).expanduser()
             ok = (p / "config.json").exists() or (p / "model_index.json").exists()
@@ -194,7 +202,21 @@ def write_qwen_tokenizer(out: Path, vocab_size: int = 1024) -> int:
     return len(tok)
 
 
-# ---------------------------------------------------------------- tiny builders
+# ---------------------------------------------------------------- twin builders
+
+DIMS = {
+    "tiny": dict(
+        lmm=dict(hidden=64, inter=128, layers=2, heads=4, kv=2, mrope=[2, 3, 3], vis_depth=2, vis_embed=32),
+        text_enc=dict(hidden=32, inter=37, layers=2), unet=dict(blocks=(32, 64), layers=1, heads=(2, 4),
+                                                                 tlayers=(1, 1)),
+        vae=(16, 32), clip=dict(hidden=32, inter=37, layers=2, image=32, patch=8, proj=32)),
+    "small": dict(
+        lmm=dict(hidden=256, inter=688, layers=4, heads=8, kv=4, mrope=[4, 6, 6], vis_depth=2, vis_embed=64),
+        text_enc=dict(hidden=64, inter=128, layers=3), unet=dict(blocks=(64, 128), layers=2, heads=(4, 8),
+                                                                  tlayers=(1, 2)),
+        vae=(32, 64), clip=dict(hidden=64, inter=128, layers=3, image=64, patch=8, proj=64)),
+}
+"""Model dimensions per twin size (tiny is the default profile's and the tests')."""
 
 def _seeded(seed: int):
     import torch
@@ -202,7 +224,7 @@ def _seeded(seed: int):
     torch.manual_seed(seed)
 
 
-def build_tiny_lmm(out: Path) -> None:
+def build_tiny_lmm(out: Path, size: str = "tiny") -> None:
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
@@ -212,14 +234,17 @@ def build_tiny_lmm(out: Path) -> None:
     tok = AutoTokenizer.from_pretrained(out)
     ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
     vocab = ((n + 63) // 64) * 64  # padded like real checkpoints
+    d = DIMS[size]["lmm"]
     cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                         # mrope sections sum to head_dim / 2 = 8
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        text_config=dict(vocab_size=vocab, hidden_size=d["hidden"], intermediate_size=d["inter"],
+                         num_hidden_layers=d["layers"], num_attention_heads=d["heads"],
+                         num_key_value_heads=d["kv"], max_position_embeddings=8192,
+                         # mrope sections sum to head_dim / 2
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": d["mrope"]},
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
+        vision_config=dict(depth=d["vis_depth"], embed_dim=d["vis_embed"], hidden_size=d["hidden"], num_heads=4,
+                           mlp_ratio=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
@@ -233,29 +258,32 @@ def build_tiny_lmm(out: Path) -> None:
     del torch
 
 
-def _tiny_text_encoder(cls, vocab: int, eos: int, seed: int):
+def _tiny_text_encoder(cls, vocab: int, eos: int, seed: int, size: str = "tiny"):
     from transformers import CLIPTextConfig
 
+    d = DIMS[size]["text_enc"]
     _seeded(seed)
-    return cls(CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                              num_attention_heads=4, projection_dim=32, max_position_embeddings=77,
+    return cls(CLIPTextConfig(vocab_size=vocab, hidden_size=d["hidden"], intermediate_size=d["inter"],
+                              num_hidden_layers=d["layers"], num_attention_heads=4, projection_dim=d["hidden"],
+                              max_position_embeddings=77,
                               bos_token_id=eos - 1, eos_token_id=eos, pad_token_id=eos, hidden_act="gelu"))
 
 
-def _tiny_unet(seed: int, cross_dim: int, add_dim: int):
+def _tiny_unet(seed: int, cross_dim: int, add_dim: int, size: str = "tiny"):
     from diffusers import UNet2DConditionModel
 
+    d = DIMS[size]["unet"]
     _seeded(seed)
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        block_out_channels=d["blocks"], layers_per_block=d["layers"], sample_size=32, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        attention_head_dim=d["heads"], use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=d["tlayers"],
         projection_class_embeddings_input_dim=add_dim, cross_attention_dim=cross_dim, norm_num_groups=8,
     )
 
 
-def _tiny_sdxl_parts(out: Path):
+def _tiny_sdxl_parts(out: Path, size: str = "tiny"):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler
     from transformers import CLIPTokenizer
 
@@ -264,7 +292,7 @@ def _tiny_sdxl_parts(out: Path):
     shutil.rmtree(out / "_tok")
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     _seeded(1)
-    vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+    vae = AutoencoderKL(block_out_channels=DIMS[size]["vae"], in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=64)
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -272,49 +300,53 @@ def _tiny_sdxl_parts(out: Path):
     return tok, eos, len(tok), vae, sched
 
 
-def build_tiny_sdxl_base(out: Path) -> None:
+def build_tiny_sdxl_base(out: Path, size: str = "tiny") -> None:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    tok, eos, vocab, vae, sched = _tiny_sdxl_parts(out)
-    te1 = _tiny_text_encoder(CLIPTextModel, vocab, eos, 2)
-    te2 = _tiny_text_encoder(CLIPTextModelWithProjection, vocab, eos, 3)
-    # text_time embedding input: 6 time ids × 8 + pooled text (32); cross-attention: 32 + 32
-    unet = _tiny_unet(4, cross_dim=64, add_dim=6 * 8 + 32)
+    tok, eos, vocab, vae, sched = _tiny_sdxl_parts(out, size)
+    te1 = _tiny_text_encoder(CLIPTextModel, vocab, eos, 2, size)
+    te2 = _tiny_text_encoder(CLIPTextModelWithProjection, vocab, eos, 3, size)
+    w = DIMS[size]["text_enc"]["hidden"]
+    # text_time embedding input: 6 time ids × 8 + pooled text (w); cross-attention: both encoders (w + w)
+    unet = _tiny_unet(4, cross_dim=2 * w, add_dim=6 * 8 + w, size=size)
     StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
                               unet=unet, scheduler=sched).save_pretrained(out)
 
 
-def build_tiny_sdxl_refiner(out: Path) -> None:
+def build_tiny_sdxl_refiner(out: Path, size: str = "tiny") -> None:
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from transformers import CLIPTextModelWithProjection
 
-    tok, eos, vocab, vae, sched = _tiny_sdxl_parts(out)
-    te2 = _tiny_text_encoder(CLIPTextModelWithProjection, vocab, eos, 5)
-    # the refiner conditions on an aesthetic score instead of the target size: 5 time ids × 8 + 32
-    unet = _tiny_unet(6, cross_dim=32, add_dim=5 * 8 + 32)
+    tok, eos, vocab, vae, sched = _tiny_sdxl_parts(out, size)
+    te2 = _tiny_text_encoder(CLIPTextModelWithProjection, vocab, eos, 5, size)
+    w = DIMS[size]["text_enc"]["hidden"]
+    # the refiner conditions on an aesthetic score instead of the target size: 5 time ids × 8 + w
+    unet = _tiny_unet(6, cross_dim=w, add_dim=5 * 8 + w, size=size)
     StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=te2,
                                      tokenizer_2=tok, unet=unet, scheduler=sched,
                                      requires_aesthetics_score=True).save_pretrained(out)
 
 
-def build_tiny_clip(out: Path) -> None:
+def build_tiny_clip(out: Path, size: str = "tiny") -> None:
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
     write_clip_tokenizer(out)
     tok = CLIPTokenizer.from_pretrained(out)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    d = DIMS[size]["clip"]
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=eos - 1,
-                         eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-                           num_hidden_layers=2, num_attention_heads=4),
-        projection_dim=32,
+        text_config=dict(vocab_size=len(tok), hidden_size=d["hidden"], intermediate_size=d["inter"],
+                         num_hidden_layers=d["layers"], num_attention_heads=4, max_position_embeddings=77,
+                         bos_token_id=eos - 1, eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(image_size=d["image"], patch_size=d["patch"], hidden_size=d["hidden"],
+                           intermediate_size=d["inter"], num_hidden_layers=d["layers"], num_attention_heads=4),
+        projection_dim=d["proj"],
     )
     _seeded(7)
     CLIPModel(cfg).save_pretrained(out)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    px = d["image"]
+    CLIPImageProcessorPil(size={"shortest_edge": px}, crop_size={"height": px, "width": px}).save_pretrained(out)
 
 
 _BUILDERS = {"lmm": build_tiny_lmm, "sdxl_base": build_tiny_sdxl_base,

@@ -34,21 +34,28 @@ def triple(k: KnowledgeConfig) -> dict:
     return _obj({"head": name, "relation": _text(max(8, k.name_chars * 3 // 4)), "tail": name})
 
 
+def _lo(k: KnowledgeConfig, n: int) -> int:
+    return n if k.exact else 1
+
+
 def triples(k: KnowledgeConfig, n: int | None = None) -> dict:
-    return _obj({"triples": _array(triple(k), 1, n or k.triples)})
+    n = n or k.triples
+    return _obj({"triples": _array(triple(k), _lo(k, n), n)})
 
 
 def objects(k: KnowledgeConfig) -> dict:
     """Objects with counts and attributes, and the overall style (the reference's turn 2)."""
     obj = _obj({"name": _text(k.name_chars), "count": {"type": "integer", "minimum": 1, "maximum": 99},
                 "attributes": _array(_text(k.name_chars * 3 // 2), 0, k.max_attributes)})
-    return _obj({"objects": _array(obj, 1, k.max_objects), "style": _text(k.name_chars * 3 // 2)})
+    return _obj({"objects": _array(obj, _lo(k, k.max_objects), k.max_objects),
+                 "style": _text(k.name_chars * 3 // 2)})
 
 
 def knowledge(k: KnowledgeConfig) -> dict:
     """The whole record in one answer: objects, counts, attributes, style and triples."""
     o = objects(k)["properties"]
-    return _obj({"objects": o["objects"], "style": o["style"], "triples": _array(triple(k), 1, k.triples)})
+    return _obj({"objects": o["objects"], "style": o["style"],
+                 "triples": _array(triple(k), _lo(k, k.triples), k.triples)})
 
 
 def prompts(k: KnowledgeConfig, n: int) -> dict:
@@ -64,5 +71,5 @@ def captions(k: KnowledgeConfig, n: int, with_triples: bool = True) -> dict:
     """N captions; each carries its own triples unless the reference chain re-extracts them."""
     props = {"text": _words(*k.caption_words)}
     if with_triples:
-        props["triples"] = _array(triple(k), 1, k.caption_triples)
+        props["triples"] = _array(triple(k), _lo(k, k.caption_triples), k.caption_triples)
     return _obj({"captions": _array(_obj(props), n, n)})

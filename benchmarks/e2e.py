@@ -1,0 +1,150 @@
+"""Question ``e2e``: how much faster than the reference's execution pattern is kbridge, end to end?
+
+Both rows run in this process on the same samples (half image-missing, half text-missing, drawn
+from the demo set), with the same models, settings, threads and inference mode, after a warm-up.
+Each row includes its own model loading: the baseline loads per stage script (as the reference
+does), kbridge once. Counted figures come from the request logs and diffusion counters.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from kbridge.benchmarks.harness import percentile, stamp
+from kbridge.engine import data as D
+from kbridge.engine.config import PipelineConfig, build_config
+
+STAGES = ["load", "extract", "write", "render", "candidate_knowledge", "rank", "io"]
+COLUMNS = ["name", "samples_per_s", "s_per_sample_p50", "s_per_sample_p95", "lmm_calls_per_sample",
+           "lmm_serial_turns_per_sample", "generated_tokens_per_sample", "unet_evals_per_sample",
+           "vae_decodes_per_sample", "speedup_vs_baseline"]
+SPLIT_COLUMNS = ["name", "missing", "samples", "lmm_calls_per_sample", "lmm_serial_turns_per_sample",
+                 "prompt_tokens_per_sample", "generated_tokens_per_sample", "unet_evals_per_sample",
+                 "vae_decodes_per_sample"]
+
+
+def bench_dataset(root: Path, n: int) -> Path:
+    """A dataset of ``n`` incomplete samples (alternating image- / text-missing) cycled from the
+    demo set, plus its missing config at ``root/missing.json``."""
+    demo = json.loads((D.DEMO_DIR / "metadata.json").read_text())
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        rec = dict(demo[i % len(demo)])
+        src = D.DEMO_DIR / rec["file_name"]
+        dst = root / "images" / src.name
+        if not dst.exists():
+            shutil.copyfile(src, dst)
+        rec["file_name"] = f"images/{src.name}"
+        items.append(rec)
+    (root / "metadata.json").write_text(json.dumps(items))
+    shutil.copyfile(D.DEMO_DIR / "category.json", root / "category.json")
+    details = {str(i): ([1, 0] if i % 2 == 0 else [0, 1]) for i in range(n)}
+    (root / "missing.json").write_text(json.dumps({"type": "mixed", "missing_ratio": 1.0, "num_missing": n,
+                                                   "total": n, "missing_indices": list(range(n)),
+                                                   "missing_details": details}))
+    return root
+
+
+def _split(name: str, per_sample: dict[str, dict], missing: dict[str, str]) -> list[dict]:
+    rows = []
+    for kind in ("image", "text"):
+        ids = [sid for sid, m in missing.items() if m == kind and sid in per_sample]
+        if not ids:
+            continue
+        mean = lambda key: sum(per_sample[s].get(key, 0) for s in ids) / len(ids)  # noqa: E731
+        rows.append({"name": name, "missing": kind, "samples": len(ids),
+                     **{f"{k}_per_sample": mean(k) for k in ("lmm_calls", "lmm_serial_turns", "prompt_tokens",
+                                                              "generated_tokens", "unet_evals", "vae_decodes")}})
+    return rows
+
+
+def _row(name: str, n: int, wall: float, latencies: list[float], per_sample: dict[str, dict],
+         stage_seconds: dict) -> dict:
+    mean = lambda key: sum(c.get(key, 0) for c in per_sample.values()) / max(1, len(per_sample))  # noqa: E731
+    return {"name": name, "samples": n, "wall_s": wall, "samples_per_s": n / wall,
+            "s_per_sample_p50": percentile(latencies, 50), "s_per_sample_p95": percentile(latencies, 95),
+            "lmm_calls_per_sample": mean("lmm_calls"), "lmm_serial_turns_per_sample": mean("lmm_serial_turns"),
+            "prompt_tokens_per_sample": mean("prompt_tokens"), "generated_tokens_per_sample": mean("generated_tokens"),
+            "unet_evals_per_sample": mean("unet_evals"), "vae_decodes_per_sample": mean("vae_decodes"),
+            "stage_seconds": {s: round(stage_seconds.get(s, 0.0), 3) for s in STAGES}}
+
+
+def run_kbridge(cfg: PipelineConfig, data: Path, out: Path) -> tuple[dict, dict, dict]:
+    from kbridge.engine.api import Engine
+
+    t0 = time.perf_counter()
+    eng = Engine(cfg)
+    eng.models(need_diffusion=True)
+    load = time.perf_counter() - t0
+    done_at: dict[str, float] = {}
+    t1 = time.perf_counter()
+    rep = eng.run(data=data, fmt="coco", missing=data / "missing.json", out=out,
+                  on_sample=lambda sid, status: done_at.setdefault(sid, time.perf_counter() - t1))
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    per_sample = {r["sample_id"]: r["counts"] for r in rows}
+    stages = {"load": load, **rep.stage_seconds}
+    # latency: from the start of the run to the sample's result (queueing included)
+    return _row("kbridge", len(rows), wall, list(done_at.values()), per_sample, stages), per_sample, \
+        {r["sample_id"]: r["missing"] for r in rows}
+
+
+def run_baseline(cfg: PipelineConfig, data: Path, work: Path) -> tuple[dict, dict, dict]:
+    from kbridge.benchmarks.baseline import run_reference_pattern
+
+    ds = D.open_dataset(data, "coco", data / "missing.json")
+    samples = [D.load_sample(ds, i, ds.missing[i]) for i in D.incomplete_indices(ds)]
+    run = run_reference_pattern(cfg, samples, work)
+    per_sample = run.log.per_sample()
+    for s in samples:
+        per_sample.setdefault(s.sample_id, {})
+        per_sample[s.sample_id]["unet_evals"] = run.unet_evals.get(s.sample_id, 0)
+        per_sample[s.sample_id]["vae_decodes"] = run.vae_decodes.get(s.sample_id, 0)
+    # latency: the sample's own processing time across the three scripts (no queueing counted)
+    lat = [run.sample_seconds[s.sample_id] for s in samples]
+    return _row("baseline", len(samples), run.wall_seconds, lat, per_sample, run.stage_seconds), per_sample, \
+        {s.sample_id: s.missing for s in samples}
+
+
+def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0) -> dict:
+    n = 2 if quick else max(2, samples)
+    overrides = {"run": {"threads": threads}} if threads else {}
+    cfg = build_config(profile, overrides=overrides)
+    with tempfile.TemporaryDirectory(prefix="kbridge-bench-") as tmp:
+        tmp = Path(tmp)
+        data = bench_dataset(tmp / "data", n)
+        warm = bench_dataset(tmp / "warm", 2)
+        from kbridge.engine.api import Engine
+
+        Engine(build_config(profile, overrides={**overrides, "generation": {"candidates": 1}})).run(
+            data=warm, fmt="coco", missing=warm / "missing.json", out=tmp / "warm-out")  # builds twins, warms kernels
+        base, base_counts, missing = run_baseline(cfg, data, tmp / "baseline")
+        kb, kb_counts, _ = run_kbridge(cfg, data, tmp / "kbridge")
+    base["speedup_vs_baseline"] = 1.0
+    kb["speedup_vs_baseline"] = kb["samples_per_s"] / base["samples_per_s"]
+    split = _split("baseline", base_counts, missing) + _split("kbridge", kb_counts, missing)
+    return stamp({
+        "question": "e2e", "title": f"End to end: reference pattern vs kbridge ({profile} profile, {n} samples)",
+        "how": f"kbridge bench e2e --profile {profile} --samples {n}" + (" --quick" if quick else ""),
+        "profile": profile, "config": cfg.to_dict(), "columns": COLUMNS, "rows": [base, kb],
+        "plot": "benchmarks/results/e2e_stages.png",
+        "tables": [{"title": "Per-stage busy time (s; kbridge's stages overlap, so they can sum past its wall time)",
+                    "columns": ["name", *STAGES], "rows": [{"name": r["name"], **r["stage_seconds"]} for r in (base, kb)]},
+                   {"title": "Counted figures per sample, by missing modality", "columns": SPLIT_COLUMNS,
+                    "rows": split}],
+        "notes": _notes(base, kb),
+    })
+
+
+def _notes(base: dict, kb: dict) -> list[str]:
+    bs = base["stage_seconds"]
+    lmm = bs["extract"] + bs["write"] + bs["candidate_knowledge"]
+    total = sum(bs.values())
+    return [f"baseline LMM share: {100 * lmm / total:.0f}% of its time (calibration target 50-70%)",
+            f"speed-up {kb['speedup_vs_baseline']:.2f}x (target >= 3x); LMM sequences per sample "
+            f"{kb['lmm_calls_per_sample']:.1f} vs {base['lmm_calls_per_sample']:.1f}; serial LMM turns "
+            f"{kb['lmm_serial_turns_per_sample']:.1f} vs {base['lmm_serial_turns_per_sample']:.1f}"]
