@@ -44,6 +44,15 @@ class StageClock:
         self.seconds[stage] += time.perf_counter() - t0
 
 
+def _render_counted(gen, prompts: list[str], seeds: list[int]):
+    """Render on the worker thread and measure this call's UNet evaluations and VAE decodes per
+    image there, so concurrent batches never see each other's counts."""
+    u0, v0 = gen.counters.unet_evals, gen.counters.vae_decodes
+    images = gen.render(prompts, seeds)
+    n = max(1, len(images))
+    return images, ((gen.counters.unet_evals - u0) / n, (gen.counters.vae_decodes - v0) / n)
+
+
 OnResult = Callable[[SampleResult, dict], None]
 OnError = Callable[[str, str, str], None]
 
@@ -58,8 +67,17 @@ class Scheduler:
         self.unet_evals: dict[str, float] = defaultdict(float)
         self.vae_decodes: dict[str, float] = defaultdict(float)
 
-    async def _dense(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+    async def _dense(self, stage: str, fn, *args):
+        """Run on the dense-model worker thread; the stage's time is measured there, so time
+        spent queueing behind another batch's work is not counted as busy time."""
+        def timed():
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.clock.add(stage, t0)
+
+        return await asyncio.get_running_loop().run_in_executor(self.worker, timed)
 
     def _fail(self, err: SampleError, stage: str) -> None:
         self.on_error(err.sample_id, err.message, stage)
@@ -98,16 +116,12 @@ class Scheduler:
                 cands[s.sample_id] = cs
         flat = [(s.sample_id, cd) for s, _ in img if s.sample_id in cands for cd in cands[s.sample_id]]
         if flat:
-            t0 = time.perf_counter()
-            d = self.models.diffusion
-            before = (d.counters.unet_evals, d.counters.vae_decodes)
-            images = await self._dense(d.render, [cd.prompt for _, cd in flat], [cd.seed for _, cd in flat])
-            per_image = [(d.counters.unet_evals - before[0]) / len(flat), (d.counters.vae_decodes - before[1]) / len(flat)]
+            images, per_image = await self._dense("render", _render_counted, self.models.diffusion,
+                                                  [cd.prompt for _, cd in flat], [cd.seed for _, cd in flat])
             for (sid, cd), im in zip(flat, images):
                 cd.image = im
                 self.unet_evals[sid] += per_image[0]
                 self.vae_decodes[sid] += per_image[1]
-            self.clock.add("render", t0)
         # candidate knowledge: image candidates (fast) or every candidate (reference chain)
         t0 = time.perf_counter()
         todo = [(sid, cd) for sid, cs in cands.items() for cd in cs if ref or cd.image is not None]
@@ -127,10 +141,8 @@ class Scheduler:
         ranked = [(s, kn, cands[s.sample_id]) for s, kn in live if s.sample_id in cands and s.sample_id not in failed]
         if not ranked:
             return
-        t0 = time.perf_counter()
-        best = await self._dense(rank_batch, self.models.scorer, cfg.rank, [r[0] for r in ranked],
+        best = await self._dense("rank", rank_batch, self.models.scorer, cfg.rank, [r[0] for r in ranked],
                                  [r[1] for r in ranked], [r[2] for r in ranked])
-        self.clock.add("rank", t0)
         per_sample = c.log.per_sample()
         for (s, kn, cs), b in zip(ranked, best):
             counts = dict(per_sample.get(s.sample_id, {}))
