@@ -135,3 +135,12 @@ def test_domain_config():
     assert build_config("tiny", overrides={"run": {"domain": "medical"}, "medical": {"steps": 9}}).result_hash() \
         != med.result_hash()
     assert build_config("h100").medical.device == "cuda:0"
+
+
+def test_cli_domain_flag_is_validated():
+    from typer.testing import CliRunner
+
+    from kbridge.cli.app import app
+
+    r = CliRunner().invoke(app, ["run", "--domain", "veterinary", "--out", "unused"])
+    assert r.exit_code == 2 and "domain must be 'general' or 'medical'" in r.output
