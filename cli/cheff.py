@@ -18,7 +18,7 @@ def convert_cheff(
                                                      help="Instead of --unet-heads: channels per head."),
     bert_heads: int = typer.Option(8, "--bert-heads", help="Text-embedder attention heads."),
     scale_factor: Optional[float] = typer.Option(None, "--scale-factor",
-                                                 help="Latent scale (default: the checkpoint's, else 1.0)."),
+                                                 help="Latent scale (default: the checkpoint's, else Cheff's 0.18215)."),
 ):
     """Convert Cheff's CompVis-layout checkpoints (super-resolution stage not included)."""
     from kbridge.cli.app import _fail, out

@@ -257,6 +257,8 @@ def validate(cfg: PipelineConfig) -> None:
     m = cfg.medical
     if m.steps < 1 or not 0.0 <= m.eta <= 1.0 or m.few_shot_count < 0 or not 1 <= m.report_words[0] <= m.report_words[1]:
         raise ConfigError("medical: steps >= 1, eta in [0, 1], few_shot_count >= 0, report_words (min, max)")
+    if cfg.run.domain == "medical" and m.few_shot and not Path(m.few_shot).expanduser().is_file():
+        raise ConfigError(f"medical.few_shot: no such file {m.few_shot}")
     if cfg.rank.graph_metric not in ("jaccard", "jaccard_relations"):
         raise ConfigError(f"unknown graph metric {cfg.rank.graph_metric!r}")
     if not 1 <= g.candidates <= 16:

@@ -94,12 +94,14 @@ def test_wrong_or_incomplete_checkpoints_fail_clearly(tiny):
         C.convert_state_dicts(ldm, {}, parts["tokenizer"], groups=8)
 
 
-def test_cli_convert_cheff_reports_one_line_errors(tmp_path):
+def test_cli_convert_cheff_reports_one_line_errors(tiny, tmp_path):
     from typer.testing import CliRunner
 
     from kbridge.cli.app import app
 
-    r = CliRunner().invoke(app, ["models", "convert-cheff", "--ckpt", str(tmp_path / "nope.pt"), "--out",
-                                 str(tmp_path / "o"), "--tokenizer", str(tmp_path)])
-    assert r.exit_code == 2
-    assert "error:" in r.output and "does not exist" in r.output or "tokenizer" in r.output
+    d, _ = tiny
+    args = ["models", "convert-cheff", "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, args + ["--tokenizer", str(d / "tok")])
+    assert r.exit_code == 2 and "error:" in r.output and "nope.pt does not exist" in r.output
+    r = CliRunner().invoke(app, args + ["--tokenizer", str(tmp_path / "no-tokenizer")])
+    assert r.exit_code == 2 and "cannot load a BERT tokenizer" in r.output

@@ -135,6 +135,8 @@ def test_domain_config():
     assert build_config("tiny", overrides={"run": {"domain": "medical"}, "medical": {"steps": 9}}).result_hash() \
         != med.result_hash()
     assert build_config("h100").medical.device == "cuda:0"
+    with pytest.raises(ConfigError, match="few_shot: no such file"):
+        build_config("tiny", overrides={"run": {"domain": "medical"}, "medical": {"few_shot": "/nowhere.json"}})
 
 
 def test_cli_domain_flag_is_validated():

@@ -27,10 +27,6 @@ from kbridge.engine.generate.sdxl import DiffusionCounters
 
 log = logging.getLogger("kbridge.generate.cheff")
 
-MAX_TOKENS = 150
-"""Cheff's text embedder reads 150 tokens (the tokenizer's model_max_length says so too)."""
-
-
 def load_components(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict:
     """The five parts of a Cheff directory, on ``device`` in ``dtype`` (the text embedder and the
     UNet; the VAE too)."""

@@ -8,7 +8,10 @@ discriminator is dropped). Lightning checkpoints wrap all of it in ``state_dict`
 
 The architecture is read from the tensors' shapes (channels, levels, blocks per level, where the
 attention is, text width and length); what shapes cannot tell (attention heads, GroupNorm groups,
-the image size) are arguments with CompVis's defaults. Every diffusers parameter must be found with
+the image size) are arguments with Cheff's values (its published config: UNet 224 channels ×
+(1, 2, 4, 4), 2 blocks per level, attention at 2×/4×/8× downsampling with 8 heads, context 1280;
+autoencoder 128 × (1, 2, 4), 2 blocks, 3 latent channels; BERT embedder 1280 × 32 layers; linear
+betas 0.0015 → 0.0295 over 1000 steps, which the checkpoint also stores; latent scale 0.18215). Every diffusers parameter must be found with
 the right shape and every checkpoint tensor of a converted part must be used, or conversion fails.
 ``to_compvis`` is the inverse, for tests and for exporting back.
 """
@@ -210,7 +213,7 @@ def read_state_dict(path: Path) -> dict:
 def convert_state_dicts(ldm: dict, ae: dict, tokenizer, *, image_size: int = 256, unet_heads: int | None = 8,
                         unet_head_channels: int | None = None, bert_heads: int = 8, groups: int = 32,
                         scale_factor: float | None = None, prediction_type: str = "epsilon",
-                        linear_start: float = 0.00085, linear_end: float = 0.012) -> dict:
+                        linear_start: float = 0.0015, linear_end: float = 0.0295) -> dict:
     """Build the diffusers components from CompVis state dicts (``ae`` may be empty when ``ldm``
     carries ``first_stage_model.*``)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -220,7 +223,8 @@ def convert_state_dicts(ldm: dict, ae: dict, tokenizer, *, image_size: int = 256
     ae = ae or _part(ldm, VAE)
     ae = {k: v for k, v in ae.items() if not k.startswith("loss.")}  # the training discriminator / LPIPS
     if scale_factor is None:
-        scale_factor = float(ldm["scale_factor"]) if "scale_factor" in ldm else 1.0
+        # a buffer only when trained with scale_by_std; Cheff's config sets 0.18215
+        scale_factor = float(ldm["scale_factor"]) if "scale_factor" in ldm else 0.18215
     vcfg = vae_config(ae, groups, scale_factor, image_size)
     vae = AutoencoderKL(**vcfg).eval()
     levels = len(vcfg["block_out_channels"])

@@ -1,8 +1,9 @@
 """The Cheff architecture with small configs: the zoo's tiny twin and the converter's test model.
 
-Real Cheff (for comparison): UNet in/out 3 channels at 64², cross-attention 1280; KL autoencoder
-with 3 latent channels, block_out_channels (128, 256, 512) → 4×; LDMBert 32 layers × 1280,
-150 positions; BERT (bert-base-uncased) tokenizer. The twin keeps every structural trait (3 latent
+Real Cheff (for comparison): UNet in/out 3 channels at 64², block_out_channels (224, 448, 896, 896),
+2 blocks per level, cross-attention (1280, 8 heads) on all levels but the first; KL autoencoder
+with 3 latent channels, block_out_channels (128, 256, 512) → 4×, 2 blocks; LDMBert 32 layers ×
+1280; BERT (bert-base-uncased) tokenizer. The twin keeps every structural trait (3 latent
 channels, a 4× autoencoder, 150 positions, cross-attention = text width) at toy widths.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def tiny_parts(tokenizer, seed: int = 0, blocks: tuple = (32, 64), layers: int =
     bert = LDMBertModel(LDMBertConfig(vocab_size=len(tokenizer), max_position_embeddings=max_tokens,
                                       encoder_layers=text_layers, encoder_ffn_dim=2 * width, encoder_attention_heads=4,
                                       head_dim=width // 4, d_model=width)).eval()
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    sched = DDIMScheduler(beta_start=0.0015, beta_end=0.0295, beta_schedule="scaled_linear", clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
     return {"unet": unet, "vqvae": vae, "bert": bert, "tokenizer": tokenizer, "scheduler": sched}
 
