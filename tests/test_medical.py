@@ -73,6 +73,15 @@ def test_medical_run_uses_cheff_and_the_medical_scorer(med_run):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_tiny_medical_scorer_is_its_own_model(cfg):
+    from transformers import CLIPModel
+
+    from kbridge.engine import zoo
+
+    a, b = (CLIPModel.from_pretrained(zoo.resolve(n, cfg)).text_projection.weight for n in ("clip", "med_clip"))
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
 def test_xxxx_handling():
     assert llm_text("Dr. XXXX notified at XXXX-XXXX.") == "Dr. [redacted] notified at [redacted]."
     assert scoring_text("Comparison XXXX XXXX.\nXXXX are intact. No effusion") == "Comparison.\nare intact. No effusion"

@@ -64,9 +64,10 @@ def phantom(kind: str | None, seed: int) -> Image.Image:
     y, x = np.mgrid[0:N, 0:N] / N
     for k in range(7):  # ribs: bright arcs over the lungs
         arc = np.abs(y - (0.22 + 0.075 * k) - 0.12 * (x - 0.5) ** 2 * 4) < 0.008
-        img[arc & (img < 0.4)] += 0.18
+        img[arc & (img > 0.1) & (img < 0.4)] += 0.18  # over the lungs only
     for side in (-1, 1):  # clavicles
-        img[np.abs(y - 0.17 - 0.15 * np.abs(x - 0.5)) < 0.01] = 0.8
+        clavicle = (np.abs(y - 0.17 - 0.15 * np.abs(x - 0.5)) < 0.01) & (np.abs(x - 0.5) < 0.3)
+        img[clavicle & (img > 0.1)] = 0.8
         # diaphragm domes: below them everything is soft tissue
         img[(y > 0.74 - 0.3 * ((x - 0.5 - side * 0.19) ** 2) * 0) & (np.abs(x - 0.5 - side * 0.19) < 0.16)
             & (y > 0.72 + 2.0 * (x - 0.5 - side * 0.19) ** 2)] = 0.6
