@@ -28,8 +28,7 @@ from kbridge.engine.generate.sdxl import DiffusionCounters
 log = logging.getLogger("kbridge.generate.cheff")
 
 def load_components(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict:
-    """The five parts of a Cheff directory, on ``device`` in ``dtype`` (the text embedder and the
-    UNet; the VAE too)."""
+    """The five parts of a Cheff directory; the three networks on ``device`` in ``dtype``."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertModel
     from transformers import AutoTokenizer
