@@ -21,8 +21,10 @@ app.add_typer(data_app, name="data")
 
 def _register_subapps() -> None:
     from kbridge.cli.bench import bench_app
+    from kbridge.cli.cheff import convert_cheff
 
     app.add_typer(bench_app, name="bench")
+    models_app.command("convert-cheff")(convert_cheff)
 
 
 _register_subapps()
@@ -96,12 +98,15 @@ def run(
     export_completed: Optional[Path] = typer.Option(None, "--export-completed",
                                                     help="Write the completed dataset (reference layout) here."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    domain: Optional[str] = typer.Option(None, "--domain",
+                                         help="general (default) | medical (chest X-rays: Cheff, medical scorer)."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
     cfg = _config(profile, config,
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
-                  generation=dict(candidates=candidates, refiner=refiner), run=dict(seed=seed, fidelity=fidelity))
+                  generation=dict(candidates=candidates, refiner=refiner),
+                  run=dict(seed=seed, fidelity=fidelity, domain=domain))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kbridge.engine.api import Engine

@@ -46,3 +46,19 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
 
     quiet_libraries()
     _finish(q.run(profile, samples, quick, threads), json_path, save)
+
+
+@bench_app.command("cheff")
+def cheff(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile (the Cheff twin or [models] cheff)."),
+          candidates: int = typer.Option(7, "--candidates", help="Candidates per sample."),
+          samples: int = typer.Option(2, "--samples", help="Samples rendered together."),
+          steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the profile's)."),
+          repeat: int = typer.Option(3, "--repeat", help="Timed repeats after one warm-up."),
+          json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/cheff.json.")):
+    """Cheff X-ray sampling: one at a time (reference) vs batched across candidates and samples."""
+    from kbridge.benchmarks import cheff as q
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    _finish(q.run(profile, candidates, samples, steps, repeat), json_path, save)

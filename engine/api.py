@@ -87,6 +87,13 @@ class Engine:
         cfg = self.cfg
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
+        if data is None and cfg.run.domain == "medical":  # the bundled chest-X-ray demo set
+            from kbridge.engine.medical import demo_paths
+
+            data, demo_fmt, demo_missing = demo_paths()
+            fmt, missing = fmt or demo_fmt, missing or demo_missing
+        elif cfg.run.domain == "medical":
+            fmt = fmt or "iuxray"  # report datasets use the impression + findings text rule
         ds = D.open_dataset(data, fmt, missing)
         missing_path = missing or (D.DEMO_DIR / "missing-mixed-0.7.json" if data is None else None)
         run_key = hashlib.sha256(f"{cfg.result_hash()}|{ds.name}|{ds.root.resolve()}|{ds.format}|"

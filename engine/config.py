@@ -30,6 +30,10 @@ class ModelsConfig:
     """CLIP (vision + text towers, tokenizer, image processor) directory or "tiny"."""
     cache_dir: str = ""
     """Where tiny twins are built; empty means $KBRIDGE_CACHE or ~/.cache/kbridge."""
+    cheff: str = "tiny"
+    """Cheff chest-X-ray LDM (report → X-ray) directory written by ``kbridge models convert-cheff``, or "tiny"."""
+    med_clip: str = "tiny"
+    """Medical image–text scorer in CLIP layout (e.g. a PubMedCLIP directory) or "tiny"."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,33 @@ class RunConfig:
     """Batches in the pipeline at once: one can be in diffusion while the next is in the LMM."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
+    domain: str = "general"
+    """"general" (SDXL, CLIP, object knowledge) or "medical" (chest X-rays: Cheff, the [medical]
+    scorer, radiology knowledge with triples; the bundled X-ray demo set when no data is given)."""
+
+
+@dataclass(frozen=True)
+class MedicalConfig:
+    """The medical (chest-X-ray) domain: which models, the Cheff sampler, the report bounds."""
+
+    generator: str = "cheff"
+    """Model slot of the report → X-ray generator."""
+    scorer: str = "med_clip"
+    """Model slot of the semantic scorer ("clip" to fall back to the general CLIP)."""
+    steps: int = 50
+    """DDIM steps (Cheff's 50)."""
+    eta: float = 1.0
+    """DDIM eta (Cheff's 1.0: every step draws fresh noise from the candidate's own generator)."""
+    batch_size: int = 8
+    """X-rays per UNet forward, across candidates and samples."""
+    device: str = "cpu"
+    dtype: str = "float32"
+    report_words: tuple[int, int] = (20, 80)
+    """Word range of each written report (Cheff reads at most 150 tokens)."""
+    few_shot: str = ""
+    """JSON file of few-shot examples ``[{"report": str, "record": {...}}]``; empty: the bundled ones."""
+    few_shot_count: int = 2
+    """Examples placed before every medical extraction (a shared prompt prefix); 0 disables."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +164,7 @@ class PipelineConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     rank: RankConfig = field(default_factory=RankConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    medical: MedicalConfig = field(default_factory=MedicalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -144,6 +176,10 @@ class PipelineConfig:
         d["lmm"].pop("max_batch")
         d["lmm"].pop("cache")
         d["generation"].pop("batch_size")
+        d["medical"].pop("batch_size")
+        if d["run"]["domain"] == "general":  # general runs keep the hashes they had before the medical domain
+            d.pop("medical")
+            d["run"].pop("domain")
         for k in ("batch_size", "batches_in_flight", "threads"):
             d["run"].pop(k)
         d.pop("profile")
@@ -159,21 +195,23 @@ _REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, g
 PROFILES: dict[str, dict] = {
     "tiny": dict(generation=dict(height=64, width=64, steps=4, candidates=4, batch_size=16),
                  knowledge=dict(max_objects=4, max_attributes=2, triples=5, caption_triples=3,
-                                prompt_words=(5, 12), caption_words=(4, 10), name_chars=16)),
+                                prompt_words=(5, 12), caption_words=(4, 10), name_chars=16),
+                 medical=dict(steps=4, batch_size=16, report_words=(4, 12), few_shot_count=1)),
     "small": dict(models=dict(lmm="small", sdxl_base="small", sdxl_refiner="small", clip="small"),
                   generation=dict(height=128, width=128, steps=10, batch_size=7),
                   knowledge=dict(exact=True), run=dict(batch_size=4)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
-                 rank=dict(device="cuda:0")),
+                 rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16")),
     "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:1", batch_size=2),
-                   rank=dict(device="cuda:1")),
+                   rank=dict(device="cuda:1"), medical=dict(device="cuda:1", dtype="float16")),
     "edge": dict(lmm=dict(_GPU_LMM, image_max_pixels=336 * 336, max_batch=8),
-                 generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=1), rank=dict(device="cuda:0")),
+                 generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=1), rank=dict(device="cuda:0"),
+                 medical=dict(device="cuda:0", dtype="float16")),
 }
 """GPU profiles keep the reference's SDXL settings; model directories must be given for them."""
 
 _SECTIONS = {"models": ModelsConfig, "lmm": LMMConfig, "knowledge": KnowledgeConfig, "generation": GenerationConfig,
-             "rank": RankConfig, "run": RunConfig}
+             "rank": RankConfig, "run": RunConfig, "medical": MedicalConfig}
 
 
 def _apply(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
@@ -217,6 +255,15 @@ def validate(cfg: PipelineConfig) -> None:
     g = cfg.generation
     if cfg.run.fidelity not in ("fast", "reference"):
         raise ConfigError(f"fidelity must be 'fast' or 'reference', not {cfg.run.fidelity!r}")
+    if cfg.run.domain not in ("general", "medical"):
+        raise ConfigError(f"domain must be 'general' or 'medical', not {cfg.run.domain!r}")
+    if cfg.run.domain == "medical" and cfg.run.fidelity != "fast":
+        raise ConfigError("the medical domain has one structured analysis per sample: use fidelity 'fast'")
+    m = cfg.medical
+    if m.steps < 1 or not 0.0 <= m.eta <= 1.0 or m.few_shot_count < 0 or not 1 <= m.report_words[0] <= m.report_words[1]:
+        raise ConfigError("medical: steps >= 1, eta in [0, 1], few_shot_count >= 0, report_words (min, max)")
+    if cfg.run.domain == "medical" and m.few_shot and not Path(m.few_shot).expanduser().is_file():
+        raise ConfigError(f"medical.few_shot: no such file {m.few_shot}")
     if cfg.rank.graph_metric not in ("jaccard", "jaccard_relations"):
         raise ConfigError(f"unknown graph metric {cfg.rank.graph_metric!r}")
     if not 1 <= g.candidates <= 16:

@@ -54,6 +54,10 @@ def _check(resp, sid: str, what: str):
 
 async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample]) -> list[Knowledge | SampleError]:
     """Knowledge of each sample's available modality."""
+    if cfg.run.domain == "medical":
+        from kbridge.engine import med_stages
+
+        return await med_stages.extract(client, cfg, samples)
     k = cfg.knowledge
     if cfg.run.fidelity == "fast":
         reqs = [_req(cfg, P.knowledge_fast(k, s.text, s.image), S.knowledge(k), s.sample_id, "extract", 1)
@@ -101,6 +105,10 @@ async def candidate_triples(client: LMMClient, cfg: PipelineConfig, owners: list
     candidate, all in one pass); every candidate through the full chain in reference mode."""
     if not cands:
         return []
+    if cfg.run.domain == "medical":
+        from kbridge.engine import med_stages
+
+        return await med_stages.candidate_triples(client, cfg, owners, cands, turn)
     temp = cfg.lmm.rank_temperature
     if cfg.run.fidelity == "reference":
         kns = await chain_extract(client, cfg, [(o, c.id, c.text, c.image) for o, c in zip(owners, cands)],

@@ -34,11 +34,19 @@ def load_scorer(cfg: PipelineConfig):
     """The semantic scorer (``embed_texts`` / ``embed_images`` → unit vectors)."""
     from kbridge.engine.rank.semantic import ClipScorer
 
+    if cfg.run.domain == "medical":
+        from kbridge.engine.rank.medical import ReportScorer
+
+        return ReportScorer(ClipScorer(zoo.resolve(cfg.medical.scorer, cfg), cfg.rank.device))
     return ClipScorer(zoo.resolve("clip", cfg), cfg.rank.device)
 
 
 def load_generator(cfg: PipelineConfig):
     """The image generator (``render(prompts, seeds) -> images`` with ``counters``)."""
+    if cfg.run.domain == "medical":
+        from kbridge.engine.generate.cheff import CheffGenerator
+
+        return CheffGenerator(zoo.resolve(cfg.medical.generator, cfg), cfg.medical)
     from kbridge.engine.generate.sdxl import SDXLGenerator
 
     refiner = zoo.resolve("sdxl_refiner", cfg) if cfg.generation.refiner else None

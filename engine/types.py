@@ -46,13 +46,18 @@ class Knowledge:
     objects: list[ObjectInfo]
     style: str
     triples: list[Triple]
+    medical: dict | None = None
+    """The structured radiology record (medical domain only)."""
 
     def as_dict(self) -> dict:
-        return {
+        d = {
             "objects": [{"name": o.name, "count": o.count, "attributes": o.attributes} for o in self.objects],
             "style": self.style,
             "triples": [t.as_dict() for t in self.triples],
         }
+        if self.medical is not None:
+            d["medical"] = self.medical
+        return d
 
 
 @dataclass

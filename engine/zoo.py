@@ -27,6 +27,8 @@ MODELS = {
     "sdxl_base": ("SDXL base", "stable-diffusion-xl-base-1.0"),
     "sdxl_refiner": ("SDXL refiner", "stable-diffusion-xl-refiner-1.0"),
     "clip": ("CLIP", "clip-vit-large-patch14"),
+    "cheff": ("Cheff LDM", "Cheff cheff_diff_t2i.pt + cheff_autoencoder.pt via `kbridge models convert-cheff`"),
+    "med_clip": ("medical CLIP", "a CLIP-layout medical image-text model, e.g. PubMedCLIP"),
 }
 """Model slot → (architecture, the real checkpoint the slot is meant for)."""
 
@@ -328,7 +330,7 @@ def build_tiny_sdxl_refiner(out: Path, size: str = "tiny") -> None:
                                      requires_aesthetics_score=True).save_pretrained(out)
 
 
-def build_tiny_clip(out: Path, size: str = "tiny") -> None:
+def build_tiny_clip(out: Path, size: str = "tiny", seed: int = 7) -> None:
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
     write_clip_tokenizer(out)
@@ -343,11 +345,23 @@ def build_tiny_clip(out: Path, size: str = "tiny") -> None:
                            intermediate_size=d["inter"], num_hidden_layers=d["layers"], num_attention_heads=4),
         projection_dim=d["proj"],
     )
-    _seeded(7)
+    _seeded(seed)
     CLIPModel(cfg).save_pretrained(out)
     px = d["image"]
     CLIPImageProcessorPil(size={"shortest_edge": px}, crop_size={"height": px, "width": px}).save_pretrained(out)
 
 
+def build_tiny_med_clip(out: Path) -> None:
+    """The CLIP twin with other weights: a medical scorer is a different model in the same layout."""
+    build_tiny_clip(out, seed=17)
+
+
+def build_tiny_cheff(out: Path) -> None:
+    from kbridge.engine.generate.cheff_tiny import build_tiny_cheff as build
+
+    build(out, _words())
+
+
 _BUILDERS = {"lmm": build_tiny_lmm, "sdxl_base": build_tiny_sdxl_base,
-             "sdxl_refiner": build_tiny_sdxl_refiner, "clip": build_tiny_clip}
+             "sdxl_refiner": build_tiny_sdxl_refiner, "clip": build_tiny_clip,
+             "cheff": build_tiny_cheff, "med_clip": build_tiny_med_clip}

@@ -31,6 +31,10 @@ def _dedupe(texts: list[str]) -> list[str]:
 async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
                         knowledge: list[Knowledge], turn: int) -> list[list[str] | SampleError]:
     n, k = cfg.generation.candidates, cfg.knowledge
+    if cfg.run.domain == "medical":
+        from kbridge.engine import med_stages
+
+        return await med_stages.write_reports(client, cfg, samples, knowledge, turn)
     if cfg.run.fidelity == "reference":
         return await _prompt_chain(client, cfg, samples, knowledge, turn)
     reqs = [_req(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
@@ -70,6 +74,10 @@ async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str]
 async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
                          knowledge: list[Knowledge], turn: int) -> list[list[Candidate] | SampleError]:
     n, k = cfg.generation.candidates, cfg.knowledge
+    if cfg.run.domain == "medical":
+        from kbridge.engine import med_stages
+
+        return await med_stages.write_report_candidates(client, cfg, samples, knowledge, turn)
     with_triples = cfg.run.fidelity == "fast"
     reqs = [_req(cfg, P.captions_fast(k, n, s.image, kn), S.captions(k, n, with_triples), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]

@@ -1,0 +1,96 @@
+"""The medical domain's LMM stages, behind the same seams as the general ones (extract,
+write_prompts, write_captions, candidate_triples route here when ``run.domain == "medical"``).
+
+One structured analysis per sample (few-shot prefix + the sample), one call writing every
+candidate report, and for generated X-rays one batched analysis pass whose triples (the model's
+plus those implied by the structured fields) feed graph ranking.
+"""
+from __future__ import annotations
+
+from kbridge.engine.config import PipelineConfig
+from kbridge.engine.extract import _check, _req, parse_triples
+from kbridge.engine.lmm import LMMClient
+from kbridge.engine.lmm import med_prompts as MP
+from kbridge.engine.lmm import med_schemas as MS
+from kbridge.engine.medical import knowledge_from_record, load_few_shot
+from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, Triple
+
+
+def _examples(cfg: PipelineConfig) -> list[dict]:
+    return load_few_shot(cfg.medical.few_shot, cfg.medical.few_shot_count)
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample]) -> list[Knowledge | SampleError]:
+    ex, k = _examples(cfg), cfg.knowledge
+    reqs = [_req(cfg, MP.analysis(k, ex, s.text, s.image), MS.record(k), s.sample_id, "extract", 1) for s in samples]
+    out: list[Knowledge | SampleError] = []
+    for s, r in zip(samples, await client.complete(reqs)):
+        try:
+            out.append(knowledge_from_record(_check(r, s.sample_id, "medical analysis")))
+        except SampleError as e:
+            out.append(e)
+    return out
+
+
+async def write_reports(client: LMMClient, cfg: PipelineConfig, samples: list[Sample], knowledge: list[Knowledge],
+                        turn: int) -> list[list[str] | SampleError]:
+    """Image missing: N reports, each the conditioning text of one generated X-ray."""
+    from kbridge.engine.generate.text import _dedupe
+
+    ex, n, w = _examples(cfg), cfg.generation.candidates, cfg.medical.report_words
+    reqs = [_req(cfg, MP.reports_for_images(ex, n, w, s.text, kn), MS.reports(n, w), s.sample_id, "generate", turn)
+            for s, kn in zip(samples, knowledge)]
+    out: list[list[str] | SampleError] = []
+    for s, r in zip(samples, await client.complete(reqs)):
+        try:
+            out.append(_dedupe([_clean(t) for t in _check(r, s.sample_id, "report writing")["reports"]]))
+        except SampleError as e:
+            out.append(e)
+    return out
+
+
+async def write_report_candidates(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
+                                  knowledge: list[Knowledge], turn: int) -> list[list[Candidate] | SampleError]:
+    """Text missing: N reports, each carrying its diagnoses and triples (no re-extraction needed)."""
+    ex, k, n, w = _examples(cfg), cfg.knowledge, cfg.generation.candidates, cfg.medical.report_words
+    reqs = [_req(cfg, MP.reports_for_text(k, ex, n, w, s.image, kn), MS.report_candidates(k, n, w), s.sample_id,
+                 "generate", turn) for s, kn in zip(samples, knowledge)]
+    out: list[list[Candidate] | SampleError] = []
+    for s, r in zip(samples, await client.complete(reqs)):
+        try:
+            items = _check(r, s.sample_id, "report writing")["reports"]
+        except SampleError as e:
+            out.append(e)
+            continue
+        cands, seen = [], set()
+        for it in items:
+            text = _clean(it["text"])
+            if text.lower() in seen:
+                continue
+            seen.add(text.lower())
+            implied = [Triple("chest x-ray", "suggests", str(d)).as_dict() for d in it.get("diagnoses", [])]
+            cands.append(Candidate(id=f"c{len(cands)}", source="generated", text=text,
+                                   triples=parse_triples(implied + list(it.get("triples", [])))))
+        out.append(cands)
+    return out
+
+
+async def candidate_triples(client: LMMClient, cfg: PipelineConfig, owners: list[str], cands: list[Candidate],
+                            turn: int) -> list[SampleError | None]:
+    """Generated X-rays: the same structured analysis as the samples (so both graphs share a
+    vocabulary), all candidates of a batch in one pass at the ranking temperature."""
+    ex, k = _examples(cfg), cfg.knowledge
+    reqs = [_req(cfg, MP.analysis(k, ex, None, c.image), MS.record(k), o, "rank", turn, c.id,
+                 temperature=cfg.lmm.rank_temperature) for o, c in zip(owners, cands)]
+    res: list[SampleError | None] = []
+    for o, c, r in zip(owners, cands, await client.complete(reqs)):
+        if r.error:
+            res.append(SampleError(o, f"candidate {c.id} analysis: {r.error}"))
+        else:
+            c.triples = knowledge_from_record(r.parsed).triples
+            res.append(None)
+    return res
