@@ -100,10 +100,15 @@ class RankConfig:
     """Weight of the CLIP cosine term (clipped to [0, 1])."""
     graph_weight: float = 0.5
     """Weight of the knowledge-graph term (in [0, 1])."""
-    graph_metric: str = "jaccard_relations"
-    """"jaccard": Jaccard over undirected edges between normalised entity names.
+    graph_metric: str = "soft"
+    """"soft" (default): each normalised triple embedded once by the scorer's text tower (CLIP's
+    when it is loaded); the score is the symmetric MaxSim between the two triple sets (mean
+    best-match cosine, both directions), clipped to [0, 1], so paraphrased triples still match.
+    "jaccard": Jaccard over undirected edges between normalised entity names.
     "jaccard_relations": the mean of that and the same over (edge, relation) pairs, so a shared
-    edge with another verb ("man holds cup" / "man drops cup") earns half credit."""
+    edge with another verb ("man holds cup" / "man drops cup") earns half credit.
+    "cosine": the reference's cosine of adjacency matrices, fixed (shared node index, so any
+    sizes compare and identical graphs score 1)."""
     device: str = "cpu"
 
 
@@ -211,8 +216,9 @@ def validate(cfg: PipelineConfig) -> None:
     g = cfg.generation
     if cfg.run.fidelity not in ("fast", "reference"):
         raise ConfigError(f"fidelity must be 'fast' or 'reference', not {cfg.run.fidelity!r}")
-    if cfg.rank.graph_metric not in ("jaccard", "jaccard_relations"):
-        raise ConfigError(f"unknown graph metric {cfg.rank.graph_metric!r}")
+    if cfg.rank.graph_metric not in ("soft", "jaccard", "jaccard_relations", "cosine"):
+        raise ConfigError(f"unknown graph metric {cfg.rank.graph_metric!r} (known: soft, jaccard, "
+                          f"jaccard_relations, cosine)")
     if not 1 <= g.candidates <= 16:
         raise ConfigError("generation.candidates must be between 1 and 16")
     k = cfg.knowledge

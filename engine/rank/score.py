@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from kbridge.engine.config import RankConfig
-from kbridge.engine.rank.graph import graph_score
+from kbridge.engine.rank.graph import graph_scores
 from kbridge.engine.rank.semantic import ClipScorer, cosine_scores
 from kbridge.engine.types import Candidate, Knowledge, Sample
 
@@ -22,7 +22,9 @@ def rank_batch(scorer: ClipScorer, cfg: RankConfig, samples: list[Sample], knowl
                candidates: list[list[Candidate]]) -> list[str]:
     """Score every candidate of every sample in place; returns each sample's best candidate id.
 
-    All texts and all images of the batch go through the CLIP towers in one batched pass each.
+    All texts and all images of the batch go through the CLIP towers in one batched pass each;
+    graph scores of the whole batch are one call (``soft``: one text-tower pass over the distinct
+    triples, one MaxSim kernel call over all (sample, candidate) pairs).
     """
     texts, images = [], []  # (owner index, payload), flattened across the batch
     for i, (s, cands) in enumerate(zip(samples, candidates)):
@@ -33,6 +35,8 @@ def rank_batch(scorer: ClipScorer, cfg: RankConfig, samples: list[Sample], knowl
             images.append(s.image)
             texts.extend(c.text for c in cands)
     t_emb, i_emb = scorer.embed_texts(texts), scorer.embed_images(images)
+    graph = iter(graph_scores([(kn.triples, c.triples) for kn, cands in zip(knowledge, candidates) for c in cands],
+                              cfg.graph_metric, scorer.embed_texts))
     ti = ii = 0
     best = []
     for s, kn, cands in zip(samples, knowledge, candidates):
@@ -44,7 +48,7 @@ def rank_batch(scorer: ClipScorer, cfg: RankConfig, samples: list[Sample], knowl
             sem = cosine_scores(i_emb[ii], t_emb[ti:ti + m]) if m else []
             ii, ti = ii + 1, ti + m
         for c, sv in zip(cands, sem):
-            g = graph_score(kn.triples, c.triples, cfg.graph_metric)
+            g = next(graph)
             c.scores = {"semantic": float(sv), "graph": float(g), "total": combine(float(sv), g, cfg)}
         best.append(best_of(cands) if cands else "")
     return best

@@ -12,6 +12,24 @@ import torch
 from PIL import Image
 
 
+class TextCache:
+    """Unit text embeddings by string, oldest dropped first beyond ``max_items`` (triples and
+    captions recur across candidates and batches; the soft graph metric embeds each once)."""
+
+    def __init__(self, max_items: int = 20000):
+        self.max_items, self.rows = max_items, {}
+
+    def embed(self, texts: list[str], encode) -> torch.Tensor:
+        """[N, D]: cached rows, the missing distinct texts encoded in one ``encode`` call."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if todo:
+            for t, v in zip(todo, encode(todo)):
+                self.rows[t] = v
+            while len(self.rows) > self.max_items:
+                self.rows.pop(next(iter(self.rows)))
+        return torch.stack([self.rows[t] for t in texts]) if texts else torch.empty(0)
+
+
 class ClipScorer:
     def __init__(self, path: Path, device: str = "cpu", batch_size: int = 64):
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
@@ -21,10 +39,14 @@ class ClipScorer:
         self.tok = AutoTokenizer.from_pretrained(path)
         self.improc = CLIPImageProcessorPil.from_pretrained(path)
         self.max_len = min(self.tok.model_max_length, self.model.config.text_config.max_position_embeddings)
+        self.cache = TextCache()
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """[N, D] unit vectors (cached by text)."""
+        return self.cache.embed(texts, self._encode_texts)
 
     @torch.inference_mode()
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """[N, D] unit vectors."""
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[i:i + self.batch_size], padding=True, truncation=True, max_length=self.max_len,
