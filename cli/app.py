@@ -23,6 +23,9 @@ def _register_subapps() -> None:
     from kbridge.cli.bench import bench_app
 
     app.add_typer(bench_app, name="bench")
+    from kbridge.cli.index import index_app
+
+    app.add_typer(index_app, name="index")
 
 
 _register_subapps()
