@@ -6,13 +6,17 @@
 //   symmetric(i, j) = (maxsim(Q_i, X_j) + maxsim(X_j, Q_i)) / 2
 // An empty set on either side scores 0.
 //
-// One idea: a pair's similarity tile S = Q_i X_j^T is never stored. It is produced in register
-// blocks of RQ query rows × RX document rows (RQ·RX vector accumulators over the shared dimension,
-// one horizontal sum per dot product), and each block immediately updates the running row maxima
-// (and column maxima for the symmetric form). Blocks at a set's edge repeat the last row's pointer
-// instead of branching, so every block runs the same straight-line code. Pairs are independent and
-// are spread over OpenMP threads. float16 inputs are widened to float32 once, up front; all
-// arithmetic is float32.
+// One idea: pairs are grouped by query set. A group's query set Q_i is packed once, transposed
+// into panels of W rows ([D, W] each, contiguous), and the group's document rows (its document
+// sets one after another, read in place) meet it in an outer-product micro-kernel: one panel
+// vector (W query rows) times one broadcast value of each of RX document rows per step, RX vector
+// accumulators, no horizontal sums, the shared dimension cut into L1-sized slices. The result is
+// a small tile [document rows of the group, W-padded query rows]; each document set is a row
+// range of it, and its forward (per query row: max over the set's rows) and backward (per
+// document row: max over query rows) maxima are read off it. A tile covers at most ~CHUNK
+// document rows, so the full [all queries x all documents] similarity tensor never exists.
+// Groups run in parallel over OpenMP threads. float16 inputs are widened to float32 once, up
+// front; all arithmetic is float32.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
@@ -20,7 +24,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -35,83 +38,91 @@ namespace {
 
 #if defined(__AVX512F__)
 constexpr int W = 16;  // lanes per vector
-constexpr int RQ = 4, RX = 4;
 #elif defined(__AVX__)
 constexpr int W = 8;
-constexpr int RQ = 4, RX = 3;  // 12 accumulators + 7 loads fit in 16 ymm registers
 #else
 constexpr int W = 4;
-constexpr int RQ = 2, RX = 2;
 #endif
+constexpr int PW = W;       // panel width: query rows per vector
+#ifndef KB_RX
+#define KB_RX 12
+#endif
+constexpr int RX = KB_RX;   // document rows per micro-kernel: RX accumulators hide FMA latency
+constexpr int64_t KC = 128; // shared-dimension slice kept in L1
+constexpr int64_t CHUNK = 1024;  // most document rows per task (keeps the tile in L2)
 typedef float vfloat __attribute__((vector_size(W * sizeof(float))));
 
 inline vfloat load(const float *p) {
     vfloat v;
-    std::memcpy(&v, p, sizeof(v));  // unaligned load
+    std::memcpy(&v, p, sizeof(v));
     return v;
 }
 
-inline float hsum(vfloat v) {
-    float s = 0.f;
-    for (int l = 0; l < W; ++l) s += v[l];
-    return s;
+inline void store(float *p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Pack query rows [q, q + n) transposed into panels of PW rows: row a lives in panel a / PW at
+// lane a % PW, panels are [dim, PW] row-major. Returns the padded row count (zeros beyond n).
+int64_t pack_panels(const float *q, int64_t n, int64_t dim, std::vector<float> &out) {
+    int64_t padded = (n + PW - 1) / PW * PW;
+    out.assign(size_t(padded * dim), 0.f);
+    for (int64_t a = 0; a < n; ++a) {
+        float *dst = out.data() + (a / PW) * dim * PW + a % PW;
+        const float *src = q + a * dim;
+        for (int64_t t = 0; t < dim; ++t) dst[t * PW] = src[t];
+    }
+    return padded;
 }
 
-// dots[a][b] = q[a] · x[b] over dim floats, for RQ query rows and RX document rows.
-inline void block_dots(const float *const *q, const float *const *x, int64_t dim, float dots[RQ][RX]) {
-    vfloat acc[RQ][RX];
-    for (int a = 0; a < RQ; ++a)
-        for (int b = 0; b < RX; ++b) acc[a][b] = vfloat{};
-    int64_t k = 0;
-    for (; k + W <= dim; k += W) {
-        vfloat xv[RX];
-        for (int b = 0; b < RX; ++b) xv[b] = load(x[b] + k);
-        for (int a = 0; a < RQ; ++a) {
-            vfloat qv = load(q[a] + k);
-            for (int b = 0; b < RX; ++b) acc[a][b] += qv * xv[b];
+// tile [rows, padded] = x rows (row pointers, each dim long) x query panels: tile[r][a] = x_r . q_a.
+// Outer-product form: one panel vector (PW query rows) times one broadcast value of each of RX
+// document rows per step, no horizontal sums. The shared dimension is cut into KC-long slices so
+// that the panel slice stays in L1 across row blocks; partial sums go through the small tile.
+// Blocks past the last row repeat it (same straight-line code) and are not stored.
+void tile_product(const float *const *xrows, int64_t rows, const float *panels, int64_t padded, int64_t dim,
+                  float *tile) {
+    for (int64_t p = 0; p < padded / PW; ++p) {
+        const float *qp = panels + p * dim * PW;
+        for (int64_t t0 = 0; t0 < dim; t0 += KC) {
+            const int64_t t1 = std::min(dim, t0 + KC);
+            for (int64_t r0 = 0; r0 < rows; r0 += RX) {
+                const float *xr[RX];
+                for (int b = 0; b < RX; ++b) xr[b] = xrows[std::min(r0 + b, rows - 1)];
+                float *out = tile + p * PW;
+                vfloat acc[RX];
+                for (int b = 0; b < RX; ++b)
+                    acc[b] = (t0 == 0 || r0 + b >= rows) ? vfloat{} : load(out + (r0 + b) * padded);
+                for (int64_t t = t0; t < t1; ++t) {
+                    const vfloat qv = load(qp + t * PW);
+                    for (int b = 0; b < RX; ++b) acc[b] += qv * xr[b][t];
+                }
+                for (int b = 0; b < RX && r0 + b < rows; ++b) store(out + (r0 + b) * padded, acc[b]);
+            }
         }
     }
-    for (int a = 0; a < RQ; ++a)
-        for (int b = 0; b < RX; ++b) {
-            float s = hsum(acc[a][b]);
-            for (int64_t t = k; t < dim; ++t) s += q[a][t] * x[b][t];
-            dots[a][b] = s;
-        }
 }
 
-// One pair: Q rows [q, q + n), X rows [x, x + m). Returns (forward, backward) MaxSim.
-// rowmax / colmax are scratch buffers of at least n and m floats.
-void pair_scores(const float *q, int64_t n, const float *x, int64_t m, int64_t dim, bool backward,
-                 float *rowmax, float *colmax, float &fwd, float &bwd) {
+// Forward / backward MaxSim of one document set occupying tile rows [r0, r0 + m), n query columns.
+void read_scores(const float *tile, int64_t n, int64_t padded, int64_t r0, int64_t m, bool backward, float &fwd,
+                 float &bwd) {
     fwd = bwd = 0.f;
     if (n == 0 || m == 0) return;
-    const float ninf = -std::numeric_limits<float>::infinity();
-    std::fill(rowmax, rowmax + n, ninf);
-    if (backward) std::fill(colmax, colmax + m, ninf);
-    const float *qp[RQ];
-    const float *xp[RX];
-    float dots[RQ][RX];
-    for (int64_t i0 = 0; i0 < n; i0 += RQ) {
-        for (int a = 0; a < RQ; ++a) qp[a] = q + std::min(i0 + a, n - 1) * dim;
-        for (int64_t j0 = 0; j0 < m; j0 += RX) {
-            for (int b = 0; b < RX; ++b) xp[b] = x + std::min(j0 + b, m - 1) * dim;
-            block_dots(qp, xp, dim, dots);
-            // rows / columns past the edge repeat the last one: their maxima are the same values
-            for (int a = 0; a < RQ && i0 + a < n; ++a)
-                for (int b = 0; b < RX; ++b) rowmax[i0 + a] = std::max(rowmax[i0 + a], dots[a][b]);
-            if (backward)
-                for (int b = 0; b < RX && j0 + b < m; ++b)
-                    for (int a = 0; a < RQ; ++a) colmax[j0 + b] = std::max(colmax[j0 + b], dots[a][b]);
-        }
-    }
+    const float *blk = tile + r0 * padded;
     double s = 0.0;
-    for (int64_t i = 0; i < n; ++i) s += rowmax[i];
-    fwd = float(s / double(n));
-    if (backward) {
-        s = 0.0;
-        for (int64_t j = 0; j < m; ++j) s += colmax[j];
-        bwd = float(s / double(m));
+    for (int64_t a = 0; a < n; ++a) {
+        float best = blk[a];
+        for (int64_t r = 1; r < m; ++r) best = std::max(best, blk[r * padded + a]);
+        s += best;
     }
+    fwd = float(s / double(n));
+    if (!backward) return;
+    s = 0.0;
+    for (int64_t r = 0; r < m; ++r) {
+        const float *row = blk + r * padded;
+        float best = row[0];
+        for (int64_t a = 1; a < n; ++a) best = std::max(best, row[a]);
+        s += best;
+    }
+    bwd = float(s / double(m));
 }
 
 float half_to_float(uint16_t h) {
@@ -147,12 +158,6 @@ void check_offsets(const Off &off, int64_t rows, const char *name) {
                                     std::to_string(rows) + ")");
 }
 
-int64_t max_len(const Off &off) {
-    int64_t best = 0;
-    for (size_t i = 1; i < off.shape(0); ++i) best = std::max(best, off.data()[i] - off.data()[i - 1]);
-    return best;
-}
-
 // Widen float16 (bit patterns) to float32; float32 passes through without a copy.
 const float *as_f32(const Mat<float> &a, std::vector<float> &) { return a.data(); }
 const float *as_f32(const Mat<uint16_t> &a, std::vector<float> &buf) {
@@ -174,29 +179,59 @@ Out make_out(size_t rows, size_t cols, float *&data) {
 
 // Scores every (query set, document set) pair p = (pq[p], px[p]); out[p] is the forward or the
 // symmetric score. pq / px are strided views (pairs array columns, or an implicit grid).
-template <class T, class PairOf>
-void run_pairs(const Mat<T> &q, const Off &q_off, const Mat<T> &x, const Off &x_off, int64_t npairs,
-               PairOf pair_of, bool symmetric, float *out) {
+// out[p] = forward or symmetric MaxSim of pairs[p] = (query set, document set), p < npairs.
+// Tasks: pairs sorted by query set, cut into runs of one query set and at most CHUNK columns.
+template <class T>
+void run_pairs(const Mat<T> &q, const Off &q_off, const Mat<T> &x, const Off &x_off, const int64_t *pairs,
+               int64_t npairs, bool symmetric, float *out) {
     int64_t dim = q.shape(1);
     std::vector<float> qbuf, xbuf;
-    const float *qf, *xf;
-    {
-        nb::gil_scoped_release release;
-        qf = as_f32(q, qbuf);
-        xf = as_f32(x, xbuf);
-        const int64_t *qo = q_off.data(), *xo = x_off.data();
-        int64_t nmax = std::max<int64_t>(max_len(q_off), 1), mmax = std::max<int64_t>(max_len(x_off), 1);
+    nb::gil_scoped_release release;
+    const float *qf = as_f32(q, qbuf), *xf = as_f32(x, xbuf);
+    const int64_t *qo = q_off.data(), *xo = x_off.data();
+    std::vector<int64_t> order(npairs);
+    for (int64_t p = 0; p < npairs; ++p) order[p] = p;
+    std::stable_sort(order.begin(), order.end(),
+                     [pairs](int64_t a, int64_t b) { return pairs[2 * a] < pairs[2 * b]; });
+    std::vector<int64_t> starts;  // task boundaries in `order`
+    for (int64_t k = 0, cols = 0; k < npairs; ++k) {
+        int64_t i = pairs[2 * order[k]], j = pairs[2 * order[k] + 1], m = xo[j + 1] - xo[j];
+        if (k == 0 || i != pairs[2 * order[k - 1]] || cols + m > CHUNK) {
+            starts.push_back(k);
+            cols = 0;
+        }
+        cols += m;
+    }
+    starts.push_back(npairs);
+    int64_t ntasks = int64_t(starts.size()) - 1;
 #pragma omp parallel
-        {
-            std::vector<float> rowmax(nmax), colmax(mmax);
-#pragma omp for schedule(dynamic, 8)
-            for (int64_t p = 0; p < npairs; ++p) {
-                int64_t i, j;
-                pair_of(p, i, j);
+    {
+        std::vector<float> panels, tile;
+        std::vector<const float *> xrows;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntasks; ++t) {
+            int64_t k0 = starts[t], k1 = starts[t + 1], i = pairs[2 * order[k0]];
+            int64_t n = qo[i + 1] - qo[i];
+            if (n == 0) {
+                for (int64_t k = k0; k < k1; ++k) out[order[k]] = 0.f;
+                continue;
+            }
+            xrows.clear();
+            for (int64_t k = k0; k < k1; ++k) {
+                int64_t j = pairs[2 * order[k] + 1];
+                for (int64_t r = xo[j]; r < xo[j + 1]; ++r) xrows.push_back(xf + r * dim);
+            }
+            int64_t padded = pack_panels(qf + qo[i] * dim, n, dim, panels);
+            tile.resize(size_t(std::max<int64_t>(int64_t(xrows.size()) * padded, 1)));
+            if (!xrows.empty())
+                tile_product(xrows.data(), int64_t(xrows.size()), panels.data(), padded, dim, tile.data());
+            int64_t r0 = 0;
+            for (int64_t k = k0; k < k1; ++k) {
+                int64_t j = pairs[2 * order[k] + 1], m = xo[j + 1] - xo[j];
                 float f, b;
-                pair_scores(qf + qo[i] * dim, qo[i + 1] - qo[i], xf + xo[j] * dim, xo[j + 1] - xo[j], dim,
-                            symmetric, rowmax.data(), colmax.data(), f, b);
-                out[p] = symmetric ? 0.5f * (f + b) : f;
+                read_scores(tile.data(), n, padded, r0, m, symmetric, f, b);
+                out[order[k]] = symmetric ? 0.5f * (f + b) : f;
+                r0 += m;
             }
         }
     }
@@ -222,8 +257,7 @@ Out maxsim_pairs(Mat<T> q, Off q_off, Mat<T> x, Off x_off, Pairs pairs, bool sym
             throw std::invalid_argument("pair " + std::to_string(p) + " refers to a set that does not exist");
     float *out;
     Out res = make_out(np_, 0, out);
-    run_pairs(q, q_off, x, x_off, np_, [pp](int64_t p, int64_t &i, int64_t &j) { i = pp[2 * p]; j = pp[2 * p + 1]; },
-              symmetric, out);
+    run_pairs(q, q_off, x, x_off, pp, np_, symmetric, out);
     return res;
 }
 
@@ -233,8 +267,12 @@ Out maxsim_all(Mat<T> q, Off q_off, Mat<T> x, Off x_off, bool symmetric) {
     int64_t nq = q_off.shape(0) - 1, nx = x_off.shape(0) - 1;
     float *out;
     Out res = make_out(nq, nx, out);
-    run_pairs(q, q_off, x, x_off, nq * nx, [nx](int64_t p, int64_t &i, int64_t &j) { i = p / nx; j = p % nx; },
-              symmetric, out);
+    std::vector<int64_t> grid(size_t(2 * nq * nx));
+    for (int64_t p = 0; p < nq * nx; ++p) {
+        grid[2 * p] = p / nx;
+        grid[2 * p + 1] = p % nx;
+    }
+    run_pairs(q, q_off, x, x_off, grid.data(), nq * nx, symmetric, out);
     return res;
 }
 
