@@ -100,7 +100,7 @@ class GenerationConfig:
 @dataclass(frozen=True)
 class RankConfig:
     semantic_weight: float = 0.5
-    """Weight of the CLIP cosine term (clipped to [0, 1])."""
+    """Weight of the semantic term (CLIP and/or BLIP, see `semantic`; in [0, 1])."""
     graph_weight: float = 0.5
     """Weight of the knowledge-graph term (in [0, 1])."""
     graph_metric: str = "soft"

@@ -31,6 +31,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 namespace nb = nanobind;
 
@@ -164,8 +167,16 @@ const float *as_f32(const Mat<uint16_t> &a, std::vector<float> &buf) {
     size_t n = a.shape(0) * a.shape(1);
     buf.resize(n);
     const uint16_t *src = a.data();
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-    for (int64_t i = 0; i < int64_t(n); ++i) buf[i] = half_to_float(src[i]);
+    const int64_t blocks = (int64_t(n) + 4095) / 4096;
+#pragma omp parallel for schedule(static) if (blocks > 16)
+    for (int64_t b = 0; b < blocks; ++b) {
+        int64_t i = b * 4096, end = std::min<int64_t>(int64_t(n), i + 4096);
+#if defined(__F16C__)
+        for (; i + 8 <= end; i += 8)  // hardware conversion, 8 lanes at a time
+            _mm256_storeu_ps(buf.data() + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(src + i))));
+#endif
+        for (; i < end; ++i) buf[i] = half_to_float(src[i]);
+    }
     return buf.data();
 }
 

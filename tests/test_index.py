@@ -144,3 +144,14 @@ def test_build_index_on_the_demo_set(engine, tmp_path):
     found = ret.candidates(engine.models(need_diffusion=False).scorer, [s], [Knowledge([], "", [])])
     assert 1 <= len(found[0]) <= min(engine.cfg.rank.retrieve_k, summary["items"])
     assert all((c.image is not None) if s.missing == "image" else c.text for c in found[0])
+
+
+def test_index_cli_is_registered_and_reports_errors_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from kbridge.cli.app import app
+
+    r = CliRunner().invoke(app, ["index", "build", "--help"])
+    assert r.exit_code == 0 and "--out" in r.output
+    r = CliRunner().invoke(app, ["index", "build", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2

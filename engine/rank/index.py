@@ -6,8 +6,8 @@ copied to the GPU for search; it is always saved from, and loaded to, the CPU fo
 memory-mapped (flat codes and IVF lists stay on disk until touched).
 
 Kinds: ``flat`` (IndexFlatIP, exact), ``ivfpq`` (IndexIVFPQ with an exact inner-product coarse
-quantiser; approximate, ~16 bytes per vector at D = 512), ``auto`` (flat below ``ivfpq_min``
-vectors, IVF-PQ from there).
+quantiser; approximate, D / 8 bytes per vector, 32× less than float32), ``auto`` (flat below
+``ivfpq_min`` vectors, IVF-PQ from there).
 """
 from __future__ import annotations
 
