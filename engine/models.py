@@ -53,14 +53,14 @@ def load_retriever(cfg: PipelineConfig, run_dir):
     """The corpus index saved with the run (``kbridge index build``), or None: when
     ``rank.retrieve_k`` is 0, when no index was built, or when faiss is not installed."""
     from kbridge.engine.rank.index import IndexUnavailable
-    from kbridge.engine.rank.retrieve import Retriever, index_dir
+    from kbridge.engine.rank.retrieve import IndexMismatch, Retriever, index_dir
 
     path = index_dir(cfg, run_dir)
     if cfg.rank.retrieve_k <= 0 or not (path / "meta.json").exists():
         return None
     try:
         return Retriever.load(cfg, path)
-    except IndexUnavailable as e:
+    except (IndexUnavailable, IndexMismatch) as e:
         log.warning("retrieval off: %s", e)
         return None
 

@@ -121,6 +121,22 @@ def test_the_samples_own_ground_truth_is_retrieved_and_ranks_first(tmp_path, mon
     assert best == ["retrieved-7", "retrieved-12"]
 
 
+def test_an_index_from_another_scorer_is_not_used(tmp_path, caplog):
+    import logging
+
+    from kbridge.engine.models import load_retriever
+
+    cfg = PipelineConfig()
+    x = unit_rows(np.random.default_rng(5), 3, 8)
+    write_corpus(cfg, tmp_path / "index", [{"index": i, "text": "t", "image": None, "triples": []} for i in range(3)],
+                 x, x, x)
+    assert load_retriever(cfg, tmp_path) is not None
+    other = PipelineConfig(rank=RankConfig(semantic="clip+blip"))
+    with caplog.at_level(logging.WARNING, logger="kbridge.models"):
+        assert load_retriever(other, tmp_path) is None
+    assert "another scorer" in caplog.text
+
+
 def test_retrieval_off_when_k_is_zero(tmp_path):
     cfg = PipelineConfig(rank=RankConfig(retrieve_k=0))
     from kbridge.engine.models import load_retriever

@@ -34,6 +34,10 @@ log = logging.getLogger("kbridge.retrieve")
 INDEX_DIR = "index"
 
 
+class IndexMismatch(ValueError):
+    """The saved index was embedded by other models than the run's scorer."""
+
+
 def index_dir(cfg: PipelineConfig, run_dir: Path) -> Path:
     return Path(cfg.rank.index_dir) if cfg.rank.index_dir else Path(run_dir) / INDEX_DIR
 
@@ -57,6 +61,12 @@ def graph_embeddings(embed_texts, graphs: list[list[Triple]], dim: int) -> np.nd
             v = emb[[row[t] for t in ts]].mean(0)
             out[g] = v / max(float(np.linalg.norm(v)), 1e-12)
     return out
+
+
+def scorer_key(cfg: PipelineConfig) -> dict:
+    """What fixes the embedding space: an index only serves runs with the same scorer models."""
+    return {"semantic": cfg.rank.semantic, "clip": cfg.models.clip, "blip": cfg.models.blip,
+            "blip_head": cfg.rank.blip_head}
 
 
 def _weights(cfg: PipelineConfig) -> tuple[float, float]:
@@ -109,7 +119,7 @@ def write_corpus(cfg: PipelineConfig, out: Path, items: list[dict], image: np.nd
     atomic_write(out / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items).encode())
     meta = {"items": len(items), "dim": int(text.shape[1]), "kind": built["text"].kind,
             "semantic_weight": cfg.rank.semantic_weight, "graph_weight": cfg.rank.graph_weight,
-            "config_hash": cfg.result_hash(), "errors": errors or []}
+            "scorer": scorer_key(cfg), "config_hash": cfg.result_hash(), "errors": errors or []}
     atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
     return {**meta, "path": str(out)}
 
@@ -128,6 +138,9 @@ class Retriever:
     def load(cls, cfg: PipelineConfig, path: Path) -> "Retriever":
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
+        if meta.get("scorer") != scorer_key(cfg):
+            raise IndexMismatch(f"the index in {path} was built with another scorer ({meta.get('scorer')}, now "
+                                f"{scorer_key(cfg)}); rebuild it with `kbridge index build`")
         items = [json.loads(line) for line in (path / "items.jsonl").read_text().splitlines() if line.strip()]
         return cls(EmbeddingIndex.load(path / "image.faiss"), EmbeddingIndex.load(path / "text.faiss"), items,
                    int(meta["dim"]), cfg)

@@ -25,7 +25,7 @@ class TextCache:
         todo = list(dict.fromkeys(t for t in texts if t not in self.rows))
         if todo:
             for t, v in zip(todo, encode(todo)):
-                self.rows[t] = v
+                self.rows[t] = v.clone()  # not a view: evicted rows free their memory
             while len(self.rows) > self.max_items:
                 self.rows.pop(next(iter(self.rows)))
         return torch.stack([self.rows[t] for t in texts]) if texts else torch.empty(0)
