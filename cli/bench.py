@@ -62,3 +62,21 @@ def cheff(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile (
 
     quiet_libraries()
     _finish(q.run(profile, candidates, samples, steps, repeat), json_path, save)
+
+
+@bench_app.command("maxsim")
+def maxsim(
+    samples: int = typer.Option(64, "--samples", help="Samples (query sets)."),
+    candidates: int = typer.Option(7, "--candidates", help="Candidates per sample."),
+    dim: int = typer.Option(512, "--dim", help="Embedding width."),
+    repeat: int = typer.Option(15, "--repeat", help="Timed repeats per row (after warm-up)."),
+    corpus: int = typer.Option(10_000, "--corpus", help="Items in the retrieval corpus."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+    save_default: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/maxsim.json."),
+):
+    """MaxSim candidate scoring: the kernel vs a numpy loop and numpy / torch compositions; retrieval."""
+    from kbridge.benchmarks.harness import stamp
+    from kbridge.benchmarks.maxsim import run
+
+    _finish(stamp(run(samples=samples, candidates=candidates, dim=dim, repeat=repeat, corpus=corpus)), json_path,
+            save_default)

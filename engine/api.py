@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import platform
@@ -19,7 +20,7 @@ from typing import Callable
 from kbridge.engine import data as D
 from kbridge.engine.config import PipelineConfig, build_config
 from kbridge.engine.lmm import LMMClient, RequestLog
-from kbridge.engine.models import load_models
+from kbridge.engine.models import load_models, load_retriever
 from kbridge.engine.scheduler import Models, Scheduler
 from kbridge.engine.store import RunStore, export_completed
 from kbridge.engine.types import SampleError, SampleResult
@@ -124,6 +125,7 @@ class Engine:
                     self._error(store, report, e.sample_id, e.message, "load", on_sample)
             if samples:
                 models = self.models(need_diffusion=any(s.missing == "image" for s in samples))
+                models = dataclasses.replace(models, retriever=load_retriever(cfg, store.root))
                 request_log = RequestLog()
                 client = LMMClient(models.backend, request_log, store.cache if cfg.lmm.cache else None,
                                    greedy=cfg.lmm.greedy)
@@ -154,6 +156,24 @@ class Engine:
         finally:
             store.close()
         return report
+
+    def build_index(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
+                    out: str | Path = "kbridge-out", limit: int | None = None) -> dict:
+        """Index the dataset's complete samples into ``<out>/index`` (rank/retrieve.py), so that a
+        later ``run`` into ``out`` adds retrieved candidates. LMM answers share the run's cache."""
+        from kbridge.engine.rank.retrieve import build_corpus, index_dir
+        from kbridge.engine.store import ResponseCache
+
+        ds = D.open_dataset(data, fmt, missing)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        models = self.models(need_diffusion=False)
+        cache = ResponseCache(Path(out) / "cache.sqlite") if self.cfg.lmm.cache else None
+        try:
+            client = LMMClient(models.backend, RequestLog(), cache, greedy=self.cfg.lmm.greedy)
+            return asyncio.run(build_corpus(self.cfg, ds, models.scorer, client, index_dir(self.cfg, Path(out)), limit))
+        finally:
+            if cache:
+                cache.close()
 
     @staticmethod
     def _error(store: RunStore, report: RunReport, sid: str, msg: str, stage: str, on_sample) -> None:

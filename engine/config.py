@@ -34,6 +34,9 @@ class ModelsConfig:
     """Cheff chest-X-ray LDM (report → X-ray) directory written by ``kbridge models convert-cheff``, or "tiny"."""
     med_clip: str = "tiny"
     """Medical image–text scorer in CLIP layout (e.g. a PubMedCLIP directory) or "tiny"."""
+    blip: str = "tiny"
+    """BLIP image-text retrieval (BlipForImageTextRetrieval: ITC + ITM heads) directory or "tiny";
+    loaded only when rank.semantic uses it."""
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,35 @@ class GenerationConfig:
 @dataclass(frozen=True)
 class RankConfig:
     semantic_weight: float = 0.5
-    """Weight of the CLIP cosine term (clipped to [0, 1])."""
+    """Weight of the semantic term (CLIP and/or BLIP, see `semantic`; in [0, 1])."""
     graph_weight: float = 0.5
     """Weight of the knowledge-graph term (in [0, 1])."""
-    graph_metric: str = "jaccard_relations"
-    """"jaccard": Jaccard over undirected edges between normalised entity names.
+    graph_metric: str = "soft"
+    """"soft" (default): each normalised triple embedded once by the scorer's text tower (CLIP's
+    when it is loaded); the score is the symmetric MaxSim between the two triple sets (mean
+    best-match cosine, both directions), clipped to [0, 1], so paraphrased triples still match.
+    "jaccard": Jaccard over undirected edges between normalised entity names.
     "jaccard_relations": the mean of that and the same over (edge, relation) pairs, so a shared
-    edge with another verb ("man holds cup" / "man drops cup") earns half credit."""
+    edge with another verb ("man holds cup" / "man drops cup") earns half credit.
+    "cosine": the reference's cosine of adjacency matrices, fixed (shared node index, so any
+    sizes compare and identical graphs score 1)."""
     device: str = "cpu"
+    semantic: str = "clip"
+    """Semantic scorer: "clip", "blip", or "clip+blip" (the mean of both, as the reference does).
+    Default "clip": one model, cheapest on the tiny profile; the reference pair is "clip+blip"."""
+    blip_head: str = "itc"
+    """BLIP score: "itc" (cosine of the contrastive projections, what the reference's scores are in
+    practice), "itm" (match probability of the image-text matching head), or "itc+itm" (their mean)."""
+    retrieve_k: int = 3
+    """Retrieved candidates per incomplete sample from the run's corpus index (``kbridge index
+    build``), ranked with the generated ones; 0 disables. No index, no retrieval."""
+    index_dir: str = ""
+    """Corpus index directory; empty means <run dir>/index."""
+    index_kind: str = "auto"
+    """faiss index: "flat" (exact inner product), "ivfpq" (approximate, compact), "auto" (flat below
+    ivfpq_min items)."""
+    ivfpq_min: int = 100_000
+    """Corpus size from which "auto" builds IVF-PQ."""
 
 
 @dataclass(frozen=True)
@@ -264,8 +288,18 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("medical: steps >= 1, eta in [0, 1], few_shot_count >= 0, report_words (min, max)")
     if cfg.run.domain == "medical" and m.few_shot and not Path(m.few_shot).expanduser().is_file():
         raise ConfigError(f"medical.few_shot: no such file {m.few_shot}")
-    if cfg.rank.graph_metric not in ("jaccard", "jaccard_relations"):
-        raise ConfigError(f"unknown graph metric {cfg.rank.graph_metric!r}")
+    if cfg.rank.graph_metric not in ("soft", "jaccard", "jaccard_relations", "cosine"):
+        raise ConfigError(f"unknown graph metric {cfg.rank.graph_metric!r} (known: soft, jaccard, "
+                          f"jaccard_relations, cosine)")
+    r = cfg.rank
+    if r.semantic not in ("clip", "blip", "clip+blip"):
+        raise ConfigError(f"rank.semantic must be 'clip', 'blip' or 'clip+blip', not {r.semantic!r}")
+    if r.blip_head not in ("itc", "itm", "itc+itm"):
+        raise ConfigError(f"rank.blip_head must be 'itc', 'itm' or 'itc+itm', not {r.blip_head!r}")
+    if r.index_kind not in ("auto", "flat", "ivfpq"):
+        raise ConfigError(f"rank.index_kind must be 'auto', 'flat' or 'ivfpq', not {r.index_kind!r}")
+    if r.retrieve_k < 0 or r.retrieve_k > 64:
+        raise ConfigError("rank.retrieve_k must be between 0 and 64")
     if not 1 <= g.candidates <= 16:
         raise ConfigError("generation.candidates must be between 1 and 16")
     k = cfg.knowledge

@@ -5,9 +5,13 @@ directories through the zoo, so the tiny twins and real weights share every line
 """
 from __future__ import annotations
 
+import logging
+
 from kbridge.engine import zoo
 from kbridge.engine.config import ConfigError, PipelineConfig
 from kbridge.engine.scheduler import Models
+
+log = logging.getLogger("kbridge.models")
 
 
 def quiet_libraries() -> None:
@@ -31,14 +35,38 @@ def load_lmm(cfg: PipelineConfig):
 
 
 def load_scorer(cfg: PipelineConfig):
-    """The semantic scorer (``embed_texts`` / ``embed_images`` → unit vectors)."""
-    from kbridge.engine.rank.semantic import ClipScorer
+    """The semantic scorer (``embed_texts`` / ``embed_images`` → unit vectors), chosen by
+    ``rank.semantic``: CLIP, BLIP, or both averaged (CLIP's text tower then embeds triples)."""
+    from kbridge.engine.rank.semantic import ClipScorer, MeanScorer
 
     if cfg.run.domain == "medical":
         from kbridge.engine.rank.medical import ReportScorer
 
         return ReportScorer(ClipScorer(zoo.resolve(cfg.medical.scorer, cfg), cfg.rank.device))
-    return ClipScorer(zoo.resolve("clip", cfg), cfg.rank.device)
+    scorers = []
+    if "clip" in cfg.rank.semantic.split("+"):
+        scorers.append(ClipScorer(zoo.resolve("clip", cfg), cfg.rank.device))
+    if "blip" in cfg.rank.semantic.split("+"):
+        from kbridge.engine.rank.blip import BlipScorer
+
+        scorers.append(BlipScorer(zoo.resolve("blip", cfg), cfg.rank.device, head=cfg.rank.blip_head))
+    return scorers[0] if len(scorers) == 1 else MeanScorer(scorers)
+
+
+def load_retriever(cfg: PipelineConfig, run_dir):
+    """The corpus index saved with the run (``kbridge index build``), or None: when
+    ``rank.retrieve_k`` is 0, when no index was built, or when faiss is not installed."""
+    from kbridge.engine.rank.index import IndexUnavailable
+    from kbridge.engine.rank.retrieve import IndexMismatch, Retriever, index_dir
+
+    path = index_dir(cfg, run_dir)
+    if cfg.rank.retrieve_k <= 0 or not (path / "meta.json").exists():
+        return None
+    try:
+        return Retriever.load(cfg, path)
+    except (IndexUnavailable, IndexMismatch) as e:
+        log.warning("retrieval off: %s", e)
+        return None
 
 
 def load_generator(cfg: PipelineConfig):

@@ -32,6 +32,8 @@ class Models:
     backend: object
     scorer: object
     diffusion: object | None = None
+    retriever: object | None = None
+    """The run's corpus index (rank/retrieve.py), or None: retrieved candidates join the ranking."""
 
 
 @dataclass
@@ -141,6 +143,11 @@ class Scheduler:
         ranked = [(s, kn, cands[s.sample_id]) for s, kn in live if s.sample_id in cands and s.sample_id not in failed]
         if not ranked:
             return
+        if self.models.retriever is not None:
+            found = await self._dense("retrieve", self.models.retriever.candidates, self.models.scorer,
+                                      [r[0] for r in ranked], [r[1] for r in ranked])
+            for (_, _, cs), more in zip(ranked, found):
+                cs.extend(more)
         best = await self._dense("rank", rank_batch, self.models.scorer, cfg.rank, [r[0] for r in ranked],
                                  [r[1] for r in ranked], [r[2] for r in ranked])
         per_sample = c.log.per_sample()

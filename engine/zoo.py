@@ -29,6 +29,7 @@ MODELS = {
     "clip": ("CLIP", "clip-vit-large-patch14"),
     "cheff": ("Cheff LDM", "Cheff cheff_diff_t2i.pt + cheff_autoencoder.pt via `kbridge models convert-cheff`"),
     "med_clip": ("medical CLIP", "a CLIP-layout medical image-text model, e.g. PubMedCLIP"),
+    "blip": ("BLIP (ITC + ITM)", "blip-itm-large-coco"),
 }
 """Model slot → (architecture, the real checkpoint the slot is meant for)."""
 
@@ -362,6 +363,39 @@ def build_tiny_cheff(out: Path) -> None:
     build(out, _words())
 
 
+def write_bert_tokenizer(out: Path, max_length: int) -> None:
+    """A BERT WordPiece vocab.txt: specials, the corpus words, and every ASCII character alone and
+    as a '##' continuation, so any text tokenises without [UNK] floods."""
+    from transformers import BertTokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    vocab += [w for w in _words() if w not in set(vocab) and w.isascii()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(out / "vocab.txt"), model_max_length=max_length).save_pretrained(out)
+
+
+def build_tiny_blip(out: Path) -> None:
+    """BlipForImageTextRetrieval (vision ViT, BERT text encoder with cross-attention, ITC
+    projections, ITM head) at width 32; text positions capped at 40 so truncation is exercised."""
+    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessorPil
+
+    write_bert_tokenizer(out, max_length=40)
+    tok = BertTokenizer.from_pretrained(out)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=40, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4),
+        image_text_hidden_size=32,
+    )
+    _seeded(11)
+    BlipForImageTextRetrieval(cfg).save_pretrained(out)
+    BlipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(out)
+
+
 _BUILDERS = {"lmm": build_tiny_lmm, "sdxl_base": build_tiny_sdxl_base,
-             "sdxl_refiner": build_tiny_sdxl_refiner, "clip": build_tiny_clip,
+             "sdxl_refiner": build_tiny_sdxl_refiner, "clip": build_tiny_clip, "blip": build_tiny_blip,
              "cheff": build_tiny_cheff, "med_clip": build_tiny_med_clip}

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from kbridge.engine.config import RankConfig
-from kbridge.engine.rank.graph import graph_score
-from kbridge.engine.rank.semantic import ClipScorer, cosine_scores
+from kbridge.engine.rank.graph import graph_scores
+from kbridge.engine.rank.semantic import ClipScorer, pair_scores
 from kbridge.engine.types import Candidate, Knowledge, Sample
 
 
@@ -22,29 +22,17 @@ def rank_batch(scorer: ClipScorer, cfg: RankConfig, samples: list[Sample], knowl
                candidates: list[list[Candidate]]) -> list[str]:
     """Score every candidate of every sample in place; returns each sample's best candidate id.
 
-    All texts and all images of the batch go through the CLIP towers in one batched pass each.
+    All texts and all images of the batch go through the CLIP towers in one batched pass each;
+    graph scores of the whole batch are one call (``soft``: one text-tower pass over the distinct
+    triples, one MaxSim kernel call over all (sample, candidate) pairs).
     """
-    texts, images = [], []  # (owner index, payload), flattened across the batch
-    for i, (s, cands) in enumerate(zip(samples, candidates)):
-        if s.missing == "image":
-            texts.append(s.text)
-            images.extend(c.image for c in cands)
-        else:
-            images.append(s.image)
-            texts.extend(c.text for c in cands)
-    t_emb, i_emb = scorer.embed_texts(texts), scorer.embed_images(images)
-    ti = ii = 0
+    sems = pair_scores(scorer, samples, candidates)
+    graph = iter(graph_scores([(kn.triples, c.triples) for kn, cands in zip(knowledge, candidates) for c in cands],
+                              cfg.graph_metric, scorer.embed_texts))
     best = []
-    for s, kn, cands in zip(samples, knowledge, candidates):
-        m = len(cands)
-        if s.missing == "image":
-            sem = cosine_scores(t_emb[ti], i_emb[ii:ii + m]) if m else []
-            ti, ii = ti + 1, ii + m
-        else:
-            sem = cosine_scores(i_emb[ii], t_emb[ti:ti + m]) if m else []
-            ii, ti = ii + 1, ti + m
+    for cands, sem in zip(candidates, sems):
         for c, sv in zip(cands, sem):
-            g = graph_score(kn.triples, c.triples, cfg.graph_metric)
+            g = next(graph)
             c.scores = {"semantic": float(sv), "graph": float(g), "total": combine(float(sv), g, cfg)}
         best.append(best_of(cands) if cands else "")
     return best

@@ -1,0 +1,133 @@
+"""A faiss index of unit embeddings: exact inner product by default, IVF-PQ for large corpora.
+
+faiss is imported lazily: install ``kbridge[cpu]`` (faiss-cpu) or, on a GPU box, ``kbridge[gpu]``
+(faiss-gpu; the two must not share an environment). With faiss-gpu and a visible GPU the index is
+copied to the GPU for search; it is always saved from, and loaded to, the CPU form, and loaded
+memory-mapped (flat codes and IVF lists stay on disk until touched).
+
+Kinds: ``flat`` (IndexFlatIP, exact), ``ivfpq`` (IndexIVFPQ with an exact inner-product coarse
+quantiser; approximate, D / 8 bytes per vector, 32× less than float32), ``auto`` (flat below
+``ivfpq_min`` vectors, IVF-PQ from there).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("kbridge.index")
+
+
+class IndexUnavailable(ImportError):
+    """faiss is not installed."""
+
+
+def faiss_module():
+    try:
+        import faiss
+    except ImportError as e:
+        raise IndexUnavailable("the faiss index needs faiss: pip install 'kbridge[cpu]' (faiss-cpu), or "
+                               "'kbridge[gpu]' (faiss-gpu) on a GPU box") from e
+    return faiss
+
+
+def gpu_count() -> int:
+    faiss = faiss_module()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def ivfpq_shape(n: int, dim: int) -> tuple[int, int, int]:
+    """(lists, sub-quantisers, bits per code) for n vectors of width dim.
+
+    About 4·√n lists and 8-bit codes, both reduced so that k-means gets at least 39 training
+    points per centroid (faiss' own rule); one sub-quantiser per 32 bytes of float32 vector,
+    a divisor of dim.
+    """
+    lists = max(1, min(int(4 * math.sqrt(n)), n // 39))
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    bits = max(1, min(8, int(math.log2(max(2, n // 39)))))
+    return lists, m, bits
+
+
+@dataclass
+class EmbeddingIndex:
+    index: object
+    """The faiss index (on the GPU when one is used for search)."""
+    kind: str
+    dim: int
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, kind: str = "auto", ivfpq_min: int = 100_000, nprobe: int = 16,
+              use_gpu: bool | None = None) -> "EmbeddingIndex":
+        """vectors: [N, D] (unit rows for cosine) → an index holding them with ids 0..N-1."""
+        faiss = faiss_module()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"index vectors must be [N, D], got {x.shape}")
+        n, dim = x.shape
+        if kind == "auto":
+            kind = "ivfpq" if n >= ivfpq_min else "flat"
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "ivfpq":
+            lists, m, bits = ivfpq_shape(n, dim)
+            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, m, bits, faiss.METRIC_INNER_PRODUCT)
+            index.train(x)
+            index.nprobe = min(nprobe, lists)
+        else:
+            raise ValueError(f"unknown index kind {kind!r} (known: auto, flat, ivfpq)")
+        index.add(x)
+        return cls(index, kind, dim)._to_gpu(use_gpu)
+
+    def _to_gpu(self, use_gpu: bool | None) -> "EmbeddingIndex":
+        if use_gpu is False or (use_gpu is None and gpu_count() == 0):
+            return self
+        if gpu_count() == 0:
+            raise IndexUnavailable("a GPU index needs faiss-gpu and a visible CUDA GPU")
+        faiss = faiss_module()
+        self.index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
+        log.debug("faiss index on GPU 0")
+        return self
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """queries [Q, D] → (scores [Q, k] descending, ids [Q, k]); id -1 where fewer than k exist."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query width {q.shape[1]} does not match the index ({self.dim})")
+        if k <= 0 or len(q) == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        return self.index.search(q, k)
+
+    def save(self, path: Path) -> Path:
+        faiss = faiss_module()
+        index = self.index
+        if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+            index = faiss.index_gpu_to_cpu(index)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        faiss.write_index(index, str(tmp))
+        tmp.replace(path)  # atomic: a killed build never leaves a torn index
+        return path
+
+    @classmethod
+    def load(cls, path: Path, mmap: bool = True, use_gpu: bool | None = None) -> "EmbeddingIndex":
+        faiss = faiss_module()
+        flags = 0
+        if mmap:
+            with open(path, "rb") as f:
+                ivf = f.read(4).startswith(b"Iw")  # faiss' fourcc: "Iw.." for the IVF family
+            # IVF: the inverted lists are mapped; flat: the code array (the two flags do not combine)
+            flags = (faiss.IO_FLAG_MMAP if ivf else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)) | faiss.IO_FLAG_READ_ONLY
+        index = faiss.read_index(str(path), flags)
+        kind = "ivfpq" if "IVF" in type(index).__name__ else "flat"
+        return cls(index, kind, index.d)._to_gpu(use_gpu)
