@@ -23,12 +23,12 @@ from pathlib import Path
 from PIL import Image
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import _req, parse_knowledge, parse_triples
+from kbridge.engine.extract import _req, parse_knowledge
 from kbridge.engine.lmm import LMMClient, RequestLog
 from kbridge.engine.lmm import prompts as P
 from kbridge.engine.lmm import schemas as S
 from kbridge.engine.models import load_generator, load_lmm, load_scorer
-from kbridge.engine.rank.graph import graph_score
+from kbridge.engine.rank.graph import graph_scores
 from kbridge.engine.rank.score import combine
 from kbridge.engine.types import Knowledge, Sample, SampleError, derive_seed
 
@@ -188,8 +188,7 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
                     else:
                         sem = float(scorer.embed_images([s.image])[0] @ scorer.embed_texts([c])[0])
                     sem = min(max(sem, 0.0), 1.0)
-                    g = graph_score(kn.triples, parse_triples([t.as_dict() for t in ck.triples]),
-                                    cfg.rank.graph_metric)
+                    g = graph_scores([(kn.triples, ck.triples)], cfg.rank.graph_metric, scorer.embed_texts)[0]
                     scores.append(combine(sem, g, cfg.rank))
         except SampleError as e:
             fail(s, e)
