@@ -31,3 +31,13 @@ def report(path: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Where
     from kbridge.benchmarks.report import write
 
     out.print(f"wrote {write(path)}")
+
+
+@bench_app.command("lmm")
+def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 requests, 1 repeat."),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/lmm.json.")):
+    """LMM sequences, serial turns and tokens per sample (reference vs fast); throughput at 1/4/16 in flight."""
+    from kbridge.benchmarks.lmm import run
+
+    _finish(run(quick=quick), json_path, save)

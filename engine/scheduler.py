@@ -44,6 +44,14 @@ class StageClock:
         self.seconds[stage] += time.perf_counter() - t0
 
 
+def _render_counted(d, prompts: list[str], seeds: list[int]):
+    """Render on the dense worker and read the counters there: another batch's render queued on
+    the same worker must not be counted as this one's."""
+    before = (d.counters.unet_evals, d.counters.vae_decodes)
+    images = d.render(prompts, seeds)
+    return images, (d.counters.unet_evals - before[0], d.counters.vae_decodes - before[1])
+
+
 OnResult = Callable[[SampleResult, dict], None]
 OnError = Callable[[str, str, str], None]
 
@@ -99,10 +107,9 @@ class Scheduler:
         flat = [(s.sample_id, cd) for s, _ in img if s.sample_id in cands for cd in cands[s.sample_id]]
         if flat:
             t0 = time.perf_counter()
-            d = self.models.diffusion
-            before = (d.counters.unet_evals, d.counters.vae_decodes)
-            images = await self._dense(d.render, [cd.prompt for _, cd in flat], [cd.seed for _, cd in flat])
-            per_image = [(d.counters.unet_evals - before[0]) / len(flat), (d.counters.vae_decodes - before[1]) / len(flat)]
+            images, used = await self._dense(_render_counted, self.models.diffusion, [cd.prompt for _, cd in flat],
+                                             [cd.seed for _, cd in flat])
+            per_image = [used[0] / len(flat), used[1] / len(flat)]
             for (sid, cd), im in zip(flat, images):
                 cd.image = im
                 self.unet_evals[sid] += per_image[0]
