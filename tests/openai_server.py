@@ -23,6 +23,11 @@ from kbridge.engine.lmm import Request
 from kbridge.engine.lmm.openai_format import from_openai
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the stdlib's 5 resets connections when 16 clients connect at once
+    daemon_threads = True
+
+
 @dataclass
 class Faults:
     fail_next: int = 0
@@ -49,7 +54,7 @@ class LMMServer:
         self._q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self.httpd = _Server(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
         self._threads = [threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True),
                          threading.Thread(target=self._batcher, daemon=True)]
@@ -92,6 +97,15 @@ class LMMServer:
         return self._stop.is_set() or (f.die_after is not None and self.answered >= f.die_after)
 
     def _batcher(self) -> None:
+        # one event loop for the server's life: its executor thread (where a backend's to_thread
+        # work runs) is reused, and torch does not spin up a new thread pool for every batch
+        loop = asyncio.new_event_loop()
+        try:
+            self._batch_loop(loop)
+        finally:
+            loop.close()
+
+    def _batch_loop(self, loop) -> None:
         while not self._stop.is_set():
             try:
                 jobs = [self._q.get(timeout=0.05)]
@@ -106,7 +120,7 @@ class LMMServer:
                     break
             self.batches.append(len(jobs))
             try:
-                gens = asyncio.run(self.backend.generate([j.req for j in jobs]))
+                gens = loop.run_until_complete(self.backend.generate([j.req for j in jobs]))
             except Exception as e:  # reported to every waiting handler as a 500
                 gens = [e] * len(jobs)
             for j, g in zip(jobs, gens):
@@ -134,6 +148,7 @@ def _to_request(body: dict) -> Request:
 def _handler(server: LMMServer):
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
 
         def log_message(self, *args):  # quiet
             pass
