@@ -228,3 +228,24 @@ def test_server_killed_mid_run_then_rerun_completes(cfg, engine, demo_run, hf, t
     assert sorted(remote) == ["demo:0", "demo:2", "demo:3", "demo:4"]
     for sid in remote:  # answers cached by the first run are reused: knowledge and choice are identical
         assert remote[sid]["knowledge"] == local[sid]["knowledge"] and remote[sid]["best"] == local[sid]["best"]
+
+
+def test_a_failed_free_text_turn_fails_its_sample(cfg):
+    """Reference chain: a scene turn the server could not answer must not become an empty
+    description that later turns build on."""
+    from kbridge.engine.generate.text import write_prompts
+    from kbridge.engine.lmm import Generation
+    from kbridge.engine.types import Knowledge, Sample, SampleError
+
+    class FirstTurnDown:
+        model_id = "down"
+
+        async def generate(self, reqs):
+            return [Generation("", 0, 0, error="LMM server: down") if r.schema is None and r.turn == 5 else
+                    Generation("a scene" if r.schema is None else '{"prompt": "a red cup on a table"}', 3, 3)
+                    for r in reqs]
+
+    ref = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, fidelity="reference"))
+    s = Sample("demo:0", 0, "a red cup", None, "image")
+    out = asyncio.run(write_prompts(LMMClient(FirstTurnDown(), RequestLog()), ref, [s], [Knowledge([], "", [])], 5))
+    assert isinstance(out[0], SampleError) and "scene description turn 1" in out[0].message
