@@ -28,6 +28,8 @@ def _register_subapps() -> None:
     from kbridge.cli.index import index_app
 
     app.add_typer(index_app, name="index")
+    from kbridge.cli.lmm import lmm_app
+    app.add_typer(lmm_app, name="lmm")
 
 
 _register_subapps()
@@ -103,18 +105,23 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     domain: Optional[str] = typer.Option(None, "--domain",
                                          help="general (default) | medical (chest X-rays: Cheff, medical scorer)."),
+    lmm: Optional[str] = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible LMM server "
+                                      "(e.g. http://127.0.0.1:8000/v1 from kbridge lmm serve): selects the http backend."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
     cfg = _config(profile, config,
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
                   generation=dict(candidates=candidates, refiner=refiner),
-                  run=dict(seed=seed, fidelity=fidelity, domain=domain))
+                  run=dict(seed=seed, fidelity=fidelity, domain=domain),
+                  lmm=dict(backend="http" if lmm else None, url=lmm))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kbridge.engine.api import Engine
     from kbridge.engine.config import ConfigError
     from kbridge.engine.data import DataError
+    from kbridge.engine.lmm.vllm_http import LMMUnavailable
+    from kbridge.engine.lmm.vllm_local import BackendUnavailable
     from kbridge.engine.store import RunConfigMismatch
     from kbridge.engine.zoo import ModelNotFound
 
@@ -127,7 +134,7 @@ def run(
                                      export=export_completed,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
-    except (DataError, RunConfigMismatch, ModelNotFound, ConfigError) as e:
+    except (DataError, RunConfigMismatch, ModelNotFound, ConfigError, LMMUnavailable, BackendUnavailable) as e:
         _fail(str(e))
     _summary(report)
     if report.errors:

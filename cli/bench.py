@@ -80,3 +80,13 @@ def maxsim(
 
     _finish(stamp(run(samples=samples, candidates=candidates, dim=dim, repeat=repeat, corpus=corpus)), json_path,
             save_default)
+
+
+@bench_app.command("lmm")
+def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 requests, 2 repeats."),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/lmm.json.")):
+    """LMM sequences, serial turns and tokens per sample (reference vs fast); throughput at 1/4/16 in flight."""
+    from kbridge.benchmarks.lmm import run
+
+    _finish(run(quick=quick), json_path, save)

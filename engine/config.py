@@ -42,7 +42,9 @@ class ModelsConfig:
 @dataclass(frozen=True)
 class LMMConfig:
     backend: str = "hf"
-    """LMM backend: "hf" (transformers, CPU or one GPU)."""
+    """LMM backend: "hf" (transformers, CPU or one GPU), "http" (an OpenAI-compatible server such as
+    ``vllm serve``, at ``url``), "vllm" (in-process vLLM; needs the vllm extra and a CUDA GPU), or
+    "auto" (vllm when it is installed and a GPU is present, else hf)."""
     device: str = "cpu"
     dtype: str = "float32"
     max_new_tokens: int = 2048
@@ -62,6 +64,23 @@ class LMMConfig:
     """Images are resized to this pixel budget before the LMM sees them (fewer vision tokens)."""
     cache: bool = True
     """Reuse LMM answers from the run store's SQLite cache (keyed by model, prompt, schema, seed)."""
+    url: str = ""
+    """Base URL of the OpenAI-compatible server for backend "http" (e.g. http://127.0.0.1:8000/v1)."""
+    served_model: str = ""
+    """Model name sent to the server; empty: the first model the server lists under /models."""
+    api_key_env: str = "KBRIDGE_LMM_API_KEY"
+    """Environment variable holding the server's API key (sent as a Bearer token when set)."""
+    concurrency: int = 16
+    """Most HTTP requests in flight at once (the server batches them continuously)."""
+    timeout_s: float = 120.0
+    """Seconds one HTTP request may take before it is abandoned and retried."""
+    retries: int = 3
+    """Retries of one HTTP request after a connection error, a timeout or a 5xx answer."""
+    backoff_s: float = 0.5
+    """First retry delay; it doubles with every further retry."""
+    http_max_pixels: int = 1280 * 28 * 28
+    """Images larger than this are downscaled (aspect kept) before they are sent; the server
+    resizes again to its own budget, so this only bounds upload size."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +218,8 @@ class PipelineConfig:
         d["models"].pop("cache_dir")
         d["lmm"].pop("max_batch")
         d["lmm"].pop("cache")
+        for k in ("url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s"):
+            d["lmm"].pop(k)  # where and how the server is reached, not what it answers
         d["generation"].pop("batch_size")
         d["medical"].pop("batch_size")
         if d["run"]["domain"] == "general":  # general runs keep the hashes they had before the medical domain
@@ -213,7 +234,7 @@ class PipelineConfig:
         return Path(self.models.cache_dir or os.environ.get("KBRIDGE_CACHE") or Path.home() / ".cache" / "kbridge")
 
 
-_GPU_LMM = dict(device="cuda:0", dtype="bfloat16", image_max_pixels=448 * 448, max_batch=32)
+_GPU_LMM = dict(device="cuda:0", dtype="bfloat16", image_max_pixels=448 * 448, max_batch=32, backend="auto")
 _REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16")
 
 PROFILES: dict[str, dict] = {
@@ -226,8 +247,9 @@ PROFILES: dict[str, dict] = {
                   knowledge=dict(exact=True), run=dict(batch_size=4)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
                  rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16")),
-    "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:1", batch_size=2),
-                   rank=dict(device="cuda:1"), medical=dict(device="cuda:1", dtype="float16")),
+    "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:2", batch_size=2),
+                   rank=dict(device="cuda:2"),  # GPUs 0-1: the LMM (tensor parallel), 2: diffusion
+                   medical=dict(device="cuda:2", dtype="float16")),
     "edge": dict(lmm=dict(_GPU_LMM, image_max_pixels=336 * 336, max_batch=8),
                  generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=1), rank=dict(device="cuda:0"),
                  medical=dict(device="cuda:0", dtype="float16")),
@@ -300,6 +322,12 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"rank.index_kind must be 'auto', 'flat' or 'ivfpq', not {r.index_kind!r}")
     if r.retrieve_k < 0 or r.retrieve_k > 64:
         raise ConfigError("rank.retrieve_k must be between 0 and 64")
+    if cfg.lmm.backend not in ("hf", "http", "vllm", "auto"):
+        raise ConfigError(f"unknown LMM backend {cfg.lmm.backend!r} (known: hf, http, vllm, auto)")
+    if cfg.lmm.backend == "http" and not cfg.lmm.url.startswith(("http://", "https://")):
+        raise ConfigError(f"the http LMM backend needs a server URL (http://HOST:PORT/v1), not {cfg.lmm.url!r}")
+    if cfg.lmm.concurrency < 1 or cfg.lmm.retries < 0 or cfg.lmm.timeout_s <= 0:
+        raise ConfigError("lmm.concurrency must be >= 1, lmm.retries >= 0 and lmm.timeout_s > 0")
     if not 1 <= g.candidates <= 16:
         raise ConfigError("generation.candidates must be between 1 and 16")
     k = cfg.knowledge

@@ -27,11 +27,24 @@ def quiet_libraries() -> None:
 
 def load_lmm(cfg: PipelineConfig):
     """The LMM backend (anything with ``model_id`` and ``async generate(requests)``)."""
-    if cfg.lmm.backend == "hf":
+    backend = cfg.lmm.backend
+    if backend == "http":  # no local weights: the server has them
+        from kbridge.engine.lmm.vllm_http import HTTPBackend
+
+        return HTTPBackend(cfg.lmm)
+    if backend == "auto":
+        from kbridge.engine.lmm.vllm_local import vllm_usable
+
+        backend = "vllm" if vllm_usable() else "hf"
+    if backend == "vllm":
+        from kbridge.engine.lmm.vllm_local import VLLMBackend
+
+        return VLLMBackend(zoo.resolve("lmm", cfg), cfg.lmm, cfg.profile)
+    if backend == "hf":
         from kbridge.engine.lmm.hf import HFBackend
 
         return HFBackend(zoo.resolve("lmm", cfg), cfg.lmm)
-    raise ConfigError(f"unknown LMM backend {cfg.lmm.backend!r} (known: hf)")
+    raise ConfigError(f"unknown LMM backend {cfg.lmm.backend!r} (known: hf, http, vllm, auto)")
 
 
 def load_scorer(cfg: PipelineConfig):

@@ -52,9 +52,12 @@ async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str]
     n, k = cfg.generation.candidates, cfg.knowledge
     msgs = [P.chain_scene(k, s.text, kn) for s, kn in zip(samples, knowledge)]
     descs: list[list[str]] = [[] for _ in samples]
+    failed: dict[int, SampleError] = {}  # a failed free-text turn (server down) fails its sample
     for j in range(n):  # 1 scene turn + (n - 1) serial variant turns, free text
         reqs = [_req(cfg, m, None, s.sample_id, "generate", turn + j, j, free=True) for s, m in zip(samples, msgs)]
         for i, r in enumerate(await client.complete(reqs)):
+            if r.error and i not in failed:
+                failed[i] = SampleError(samples[i].sample_id, f"scene description turn {j + 1}: {r.error}")
             descs[i].append(r.text)
             msgs[i] = P.continue_chain(msgs[i], r.text, P.CHAIN_VARIANT)
     # n independent compression calls per sample, all on the same (last) turn
@@ -64,6 +67,9 @@ async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str]
     out: list[list[str] | SampleError] = []
     for i, s in enumerate(samples):
         mine = resps[i * n:(i + 1) * n]
+        if i in failed:
+            out.append(failed[i])
+            continue
         try:
             out.append(_dedupe([_clean(_check(r, s.sample_id, "prompt compression")["prompt"]) for r in mine]))
         except SampleError as e:

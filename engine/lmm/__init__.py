@@ -37,6 +37,8 @@ class Generation:
     text: str
     prompt_tokens: int
     generated_tokens: int
+    error: str | None = None
+    """Set by a backend when the request failed for good (server down after retries, HTTP 4xx)."""
 
 
 @dataclass
@@ -142,6 +144,9 @@ class LMMClient:
             gens = await self.backend.generate(batch)
             retry = []
             for i, req, gen in zip(todo, batch, gens):
+                if gen.error is not None:  # the backend already retried; nothing was decoded
+                    out[i] = Response("", None, 0, 0, False, gen.error)
+                    continue
                 self.log.add(req, self.backend.model_id, gen.prompt_tokens, gen.generated_tokens, False)
                 parsed, err = None, None
                 if req.schema is not None:

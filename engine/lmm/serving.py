@@ -1,0 +1,116 @@
+"""Per-profile vLLM serving settings, the ``vllm serve`` command built from them, and the health wait.
+
+One frozen ``ServeProfile`` per GPU profile is the single source of the serving plan: ``kbridge lmm
+serve`` turns it into a command line, the in-process vLLM backend into ``vllm.LLM`` arguments.
+The memory arithmetic behind each number is in the README (*Serving the LMM*).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+QWEN_7B = "Qwen2-VL-7B-Instruct"
+
+
+class ServeError(RuntimeError):
+    """The server could not be started or did not become healthy."""
+
+
+@dataclass(frozen=True)
+class ServeProfile:
+    name: str
+    model: str
+    """The checkpoint the plan is sized for (a local directory of it is passed with --model)."""
+    quantization: str
+    """"" (bf16 as stored) or a vLLM quantization method ("gptq" for GPTQ-Int8/Int4 checkpoints)."""
+    tensor_parallel: int
+    """GPUs the LMM's weights are split across."""
+    devices: str
+    """CUDA_VISIBLE_DEVICES of the server: the LMM's GPUs (the engine uses the others for diffusion)."""
+    gpu_memory_utilization: float
+    """Fraction of each of its GPUs vLLM may take: weights + activations + CUDA graphs + KV cache."""
+    max_model_len: int
+    """Longest prompt + answer; a schema-bounded record plus two images fits in 8k tokens."""
+    max_num_seqs: int
+    """Sequences decoded together (the continuous batch)."""
+    max_pixels: int
+    """Per-image pixel budget of the Qwen2-VL processor (vision tokens = pixels / 28²)."""
+    execution: str
+    """"fused": LMM and diffusion resident together; "phased": the LMM has the GPUs to itself and
+    the diffusion engines load after it (stage by stage over the dataset)."""
+    images_per_prompt: int = 2
+    """The reference chain attaches the sample image twice (turns 1 and 3)."""
+    port: int = 8000
+
+
+SERVE_PROFILES: dict[str, ServeProfile] = {p.name: p for p in (
+    ServeProfile("h100", QWEN_7B, "", 1, "0", 0.50, 8192, 64, 448 * 448, "fused"),
+    ServeProfile("4090x4", QWEN_7B, "", 2, "0,1", 0.90, 8192, 32, 448 * 448, "fused"),
+    ServeProfile("4090x4-72b", "Qwen2-VL-72B-Instruct-GPTQ-Int8", "gptq", 4, "0,1,2,3", 0.95, 8192, 16,
+                 448 * 448, "phased"),
+    ServeProfile("edge", "Qwen2-VL-7B-Instruct-GPTQ-Int4", "gptq", 1, "0", 0.38, 4096, 8, 336 * 336, "fused"),
+)}
+
+DEFAULT_LOCAL = ServeProfile("local", QWEN_7B, "", 1, "0", 0.90, 8192, 32, 448 * 448, "fused")
+"""In-process vLLM under a profile without a serving plan (e.g. ``tiny`` on a GPU box)."""
+
+
+def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: int | None = None,
+                  api_key_env: str = "KBRIDGE_LMM_API_KEY", vllm_bin: str = "vllm") -> tuple[list[str], dict]:
+    """``(argv, extra environment)`` of ``vllm serve`` for a profile.
+
+    The API key travels in the child's environment (VLLM_API_KEY), never on the command line where
+    ``ps`` would show it. CUDA graphs stay on: no ``--enforce-eager``."""
+    argv = [vllm_bin, "serve", model, "--host", host, "--port", str(port or p.port),
+            "--served-model-name", os.path.basename(model.rstrip("/")) or model,
+            "--dtype", "bfloat16" if not p.quantization else "auto",
+            "--tensor-parallel-size", str(p.tensor_parallel),
+            "--max-model-len", str(p.max_model_len),
+            "--max-num-seqs", str(p.max_num_seqs),
+            "--gpu-memory-utilization", f"{p.gpu_memory_utilization:.2f}",
+            "--limit-mm-per-prompt", json.dumps({"image": p.images_per_prompt, "video": 0}),
+            "--mm-processor-kwargs", json.dumps({"max_pixels": p.max_pixels}),
+            "--enable-prefix-caching",
+            # sampling comes from each request; the checkpoint's generation_config (Qwen2-VL ships
+            # top_k=1) must not override it
+            "--generation-config", "vllm"]
+    if p.quantization:
+        argv += ["--quantization", p.quantization]
+    env = {"CUDA_VISIBLE_DEVICES": p.devices}
+    key = os.environ.get(api_key_env, "")
+    if key:
+        env["VLLM_API_KEY"] = key
+    return argv, env
+
+
+def shell_line(argv: list[str], env: dict, api_key_env: str) -> str:
+    """The command as one copy-pasteable line; the key is shown as its variable, not its value."""
+    import shlex
+
+    pre = [f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}"]
+    if "VLLM_API_KEY" in env:
+        pre.append(f"VLLM_API_KEY=${api_key_env}")
+    return " ".join(pre + [shlex.quote(a) for a in argv])
+
+
+def wait_healthy(base: str, proc: subprocess.Popen | None = None, timeout_s: float = 1800.0,
+                 poll_s: float = 1.0) -> None:
+    """Poll ``GET {base}/health`` until it answers 200; ServeError if the process exits first or
+    the time runs out (a 72B checkpoint takes minutes to load and capture CUDA graphs)."""
+    import httpx2 as httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServeError(f"vllm serve exited with code {proc.returncode} before it was healthy")
+        try:
+            if httpx.get(f"{base}/health", timeout=min(5.0, poll_s * 5)).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServeError(f"no healthy server at {base} after {timeout_s:g} s")
+        time.sleep(poll_s)

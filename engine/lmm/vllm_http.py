@@ -1,0 +1,141 @@
+"""The LMM over HTTP: an async client for any OpenAI-compatible server (``vllm serve``, SGLang,
+llama.cpp's server).
+
+Every request is sent on its own (stateless, single-turn: the whole message list each time) and
+many are in flight at once under ``lmm.concurrency``; the server batches them continuously and
+reuses the shared prompt prefix (system prompt and instructions first, sample content last).
+Connection errors, timeouts and 5xx answers are retried with exponential backoff; what still fails
+comes back as ``Generation.error`` for that request alone, so one sample fails and the run goes on.
+Schema requests carry ``response_format: json_schema``; every request carries its own seed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Sequence
+
+import httpx2 as httpx  # the successor of httpx, already required by huggingface-hub
+
+from kbridge.engine.config import LMMConfig
+from kbridge.engine.lmm import Generation, Request
+from kbridge.engine.lmm.openai_format import response_format, to_openai
+
+log = logging.getLogger("kbridge.lmm.http")
+
+
+class LMMUnavailable(RuntimeError):
+    """The LMM server cannot be reached or refuses us (checked once, before a run starts)."""
+
+
+class _Retryable(Exception):
+    """A transport failure or a server-side (5xx) error: worth another try."""
+
+
+def _headers(cfg: LMMConfig) -> dict:
+    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+class HTTPBackend:
+    """``model_id`` and ``async generate(requests)`` over an OpenAI-compatible ``/chat/completions``."""
+
+    def __init__(self, cfg: LMMConfig, check: bool = True):
+        self.cfg = cfg
+        self.url = cfg.url.rstrip("/")
+        self.model = cfg.served_model
+        self.model_id = f"http:{self.model}" if self.model else "http:?"
+        self._encoded: dict = {}
+        self._loop = None
+        self._client: httpx.AsyncClient | None = None
+        self._sem: asyncio.Semaphore | None = None
+        if check:
+            self.check()
+
+    def check(self) -> None:
+        """GET /models once: the server is up, accepts our key, and serves the model we name."""
+        try:
+            r = httpx.get(f"{self.url}/models", headers=_headers(self.cfg), timeout=min(self.cfg.timeout_s, 10.0))
+        except httpx.HTTPError as e:
+            raise LMMUnavailable(f"cannot reach the LMM server at {self.url} ({type(e).__name__}: {e}); "
+                                 "start it (kbridge lmm serve) or check --lmm") from e
+        if r.status_code in (401, 403):
+            raise LMMUnavailable(f"the LMM server at {self.url} refused the API key (HTTP {r.status_code}); "
+                                 f"set ${self.cfg.api_key_env}")
+        if r.status_code != 200:
+            raise LMMUnavailable(f"the LMM server at {self.url} answered HTTP {r.status_code} to GET /models")
+        try:
+            names = [m["id"] for m in r.json()["data"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise LMMUnavailable(f"{self.url}/models is not an OpenAI-compatible model list") from e
+        if not names:
+            raise LMMUnavailable(f"the LMM server at {self.url} serves no model")
+        if self.model and self.model not in names:
+            raise LMMUnavailable(f"the LMM server at {self.url} does not serve {self.model!r} "
+                                 f"(it serves: {', '.join(names)})")
+        self.model = self.model or names[0]
+        # the cache key: answers of one served model are reusable across runs and servers
+        self.model_id = f"http:{self.model}"
+
+    def _session(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        """One connection pool and one concurrency limit per event loop (Engine.run starts one)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
+            timeout = httpx.Timeout(self.cfg.timeout_s, connect=min(self.cfg.timeout_s, 10.0))
+            self._client = httpx.AsyncClient(headers=_headers(self.cfg), timeout=timeout, limits=limits)
+            self._sem = asyncio.Semaphore(self.cfg.concurrency)
+            self._loop = loop
+        return self._client, self._sem  # type: ignore[return-value]
+
+    def body(self, req: Request) -> dict:
+        """The JSON body of one request."""
+        b = {"model": self.model, "messages": to_openai(req.messages, self.cfg.http_max_pixels, self._encoded),
+             "max_tokens": req.max_new_tokens, "seed": req.seed, "n": 1,
+             "temperature": 0.0 if self.cfg.greedy else req.temperature, "top_p": 1.0}
+        fmt = response_format(req.schema)
+        if fmt is not None:
+            b["response_format"] = fmt
+        return b
+
+    async def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        client, sem = self._session()
+        return list(await asyncio.gather(*(self._one(client, sem, r) for r in requests)))
+
+    async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, req: Request) -> Generation:
+        body = self.body(req)
+        delay = self.cfg.backoff_s
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                async with sem:
+                    return await self._post(client, body)
+            except _Retryable as e:
+                if attempt == self.cfg.retries:
+                    return Generation("", 0, 0, error=f"LMM server: {e} (after {attempt + 1} attempts)")
+                log.warning("%s: LMM request failed (%s); retry %d/%d in %.2f s", req.sample_id, e, attempt + 1,
+                            self.cfg.retries, delay)
+            except ValueError as e:  # a 4xx answer or a malformed body: another try would not help
+                return Generation("", 0, 0, error=f"LMM server: {e}")
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _post(self, client: httpx.AsyncClient, body: dict) -> Generation:
+        try:
+            r = await client.post(f"{self.url}/chat/completions", json=body)
+        except httpx.TimeoutException as e:
+            raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s") from e
+        except httpx.TransportError as e:
+            raise _Retryable(f"{type(e).__name__}: {e}") from e
+        if r.status_code >= 500 or r.status_code == 429:
+            raise _Retryable(f"HTTP {r.status_code}")
+        if r.status_code != 200:
+            raise ValueError(f"HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            d = r.json()
+            text = d["choices"][0]["message"]["content"] or ""
+            usage = d.get("usage") or {}
+            return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+            raise _Retryable(f"malformed response body ({type(e).__name__})") from e
