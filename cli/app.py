@@ -23,6 +23,8 @@ def _register_subapps() -> None:
     from kbridge.cli.bench import bench_app
 
     app.add_typer(bench_app, name="bench")
+    from kbridge.cli.export import export_app
+    app.add_typer(export_app, name="export")
 
 
 _register_subapps()
@@ -96,17 +98,22 @@ def run(
     export_completed: Optional[Path] = typer.Option(None, "--export-completed",
                                                     help="Write the completed dataset (reference layout) here."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    backend: Optional[str] = typer.Option(None, "--backend",
+                                          help="Dense-model runtime: torch | compile | onnx | tensorrt | torch_tensorrt."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
     cfg = _config(profile, config,
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
-                  generation=dict(candidates=candidates, refiner=refiner), run=dict(seed=seed, fidelity=fidelity))
+                  generation=dict(candidates=candidates, refiner=refiner), run=dict(seed=seed, fidelity=fidelity),
+                  runtime=dict(backend=backend))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kbridge.engine.api import Engine
     from kbridge.engine.config import ConfigError
     from kbridge.engine.data import DataError
+    from kbridge.engine.runtime import RuntimeUnavailable
+    from kbridge.export.onnx import ExportError
     from kbridge.engine.store import RunConfigMismatch
     from kbridge.engine.zoo import ModelNotFound
 
@@ -120,6 +127,8 @@ def run(
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except (DataError, RunConfigMismatch, ModelNotFound, ConfigError) as e:
+        _fail(str(e))
+    except (RuntimeUnavailable, ExportError) as e:  # compiled backends (--backend)
         _fail(str(e))
     _summary(report)
     if report.errors:
