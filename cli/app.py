@@ -23,8 +23,9 @@ def _register_subapps() -> None:
     from kbridge.cli.bench import bench_app
 
     app.add_typer(bench_app, name="bench")
-    from kbridge.cli.export import export_app
-    app.add_typer(export_app, name="export")
+    from kbridge.cli.export import export
+
+    app.command("export")(export)
 
 
 _register_subapps()

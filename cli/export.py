@@ -8,11 +8,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-export_app = typer.Typer(help="Export models to ONNX / TensorRT into the artifact cache.")
 out = Console(soft_wrap=True)
 
 
-@export_app.callback(invoke_without_command=True)
 def export(
     profile: str = typer.Option("tiny", "--profile", "-p", help="tiny (CPU default), h100, 4090x4, edge."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file overriding profile sections."),
@@ -21,7 +19,8 @@ def export(
     fmt: str = typer.Option("onnx", "--format", help="onnx | tensorrt (TensorRT needs a CUDA GPU)."),
     fp16: Optional[bool] = typer.Option(None, "--fp16/--fp32", help="Half-precision graphs (GPU)."),
 ):
-    """Export every model of the profile (or --models …); prints the artifact paths."""
+    """Export models to ONNX / TensorRT into the artifact cache; prints "built" or "found cached"
+    with each path."""
     from kbridge.cli.app import _config, _fail
     from kbridge.engine.runtime import RuntimeUnavailable
     from kbridge.export.cache import artifacts_root, ensure_onnx, ensure_tensorrt

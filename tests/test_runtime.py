@@ -73,3 +73,30 @@ def test_run_backend_flag_is_validated(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: unknown runtime backend 'tvm' (known: torch, compile, onnx, "
                                              "tensorrt, torch_tensorrt)"]
+
+
+def test_swapped_pipelines_with_torch_runners_render_the_same_images(engine, cfg):
+    """The wrappers alone (timestep broadcast, text-encoder outputs, VAE decode) change nothing."""
+    import numpy as np
+
+    from kbridge.engine import zoo
+    from kbridge.engine.generate.sdxl import SDXLGenerator
+    from kbridge.engine.runtime import make_runner
+    from kbridge.engine.runtime.swap import swap_sdxl
+
+    base, refiner = zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg)
+    runners = {}
+
+    def swap(b, r):
+        runners.update(swap_sdxl(b, r, base, refiner, cfg, make=lambda ex, c, d: make_runner(ex, c, d, "torch")))
+
+    gen = SDXLGenerator(base, refiner, cfg.generation, swap=swap)
+    assert set(runners) == {"sdxl_base.unet", "sdxl_base.text_encoder", "sdxl_base.text_encoder_2",
+                            "sdxl_base.vae_decoder", "sdxl_refiner.unet"}
+    assert gen.refiner.vae is gen.base.vae and gen.refiner.text_encoder_2 is gen.base.text_encoder_2
+    prompts, seeds = ["a red cup on a table", "a clock"], [3, 4]
+    got = gen.render(prompts, seeds)
+    ref = engine.models().diffusion.render(prompts, seeds)
+    for a, b in zip(got, ref):
+        assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 1
+    assert gen.counters.unet_evals == 2 * 2 * cfg.generation.steps  # CFG doubles, base + refiner share steps
