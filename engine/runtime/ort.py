@@ -44,6 +44,9 @@ class OrtRunner:
         if threads:
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
+        # no busy-waiting between runs: a pipeline interleaves torch work (scheduler, guidance) and
+        # several sessions, and spinning ORT threads would steal those cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         dev_id = self.device.index or 0
         self.session = ort.InferenceSession(str(path), so, providers=_providers(
             provider, dev_id, fp16, Path(path).parent / "ort-trt-cache"))
