@@ -30,6 +30,9 @@ def _register_subapps() -> None:
     app.add_typer(index_app, name="index")
     from kbridge.cli.lmm import lmm_app
     app.add_typer(lmm_app, name="lmm")
+    from kbridge.cli.export import export
+
+    app.command("export")(export)
 
 
 _register_subapps()
@@ -107,6 +110,8 @@ def run(
                                          help="general (default) | medical (chest X-rays: Cheff, medical scorer)."),
     lmm: Optional[str] = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible LMM server "
                                       "(e.g. http://127.0.0.1:8000/v1 from kbridge lmm serve): selects the http backend."),
+    backend: Optional[str] = typer.Option(None, "--backend",
+                                          help="Dense-model runtime: torch | compile | onnx | tensorrt | torch_tensorrt."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
@@ -114,7 +119,7 @@ def run(
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
                   generation=dict(candidates=candidates, refiner=refiner),
                   run=dict(seed=seed, fidelity=fidelity, domain=domain),
-                  lmm=dict(backend="http" if lmm else None, url=lmm))
+                  lmm=dict(backend="http" if lmm else None, url=lmm), runtime=dict(backend=backend))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kbridge.engine.api import Engine
@@ -122,6 +127,8 @@ def run(
     from kbridge.engine.data import DataError
     from kbridge.engine.lmm.vllm_http import LMMUnavailable
     from kbridge.engine.lmm.vllm_local import BackendUnavailable
+    from kbridge.engine.runtime import RuntimeUnavailable
+    from kbridge.export.onnx import ExportError
     from kbridge.engine.store import RunConfigMismatch
     from kbridge.engine.zoo import ModelNotFound
 
@@ -135,6 +142,8 @@ def run(
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except (DataError, RunConfigMismatch, ModelNotFound, ConfigError, LMMUnavailable, BackendUnavailable) as e:
+        _fail(str(e))
+    except (RuntimeUnavailable, ExportError) as e:  # compiled backends (--backend)
         _fail(str(e))
     _summary(report)
     if report.errors:

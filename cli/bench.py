@@ -90,3 +90,19 @@ def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 re
     from kbridge.benchmarks.lmm import run
 
     _finish(run(quick=quick), json_path, save)
+
+
+@bench_app.command("runners")
+def runners(profile: Optional[str] = typer.Option(None, "--profile", "-p",
+                                                  help="Profile (default: small when present, else tiny)."),
+            quick: bool = typer.Option(False, "--quick", help="Fewer repeats and candidates."),
+            threads: int = typer.Option(0, "--threads", help="Threads for torch and onnxruntime (0: torch's default)."),
+            compile: bool = typer.Option(True, "--compile/--no-compile", help="Include torch.compile rows."),
+            json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+            save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/runners.json.")):
+    """torch eager vs torch.compile vs onnxruntime, per model and diffusion per candidate."""
+    from kbridge.benchmarks import runners as q
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    _finish(q.run(profile, quick, threads, compile), json_path, save)

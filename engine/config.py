@@ -199,6 +199,25 @@ class MedicalConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How the dense models (UNets, VAE, text encoders, CLIP towers) execute; see engine/runtime/."""
+
+    backend: str = "torch"
+    """"torch" (eager), "compile" (torch.compile), "onnx" (onnxruntime over exported graphs),
+    "tensorrt" (native engines built from the ONNX; CUDA only), "torch_tensorrt" (CUDA only).
+    Compiled backends match eager within the tolerances in README (not bit for bit)."""
+    onnx_provider: str = "auto"
+    """onnxruntime execution provider: "auto" (CUDA on a cuda device, else CPU), "cpu", "cuda",
+    "tensorrt" (the TensorRT EP; slow first build, cached engines)."""
+    fp16: bool = False
+    """Convert exported graphs to float16 (GPU only: CPU kernels for fp16 are slow or missing)."""
+    opset: int = 18
+    """ONNX opset of exported graphs."""
+    max_batch: int = 32
+    """Largest batch an exported graph / engine profile accepts (the profile's max)."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     profile: str = "tiny"
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -208,6 +227,7 @@ class PipelineConfig:
     rank: RankConfig = field(default_factory=RankConfig)
     run: RunConfig = field(default_factory=RunConfig)
     medical: MedicalConfig = field(default_factory=MedicalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,7 +277,7 @@ PROFILES: dict[str, dict] = {
 """GPU profiles keep the reference's SDXL settings; model directories must be given for them."""
 
 _SECTIONS = {"models": ModelsConfig, "lmm": LMMConfig, "knowledge": KnowledgeConfig, "generation": GenerationConfig,
-             "rank": RankConfig, "run": RunConfig, "medical": MedicalConfig}
+             "rank": RankConfig, "run": RunConfig, "medical": MedicalConfig, "runtime": RuntimeConfig}
 
 
 def _apply(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
@@ -340,3 +360,10 @@ def validate(cfg: PipelineConfig) -> None:
     if cfg.rank.semantic_weight < 0 or cfg.rank.graph_weight < 0 or \
             cfg.rank.semantic_weight + cfg.rank.graph_weight == 0:
         raise ConfigError("rank weights must be non-negative and not both zero")
+    if cfg.runtime.backend not in RUNTIME_BACKENDS:
+        raise ConfigError(f"unknown runtime backend {cfg.runtime.backend!r} (known: {', '.join(RUNTIME_BACKENDS)})")
+    if cfg.runtime.onnx_provider not in ("auto", "cpu", "cuda", "tensorrt"):
+        raise ConfigError(f"unknown onnx provider {cfg.runtime.onnx_provider!r} (known: auto, cpu, cuda, tensorrt)")
+
+
+RUNTIME_BACKENDS = ("torch", "compile", "onnx", "tensorrt", "torch_tensorrt")

@@ -58,7 +58,13 @@ def load_scorer(cfg: PipelineConfig):
         return ReportScorer(ClipScorer(zoo.resolve(cfg.medical.scorer, cfg), cfg.rank.device))
     scorers = []
     if "clip" in cfg.rank.semantic.split("+"):
-        scorers.append(ClipScorer(zoo.resolve("clip", cfg), cfg.rank.device))
+        path = zoo.resolve("clip", cfg)
+        scorer = ClipScorer(path, cfg.rank.device)
+        if cfg.runtime.backend != "torch":
+            from kbridge.engine.runtime.swap import clip_towers
+
+            scorer.towers = clip_towers(scorer.model, path, cfg)
+        scorers.append(scorer)
     if "blip" in cfg.rank.semantic.split("+"):
         from kbridge.engine.rank.blip import BlipScorer
 
@@ -91,7 +97,14 @@ def load_generator(cfg: PipelineConfig):
     from kbridge.engine.generate.sdxl import SDXLGenerator
 
     refiner = zoo.resolve("sdxl_refiner", cfg) if cfg.generation.refiner else None
-    return SDXLGenerator(zoo.resolve("sdxl_base", cfg), refiner, cfg.generation)
+    base = zoo.resolve("sdxl_base", cfg)
+    swap = None
+    if cfg.runtime.backend != "torch":
+        from kbridge.engine.runtime.swap import swap_sdxl
+
+        def swap(b, r):
+            swap_sdxl(b, r, base, refiner, cfg)
+    return SDXLGenerator(base, refiner, cfg.generation, swap=swap)
 
 
 def load_models(cfg: PipelineConfig, need_diffusion: bool) -> Models:

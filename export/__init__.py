@@ -1,1 +1,1 @@
-"""Model export (ONNX, TensorRT) and the artifact cache: see the compiled-backends work."""
+"""Exported model graphs: I/O specs, ONNX export, TensorRT build plans, the artifact cache."""

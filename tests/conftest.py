@@ -37,6 +37,22 @@ def demo_run(engine, tmp_path_factory):
     return out, report
 
 
+@pytest.fixture(scope="session")
+def parts(cfg):
+    from kbridge.export.parts import load_parts
+
+    return load_parts(cfg)
+
+
+@pytest.fixture(scope="session")
+def exported(cfg, parts):
+    """Every part exported once per session into the session's artifact cache (the onnx run in
+    test_runtime.py then finds them cached)."""
+    from kbridge.export.cache import artifacts_root, ensure_onnx
+
+    return {n: ensure_onnx(ex, artifacts_root(cfg.cache_dir()), cfg.runtime) for n, ex in parts.items()}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     import json
 

@@ -29,7 +29,9 @@ class DiffusionCounters:
 
 
 class SDXLGenerator:
-    def __init__(self, base_path: Path, refiner_path: Path | None, cfg: GenerationConfig):
+    def __init__(self, base_path: Path, refiner_path: Path | None, cfg: GenerationConfig, swap=None):
+        """``swap(base, refiner)`` may replace pipeline components with runners (engine/runtime)
+        before the counting hooks go on."""
         from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         self.cfg = cfg
@@ -43,6 +45,8 @@ class SDXLGenerator:
                 refiner_path, dtype=dtype, vae=self.base.vae,
                 text_encoder_2=self.base.text_encoder_2).to(cfg.device)
             self.refiner.set_progress_bar_config(disable=True)
+        if swap is not None:
+            swap(self.base, self.refiner)
         self.counters = DiffusionCounters()
         for pipe in (self.base, self.refiner):
             if pipe is not None:

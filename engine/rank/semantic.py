@@ -40,6 +40,8 @@ class ClipScorer:
         self.tok = AutoTokenizer.from_pretrained(path)
         self.improc = CLIPImageProcessorPil.from_pretrained(path)
         self.max_len = min(self.tok.model_max_length, self.model.config.text_config.max_position_embeddings)
+        self.towers: dict | None = None
+        """Optional {"vision", "text"} runners (engine/runtime) used instead of the torch towers."""
         self.cache = TextCache()
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -52,7 +54,11 @@ class ClipScorer:
         for i in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[i:i + self.batch_size], padding=True, truncation=True, max_length=self.max_len,
                            return_tensors="pt").to(self.device)
-            out.append(_features(self.model.get_text_features(**enc)))
+            if self.towers:
+                out.append(self.towers["text"]({"input_ids": enc["input_ids"],
+                                                "attention_mask": enc["attention_mask"]})["text_embeds"])
+            else:
+                out.append(_features(self.model.get_text_features(**enc)))
         return _unit(torch.cat(out)) if out else torch.empty(0)
 
     @torch.inference_mode()
@@ -60,7 +66,10 @@ class ClipScorer:
         out = []
         for i in range(0, len(images), self.batch_size):
             px = self.improc(images=images[i:i + self.batch_size], return_tensors="pt")["pixel_values"]
-            out.append(_features(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype))))
+            if self.towers:
+                out.append(self.towers["vision"]({"pixel_values": px})["image_embeds"])
+            else:
+                out.append(_features(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype))))
         return _unit(torch.cat(out)) if out else torch.empty(0)
 
 

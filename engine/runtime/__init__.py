@@ -1,0 +1,62 @@
+"""The runner seam for dense models: a runner is a callable over named tensors,
+
+    runner({"sample": x, "timestep": t, ...}) -> {"noise_pred": y}
+
+with names and shapes from the model's ExportSpec (kbridge.export.specs). Backends (one flat
+table, imported lazily): torch eager, torch.compile, onnxruntime (CPU / CUDA / TensorRT execution
+providers), native TensorRT engines, torch-tensorrt. ``swap.py`` puts runners inside diffusers
+pipelines and the CLIP scorer; everything else in the engine is unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from kbridge.engine.config import PipelineConfig
+
+log = logging.getLogger("kbridge.runtime")
+
+Runner = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The chosen backend cannot run here (package missing, no GPU, provider fell back)."""
+
+
+def onnx_provider(cfg: PipelineConfig, device: str) -> str:
+    p = cfg.runtime.onnx_provider
+    if p == "auto":
+        return "cuda" if str(device).startswith("cuda") else "cpu"
+    return p
+
+
+def make_runner(ex, cfg: PipelineConfig, device: str = "cpu", backend: str | None = None) -> Runner:
+    """A runner for one exportable part (kbridge.export.parts.Exportable) on ``device``; compiled
+    artifacts come from (or are built into) the artifact cache."""
+    from kbridge.export.cache import artifacts_root, ensure_onnx, ensure_tensorrt
+
+    backend = backend or cfg.runtime.backend
+    threads = cfg.run.threads or torch.get_num_threads()
+    root = artifacts_root(cfg.cache_dir())
+    if backend in ("torch", "compile"):
+        from kbridge.engine.runtime.torch_runner import torch_runner
+
+        return torch_runner(ex.spec, ex.module, compile=backend == "compile")
+    if backend == "onnx":
+        from kbridge.engine.runtime.ort import OrtRunner
+
+        art = ensure_onnx(ex, root, cfg.runtime)
+        return OrtRunner(art.path, ex.spec, onnx_provider(cfg, device), device, threads, cfg.runtime.fp16)
+    gpu = device if str(device).startswith("cuda") else "cuda:0"  # TensorRT runs on a GPU whatever the profile
+    if backend == "tensorrt":
+        from kbridge.engine.runtime.trt import TrtRunner
+
+        art = ensure_tensorrt(ex, root, cfg.runtime, gpu)
+        return TrtRunner(art.path, ex.spec, gpu, cfg.runtime.fp16)
+    if backend == "torch_tensorrt":
+        from kbridge.engine.runtime.torch_trt import torch_tensorrt_runner
+
+        return torch_tensorrt_runner(ex.spec, ex.module, gpu, cfg.runtime.fp16)
+    raise RuntimeUnavailable(f"unknown runtime backend {backend!r}")

@@ -1,0 +1,113 @@
+"""Runners inside the models the engine already uses: diffusers pipelines keep their schedulers,
+their UNets / VAE decoder / text encoders become thin nn.Modules that call runners; the CLIP
+scorer gets tower runners. Attributes other than the forward (``config``, ``dtype``,
+``add_embedding`` that pipelines read) are served by the wrapped torch module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kbridge.engine.config import PipelineConfig
+
+_INNER = "inner"
+
+
+class _Delegating(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, runner):
+        super().__init__()
+        self.inner = inner
+        self.runner = runner
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__(_INNER), name)
+
+
+class RunnerUNet(_Delegating):
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
+                added_cond_kwargs=None, return_dict=True, **_):
+        # sample: [B, C, h, w]; the pipeline passes one scalar timestep for the whole batch
+        b = sample.shape[0]
+        t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32).reshape(-1).expand(b).contiguous()
+        out = self.runner({"sample": sample, "timestep": t, "encoder_hidden_states": encoder_hidden_states,
+                           "text_embeds": added_cond_kwargs["text_embeds"],
+                           "time_ids": added_cond_kwargs["time_ids"]})["noise_pred"]
+        out = out.to(sample.device, sample.dtype)
+        if return_dict:
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=out)
+        return (out,)
+
+
+class RunnerVae(_Delegating):
+    """Only ``decode`` runs through the runner; ``encode`` (img2img from pixels) stays in torch."""
+
+    def decode(self, z, return_dict=True, generator=None, **_):
+        img = self.runner({"latents": z})["image"].to(z.device, z.dtype)
+        if return_dict:
+            from diffusers.models.autoencoders.vae import DecoderOutput
+
+            return DecoderOutput(sample=img)
+        return (img,)
+
+
+class _TextOut(tuple):
+    """What the SDXL pipeline reads from a text encoder: ``out[0]`` and ``out.hidden_states[-2]``."""
+
+    hidden_states: tuple
+
+
+class RunnerTextEncoder(_Delegating):
+    def forward(self, input_ids, output_hidden_states=None, **_):
+        r = self.runner({"input_ids": input_ids})
+        out = _TextOut((r["embeds"],))
+        out.hidden_states = (r["penultimate"], None)  # only index -2 is defined
+        return out
+
+
+def _install(pipe, name: str, module: torch.nn.Module) -> None:
+    # straight into __dict__: DiffusionPipeline.__setattr__ would rewrite its saved config
+    pipe.__dict__[name] = module
+
+
+def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: PipelineConfig, make=None) -> dict:
+    """Swap runners into the loaded base (and refiner) pipelines; returns name → runner."""
+    from kbridge.engine.runtime import make_runner
+    from kbridge.export.parts import sdxl_parts
+
+    make = make or make_runner
+    dev = cfg.generation.device
+    parts = sdxl_parts(base, base_dir, "sdxl_base", cfg)
+    runners = {n: make(parts[n], cfg, dev) for n in parts if n != "sdxl_base.vae_encoder"}
+    vae = RunnerVae(base.vae, runners["sdxl_base.vae_decoder"])
+    te2 = RunnerTextEncoder(base.text_encoder_2, runners["sdxl_base.text_encoder_2"])
+    _install(base, "unet", RunnerUNet(base.unet, runners["sdxl_base.unet"]))
+    _install(base, "text_encoder", RunnerTextEncoder(base.text_encoder, runners["sdxl_base.text_encoder"]))
+    _install(base, "text_encoder_2", te2)
+    _install(base, "vae", vae)
+    if refiner is not None:
+        rparts = sdxl_parts(refiner, refiner_dir, "sdxl_refiner", cfg)
+        runners["sdxl_refiner.unet"] = make(rparts["sdxl_refiner.unet"], cfg, dev)
+        _install(refiner, "unet", RunnerUNet(refiner.unet, runners["sdxl_refiner.unet"]))
+        _install(refiner, "vae", vae)  # shared with the base, as SDXLGenerator loads it
+        if refiner.text_encoder_2 is base.text_encoder_2.inner:
+            _install(refiner, "text_encoder_2", te2)
+        elif refiner.text_encoder_2 is not None:
+            raise ValueError("refiner text_encoder_2 is not the base's: only the shared encoder is exported")
+    return runners
+
+
+def clip_towers(clip, clip_dir: Path, cfg: PipelineConfig, make=None) -> dict:
+    """{"vision": runner, "text": runner} for ClipScorer."""
+    from kbridge.engine.runtime import make_runner
+    from kbridge.export.parts import clip_parts
+
+    make = make or make_runner
+    parts = clip_parts(clip, clip_dir)
+    return {"vision": make(parts["clip.vision"], cfg, cfg.rank.device),
+            "text": make(parts["clip.text"], cfg, cfg.rank.device)}

@@ -1,0 +1,151 @@
+"""The artifact cache: content-addressed directories under ``<cache dir>/artifacts``.
+
+    artifacts/<model>/<key digest>/model.onnx (+ model.onnx.data)   ONNX graph, external weights beside it
+    artifacts/<model>/<key digest>/model.plan                        TensorRT engine
+    artifacts/<model>/<key digest>/key.json                          everything the digest covers
+    artifacts/timing/<tensorrt version>-sm<cc>.cache                 TensorRT timing cache, shared
+    artifacts/weights-sha.json                                       memo: (file, size, mtime) → sha256
+
+The key covers the weights' content hash, dtype, every input / output shape and axis range,
+opset, exporter and runtime versions, and for TensorRT its version and the GPU's compute
+capability. An artifact is built only when its directory is missing, into a temporary directory
+renamed into place, so a killed build never leaves a half artifact behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from kbridge.engine.config import RuntimeConfig
+from kbridge.export.parts import Exportable
+
+log = logging.getLogger("kbridge.export.cache")
+
+EXPORT_VERSION = 1
+"""Bump when the IO wrappers or export settings change, so caches rebuild."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    path: Path
+    """The graph (model.onnx) or engine (model.plan) file."""
+    built: bool
+    """True: built by this call; False: found cached."""
+    key: dict
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def weights_sha(files: tuple[Path, ...], root: Path) -> str:
+    """sha256 over the files' bytes (and names); per-file digests memoised by (path, size, mtime) so
+    multi-GB checkpoints are read once."""
+    memo_path = root / "weights-sha.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    h = hashlib.sha256()
+    changed = False
+    for f in files:
+        st = f.stat()
+        k = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if k not in memo:
+            fh = hashlib.sha256()
+            with open(f, "rb") as fp:
+                for chunk in iter(lambda: fp.read(1 << 22), b""):
+                    fh.update(chunk)
+            memo[k], changed = fh.hexdigest(), True
+        h.update(f.name.encode() + b"\0" + memo[k].encode())
+    if changed:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(memo, indent=0))
+        tmp.replace(memo_path)
+    return h.hexdigest()
+
+
+def onnx_key(ex: Exportable, rt: RuntimeConfig, root: Path) -> dict:
+    spec = ex.spec
+    return {"format": "onnx", "model": spec.name, "weights_sha256": weights_sha(ex.weights, root),
+            "dtype": "float16" if rt.fp16 else "float32", "opset": rt.opset,
+            "inputs": [dataclasses.asdict(t) for t in spec.inputs],
+            "outputs": [dataclasses.asdict(t) for t in spec.outputs],
+            "axes": [dataclasses.asdict(a) for a in spec.axes],
+            "exporter": {"kbridge_export": EXPORT_VERSION, "torch": _version("torch"),
+                         "onnxscript": _version("onnxscript"), "onnx": _version("onnx")},
+            "runtime": {"onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu")}}
+
+
+def digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def artifact_dir(root: Path, key: dict) -> Path:
+    return Path(root) / key["model"] / digest(key)
+
+
+def _build(final: Path, key: dict, make) -> None:
+    """Run ``make(tmp_dir)`` and move the result into ``final`` atomically."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    try:
+        make(tmp)
+        (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str) + "\n")
+        try:
+            tmp.rename(final)
+        except OSError:  # another process built it first
+            if not (final / "key.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_onnx(ex: Exportable, root: Path, rt: RuntimeConfig) -> Artifact:
+    """The exported graph for ``ex`` (built only when missing)."""
+    from kbridge.export.onnx import export_onnx
+
+    key = onnx_key(ex, rt, root)
+    d = artifact_dir(root, key)
+    path = d / "model.onnx"
+    if (d / "key.json").exists() and path.exists():
+        log.info("%s: found cached %s", ex.spec.name, path)
+        return Artifact(ex.spec.name, path, False, key)
+    _build(d, key, lambda tmp: export_onnx(ex.spec, ex.module, tmp / "model.onnx", rt.opset, rt.fp16))
+    log.info("%s: built %s", ex.spec.name, path)
+    return Artifact(ex.spec.name, path, True, key)
+
+
+def ensure_tensorrt(ex: Exportable, root: Path, rt: RuntimeConfig, device: str = "cuda:0") -> Artifact:
+    """The TensorRT engine for ``ex``: exports the ONNX if missing, then builds with the spec's
+    profile and the shared timing cache. Needs a CUDA GPU and the tensorrt package."""
+    from kbridge.export.tensorrt import build_engine, gpu_facts, plan_build
+
+    onnx = ensure_onnx(ex, root, rt)
+    facts = gpu_facts(device)
+    key = {"format": "tensorrt", "model": ex.spec.name, "onnx": digest(onnx.key), **facts,
+           "fp16": rt.fp16, "profile": {k: list(v) for k, v in ex.spec.profile().items()}}
+    d = artifact_dir(root, key)
+    plan = plan_build(ex.spec, onnx.path, d / "model.plan", root, facts, fp16=rt.fp16)
+    if (d / "key.json").exists() and plan.engine_path.exists():
+        log.info("%s: found cached %s", ex.spec.name, plan.engine_path)
+        return Artifact(ex.spec.name, plan.engine_path, False, key)
+    _build(d, key, lambda tmp: build_engine(dataclasses.replace(plan, engine_path=tmp / "model.plan")))
+    log.info("%s: built %s", ex.spec.name, plan.engine_path)
+    return Artifact(ex.spec.name, plan.engine_path, True, key)
+
+
+def artifacts_root(cache_dir: Path) -> Path:
+    return Path(cache_dir) / "artifacts"
