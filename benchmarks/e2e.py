@@ -110,41 +110,56 @@ def run_baseline(cfg: PipelineConfig, data: Path, work: Path) -> tuple[dict, dic
         {s.sample_id: s.missing for s in samples}
 
 
-def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0) -> dict:
+def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0,
+        backends: tuple[str, ...] = ("torch",)) -> dict:
+    """Baseline, then one kbridge row per dense-model runtime in ``backends`` (same models)."""
+    from kbridge.engine.api import Engine
+
     n = 2 if quick else max(2, samples)
     overrides = {"run": {"threads": threads}} if threads else {}
-    cfg = build_config(profile, overrides=overrides)
     with tempfile.TemporaryDirectory(prefix="kbridge-bench-") as tmp:
         tmp = Path(tmp)
         data = bench_dataset(tmp / "data", n)
         warm = bench_dataset(tmp / "warm", 2)
-        from kbridge.engine.api import Engine
-
-        Engine(build_config(profile, overrides={**overrides, "generation": {"candidates": 1}})).run(
-            data=warm, fmt="coco", missing=warm / "missing.json", out=tmp / "warm-out")  # builds twins, warms kernels
-        base, base_counts, missing = run_baseline(cfg, data, tmp / "baseline")
-        kb, kb_counts, _ = run_kbridge(cfg, data, tmp / "kbridge")
-    base["speedup_vs_baseline"] = 1.0
-    kb["speedup_vs_baseline"] = kb["samples_per_s"] / base["samples_per_s"]
-    split = _split("baseline", base_counts, missing) + _split("kbridge", kb_counts, missing)
+        rows, splits = [], []
+        for i, backend in enumerate(("torch", *[b for b in backends if b != "torch"])):
+            cfg = build_config(profile, overrides={**overrides, "runtime": {"backend": backend}})
+            # builds the twins, exports graphs for non-torch runtimes, warms kernels: not timed
+            Engine(build_config(profile, overrides={**overrides, "runtime": {"backend": backend},
+                                                    "generation": {"candidates": 1}})).run(
+                data=warm, fmt="coco", missing=warm / "missing.json", out=tmp / f"warm-{backend}")
+            if i == 0:
+                base, counts, missing = run_baseline(cfg, data, tmp / "baseline")
+                base["speedup_vs_baseline"] = 1.0
+                rows.append(base)
+                splits += _split("baseline", counts, missing)
+            if backend in backends:
+                kb, counts, _ = run_kbridge(cfg, data, tmp / f"kbridge-{backend}")
+                kb["name"] = "kbridge" if backend == "torch" else f"kbridge --backend {backend}"
+                kb["speedup_vs_baseline"] = kb["samples_per_s"] / base["samples_per_s"]
+                rows.append(kb)
+                splits += _split(kb["name"], counts, missing)
     return stamp({
         "question": "e2e", "title": f"End to end: reference pattern vs kbridge ({profile} profile, {n} samples)",
-        "how": f"kbridge bench e2e --profile {profile} --samples {n}" + (" --quick" if quick else ""),
-        "profile": profile, "config": cfg.to_dict(), "columns": COLUMNS, "rows": [base, kb],
+        "how": f"kbridge bench e2e --profile {profile} --samples {n}" + (" --quick" if quick else "")
+               + (f" --backends {','.join(backends)}" if backends != ("torch",) else ""),
+        "profile": profile, "config": build_config(profile).to_dict(), "columns": COLUMNS, "rows": rows,
         "plot": "benchmarks/results/e2e_stages.png",
-        "tables": [{"title": "Per-stage busy time (s; kbridge's stages overlap, so they can sum past its wall time)",
-                    "columns": ["name", *STAGES], "rows": [{"name": r["name"], **r["stage_seconds"]} for r in (base, kb)]},
+        "tables": [{"title": "Per-stage busy time, s (kbridge's stages overlap, so they can sum past its wall time)",
+                    "columns": ["name", *STAGES], "rows": [{"name": r["name"], **r["stage_seconds"]} for r in rows]},
                    {"title": "Counted figures per sample, by missing modality", "columns": SPLIT_COLUMNS,
-                    "rows": split}],
-        "notes": _notes(base, kb),
+                    "rows": splits}],
+        "notes": _notes(rows),
     })
 
 
-def _notes(base: dict, kb: dict) -> list[str]:
+def _notes(rows: list[dict]) -> list[str]:
+    base = rows[0]
     bs = base["stage_seconds"]
     lmm = bs["extract"] + bs["write"] + bs["candidate_knowledge"]
-    total = sum(bs.values())
-    return [f"baseline LMM share: {100 * lmm / total:.0f}% of its time (calibration target 50-70%)",
-            f"speed-up {kb['speedup_vs_baseline']:.2f}x (target >= 3x); LMM sequences per sample "
-            f"{kb['lmm_calls_per_sample']:.1f} vs {base['lmm_calls_per_sample']:.1f}; serial LMM turns "
-            f"{kb['lmm_serial_turns_per_sample']:.1f} vs {base['lmm_serial_turns_per_sample']:.1f}"]
+    notes = [f"baseline LMM share: {100 * lmm / sum(bs.values()):.0f}% of its time (calibration target 50-70%)"]
+    for kb in rows[1:]:
+        notes.append(f"{kb['name']}: speed-up {kb['speedup_vs_baseline']:.2f}x (target >= 3x); LMM sequences per "
+                     f"sample {kb['lmm_calls_per_sample']:.1f} vs {base['lmm_calls_per_sample']:.1f}; serial LMM "
+                     f"turns {kb['lmm_serial_turns_per_sample']:.1f} vs {base['lmm_serial_turns_per_sample']:.1f}")
+    return notes

@@ -48,7 +48,8 @@ class LMMConfig:
     device: str = "cpu"
     dtype: str = "float32"
     max_new_tokens: int = 2048
-    """Cap for one structured (JSON) answer; schemas are bounded so a record always fits."""
+    """Cap for a structured (JSON) answer whose schema has no computable bound; kbridge's own
+    schemas are bounded, and their worst-case length is used instead, so a record always fits."""
     free_text_tokens: int = 250
     """Cap for free-text turns of the reference-fidelity chain (random models never stop)."""
     temperature: float = 0.1
@@ -263,8 +264,8 @@ PROFILES: dict[str, dict] = {
                                 prompt_words=(5, 12), caption_words=(4, 10), name_chars=16),
                  medical=dict(steps=4, batch_size=16, report_words=(4, 12), few_shot_count=1)),
     "small": dict(models=dict(lmm="small", sdxl_base="small", sdxl_refiner="small", clip="small"),
-                  generation=dict(height=128, width=128, steps=10, batch_size=7),
-                  knowledge=dict(exact=True), run=dict(batch_size=4)),
+                  generation=dict(height=128, width=128, steps=20, batch_size=7),
+                  knowledge=dict(exact=True, name_chars=24), run=dict(batch_size=4)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
                  rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16")),
     "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:2", batch_size=2),

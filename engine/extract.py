@@ -42,7 +42,7 @@ def _req(cfg: PipelineConfig, msgs, schema, sample_id: str, stage: str, turn: in
     lm = cfg.lmm
     # the seed depends on what the request is for, never on its position in a batch
     return Request(msgs, schema, derive_seed(cfg.run.seed, sample_id, stage, turn, tag),
-                   lm.free_text_tokens if free else lm.max_new_tokens,
+                   lm.free_text_tokens if free else (S.max_chars(schema) or lm.max_new_tokens) + 8,
                    lm.temperature if temperature is None else temperature, sample_id, stage, turn)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kbridge.engine.config import PipelineConfig
 from kbridge.engine.extract import _check, _req, parse_triples
+from kbridge.engine.generate.text import _clean, _dedupe, text_candidates
 from kbridge.engine.lmm import LMMClient
 from kbridge.engine.lmm import med_prompts as MP
 from kbridge.engine.lmm import med_schemas as MS
@@ -18,10 +19,6 @@ from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, Trip
 
 def _examples(cfg: PipelineConfig) -> list[dict]:
     return load_few_shot(cfg.medical.few_shot, cfg.medical.few_shot_count)
-
-
-def _clean(text: str) -> str:
-    return " ".join(text.split())
 
 
 async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample]) -> list[Knowledge | SampleError]:
@@ -39,8 +36,6 @@ async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample])
 async def write_reports(client: LMMClient, cfg: PipelineConfig, samples: list[Sample], knowledge: list[Knowledge],
                         turn: int) -> list[list[str] | SampleError]:
     """Image missing: N reports, each the conditioning text of one generated X-ray."""
-    from kbridge.engine.generate.text import _dedupe
-
     ex, n, w = _examples(cfg), cfg.generation.candidates, cfg.medical.report_words
     reqs = [_req(cfg, MP.reports_for_images(ex, n, w, s.text, kn), MS.reports(n, w), s.sample_id, "generate", turn)
             for s, kn in zip(samples, knowledge)]
@@ -66,16 +61,9 @@ async def write_report_candidates(client: LMMClient, cfg: PipelineConfig, sample
         except SampleError as e:
             out.append(e)
             continue
-        cands, seen = [], set()
-        for it in items:
-            text = _clean(it["text"])
-            if text.lower() in seen:
-                continue
-            seen.add(text.lower())
-            implied = [Triple("chest x-ray", "suggests", str(d)).as_dict() for d in it.get("diagnoses", [])]
-            cands.append(Candidate(id=f"c{len(cands)}", source="generated", text=text,
-                                   triples=parse_triples(implied + list(it.get("triples", [])))))
-        out.append(cands)
+        # the diagnoses a report names are edges of its graph too
+        out.append(text_candidates(items, lambda it: [Triple("chest x-ray", "suggests", str(d)).as_dict()
+                                                      for d in it.get("diagnoses", [])] + list(it.get("triples", []))))
     return out
 
 

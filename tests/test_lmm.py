@@ -115,3 +115,19 @@ def test_invalid_answers_are_retried_then_reported(cfg):
     be = Flaky()
     r = _run(LMMClient(be, RequestLog(), retries=1), [_req(cfg, [], S.triples(cfg.knowledge), 1)])[0]
     assert r.error and "invalid JSON" in r.error
+
+
+def test_schema_bound_covers_every_answer(cfg, backend, image):
+    """max_chars(schema) is the worst case: answers never exceed it, and it is used as the cap."""
+    import dataclasses
+
+    k = dataclasses.replace(cfg.knowledge, exact=True)
+    for schema in (S.knowledge(k), S.captions(k, 4), S.prompts(k, 4), S.triples(k), S.objects(k)):
+        assert S.max_chars(schema) is not None
+    reqs = [_req(cfg, P.captions_fast(k, 4, image, _kn()), S.captions(k, 4), seed,
+                 max_new=S.max_chars(S.captions(k, 4)) + 8) for seed in range(3)]
+    for r in _run(LMMClient(backend, RequestLog(), retries=0), reqs):
+        assert r.error is None
+        assert len(r.text) <= S.max_chars(S.captions(k, 4))
+    assert S.max_chars({"type": "string"}) is None
+    assert S.max_chars({"type": "object", "properties": {"a": {"enum": ["xy", "z"]}}}) == len('{"a": "xy"}')

@@ -94,16 +94,22 @@ async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[S
         except SampleError as e:
             out.append(e)
             continue
-        cands, seen = [], set()
-        for c in caps:
-            text = _clean(c["text"])
-            if text.lower() in seen:
-                continue
-            seen.add(text.lower())
-            cands.append(Candidate(id=f"c{len(cands)}", source="generated", text=text,
-                                   triples=parse_triples(c.get("triples"))))
-        out.append(cands)
+        out.append(text_candidates(caps))
     return out
+
+
+def text_candidates(items: list[dict], triples_of=lambda it: it.get("triples")) -> list[Candidate]:
+    """Candidates from written texts (captions, reports): cleaned, repeats dropped, order kept,
+    each with the triples the same answer gave for it."""
+    cands, seen = [], set()
+    for it in items:
+        text = _clean(it["text"])
+        if text.lower() in seen:
+            continue
+        seen.add(text.lower())
+        cands.append(Candidate(id=f"c{len(cands)}", source="generated", text=text,
+                               triples=parse_triples(triples_of(it))))
+    return cands
 
 
 def image_candidates(sample: Sample, prompts: list[str], root_seed: int) -> list[Candidate]:

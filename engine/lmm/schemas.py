@@ -1,23 +1,57 @@
 """JSON schemas of every structured answer, built from the knowledge bounds.
 
 Strings are constrained with ``pattern`` (never ``maxLength``: xgrammar 0.2.8 compiles that to a
-class admitting raw control characters, STACK.md), so every bounded answer is valid JSON and its
-length has a known ceiling below the token cap.
+class admitting raw control characters, STACK.md), so every answer is valid ASCII JSON whose
+length has a known ceiling: ``max_chars(schema)``, which the callers use as the token cap
+(a token is at least one byte), so an answer is never cut short.
 """
 from __future__ import annotations
+
+import json
 
 from kbridge.engine.config import KnowledgeConfig
 
 _WORD = "[A-Za-z0-9,.;:'()/-]"
+_LONGEST: dict[str, int] = {}
+"""pattern → the longest string it admits (filled by the builders below)."""
 
 
 def _text(max_chars: int) -> dict:
-    return {"type": "string", "pattern": f"^[A-Za-z0-9][A-Za-z0-9 ,.'/&-]{{0,{max_chars - 1}}}$"}
+    pattern = f"^[A-Za-z0-9][A-Za-z0-9 ,.'/&-]{{0,{max_chars - 1}}}$"
+    _LONGEST[pattern] = max_chars
+    return {"type": "string", "pattern": pattern}
 
 
 def _words(lo: int, hi: int) -> dict:
     w = f"{_WORD}{{1,16}}"
-    return {"type": "string", "pattern": f"^{w}( {w}){{{lo - 1},{hi - 1}}}$"}
+    pattern = f"^{w}( {w}){{{lo - 1},{hi - 1}}}$"
+    _LONGEST[pattern] = 17 * hi - 1
+    return {"type": "string", "pattern": pattern}
+
+
+def max_chars(schema: dict) -> int | None:
+    """The longest JSON text an answer to ``schema`` can be, as xgrammar writes it (", " and ": "
+    separators, no other whitespace); None when some part is unbounded."""
+    t = schema.get("type")
+    if "enum" in schema:
+        return max(len(json.dumps(v)) for v in schema["enum"])
+    if t == "object":
+        props = schema.get("properties", {})
+        parts = [max_chars(v) for v in props.values()]
+        if any(p is None for p in parts):
+            return None
+        return 2 + sum(len(json.dumps(k)) + 2 + p for k, p in zip(props, parts)) + 2 * max(0, len(parts) - 1)
+    if t == "array":
+        item, n = max_chars(schema.get("items", {})), schema.get("maxItems")
+        return None if item is None or n is None else 2 + n * item + 2 * max(0, n - 1)
+    if t == "string":
+        longest = _LONGEST.get(schema.get("pattern", ""))
+        return None if longest is None else longest + 2
+    if t == "integer" and "minimum" in schema and "maximum" in schema:
+        return max(len(str(schema["minimum"])), len(str(schema["maximum"])))
+    if t == "boolean":
+        return 5
+    return None
 
 
 def _obj(props: dict, required: list[str] | None = None) -> dict:
