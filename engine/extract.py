@@ -52,6 +52,17 @@ def _check(resp, sid: str, what: str):
     return resp.parsed
 
 
+async def per_sample(client: LMMClient, samples: list[Sample], reqs: list[Request], what: str, parse) -> list:
+    """One request per sample: each answer parsed, or that sample's SampleError."""
+    out = []
+    for s, r in zip(samples, await client.complete(reqs)):
+        try:
+            out.append(parse(_check(r, s.sample_id, what)))
+        except SampleError as e:
+            out.append(e)
+    return out
+
+
 async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample]) -> list[Knowledge | SampleError]:
     """Knowledge of each sample's available modality."""
     if cfg.run.domain == "medical":
@@ -62,13 +73,7 @@ async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample])
     if cfg.run.fidelity == "fast":
         reqs = [_req(cfg, P.knowledge_fast(k, s.text, s.image), S.knowledge(k), s.sample_id, "extract", 1)
                 for s in samples]
-        out = []
-        for s, r in zip(samples, await client.complete(reqs)):
-            try:
-                out.append(parse_knowledge(_check(r, s.sample_id, "knowledge extraction")))
-            except SampleError as e:
-                out.append(e)
-        return out
+        return await per_sample(client, samples, reqs, "knowledge extraction", parse_knowledge)
     return await chain_extract(client, cfg, [(s.sample_id, "", s.text, s.image) for s in samples], "extract", 0)
 
 

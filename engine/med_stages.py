@@ -8,7 +8,7 @@ plus those implied by the structured fields) feed graph ranking.
 from __future__ import annotations
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import _check, _req, parse_triples
+from kbridge.engine.extract import _req, per_sample
 from kbridge.engine.generate.text import _clean, _dedupe, text_candidates
 from kbridge.engine.lmm import LMMClient
 from kbridge.engine.lmm import med_prompts as MP
@@ -24,13 +24,7 @@ def _examples(cfg: PipelineConfig) -> list[dict]:
 async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample]) -> list[Knowledge | SampleError]:
     ex, k = _examples(cfg), cfg.knowledge
     reqs = [_req(cfg, MP.analysis(k, ex, s.text, s.image), MS.record(k), s.sample_id, "extract", 1) for s in samples]
-    out: list[Knowledge | SampleError] = []
-    for s, r in zip(samples, await client.complete(reqs)):
-        try:
-            out.append(knowledge_from_record(_check(r, s.sample_id, "medical analysis")))
-        except SampleError as e:
-            out.append(e)
-    return out
+    return await per_sample(client, samples, reqs, "medical analysis", knowledge_from_record)
 
 
 async def write_reports(client: LMMClient, cfg: PipelineConfig, samples: list[Sample], knowledge: list[Knowledge],
@@ -39,13 +33,8 @@ async def write_reports(client: LMMClient, cfg: PipelineConfig, samples: list[Sa
     ex, n, w = _examples(cfg), cfg.generation.candidates, cfg.medical.report_words
     reqs = [_req(cfg, MP.reports_for_images(ex, n, w, s.text, kn), MS.reports(n, w), s.sample_id, "generate", turn)
             for s, kn in zip(samples, knowledge)]
-    out: list[list[str] | SampleError] = []
-    for s, r in zip(samples, await client.complete(reqs)):
-        try:
-            out.append(_dedupe([_clean(t) for t in _check(r, s.sample_id, "report writing")["reports"]]))
-        except SampleError as e:
-            out.append(e)
-    return out
+    return await per_sample(client, samples, reqs, "report writing",
+                            lambda a: _dedupe([_clean(t) for t in a["reports"]]))
 
 
 async def write_report_candidates(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
@@ -54,17 +43,13 @@ async def write_report_candidates(client: LMMClient, cfg: PipelineConfig, sample
     ex, k, n, w = _examples(cfg), cfg.knowledge, cfg.generation.candidates, cfg.medical.report_words
     reqs = [_req(cfg, MP.reports_for_text(k, ex, n, w, s.image, kn), MS.report_candidates(k, n, w), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]
-    out: list[list[Candidate] | SampleError] = []
-    for s, r in zip(samples, await client.complete(reqs)):
-        try:
-            items = _check(r, s.sample_id, "report writing")["reports"]
-        except SampleError as e:
-            out.append(e)
-            continue
-        # the diagnoses a report names are edges of its graph too
-        out.append(text_candidates(items, lambda it: [Triple("chest x-ray", "suggests", str(d)).as_dict()
-                                                      for d in it.get("diagnoses", [])] + list(it.get("triples", []))))
-    return out
+    # the diagnoses a report names are edges of its graph too
+    def triples_of(it):
+        return [Triple("chest x-ray", "suggests", str(d)).as_dict() for d in it.get("diagnoses", [])] + \
+            list(it.get("triples", []))
+
+    return await per_sample(client, samples, reqs, "report writing",
+                            lambda a: text_candidates(a["reports"], triples_of))
 
 
 async def candidate_triples(client: LMMClient, cfg: PipelineConfig, owners: list[str], cands: list[Candidate],

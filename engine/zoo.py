@@ -7,7 +7,6 @@ profile exercises the real loading path.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -5,9 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
 from conftest import read_jsonl
 from kbridge.engine import data as D

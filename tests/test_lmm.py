@@ -3,7 +3,6 @@ import json
 
 import pytest
 
-from kbridge.engine import zoo
 from kbridge.engine.lmm import LMMClient, Request, RequestLog
 from kbridge.engine.lmm import prompts as P
 from kbridge.engine.lmm import schemas as S

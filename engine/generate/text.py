@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import _check, _req, parse_triples
+from kbridge.engine.extract import _check, _req, parse_triples, per_sample
 from kbridge.engine.lmm import LMMClient
 from kbridge.engine.lmm import prompts as P
 from kbridge.engine.lmm import schemas as S
@@ -39,13 +39,8 @@ async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sa
         return await _prompt_chain(client, cfg, samples, knowledge, turn)
     reqs = [_req(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
             for s, kn in zip(samples, knowledge)]
-    out: list[list[str] | SampleError] = []
-    for s, r in zip(samples, await client.complete(reqs)):
-        try:
-            out.append(_dedupe([_clean(p) for p in _check(r, s.sample_id, "prompt writing")["prompts"]]))
-        except SampleError as e:
-            out.append(e)
-    return out
+    return await per_sample(client, samples, reqs, "prompt writing",
+                            lambda a: _dedupe([_clean(p) for p in a["prompts"]]))
 
 
 async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str] | SampleError]:
@@ -87,15 +82,7 @@ async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[S
     with_triples = cfg.run.fidelity == "fast"
     reqs = [_req(cfg, P.captions_fast(k, n, s.image, kn), S.captions(k, n, with_triples), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]
-    out: list[list[Candidate] | SampleError] = []
-    for s, r in zip(samples, await client.complete(reqs)):
-        try:
-            caps = _check(r, s.sample_id, "caption writing")["captions"]
-        except SampleError as e:
-            out.append(e)
-            continue
-        out.append(text_candidates(caps))
-    return out
+    return await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
 
 
 def text_candidates(items: list[dict], triples_of=lambda it: it.get("triples")) -> list[Candidate]:
