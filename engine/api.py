@@ -69,8 +69,13 @@ class Engine:
         self._models: Models | None = None
 
     def models(self, need_diffusion: bool = True) -> Models:
-        if self._models is None or (need_diffusion and self._models.diffusion is None):
+        if self._models is None:
             self._models = load_models(self.cfg, need_diffusion)
+        elif need_diffusion and self._models.diffusion is None:
+            # only the generator is missing: the LMM and scorer stay as loaded
+            from kbridge.engine.models import load_generator
+
+            self._models.diffusion = load_generator(self.cfg)
         return self._models
 
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
