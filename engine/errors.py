@@ -1,0 +1,17 @@
+"""The error family. Library code raises these; only the CLI turns them into one line and an exit code.
+
+- ``KbridgeError``: the base of every error kbridge raises on purpose.
+- ``Unavailable``: a package, backend, device or kernel the configuration asks for is not here
+  (``RuntimeUnavailable``, ``LMMUnavailable``, ``KernelUnavailable``… derive from it).
+- ``ConfigError`` / ``DataError``: the run cannot start (exit 2).
+- ``SampleError`` (engine/types.py): one sample failed; the run records it and goes on.
+"""
+from __future__ import annotations
+
+
+class KbridgeError(Exception):
+    """Base of every error kbridge raises on purpose."""
+
+
+class Unavailable(KbridgeError):
+    """Something the configuration asks for (a package, backend, device, kernel) is not present."""
