@@ -106,6 +106,7 @@ class Engine:
                                  f"{_sha(missing_path)}".encode()).hexdigest()[:16]
         store = RunStore(out, run_key, {
             "config": cfg.to_dict(), "profile": cfg.profile, "versions": versions(),
+            "threads": torch.get_num_threads(),
             "data": {"name": ds.name, "root": str(ds.root), "format": ds.format,
                      "missing": str(missing_path) if missing_path else None, "items": len(ds)}})
         t_start = time.perf_counter()
