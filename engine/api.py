@@ -8,22 +8,28 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
+import json
 import logging
 import platform
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from kbridge.engine import data as D
 from kbridge.engine.config import PipelineConfig, build_config
+from kbridge.engine.domains import domain_of
+from kbridge.engine.executor import stream
 from kbridge.engine.lmm import LMMClient, RequestLog
-from kbridge.engine.models import load_models, load_retriever
-from kbridge.engine.scheduler import Models, Scheduler
+from kbridge.engine.models import Models, load_retriever
+from kbridge.engine.phased import PhaseFiles
+from kbridge.engine.plan import resolve_schedule
+from kbridge.engine.rows import Row
+from kbridge.engine.stages import GRAPH, PHASES, STAGES, Ctx
 from kbridge.engine.store import RunStore, export_completed
-from kbridge.engine.types import SampleError, SampleResult
+from kbridge.engine.types import Sample
 
 log = logging.getLogger("kbridge.engine")
 
@@ -44,6 +50,8 @@ class RunReport:
     lmm: dict = field(default_factory=dict)
     counts_by_missing: dict = field(default_factory=dict)
     exported: dict | None = None
+    latency: dict = field(default_factory=dict)
+    """Per-sample latency of this call (admission → result written): p50_s, p95_s."""
 
 
 def versions() -> dict:
@@ -69,20 +77,28 @@ class Engine:
         self._models: Models | None = None
 
     def models(self, need_diffusion: bool = True) -> Models:
-        if self._models is None:
-            self._models = load_models(self.cfg, need_diffusion)
-        elif need_diffusion and self._models.diffusion is None:
-            # only the generator is missing: the LMM and scorer stay as loaded
-            from kbridge.engine.models import load_generator
+        """The loaded models (LMM, scorer, and the generator replicas when ``need_diffusion``)."""
+        return self.ensure({"lmm", "scorer"} | ({"generators"} if need_diffusion else set()))
 
-            self._models.diffusion = load_generator(self.cfg)
-        return self._models
+    def ensure(self, slots: set[str]) -> Models:
+        """Load the slots not loaded yet; what is loaded stays."""
+        from kbridge.engine.models import load_generator, load_lmm, load_scorer, quiet_libraries, render_devices
+
+        m = self._models = self._models or Models()
+        quiet_libraries()
+        if "lmm" in slots and m.lmm is None:
+            m.lmm = load_lmm(self.cfg)
+        if "scorer" in slots and m.scorer is None:
+            m.scorer = load_scorer(self.cfg)
+        if "generators" in slots and not m.generators:
+            m.generators = [load_generator(self.cfg, d) for d in render_devices(self.cfg)]
+        return m
 
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
             out: str | Path = "kbridge-out", limit: int | None = None,
             export: str | Path | None = None, on_start: Callable[[int], None] | None = None,
             on_sample: Callable[[str, str], None] | None = None) -> RunReport:
-        """Complete every incomplete sample of a dataset (the bundled demo set when ``data`` is None).
+        """Complete every incomplete sample of a dataset (the domain's demo set when ``data`` is None).
 
         ``on_start(n)`` gets the number of samples left to do; ``on_sample(sample_id, status)`` is
         called as each finishes ("done" / "error").
@@ -91,25 +107,24 @@ class Engine:
         import torch
 
         cfg = self.cfg
+        domain = domain_of(cfg)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        if data is None and cfg.run.domain == "medical":  # the bundled chest-X-ray demo set
-            from kbridge.engine.medical import demo_paths
-
-            data, demo_fmt, demo_missing = demo_paths()
+        if data is None:
+            data, demo_fmt, demo_missing = domain.demo()
             fmt, missing = fmt or demo_fmt, missing or demo_missing
-        elif cfg.run.domain == "medical":
-            fmt = fmt or "iuxray"  # report datasets use the impression + findings text rule
+        fmt = fmt or domain.default_format
         ds = D.open_dataset(data, fmt, missing)
-        missing_path = missing or (D.DEMO_DIR / "missing-mixed-0.7.json" if data is None else None)
         run_key = hashlib.sha256(f"{cfg.result_hash()}|{ds.name}|{ds.root.resolve()}|{ds.format}|"
-                                 f"{_sha(missing_path)}".encode()).hexdigest()[:16]
+                                 f"{_sha(missing)}".encode()).hexdigest()[:16]
+        schedule = resolve_schedule(cfg)
+        phases = [list(p) for p in PHASES] if schedule == "phased" else [[s.name for s in GRAPH]]
         store = RunStore(out, run_key, {
             "config": cfg.to_dict(), "profile": cfg.profile, "versions": versions(),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "schedule": schedule, "phases": phases, "executor": "local",
             "data": {"name": ds.name, "root": str(ds.root), "format": ds.format,
-                     "missing": str(missing_path) if missing_path else None, "items": len(ds)}})
-        t_start = time.perf_counter()
+                     "missing": str(missing) if missing else None, "items": len(ds)}})
+        t_start = time.time()
         report = RunReport(Path(out), 0, 0, 0)
         try:
             indices = D.incomplete_indices(ds)
@@ -117,51 +132,109 @@ class Engine:
                 indices = indices[:limit]
             report.incomplete = len(indices)
             done = store.done()
+            todo = [i for i in indices if f"{ds.name}:{i}" not in done]
+            report.skipped = len(indices) - len(todo)
             if on_start:
-                on_start(len([i for i in indices if f"{ds.name}:{i}" not in done]))
-            samples = []
-            for i in indices:
-                sid = f"{ds.name}:{i}"
-                if sid in done:
-                    report.skipped += 1
-                    continue
-                try:
-                    samples.append(D.load_sample(ds, i, ds.missing[i]))
-                except SampleError as e:
-                    self._error(store, report, e.sample_id, e.message, "load", on_sample)
-            if samples:
-                models = self.models(need_diffusion=any(s.missing == "image" for s in samples))
-                models = dataclasses.replace(models, retriever=load_retriever(cfg, store.root))
-                request_log = RequestLog()
-                client = LMMClient(models.backend, request_log, store.cache if cfg.lmm.cache else None,
-                                   greedy=cfg.lmm.greedy)
-
-                def on_result(res: SampleResult, counts: dict) -> None:
-                    store.write_result(res, counts)
-                    report.completed += 1
-                    report.candidates += len(res.candidates)
-                    if on_sample:
-                        on_sample(res.sample.sample_id, "done")
-
-                sched = Scheduler(cfg, models, client, on_result,
-                                  lambda sid, msg, stage: self._error(store, report, sid, msg, stage, on_sample))
-                bs = max(1, cfg.run.batch_size)
-                asyncio.run(sched.run([samples[i:i + bs] for i in range(0, len(samples), bs)]))
-                report.stage_seconds = {k: round(v, 3) for k, v in sched.clock.seconds.items()}
-                report.lmm = request_log.totals()
-            report.counts_by_missing = _counts_by_missing(store.results.values())
-            report.wall_seconds = round(time.perf_counter() - t_start, 3)
+                on_start(len(todo))
+            if todo:
+                self._execute(store, ds, todo, schedule, report, t_start, on_sample)
+            report.counts_by_missing = _counts_by_missing(store.results_path)
+            report.wall_seconds = round(time.time() - t_start, 3)
             prev = store.manifest.get("totals", {})
             store.write_manifest(totals={
-                "incomplete": report.incomplete, "finished": len(store.results), "errors_this_run": len(report.errors),
-                "wall_seconds_this_run": report.wall_seconds, "stage_seconds_this_run": report.stage_seconds,
-                "lmm_this_run": report.lmm, "runs": prev.get("runs", 0) + 1},
+                "incomplete": report.incomplete, "finished": len(store.finished),
+                "errors_this_run": len(report.errors), "wall_seconds_this_run": report.wall_seconds,
+                "stage_seconds_this_run": report.stage_seconds, "lmm_this_run": report.lmm,
+                "latency_this_run": report.latency, "runs": prev.get("runs", 0) + 1},
                 counts_by_missing=report.counts_by_missing)
             if export:
                 report.exported = export_completed(store.root, ds, Path(export))
         finally:
             store.close()
         return report
+
+    def _execute(self, store: RunStore, ds, todo: list[int], schedule: str, report: RunReport, t_start: float,
+                 on_sample) -> None:
+        cfg = self.cfg
+        verbose = log.isEnabledFor(logging.DEBUG)
+        busy: dict = defaultdict(float)
+        lmm = {"lmm_calls": 0, "cache_hits": 0, "prompt_tokens": 0, "generated_tokens": 0}
+        latencies: list[float] = []
+        files = PhaseFiles(store.root)
+        any_image = any(ds.missing.get(i) == "image" for i in todo)
+
+        def account(row: Row) -> None:
+            for r in row.lmm:
+                if r.cached:
+                    lmm["cache_hits"] += 1
+                else:
+                    lmm["lmm_calls"] += 1
+                    lmm["prompt_tokens"] += r.prompt_tokens
+                    lmm["generated_tokens"] += r.generated_tokens
+
+        def finish(row: Row) -> None:
+            """The sink of the last phase (writer thread): a result line, or the row's error."""
+            account(row)
+            if row.error is not None:
+                self._error(store, report, row.sample_id, row.error.message, row.error.stage, on_sample,
+                            row.error.detail if verbose else "")
+                return
+            line = store.write_result(row, t_start)
+            report.completed += 1
+            report.candidates += len(row.candidates)
+            latencies.append(line["timings"]["sample"]["seconds"])
+            if on_sample:
+                on_sample(row.sample_id, "done")
+
+        def persist(k: int):
+            def sink(row: Row) -> None:
+                if row.error is not None:
+                    finish(row)
+                else:
+                    files.persist(k, row, store)
+            return sink
+
+        def fresh(skip: set[str]):
+            for i in todo:
+                sid = f"{ds.name}:{i}"
+                if sid not in skip:
+                    yield Row(Sample(sid, i, None, None, ds.missing.get(i)))
+
+        def slots(stages) -> set[str]:
+            need = {s.slot for s in stages if s.slot}
+            if not any_image:
+                need.discard("generators")
+            return need
+
+        ctx_base = dict(cfg=cfg, domain=domain_of(cfg), dataset=ds)
+        client_cache = store.cache if cfg.lmm.cache else None
+        if schedule == "fused":
+            models = self.ensure(slots(GRAPH))
+            models.retriever = load_retriever(cfg, store.root)
+            ctx = Ctx(models=models, client=LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy),
+                      **ctx_base)
+            asyncio.run(stream(fresh(set()), GRAPH, ctx, finish, busy))
+        else:
+            last = len(PHASES) - 1
+            for k, names in enumerate(PHASES):
+                stages = tuple(STAGES[n] for n in names)
+                need = slots(stages)
+                if self._models is not None:  # what this phase does not use gives its memory back
+                    self._models.release(*({"lmm", "scorer", "generators"} - need))
+                models = self.ensure(need)
+                models.retriever = load_retriever(cfg, store.root) if "retrieve" in names else None
+                client = LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy) if models.lmm else None
+                ctx = Ctx(models=models, client=client, **ctx_base)
+                skip = files.done(k) | store.done()
+                source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
+                asyncio.run(stream(source, stages, ctx, finish if k == last else persist(k), busy))
+            files.clear()
+        report.stage_seconds = {k: round(v, 3) for k, v in busy.items()}
+        report.lmm = lmm
+        if latencies:
+            from kbridge.benchmarks.harness import percentile
+
+            report.latency = {"p50_s": round(percentile(latencies, 50), 3), "p95_s": round(percentile(latencies, 95), 3)}
 
     def build_index(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
                     out: str | Path = "kbridge-out", limit: int | None = None) -> dict:
@@ -175,31 +248,36 @@ class Engine:
         models = self.models(need_diffusion=False)
         cache = ResponseCache(Path(out) / "cache.sqlite") if self.cfg.lmm.cache else None
         try:
-            client = LMMClient(models.backend, RequestLog(), cache, greedy=self.cfg.lmm.greedy)
+            client = LMMClient(models.lmm, RequestLog(), cache, greedy=self.cfg.lmm.greedy)
             return asyncio.run(build_corpus(self.cfg, ds, models.scorer, client, index_dir(self.cfg, Path(out)), limit))
         finally:
             if cache:
                 cache.close()
 
     @staticmethod
-    def _error(store: RunStore, report: RunReport, sid: str, msg: str, stage: str, on_sample) -> None:
+    def _error(store: RunStore, report: RunReport, sid: str, msg: str, stage: str, on_sample, detail: str = "") -> None:
         log.error("%s: %s", sid, msg)
-        store.write_error(sid, msg, stage)
+        store.write_error(sid, msg, stage, detail)
         report.errors.append({"sample_id": sid, "stage": stage, "error": msg})
         if on_sample:
             on_sample(sid, "error")
 
 
-def _counts_by_missing(rows) -> dict:
-    """Mean counted figures per finished sample, split by missing type."""
-    out: dict[str, dict] = {}
-    for kind in ("image", "text"):
-        rs = [r.get("counts", {}) for r in rows if r["missing"] == kind]
-        if not rs:
-            continue
-        keys = sorted({k for r in rs for k in r})
-        out[kind] = {"samples": len(rs), **{k: round(sum(r.get(k, 0) for r in rs) / len(rs), 3) for k in keys}}
-    return out
+def _counts_by_missing(results: Path) -> dict:
+    """Mean counted figures per finished sample, split by missing type (read line by line)."""
+    sums: dict[str, dict] = {}
+    n: dict[str, int] = defaultdict(int)
+    if Path(results).exists():
+        with open(results, encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                kind = r["missing"]
+                n[kind] += 1
+                acc = sums.setdefault(kind, defaultdict(float))
+                for k, v in r.get("counts", {}).items():
+                    acc[k] += v
+    return {kind: {"samples": n[kind], **{k: round(v / n[kind], 3) for k, v in sorted(sums[kind].items())}}
+            for kind in ("image", "text") if kind in sums}
 
 
 def complete(data: str | Path | None = None, out: str | Path = "kbridge-out", profile: str = "tiny",

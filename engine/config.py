@@ -121,6 +121,9 @@ class GenerationConfig:
     batch_size: int = 8
     """Images per diffusion forward, across candidates and samples."""
     device: str = "cpu"
+    devices: tuple[str, ...] = ()
+    """Data-parallel diffusion: one render worker per device, all pulling from one queue (empty:
+    one worker on ``device``). ``kbridge plan`` fills it for multi-GPU profiles."""
     dtype: str = "float32"
 
 
@@ -165,9 +168,23 @@ class RunConfig:
     fidelity: str = "fast"
     """"fast": one structured call per step. "reference": the reference's multi-turn chains."""
     batch_size: int = 4
-    """Samples per pipeline batch."""
-    batches_in_flight: int = 2
-    """Batches in the pipeline at once: one can be in diffusion while the next is in the LMM."""
+    """Most rows an LMM or ranking stage takes in one call (its micro-batch); a stage takes what is
+    ready, up to this, and never waits for more than ``batch_wait_ms``."""
+    rows_in_flight: int = 8
+    """Samples in the pipeline at once (admitted, not yet written). Bounds memory: images are
+    decoded when a sample is admitted and released when its result is written."""
+    dense_rows: int = 1
+    """Most rows a dense stage (render, retrieve, rank) takes in one call. 1: each sample's
+    candidates are rendered and scored together, so results do not depend on which samples
+    happened to arrive together (the same-settings determinism rule holds). Larger values batch
+    several samples' candidates (worth it on a GPU); results then follow the cross-setting rule."""
+    batch_wait_ms: float = 5.0
+    """How long a stage with fewer ready rows than its batch size waits for more."""
+    schedule: str = "auto"
+    """"fused" (every stage's models resident, rows stream through), "phased" (LMM → diffusion →
+    LMM → rank, one group at a time over the whole selection, models swapped between), or
+    "auto" (the GPU memory plan decides; see ``kbridge plan``). Not part of the result hash:
+    a run can resume under the other schedule."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
     domain: str = "general"
@@ -190,6 +207,8 @@ class MedicalConfig:
     batch_size: int = 8
     """X-rays per UNet forward, across candidates and samples."""
     device: str = "cpu"
+    devices: tuple[str, ...] = ()
+    """Data-parallel X-ray generation: one render worker per device (empty: one on ``device``)."""
     dtype: str = "float32"
     report_words: tuple[int, int] = (20, 80)
     """Word range of each written report (Cheff reads at most 150 tokens)."""
@@ -241,12 +260,13 @@ class PipelineConfig:
         d["lmm"].pop("cache")
         for k in ("url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s"):
             d["lmm"].pop(k)  # where and how the server is reached, not what it answers
-        d["generation"].pop("batch_size")
-        d["medical"].pop("batch_size")
+        for sec in ("generation", "medical"):  # how work is placed and batched, not what it computes
+            d[sec].pop("batch_size")
+            d[sec].pop("devices")
         if d["run"]["domain"] == "general":  # general runs keep the hashes they had before the medical domain
             d.pop("medical")
             d["run"].pop("domain")
-        for k in ("batch_size", "batches_in_flight", "threads"):
+        for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "schedule", "threads"):
             d["run"].pop(k)
         d.pop("profile")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -320,6 +340,14 @@ def build_config(profile: str = "tiny", config_file: str | Path | None = None,
 
 def validate(cfg: PipelineConfig) -> None:
     g = cfg.generation
+    if cfg.run.schedule not in ("auto", "fused", "phased"):
+        raise ConfigError(f"run.schedule must be 'auto', 'fused' or 'phased', not {cfg.run.schedule!r}")
+    if min(cfg.run.rows_in_flight, cfg.run.batch_size, cfg.run.dense_rows) < 1 or cfg.run.batch_wait_ms < 0:
+        raise ConfigError("run.rows_in_flight, run.batch_size and run.dense_rows must be >= 1, "
+                          "run.batch_wait_ms >= 0")
+    if cfg.run.domain == "medical" and cfg.runtime.backend != "torch":
+        raise ConfigError("the medical domain's generator (Cheff) and scorer have no exported graphs yet: "
+                          "use --backend torch")
     if cfg.run.fidelity not in ("fast", "reference"):
         raise ConfigError(f"fidelity must be 'fast' or 'reference', not {cfg.run.fidelity!r}")
     if cfg.run.domain not in ("general", "medical"):

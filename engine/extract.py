@@ -6,11 +6,11 @@ batch in one LMM pass.
 from __future__ import annotations
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.lmm import LMMClient, Request
+from kbridge.engine.lmm import LMMClient, build_request
 from kbridge.engine.lmm import prompts as P
 from kbridge.engine.lmm import schemas as S
 from kbridge.engine.rank.graph import normalize_entity
-from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, SampleError, Triple, derive_seed
+from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, SampleError, Triple
 
 
 def parse_triples(items) -> list[Triple]:
@@ -37,16 +37,8 @@ def parse_knowledge(record: dict, triples: list | None = None) -> Knowledge:
                                                                        else triples))
 
 
-def _req(cfg: PipelineConfig, msgs, schema, sample_id: str, stage: str, turn: int, tag: object = "",
-         free: bool = False, temperature: float | None = None) -> Request:
-    lm = cfg.lmm
-    # the seed depends on what the request is for, never on its position in a batch
-    return Request(msgs, schema, derive_seed(cfg.run.seed, sample_id, stage, turn, tag),
-                   lm.free_text_tokens if free else (S.max_chars(schema) or lm.max_new_tokens) + 8,
-                   lm.temperature if temperature is None else temperature, sample_id, stage, turn)
-
-
-def _check(resp, sid: str, what: str):
+def answer_of(resp, sid: str, what: str):
+    """The parsed answer, or the sample's SampleError naming what failed."""
     if resp.error:
         raise SampleError(sid, f"{what}: {resp.error}")
     return resp.parsed
@@ -57,7 +49,7 @@ async def per_sample(client: LMMClient, samples: list[Sample], reqs: list[Reques
     out = []
     for s, r in zip(samples, await client.complete(reqs)):
         try:
-            out.append(parse(_check(r, s.sample_id, what)))
+            out.append(parse(answer_of(r, s.sample_id, what)))
         except SampleError as e:
             out.append(e)
     return out
@@ -65,13 +57,9 @@ async def per_sample(client: LMMClient, samples: list[Sample], reqs: list[Reques
 
 async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample]) -> list[Knowledge | SampleError]:
     """Knowledge of each sample's available modality."""
-    if cfg.run.domain == "medical":
-        from kbridge.engine import med_stages
-
-        return await med_stages.extract(client, cfg, samples)
     k = cfg.knowledge
     if cfg.run.fidelity == "fast":
-        reqs = [_req(cfg, P.knowledge_fast(k, s.text, s.image), S.knowledge(k), s.sample_id, "extract", 1)
+        reqs = [build_request(cfg, P.knowledge_fast(k, s.text, s.image), S.knowledge(k), s.sample_id, "extract", 1)
                 for s in samples]
         return await per_sample(client, samples, reqs, "knowledge extraction", parse_knowledge)
     return await chain_extract(client, cfg, [(s.sample_id, "", s.text, s.image) for s in samples], "extract", 0)
@@ -88,7 +76,7 @@ async def chain_extract(client: LMMClient, cfg: PipelineConfig, items: list[tupl
     errors: dict[int, SampleError] = {}
     for turn, (schema, free) in enumerate(steps, start=1):
         live = [i for i in range(len(items)) if i not in errors]
-        reqs = [_req(cfg, msgs[i], schema, items[i][0], stage, turn0 + turn, items[i][1], free, temperature)
+        reqs = [build_request(cfg, msgs[i], schema, items[i][0], stage, turn0 + turn, items[i][1], free, temperature)
                 for i in live]
         for i, r in zip(live, await client.complete(reqs)):
             if r.error:
@@ -105,35 +93,19 @@ async def chain_extract(client: LMMClient, cfg: PipelineConfig, items: list[tupl
 
 
 async def candidate_triples(client: LMMClient, cfg: PipelineConfig, owners: list[str],
-                            cands: list[Candidate], turn: int) -> list[SampleError | None]:
-    """Fill ``triples`` of candidates in place: image candidates in fast mode (one request per
-    candidate, all in one pass); every candidate through the full chain in reference mode."""
+                            cands: list[Candidate], turn: int) -> list[list[Triple] | SampleError]:
+    """Triples of candidates: image candidates in fast mode (one request per candidate, all in one
+    pass); every candidate through the full chain in reference mode. ``turn`` is the last turn
+    already on the owner's critical path."""
     if not cands:
         return []
-    if cfg.run.domain == "medical":
-        from kbridge.engine import med_stages
-
-        return await med_stages.candidate_triples(client, cfg, owners, cands, turn)
     temp = cfg.lmm.rank_temperature
     if cfg.run.fidelity == "reference":
         kns = await chain_extract(client, cfg, [(o, c.id, c.text, c.image) for o, c in zip(owners, cands)],
-                                  "rank", turn - 1, temp)
-        res = []
-        for c, kn in zip(cands, kns):
-            if isinstance(kn, SampleError):
-                res.append(kn)
-            else:
-                c.triples = kn.triples
-                res.append(None)
-        return res
+                                  "rank", turn, temp)
+        return [kn if isinstance(kn, SampleError) else kn.triples for kn in kns]
     k = cfg.knowledge
-    reqs = [_req(cfg, P.candidate_triples(k, c.image), S.triples(k), o, "rank", turn, c.id, temperature=temp)
-            for o, c in zip(owners, cands)]
-    res = []
-    for o, c, r in zip(owners, cands, await client.complete(reqs)):
-        if r.error:
-            res.append(SampleError(o, f"candidate {c.id} triples: {r.error}"))
-        else:
-            c.triples = parse_triples(r.parsed["triples"])
-            res.append(None)
-    return res
+    reqs = [build_request(cfg, P.candidate_triples(k, c.image), S.triples(k), o, "rank", turn + 1, c.id,
+                          temperature=temp) for o, c in zip(owners, cands)]
+    return [SampleError(o, f"candidate {c.id} triples: {r.error}") if r.error else parse_triples(r.parsed["triples"])
+            for o, c, r in zip(owners, cands, await client.complete(reqs))]

@@ -7,11 +7,63 @@ from __future__ import annotations
 
 import logging
 
+import dataclasses
+import gc
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
 from kbridge.engine import zoo
 from kbridge.engine.config import ConfigError, PipelineConfig
-from kbridge.engine.scheduler import Models
 
 log = logging.getLogger("kbridge.models")
+
+
+class Generator(Protocol):
+    """Renders one image per (conditioning text, seed); ``counters`` count UNet rows and VAE decodes."""
+
+    counters: object
+
+    def render(self, prompts: list[str], seeds: list[int]) -> list: ...
+
+
+class Scorer(Protocol):
+    """Unit embeddings of texts and images (optionally ``pair_scores(samples, candidates)``)."""
+
+    def embed_texts(self, texts: list[str]): ...
+
+    def embed_images(self, images: list): ...
+
+
+class LMMBackend(Protocol):
+    model_id: str
+
+    async def generate(self, requests: Sequence) -> list: ...
+
+
+@dataclass
+class Models:
+    """What a run has loaded, by slot. The executor loads a slot when a stage that needs it starts
+    and, in the phased schedule, releases it when that stage group ends."""
+
+    lmm: LMMBackend | None = None
+    scorer: Scorer | None = None
+    generators: list = field(default_factory=list)
+    """Generator replicas, one per device given to diffusion (data-parallel render workers)."""
+    retriever: object | None = None
+    """The run's corpus index (rank/retrieve.py), or None: retrieved candidates join the ranking."""
+
+    def release(self, *slots: str) -> None:
+        """Drop the named slots and give their memory back (GPU caches included)."""
+        for s in slots:
+            setattr(self, s, [] if s == "generators" else None)
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
 
 def quiet_libraries() -> None:
@@ -50,12 +102,14 @@ def load_lmm(cfg: PipelineConfig):
 def load_scorer(cfg: PipelineConfig):
     """The semantic scorer (``embed_texts`` / ``embed_images`` → unit vectors), chosen by
     ``rank.semantic``: CLIP, BLIP, or both averaged (CLIP's text tower then embeds triples)."""
+    from kbridge.engine.domains import domain_of
     from kbridge.engine.rank.semantic import ClipScorer, MeanScorer
 
-    if cfg.run.domain == "medical":
+    domain = domain_of(cfg)
+    if domain.name == "chest_xray":  # a CLIP-layout medical model; reports cleaned for its text tower
         from kbridge.engine.rank.medical import ReportScorer
 
-        return ReportScorer(ClipScorer(zoo.resolve(cfg.medical.scorer, cfg), cfg.rank.device))
+        return ReportScorer(ClipScorer(zoo.resolve(domain.scorer_slot(cfg), cfg), cfg.rank.device))
     scorers = []
     if "clip" in cfg.rank.semantic.split("+"):
         path = zoo.resolve("clip", cfg)
@@ -88,25 +142,40 @@ def load_retriever(cfg: PipelineConfig, run_dir):
         return None
 
 
-def load_generator(cfg: PipelineConfig):
-    """The image generator (``render(prompts, seeds) -> images`` with ``counters``)."""
-    if cfg.run.domain == "medical":
+def load_generator(cfg: PipelineConfig, device: str | None = None):
+    """The image generator of the run's domain on ``device`` (default: the config's)."""
+    from kbridge.engine.domains import domain_of
+
+    domain = domain_of(cfg)
+    if domain.name == "chest_xray":
         from kbridge.engine.generate.cheff import CheffGenerator
 
-        return CheffGenerator(zoo.resolve(cfg.medical.generator, cfg), cfg.medical)
+        med = cfg.medical if device is None else dataclasses.replace(cfg.medical, device=device)
+        return CheffGenerator(zoo.resolve(domain.generator_slot(cfg), cfg), med)
     from kbridge.engine.generate.sdxl import SDXLGenerator
 
-    refiner = zoo.resolve("sdxl_refiner", cfg) if cfg.generation.refiner else None
-    base = zoo.resolve("sdxl_base", cfg)
+    gen = cfg.generation if device is None else dataclasses.replace(cfg.generation, device=device)
+    refiner = zoo.resolve("sdxl_refiner", cfg) if gen.refiner else None
+    base = zoo.resolve(domain.generator_slot(cfg), cfg)
     swap = None
     if cfg.runtime.backend != "torch":
         from kbridge.engine.runtime.swap import swap_sdxl
 
         def swap(b, r):
             swap_sdxl(b, r, base, refiner, cfg)
-    return SDXLGenerator(base, refiner, cfg.generation, swap=swap)
+    return SDXLGenerator(base, refiner, gen, swap=swap)
+
+
+def render_devices(cfg: PipelineConfig) -> tuple[str, ...]:
+    """One render worker per device given to diffusion (``generation.devices``, else ``device``)."""
+    from kbridge.engine.domains import domain_of
+
+    if domain_of(cfg).name == "chest_xray":
+        return cfg.medical.devices or (cfg.medical.device,)
+    return cfg.generation.devices or (cfg.generation.device,)
 
 
 def load_models(cfg: PipelineConfig, need_diffusion: bool) -> Models:
     quiet_libraries()
-    return Models(load_lmm(cfg), load_scorer(cfg), load_generator(cfg) if need_diffusion else None)
+    gens = [load_generator(cfg, d) for d in render_devices(cfg)] if need_diffusion else []
+    return Models(load_lmm(cfg), load_scorer(cfg), gens)

@@ -7,6 +7,7 @@ directory skips finished samples; a different configuration is refused.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from kbridge.engine.types import SampleResult
+from kbridge.engine.errors import KbridgeError
+from kbridge.engine.rows import Row
 
 
-class RunConfigMismatch(RuntimeError):
+class RunConfigMismatch(KbridgeError):
     """The output directory holds a run made with another configuration."""
 
 
@@ -84,6 +86,24 @@ class ResponseCache:
         self.db.close()
 
 
+def candidate_dict(c, paths: dict[str, str]) -> dict:
+    d = {"id": c.id, "source": c.source}
+    if c.retriever is not None:
+        d["retriever"] = c.retriever
+    if c.id in paths:
+        d["image"] = paths[c.id]
+    elif c.text is not None:
+        d["text"] = c.text
+    if c.prompt is not None:
+        d["prompt"] = c.prompt
+    if c.seed is not None:
+        d["seed"] = c.seed
+    d["triples"] = [t.as_dict() for t in c.triples]
+    if c.scores:
+        d["scores"] = c.scores
+    return d
+
+
 def _image_rel(sample_id: str, cand_id: str) -> str:
     ds, _, idx = sample_id.rpartition(":")
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
@@ -106,45 +126,50 @@ class RunStore:
             manifest = {**old, **{k: v for k, v in manifest.items() if k not in ("totals", "created")}}
         self.manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest, "config_hash": config_hash}
         self.write_manifest()
-        self.results = {r["sample_id"]: r for r in _repair_jsonl(self.results_path)}
+        # what resume needs: the finished ids (never the results themselves)
+        self.finished = {r["sample_id"] for r in _repair_jsonl(self.results_path)}
         _repair_jsonl(self.errors_path)
         self.cache = ResponseCache(self.root / "cache.sqlite")
 
     def done(self) -> set[str]:
-        return set(self.results)
+        return set(self.finished)
 
-    def write_result(self, res: SampleResult, counts: dict | None = None) -> dict:
-        s = res.sample
-        cands = []
-        for c in res.candidates:
-            d = {"id": c.id, "source": c.source}
+    def write_images(self, row: Row, base: Path | None = None) -> dict[str, str]:
+        """Each image candidate as a PNG (temporary name, fsync, rename), before any line refers
+        to it; returns candidate id → path relative to the run directory."""
+        out = {}
+        for c in row.candidates:
             if c.image is not None:
-                rel = _image_rel(s.sample_id, c.id)
-                buf = tempfile.SpooledTemporaryFile()
+                rel = _image_rel(row.sample_id, c.id)
+                if base is not None:
+                    rel = f"{base.relative_to(self.root).as_posix()}/{rel}"
+                buf = io.BytesIO()
                 c.image.save(buf, format="PNG")
-                buf.seek(0)
-                atomic_write(self.root / rel, buf.read())
-                d["image"] = rel
-            else:
-                d["text"] = c.text
-            if c.prompt is not None:
-                d["prompt"] = c.prompt
-            if c.seed is not None:
-                d["seed"] = c.seed
-            d["triples"] = [t.as_dict() for t in c.triples]
-            d["scores"] = c.scores
-            cands.append(d)
-        row = {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
-               "knowledge": res.knowledge.as_dict(), "candidates": cands, "best": res.best}
-        if counts:
-            row["counts"] = counts
-        _append_line(self.results_path, row)
-        self.results[s.sample_id] = row
-        return row
+                atomic_write(self.root / rel, buf.getvalue())
+                out[c.id] = rel
+        return out
 
-    def write_error(self, sample_id: str, message: str, stage: str) -> None:
-        _append_line(self.errors_path, {"sample_id": sample_id, "stage": stage, "error": message,
-                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    def write_result(self, row: Row, t0: float, written: float | None = None) -> dict:
+        """The row's results line (after its images), appended with one write and fsync."""
+        s = row.sample
+        paths = self.write_images(row)
+        line = {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
+                "knowledge": row.knowledge.as_dict(), "candidates": [candidate_dict(c, paths) for c in row.candidates],
+                "best": row.best, "counts": row.counts()}
+        timings = row.timings_dict(t0)
+        end = written if written is not None else time.time()
+        timings["sample"] = {"start": round(row.admitted - t0, 4), "end": round(end - t0, 4),
+                             "seconds": round(end - row.admitted, 4)}
+        line["timings"] = timings
+        _append_line(self.results_path, line)
+        self.finished.add(s.sample_id)
+        return line
+
+    def write_error(self, sample_id: str, message: str, stage: str, detail: str = "") -> None:
+        rec = {"sample_id": sample_id, "stage": stage, "error": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if detail:
+            rec["traceback"] = detail
+        _append_line(self.errors_path, rec)
 
     def write_manifest(self, **updates) -> None:
         self.manifest.update(updates)

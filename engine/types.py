@@ -6,6 +6,8 @@ from typing import Literal
 
 from PIL import Image
 
+from kbridge.engine.errors import KbridgeError
+
 Modality = Literal["image", "text"]
 
 
@@ -19,7 +21,7 @@ class Triple:
         return {"head": self.head, "relation": self.relation, "tail": self.tail}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sample:
     """One dataset item with what is available. ``missing`` is None for complete samples."""
 
@@ -32,14 +34,14 @@ class Sample:
     file_name: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ObjectInfo:
     name: str
     count: int
     attributes: list[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Knowledge:
     """What the LMM extracted from the available modality."""
 
@@ -60,9 +62,10 @@ class Knowledge:
         return d
 
 
-@dataclass
+@dataclass(frozen=True)
 class Candidate:
-    """A candidate for the missing modality. Exactly one of ``text`` / ``image`` is set."""
+    """A candidate for the missing modality. Exactly one of ``text`` / ``image`` is set. Frozen:
+    a stage that adds an image, triples or scores returns a replaced copy."""
 
     id: str
     source: Literal["generated", "retrieved"]
@@ -72,17 +75,11 @@ class Candidate:
     seed: int | None = None
     triples: list[Triple] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
+    retriever: str | None = None
+    """Which index retrieved it ("faiss", "mire"), for retrieved candidates."""
 
 
-@dataclass
-class SampleResult:
-    sample: Sample
-    knowledge: Knowledge
-    candidates: list[Candidate]
-    best: str
-
-
-class SampleError(Exception):
+class SampleError(KbridgeError):
     """A problem with one sample; the run records it and goes on with the others."""
 
     def __init__(self, sample_id: str, message: str):

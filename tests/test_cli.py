@@ -51,7 +51,7 @@ def test_run_prints_summary(tmp_path):
 def test_sigkill_mid_run_then_resume_finishes_every_sample_once(tmp_path):
     out = tmp_path / "o"
     cfg = tmp_path / "kb.toml"
-    cfg.write_text("[run]\nbatch_size = 1\nbatches_in_flight = 1\n")  # one sample per batch: fine-grained
+    cfg.write_text("[run]\nbatch_size = 1\nrows_in_flight = 1\n")  # one sample at a time: fine-grained
     proc = subprocess.Popen([*KB, "run", "--out", str(out), "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = out / "results.jsonl"

@@ -194,22 +194,22 @@ def test_cli_run_over_http_equals_in_process(demo_run, server, tmp_path):
 
 def test_server_killed_mid_run_then_rerun_completes(cfg, engine, demo_run, hf, tmp_path):
     from kbridge.engine.api import Engine
-    from kbridge.engine.scheduler import Models
+    from kbridge.engine.models import Models
 
     port = _free_port()
     run_cfg = dataclasses.replace(cfg, lmm=_lmm(cfg, f"http://127.0.0.1:{port}/v1", retries=1, backoff_s=0.01,
                                                 timeout_s=600), run=dataclasses.replace(cfg.run, batch_size=2,
-                                                                                       batches_in_flight=1))
+                                                                                       rows_in_flight=1))
     loaded = engine.models()
 
     def run_once():
         eng = Engine(run_cfg)
-        eng._models = Models(HTTPBackend(run_cfg.lmm), loaded.scorer, loaded.diffusion)  # reuse the tiny models
+        eng._models = Models(HTTPBackend(run_cfg.lmm), loaded.scorer, loaded.generators)  # reuse the tiny models
         return eng.run(out=tmp_path / "o", limit=4)
 
     with LMMServer(hf, port=port) as s:
-        # batch 1 (demo:0, demo:2, image missing) takes 2 extract + 2 prompt + 8 candidate-triple
-        # answers; then the server dies and batch 2 (demo:3, demo:4) fails
+        # one sample at a time: demo:0 and demo:2 (image missing) take 1 extract + 1 prompt + 4
+        # candidate-triple answers each; then the server dies and demo:3, demo:4 fail
         s.faults.die_after = 12
         first = run_once()
     assert first.completed == 2 and len(first.errors) == 2

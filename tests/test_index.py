@@ -117,7 +117,7 @@ def test_the_samples_own_ground_truth_is_retrieved_and_ranks_first(tmp_path, mon
     table["gen text"] = table["gen"]
     cands = [[Candidate("c0", "generated", image="gen")] + found[0],
              [Candidate("c0", "generated", text="gen text")] + found[1]]
-    best = rank_batch(scorer, cfg.rank, [s_img, s_txt], kns, cands)
+    _, best = rank_batch(scorer, cfg.rank, [s_img, s_txt], kns, cands)
     assert best == ["retrieved-7", "retrieved-12"]
 
 

@@ -54,10 +54,10 @@ def _batch():
     kn = Knowledge([], "", [T("man", "holds", "cup"), T("cup", "on", "table")])
     # image missing: the text is available, candidates are images "img0".."img2"
     s_img = Sample("d:0", 0, "a man holds a cup", None, "image")
-    c_img = [Candidate(f"c{i}", "generated", image=f"img{i}") for i in range(3)]
-    c_img[0].triples = [T("dog", "on", "grass")]
-    c_img[1].triples = [T("man", "holds", "cup"), T("cup", "on", "table")]  # graph-perfect
-    c_img[2].triples = [T("man", "holds", "cup")]
+    graphs = [[T("dog", "on", "grass")],
+              [T("man", "holds", "cup"), T("cup", "on", "table")],  # graph-perfect
+              [T("man", "holds", "cup")]]
+    c_img = [Candidate(f"c{i}", "generated", image=f"img{i}", triples=graphs[i]) for i in range(3)]
     # text missing: the image is available, candidates are texts
     s_txt = Sample("d:1", 1, None, "query-image", "text")
     c_txt = [Candidate(f"c{i}", "generated", text=f"caption {i}", triples=[]) for i in range(2)]
@@ -75,7 +75,7 @@ def _batch():
 
 def test_semantic_only_picks_the_closest_embedding():
     scorer, samples, kns, cands = _batch()
-    best = rank_batch(scorer, RankConfig(semantic_weight=1, graph_weight=0), samples, kns, cands)
+    cands, best = rank_batch(scorer, RankConfig(semantic_weight=1, graph_weight=0), samples, kns, cands)
     assert best == ["c0", "c1"]
     assert cands[0][1].scores["semantic"] == pytest.approx(0.6, abs=1e-6)
     assert cands[1][0].scores["semantic"] == pytest.approx(0.0, abs=1e-6)
@@ -83,7 +83,8 @@ def test_semantic_only_picks_the_closest_embedding():
 
 def test_graph_only_picks_the_matching_graph():
     scorer, samples, kns, cands = _batch()
-    best = rank_batch(scorer, RankConfig(semantic_weight=0, graph_weight=1, graph_metric="jaccard"), samples, kns, cands)
+    cands, best = rank_batch(scorer, RankConfig(semantic_weight=0, graph_weight=1, graph_metric="jaccard"), samples,
+                             kns, cands)
     assert best[0] == "c1"
     assert [c.scores["graph"] for c in cands[0]] == pytest.approx([0.0, 1.0, 0.5])
 
@@ -91,7 +92,7 @@ def test_graph_only_picks_the_matching_graph():
 def test_combined_scores_are_weighted_and_in_range():
     scorer, samples, kns, cands = _batch()
     cfg = RankConfig(semantic_weight=0.5, graph_weight=0.5, graph_metric="jaccard")
-    best = rank_batch(scorer, cfg, samples, kns, cands)
+    cands, best = rank_batch(scorer, cfg, samples, kns, cands)
     for cs in cands:
         for c in cs:
             s = c.scores
@@ -104,11 +105,11 @@ def test_combined_scores_are_weighted_and_in_range():
 def test_batched_ranking_equals_one_by_one():
     scorer, samples, kns, cands = _batch()
     cfg = RankConfig()
-    rank_batch(scorer, cfg, samples, kns, cands)
-    together = [[c.scores for c in cs] for cs in cands]
+    scored, _ = rank_batch(scorer, cfg, samples, kns, cands)
+    together = [[c.scores for c in cs] for cs in scored]
     scorer, samples, kns, cands = _batch()
     alone = []
     for s, k, cs in zip(samples, kns, cands):
-        rank_batch(scorer, cfg, [s], [k], [cs])
-        alone.append([c.scores for c in cs])
+        one, _ = rank_batch(scorer, cfg, [s], [k], [cs])
+        alone.append([c.scores for c in one[0]])
     assert together == alone

@@ -6,18 +6,18 @@ from __future__ import annotations
 import re
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import _check, _req, parse_triples, per_sample
-from kbridge.engine.lmm import LMMClient
+from kbridge.engine.extract import answer_of, parse_triples, per_sample
+from kbridge.engine.lmm import LMMClient, build_request
 from kbridge.engine.lmm import prompts as P
 from kbridge.engine.lmm import schemas as S
 from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, derive_seed
 
 
-def _clean(text: str) -> str:
+def clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _dedupe(texts: list[str]) -> list[str]:
+def dedupe(texts: list[str]) -> list[str]:
     """Drop repeats but keep order (the reference's set() made order, and so output, random)."""
     seen, out = set(), []
     for t in texts:
@@ -31,16 +31,12 @@ def _dedupe(texts: list[str]) -> list[str]:
 async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
                         knowledge: list[Knowledge], turn: int) -> list[list[str] | SampleError]:
     n, k = cfg.generation.candidates, cfg.knowledge
-    if cfg.run.domain == "medical":
-        from kbridge.engine import med_stages
-
-        return await med_stages.write_reports(client, cfg, samples, knowledge, turn)
     if cfg.run.fidelity == "reference":
         return await _prompt_chain(client, cfg, samples, knowledge, turn)
-    reqs = [_req(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
+    reqs = [build_request(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
             for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "prompt writing",
-                            lambda a: _dedupe([_clean(p) for p in a["prompts"]]))
+                            lambda a: dedupe([clean_text(p) for p in a["prompts"]]))
 
 
 async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str] | SampleError]:
@@ -49,14 +45,14 @@ async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str]
     descs: list[list[str]] = [[] for _ in samples]
     failed: dict[int, SampleError] = {}  # a failed free-text turn (server down) fails its sample
     for j in range(n):  # 1 scene turn + (n - 1) serial variant turns, free text
-        reqs = [_req(cfg, m, None, s.sample_id, "generate", turn + j, j, free=True) for s, m in zip(samples, msgs)]
+        reqs = [build_request(cfg, m, None, s.sample_id, "generate", turn + j, j, free=True) for s, m in zip(samples, msgs)]
         for i, r in enumerate(await client.complete(reqs)):
             if r.error and i not in failed:
                 failed[i] = SampleError(samples[i].sample_id, f"scene description turn {j + 1}: {r.error}")
             descs[i].append(r.text)
             msgs[i] = P.continue_chain(msgs[i], r.text, P.CHAIN_VARIANT)
     # n independent compression calls per sample, all on the same (last) turn
-    reqs = [_req(cfg, P.chain_compress(k, d), S.prompt(k), s.sample_id, "generate", turn + n, j)
+    reqs = [build_request(cfg, P.chain_compress(k, d), S.prompt(k), s.sample_id, "generate", turn + n, j)
             for s, ds in zip(samples, descs) for j, d in enumerate(ds)]
     resps = await client.complete(reqs)
     out: list[list[str] | SampleError] = []
@@ -66,7 +62,7 @@ async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str]
             out.append(failed[i])
             continue
         try:
-            out.append(_dedupe([_clean(_check(r, s.sample_id, "prompt compression")["prompt"]) for r in mine]))
+            out.append(dedupe([clean_text(answer_of(r, s.sample_id, "prompt compression")["prompt"]) for r in mine]))
         except SampleError as e:
             out.append(e)
     return out
@@ -75,12 +71,8 @@ async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str]
 async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
                          knowledge: list[Knowledge], turn: int) -> list[list[Candidate] | SampleError]:
     n, k = cfg.generation.candidates, cfg.knowledge
-    if cfg.run.domain == "medical":
-        from kbridge.engine import med_stages
-
-        return await med_stages.write_report_candidates(client, cfg, samples, knowledge, turn)
     with_triples = cfg.run.fidelity == "fast"
-    reqs = [_req(cfg, P.captions_fast(k, n, s.image, kn), S.captions(k, n, with_triples), s.sample_id,
+    reqs = [build_request(cfg, P.captions_fast(k, n, s.image, kn), S.captions(k, n, with_triples), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
 
@@ -90,7 +82,7 @@ def text_candidates(items: list[dict], triples_of=lambda it: it.get("triples")) 
     each with the triples the same answer gave for it."""
     cands, seen = [], set()
     for it in items:
-        text = _clean(it["text"])
+        text = clean_text(it["text"])
         if text.lower() in seen:
             continue
         seen.add(text.lower())

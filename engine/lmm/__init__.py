@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -64,10 +65,11 @@ class RequestLog:
 
     records: list[dict] = field(default_factory=list)
 
-    def add(self, req: Request, model: str, prompt_tokens: int, generated_tokens: int, cached: bool) -> None:
+    def add(self, req: Request, model: str, prompt_tokens: int, generated_tokens: int, cached: bool,
+            start: float = 0.0, end: float = 0.0) -> None:
         self.records.append({"model": model, "sample_id": req.sample_id, "stage": req.stage, "turn": req.turn,
                              "prompt_tokens": prompt_tokens, "generated_tokens": generated_tokens,
-                             "cached": cached})
+                             "cached": cached, "start": start, "end": end})
 
     def per_sample(self) -> dict[str, dict]:
         """Counted figures per sample: sequences decoded, serial turns, prompt/generated tokens."""
@@ -110,6 +112,26 @@ def request_key(model_id: str, req: Request, greedy: bool) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def token_cap(lm, schema: dict | None, free: bool = False) -> int:
+    """Most tokens a request may decode: free text gets ``free_text_tokens``; a schema answer its
+    worst-case length (every string and array at its bound) plus a margin, never a fixed cap that
+    would cut long structured answers."""
+    from kbridge.engine.lmm import schemas as S
+
+    return lm.free_text_tokens if free else (S.max_chars(schema) or lm.max_new_tokens) + 8
+
+
+def build_request(cfg, messages: list, schema: dict | None, sample_id: str, stage: str, turn: int,
+                  tag: object = "", free: bool = False, temperature: float | None = None) -> Request:
+    """The one way a stage makes a request: its seed depends on what the request is for (sample,
+    stage, turn, tag such as a candidate id), never on its position in a batch."""
+    from kbridge.engine.types import derive_seed
+
+    lm = cfg.lmm
+    return Request(messages, schema, derive_seed(cfg.run.seed, sample_id, stage, turn, tag), token_cap(lm, schema, free),
+                   lm.temperature if temperature is None else temperature, sample_id, stage, turn)
+
+
 def parse_json(text: str, schema: dict) -> Any:
     """Strict JSON parse plus the structural checks the callers rely on."""
     value = json.loads(text)
@@ -126,8 +148,14 @@ class LMMClient:
         self.backend, self.log, self.cache = backend, request_log, cache
         self.greedy, self.retries = greedy, retries
 
+    def using(self, request_log: RequestLog) -> "LMMClient":
+        """The same backend, cache and settings, logging into ``request_log`` (one per stage call,
+        so each row's requests are known without scanning a run-wide log)."""
+        return LMMClient(self.backend, request_log, self.cache, self.greedy, self.retries)
+
     async def complete(self, requests: Sequence[Request]) -> list[Response]:
         requests = list(requests)
+        now = time.time()
         out: list[Response | None] = [None] * len(requests)
         keys = [request_key(self.backend.model_id, r, self.greedy) for r in requests]
         todo = []
@@ -135,19 +163,21 @@ class LMMClient:
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 out[i] = Response(hit["text"], hit.get("parsed"), hit["prompt_tokens"], hit["generated_tokens"], True)
-                self.log.add(req, self.backend.model_id, hit["prompt_tokens"], hit["generated_tokens"], True)
+                self.log.add(req, self.backend.model_id, hit["prompt_tokens"], hit["generated_tokens"], True, now, now)
             else:
                 todo.append(i)
         attempt = 0
         while todo:
             batch = [requests[i] if attempt == 0 else _reseeded(requests[i], attempt) for i in todo]
+            t0 = time.time()
             gens = await self.backend.generate(batch)
+            t1 = time.time()
             retry = []
             for i, req, gen in zip(todo, batch, gens):
                 if gen.error is not None:  # the backend already retried; nothing was decoded
                     out[i] = Response("", None, 0, 0, False, gen.error)
                     continue
-                self.log.add(req, self.backend.model_id, gen.prompt_tokens, gen.generated_tokens, False)
+                self.log.add(req, self.backend.model_id, gen.prompt_tokens, gen.generated_tokens, False, t0, t1)
                 parsed, err = None, None
                 if req.schema is not None:
                     try:

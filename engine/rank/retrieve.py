@@ -167,15 +167,17 @@ class Retriever:
                     if j < 0:
                         continue
                     it = self.items[int(j)]
-                    c = Candidate(f"retrieved-{it['index']}", "retrieved",
-                                  triples=[Triple(t["head"], t["relation"], t["tail"]) for t in it["triples"]])
+                    triples = [Triple(t["head"], t["relation"], t["tail"]) for t in it["triples"]]
+                    image = text = None
                     if missing == "image":
                         try:
-                            c.image = load_image(Path(it["image"]))
+                            image = load_image(Path(it["image"]))
                         except (OSError, ValueError) as e:
                             log.warning("%s: retrieved image %s unreadable: %s", samples[i].sample_id, it["image"], e)
                             continue
                     else:
-                        c.text = it["text"]
+                        text = it["text"]
+                    c = Candidate(f"retrieved-{it['index']}", "retrieved", text=text, image=image, triples=triples,
+                                  retriever="faiss")
                     out[i].append(c)
         return out

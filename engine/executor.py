@@ -1,0 +1,191 @@
+"""The local streaming executor: rows flow through bounded, micro-batched stage queues.
+
+- At most ``run.rows_in_flight`` rows are in the pipeline (admitted, not yet written); the source
+  waits for a free slot, so memory follows the rows in flight, never the dataset.
+- Each stage takes what is ready, up to its batch size, waiting at most ``run.batch_wait_ms`` for
+  more (like continuous batching), and hands each row on as soon as its own call is done: a row
+  never waits for a batch-mate at another stage. LMM stages are async and keep taking rows while
+  earlier calls are in flight; with a continuously batching backend (HTTP, vLLM) each row's
+  requests go out on their own, so a slow answer holds up only its own sample.
+- Dense stages run on one worker thread per device (render: one worker per generator replica, all
+  pulling from the same queue: data-parallel diffusion). The sink (results, PNGs, fsync) runs on
+  its own thread, off the event loop.
+- An unexpected exception inside a stage fails that call's rows (the traceback travels with the
+  failure), never the run. An exception in the sink (disk full, …) stops the run: nothing
+  computed afterwards could be kept.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence
+
+from kbridge.engine.rows import Row
+from kbridge.engine.stages import Ctx, Stage
+
+log = logging.getLogger("kbridge.executor")
+
+
+def _device(gen) -> str:
+    return str(getattr(getattr(gen, "cfg", None), "device", "cpu"))
+
+
+def _continuous(backend) -> bool:
+    return bool(getattr(backend, "continuous_batching", False))
+
+
+async def stream(source: Iterable[Row], stages: Sequence[Stage], ctx: Ctx, sink: Callable[[Row], None],
+                 busy: dict | None = None) -> int:
+    """Stream every row of ``source`` through ``stages`` into ``sink`` (called on the writer
+    thread, once per row, failed rows included). Returns the number of rows streamed."""
+    cfg = ctx.cfg
+    loop = asyncio.get_running_loop()
+    busy = busy if busy is not None else defaultdict(float)
+    slots = asyncio.Semaphore(max(1, cfg.run.rows_in_flight))
+    queues: list[asyncio.Queue] = [asyncio.Queue() for _ in range(len(stages) + 1)]
+    pools: dict[str, ThreadPoolExecutor] = {}
+    wait = cfg.run.batch_wait_ms / 1000.0
+    state = {"admitted": 0, "written": 0, "fed": False}
+    finished = asyncio.Event()
+    abort: list[BaseException] = []
+    tasks: set[asyncio.Task] = set()
+    active: dict[str, list] = defaultdict(lambda: [0, 0.0])  # per stage: calls in flight, since when
+
+    def enter(name: str) -> None:
+        a = active[name]
+        if a[0] == 0:
+            a[1] = time.time()
+        a[0] += 1
+
+    def leave(name: str) -> None:
+        """Busy time is wall time with at least one call of the stage in flight (concurrent LMM
+        calls of one stage are not counted twice)."""
+        a = active[name]
+        a[0] -= 1
+        if a[0] == 0:
+            busy[name] += time.time() - a[1]
+
+    def pool(key: str, workers: int = 1) -> ThreadPoolExecutor:
+        if key not in pools:
+            pools[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"kbridge-{key}")
+        return pools[key]
+
+    def spawn(coro) -> None:
+        t = asyncio.ensure_future(coro)
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    async def take(i: int, st: Stage, n: int) -> list[Row]:
+        """Up to ``n`` rows this stage applies to; others go straight on."""
+        q, nxt = queues[i], queues[i + 1]
+        batch: list[Row] = []
+        deadline = None
+        while len(batch) < n:
+            if not batch:
+                r = await q.get()
+            else:
+                try:
+                    r = q.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    await asyncio.sleep(min(0.001, left))
+                    continue
+            if r.error is not None or not st.applies(r, cfg):
+                nxt.put_nowait(r)
+                continue
+            batch.append(r)
+            if deadline is None:
+                deadline = loop.time() + wait
+        return batch
+
+    async def call(st: Stage, rows: list[Row], wctx: Ctx, key: str, nxt: asyncio.Queue) -> None:
+        def timed():
+            a = time.time()
+            return st.fn(rows, wctx), a, time.time()
+
+        lmm = st.kind == "lmm"
+        if lmm:
+            enter(st.name)
+        try:
+            if lmm:
+                a = time.time()
+                out = await st.fn(rows, wctx)
+                b = time.time()
+            else:  # measured on the worker thread: queueing behind another stage is not busy time
+                out, a, b = await loop.run_in_executor(pool(key, 2 if st.kind == "io" else 1), timed)
+                busy[st.name] += b - a
+        except Exception as e:  # an unexpected bug or library failure: these rows fail, the run goes on
+            log.debug("stage %s failed", st.name, exc_info=True)
+            a = b = time.time()
+            out = [r.fail(st.name, f"internal error in {st.name}: {type(e).__name__}: {e}", traceback.format_exc())
+                   for r in rows]
+        finally:
+            if lmm:
+                leave(st.name)
+        for r in out:
+            nxt.put_nowait(r.timed(st.name, a, b))
+
+    async def worker(i: int, st: Stage, wctx: Ctx, key: str) -> None:
+        n = max(1, st.batch_size(cfg))
+        per_row = st.kind == "lmm" and _continuous(ctx.models.lmm)
+        while True:
+            batch = await take(i, st, n)
+            if not batch:
+                continue
+            if st.kind == "lmm":
+                for group in ([[r] for r in batch] if per_row else [batch]):
+                    spawn(call(st, group, wctx, key, queues[i + 1]))
+            else:
+                await call(st, batch, wctx, key, queues[i + 1])
+
+    async def writer() -> None:
+        while True:
+            r = await queues[-1].get()
+            try:
+                await loop.run_in_executor(pool("write"), sink, r)
+            except Exception as e:
+                abort.append(e)
+                finished.set()
+                return
+            state["written"] += 1
+            slots.release()
+            if state["fed"] and state["written"] == state["admitted"]:
+                finished.set()
+
+    async def feed() -> None:
+        for r in source:
+            await slots.acquire()
+            if abort:
+                return
+            state["admitted"] += 1
+            queues[0].put_nowait(r if r.admitted else r.replace(admitted=time.time()))
+        state["fed"] = True
+        if state["written"] == state["admitted"]:
+            finished.set()
+
+    for i, st in enumerate(stages):
+        if st.slot == "generators" and ctx.models.generators:
+            for g in ctx.models.generators:
+                spawn(worker(i, st, ctx.on(g), f"dense-{_device(g)}"))
+        else:
+            key = {"io": "io", "lmm": "lmm"}.get(st.kind, f"dense-{cfg.rank.device}")
+            spawn(worker(i, st, ctx, key))
+    spawn(writer())
+    spawn(feed())
+    try:
+        await finished.wait()
+    finally:
+        for t in list(tasks):
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for p in pools.values():
+            p.shutdown(wait=True)
+    if abort:
+        raise abort[0]
+    return state["admitted"]

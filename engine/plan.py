@@ -1,0 +1,230 @@
+"""The GPU memory plan: which model goes on which GPU, with how much memory, and the schedule.
+
+Inputs: the profile's LMM serving plan (engine/lmm/serving.py), its diffusion settings, and a GPU
+list (``--gpus 4x24GB``, ``1x80GB``, ``1x80GB,2x24GB``; on a GPU box, the GPUs present). Weights
+come from the model directories' safetensors headers when given, otherwise from the published
+sizes below. The rules, in order:
+
+1. The LMM needs, per GPU it spans, weights / TP + activations and CUDA graphs + a minimum KV cache
+   (``max_num_seqs`` sequences of a fast knowledge call) / TP + the CUDA context.
+2. One diffusion worker needs SDXL base + refiner (shared text encoder 2 and VAE), the activations of
+   its batch (classifier-free guidance doubles the UNet rows), the fp32 VAE decode peak of one image
+   (decoded one at a time), and a CUDA context. The scorer (CLIP-L) goes beside the last worker.
+3. Fused if every model fits at once: one GPU shares LMM and diffusion; with several GPUs an LMM that
+   fits one card is replicated (data parallel: over PCIe, replicas beat tensor parallelism, vLLM
+   recipes#30) on half of them and diffusion takes the rest, one worker per GPU.
+4. Otherwise phased: the LMM gets every GPU (smallest TP that fits) while it runs, then one diffusion
+   worker per GPU, then the scorer.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbridge.engine.config import ConfigError, PipelineConfig
+from kbridge.engine.errors import KbridgeError
+
+GB = 1e9
+LMM_GB = {  # weights as stored (README, *GPU memory plans*: parameter counts × bytes, embeddings in bf16)
+    "Qwen2-VL-7B-Instruct": 16.6, "Qwen2-VL-7B-Instruct-GPTQ-Int8": 10.1, "Qwen2-VL-7B-Instruct-GPTQ-Int4": 7.0,
+    "Qwen2-VL-72B-Instruct-GPTQ-Int8": 77.0, "Qwen2-VL-72B-Instruct-GPTQ-Int4": 41.0,
+}
+KV_KIB_PER_TOKEN = {"7B": 56, "72B": 320}  # layers × KV heads × head dim × (K, V) × 2 bytes
+SDXL_BASE_GB, SDXL_REFINER_GB, CLIP_L_GB = 7.0, 4.5, 0.9
+ACT_GB_PER_IMAGE_1024 = 2.0  # UNet activations per image at 1024² with guidance (two UNet rows)
+VAE_FP32_PEAK_GB_1024 = 2.5  # the fp32 decode of one 1024² image (the SDXL VAE overflows in fp16)
+CONTEXT_GB = 0.5  # CUDA context and allocator slack per process per GPU
+LMM_ACT_GB = 2.0  # vLLM activations and CUDA graphs
+TOKENS_PER_SEQ = 1536  # a fast knowledge call: prompt + 256 vision tokens + a bounded JSON answer
+
+
+class PlanError(KbridgeError):
+    """The models cannot be placed on the given GPUs even one phase at a time."""
+
+
+@dataclass(frozen=True)
+class GPU:
+    device: str
+    total_gb: float
+    free_gb: float
+
+
+def parse_gpus(spec: str) -> list[GPU]:
+    """``4x24GB`` / ``1x80GB,2x24GB`` → GPUs ``cuda:0…`` (all free)."""
+    out: list[GPU] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = re.fullmatch(r"(\d+)\s*[xX×]\s*(\d+(?:\.\d+)?)\s*(?:GB|G)?", part)
+        if not m:
+            raise ConfigError(f"--gpus: {part!r} is not COUNTxSIZE (e.g. 4x24GB)")
+        for _ in range(int(m.group(1))):
+            out.append(GPU(f"cuda:{len(out)}", float(m.group(2)), float(m.group(2))))
+    if not out:
+        raise ConfigError("--gpus: no GPUs given")
+    return out
+
+
+def visible_gpus() -> list[GPU]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        out.append(GPU(f"cuda:{i}", round(total / GB, 1), round(free / GB, 1)))
+    return out
+
+
+def safetensors_gb(path: str | Path) -> float | None:
+    """Bytes of every tensor listed in a directory's safetensors headers (no weights are read)."""
+    files = sorted(Path(path).rglob("*.safetensors")) if path and Path(path).is_dir() else []
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    return total / GB if files else None
+
+
+def _serve(cfg: PipelineConfig):
+    from kbridge.engine.lmm.serving import DEFAULT_LOCAL, SERVE_PROFILES
+
+    return SERVE_PROFILES.get(cfg.profile, DEFAULT_LOCAL)
+
+
+def needs(cfg: PipelineConfig) -> dict:
+    """Memory per role in GB, with where each number came from."""
+    sp = _serve(cfg)
+    lmm = safetensors_gb(cfg.models.lmm)
+    lmm_src = "safetensors headers" if lmm else "published size"
+    lmm = lmm or LMM_GB.get(sp.model, 16.6)
+    kv_tok = KV_KIB_PER_TOKEN["72B" if "72B" in sp.model else "7B"] * 1024
+    kv = sp.max_num_seqs * TOKENS_PER_SEQ * kv_tok / GB
+    g = cfg.generation
+    scale = g.height * g.width / 1024 ** 2
+    base = safetensors_gb(cfg.models.sdxl_base) or SDXL_BASE_GB
+    refiner = (safetensors_gb(cfg.models.sdxl_refiner) or SDXL_REFINER_GB) if g.refiner else 0.0
+    batch = max(1, g.batch_size)
+    diffusion = base + refiner + batch * ACT_GB_PER_IMAGE_1024 * scale + VAE_FP32_PEAK_GB_1024 * scale + CONTEXT_GB
+    return {"lmm_weights": lmm, "lmm_source": lmm_src, "lmm_act": LMM_ACT_GB, "kv_min": kv, "model": sp.model,
+            "diffusion": diffusion, "sdxl": base + refiner, "batch": batch, "scale": scale,
+            "scorer": CLIP_L_GB, "max_num_seqs": sp.max_num_seqs}
+
+
+def _lmm_per_gpu(n: dict, tp: int) -> float:
+    return n["lmm_weights"] / tp + n["lmm_act"] + n["kv_min"] / tp + CONTEXT_GB
+
+
+def make_plan(cfg: PipelineConfig, gpus: list[GPU]) -> dict:
+    n = needs(cfg)
+    why = [f"LMM {n['model']}: {n['lmm_weights']:.1f} GB weights ({n['lmm_source']}) + {LMM_ACT_GB:.1f} activations/"
+           f"graphs + {n['kv_min']:.1f} GB KV minimum ({n['max_num_seqs']} seqs × {TOKENS_PER_SEQ} tokens) + "
+           f"{CONTEXT_GB} context",
+           f"diffusion worker: SDXL {n['sdxl']:.1f} GB + {n['batch']} × {ACT_GB_PER_IMAGE_1024 * n['scale']:.2f} GB "
+           f"activations + {VAE_FP32_PEAK_GB_1024 * n['scale']:.2f} GB fp32 VAE decode + {CONTEXT_GB} context "
+           f"= {n['diffusion']:.1f} GB; scorer CLIP-L {n['scorer']} GB"]
+    cap = {g.device: g.free_gb for g in gpus}
+    place: dict[str, list[dict]] = {g.device: [] for g in gpus}
+    G = len(gpus)
+
+    def put(dev, model, role, gb, in_phases=(1, 2, 3, 4)):
+        place[dev].append({"model": model, "role": role, "gb": round(gb, 2), "phases": list(in_phases)})
+
+    fits_one = [g for g in gpus if _lmm_per_gpu(n, 1) <= g.free_gb]
+    schedule, phases = "phased", []
+    if G == 1 and _lmm_per_gpu(n, 1) + n["diffusion"] + n["scorer"] <= gpus[0].free_gb:
+        d = gpus[0].device
+        put(d, n["model"], "lmm", _lmm_per_gpu(n, 1))
+        put(d, "sdxl", "diffusion", n["diffusion"])
+        put(d, "clip", "scorer", n["scorer"])
+        schedule = "fused"
+        why.append(f"one GPU: {_lmm_per_gpu(n, 1):.1f} + {n['diffusion']:.1f} + {n['scorer']} ≤ {gpus[0].free_gb:g} GB"
+                   " → fused")
+    elif G >= 2 and len(fits_one) >= 1:
+        k = max(1, G // 2)  # LMM replicas on the first half, diffusion workers on the rest
+        lmm_gpus, diff_gpus = gpus[:k], gpus[k:]
+        if all(_lmm_per_gpu(n, 1) <= g.free_gb for g in lmm_gpus) and \
+                all(n["diffusion"] <= g.free_gb for g in diff_gpus) and \
+                n["diffusion"] + n["scorer"] <= diff_gpus[-1].free_gb:
+            for g in lmm_gpus:
+                put(g.device, n["model"], "lmm", _lmm_per_gpu(n, 1))
+            for g in diff_gpus:
+                put(g.device, "sdxl", "diffusion", n["diffusion"])
+            put(diff_gpus[-1].device, "clip", "scorer", n["scorer"])
+            schedule = "fused"
+            why.append(f"the LMM fits one GPU ({_lmm_per_gpu(n, 1):.1f} GB): {k} data-parallel replica(s) on "
+                       f"{', '.join(g.device for g in lmm_gpus)} (replicas beat tensor parallel over PCIe), "
+                       f"{len(diff_gpus)} diffusion worker(s) on {', '.join(g.device for g in diff_gpus)} → fused")
+    if schedule == "phased":
+        tp = next((t for t in (1, 2, 4, 8) if t <= G and all(_lmm_per_gpu(n, t) <= g.free_gb for g in gpus[:t])), 0)
+        if not tp:
+            raise PlanError(f"the LMM ({n['lmm_weights']:.1f} GB) does not fit {G} GPU(s) even alone: "
+                            f"{_lmm_per_gpu(n, G):.1f} GB per GPU at TP {G}")
+        diff = [g for g in gpus if n["diffusion"] <= g.free_gb]
+        if not diff:
+            raise PlanError(f"one diffusion worker needs {n['diffusion']:.1f} GB; no GPU has that much free")
+        phases = [{"phase": "lmm", "stages": ["load", "extract", "write"], "devices": [g.device for g in gpus[:tp]]},
+                  {"phase": "diffusion", "stages": ["render"], "devices": [g.device for g in diff]},
+                  {"phase": "lmm", "stages": ["load", "candidate_knowledge"], "devices": [g.device for g in gpus[:tp]]},
+                  {"phase": "rank", "stages": ["load", "retrieve", "rank"], "devices": [gpus[0].device]}]
+        for g in gpus[:tp]:
+            put(g.device, n["model"], "lmm", _lmm_per_gpu(n, tp), (1, 3))
+        for g in diff:
+            put(g.device, "sdxl", "diffusion", n["diffusion"], (2,))
+        put(gpus[0].device, "clip", "scorer", n["scorer"], (4,))
+        why.append(f"LMM and diffusion do not fit together ({_lmm_per_gpu(n, tp):.1f} GB per GPU at TP {tp} + "
+                   f"{n['diffusion']:.1f} GB) → phased: the LMM at TP {tp}, then {len(diff)} diffusion worker(s), "
+                   "then the scorer; models are released between phases")
+    out_gpus = []
+    for g in gpus:
+        used = max(sum(p["gb"] for p in place[g.device] if k in p["phases"]) for k in (1, 2, 3, 4))
+        out_gpus.append({"device": g.device, "total_gb": g.total_gb, "free_gb": g.free_gb,
+                         "placements": place[g.device], "peak_gb": round(used, 2),
+                         "headroom_gb": round(g.free_gb - used, 2)})
+    return {"schedule": schedule, "gpus": out_gpus, "phases": phases, "reasoning": why}
+
+
+def devices_of(plan: dict, role: str) -> list[str]:
+    return [g["device"] for g in plan["gpus"] if any(p["role"].startswith(role) for p in g["placements"])]
+
+
+def resolve_schedule(cfg: PipelineConfig) -> str:
+    """``run.schedule``, or for ``auto`` the plan's choice on the GPUs present (CPU: fused)."""
+    if cfg.run.schedule != "auto":
+        return cfg.run.schedule
+    gpus = visible_gpus()
+    on_gpu = any(d.startswith("cuda") for d in (cfg.lmm.device, cfg.generation.device, cfg.rank.device))
+    if not gpus or not on_gpu or cfg.profile in ("tiny", "small"):
+        return "fused"
+    try:
+        return make_plan(cfg, gpus)["schedule"]
+    except PlanError:
+        return "phased"
+
+
+def format_plan(plan: dict) -> str:
+    lines = [f"schedule: {plan['schedule']}"]
+    for g in plan["gpus"]:
+        lines.append(f"{g['device']}  {g['total_gb']:g} GB (free {g['free_gb']:g}), peak {g['peak_gb']:.1f} GB, "
+                     f"headroom {g['headroom_gb']:.1f} GB")
+        for p in g["placements"]:
+            when = "" if len(p["phases"]) == 4 else f"  (phase {', '.join(map(str, p['phases']))})"
+            lines.append(f"    {p['role']:<10} {p['model']:<34} {p['gb']:6.1f} GB{when}")
+    for ph in plan["phases"]:
+        lines.append(f"phase {ph['phase']}: {', '.join(ph['stages'])} on {', '.join(ph['devices'])}")
+    lines += [f"why: {w}" for w in plan["reasoning"]]
+    return "\n".join(lines)
+
+
+def default_gpus(cfg: PipelineConfig) -> list[GPU]:
+    """The GPUs a profile is sized for, when none are present and none are given."""
+    spec = {"h100": "1x80GB", "4090x4": "4x24GB", "4090x4-72b": "4x24GB", "edge": "1x24GB"}.get(cfg.profile)
+    if spec is None:
+        raise ConfigError(f"profile {cfg.profile!r} runs on the CPU; pass --gpus (e.g. 1x80GB) to plan a GPU box")
+    return parse_gpus(spec)
+

@@ -1,0 +1,97 @@
+"""What flows between stages: one immutable ``Row`` per sample. A stage returns new rows.
+
+A row carries the sample (its image decoded only while the row is in the pipeline), what the
+stages found so far (knowledge, candidates, best), its first failure, and its own bookkeeping:
+every LMM request it made (turn, tokens, start/end), dense-model work done for it, its position
+on the serial LMM critical path (``turn``), and when it was in which stage. Counted figures are
+computed from the row itself, never from a run-wide log.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from kbridge.engine.types import Candidate, Knowledge, Sample
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str
+    message: str
+    detail: str = ""
+    """A traceback for unexpected errors (written to errors.jsonl with -v)."""
+
+
+@dataclass(frozen=True)
+class LMMRecord:
+    """One sequence the LMM decoded (or served from the cache) for this row."""
+
+    stage: str
+    turn: int
+    prompt_tokens: int
+    generated_tokens: int
+    cached: bool
+    start: float
+    end: float
+    """``time.time()`` when the call holding this request was sent and answered."""
+
+
+@dataclass(frozen=True)
+class Row:
+    sample: Sample
+    knowledge: Knowledge | None = None
+    candidates: tuple[Candidate, ...] = ()
+    best: str | None = None
+    error: Failure | None = None
+    lmm: tuple[LMMRecord, ...] = ()
+    unet_evals: float = 0.0
+    vae_decodes: float = 0.0
+    turn: int = 0
+    """The sample's position on its serial LMM critical path so far (0: no LMM turn yet)."""
+    timings: tuple[tuple[str, float, float], ...] = ()
+    """(stage, start, end) in ``time.time()`` seconds."""
+    admitted: float = 0.0
+    """When the row could start (entered the pipeline)."""
+    extra: dict = field(default_factory=dict)
+    """Stage-specific values that must survive a phase boundary (e.g. the retriever's ids)."""
+
+    @property
+    def sample_id(self) -> str:
+        return self.sample.sample_id
+
+    @property
+    def missing(self) -> str | None:
+        return self.sample.missing
+
+    def replace(self, **kw) -> "Row":
+        return dataclasses.replace(self, **kw)
+
+    def fail(self, stage: str, message: str, detail: str = "") -> "Row":
+        return self if self.error is not None else self.replace(error=Failure(stage, message, detail))
+
+    def with_lmm(self, records: list[LMMRecord]) -> "Row":
+        """Add this row's request records; the critical path advances to the latest turn."""
+        if not records:
+            return self
+        return self.replace(lmm=self.lmm + tuple(records), turn=max([self.turn] + [r.turn for r in records]))
+
+    def timed(self, stage: str, start: float, end: float) -> "Row":
+        return self.replace(timings=self.timings + ((stage, start, end),))
+
+    def counts(self) -> dict:
+        """Counted figures: sequences decoded, serial LMM turns, tokens, cache hits, UNet / VAE work."""
+        fresh = [r for r in self.lmm if not r.cached]
+        return {"lmm_calls": len(fresh), "lmm_serial_turns": max((r.turn for r in fresh), default=0),
+                "prompt_tokens": sum(r.prompt_tokens for r in fresh),
+                "generated_tokens": sum(r.generated_tokens for r in fresh),
+                "cache_hits": len(self.lmm) - len(fresh),
+                "unet_evals": round(self.unet_evals, 3), "vae_decodes": round(self.vae_decodes, 3)}
+
+    def timings_dict(self, t0: float) -> dict:
+        """Per stage: start and end relative to ``t0`` (the run start) and seconds spent."""
+        spans: dict[str, list[float]] = {}
+        for stage, a, b in self.timings:  # a stage met twice (load, in the phased schedule): first start, last end
+            s = spans.setdefault(stage, [a, b, 0.0])
+            s[0], s[1], s[2] = min(s[0], a), max(s[1], b), s[2] + (b - a)
+        return {k: {"start": round(a - t0, 4), "end": round(b - t0, 4), "seconds": round(d, 4)}
+                for k, (a, b, d) in spans.items()}
