@@ -33,6 +33,9 @@ def _register_subapps() -> None:
     from kbridge.cli.export import export
 
     app.command("export")(export)
+    from kbridge.cli.plan import plan
+
+    app.command("plan")(plan)
 
 
 _register_subapps()
@@ -112,13 +115,15 @@ def run(
                                       "(e.g. http://127.0.0.1:8000/v1 from kbridge lmm serve): selects the http backend."),
     backend: Optional[str] = typer.Option(None, "--backend",
                                           help="Dense-model runtime: torch | compile | onnx | tensorrt | torch_tensorrt."),
+    schedule: Optional[str] = typer.Option(None, "--schedule",
+                                           help="auto (default: the GPU memory plan decides) | fused | phased."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
     cfg = _config(profile, config,
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
                   generation=dict(candidates=candidates, refiner=refiner),
-                  run=dict(seed=seed, fidelity=fidelity, domain=domain),
+                  run=dict(seed=seed, fidelity=fidelity, domain=domain, schedule=schedule),
                   lmm=dict(backend="http" if lmm else None, url=lmm), runtime=dict(backend=backend))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -73,8 +73,14 @@ def _sha(path: Path | None) -> str | None:
 class Engine:
     def __init__(self, cfg: PipelineConfig | None = None, profile: str = "tiny",
                  config_file: str | None = None, overrides: dict | None = None):
-        self.cfg = cfg or build_config(profile, config_file, overrides)
+        from kbridge.engine.models import load_generator, load_lmm, load_scorer, render_devices
+
+        self.cfg = cfg = cfg or build_config(profile, config_file, overrides)
         self._models: Models | None = None
+        self.loaders: dict[str, Callable[[], object]] = {
+            "lmm": lambda: load_lmm(cfg), "scorer": lambda: load_scorer(cfg),
+            "generators": lambda: [load_generator(cfg, d) for d in render_devices(cfg)]}
+        """How each model slot is loaded (a test or an embedding application may replace one)."""
 
     def models(self, need_diffusion: bool = True) -> Models:
         """The loaded models (LMM, scorer, and the generator replicas when ``need_diffusion``)."""
@@ -82,16 +88,13 @@ class Engine:
 
     def ensure(self, slots: set[str]) -> Models:
         """Load the slots not loaded yet; what is loaded stays."""
-        from kbridge.engine.models import load_generator, load_lmm, load_scorer, quiet_libraries, render_devices
+        from kbridge.engine.models import quiet_libraries
 
         m = self._models = self._models or Models()
         quiet_libraries()
-        if "lmm" in slots and m.lmm is None:
-            m.lmm = load_lmm(self.cfg)
-        if "scorer" in slots and m.scorer is None:
-            m.scorer = load_scorer(self.cfg)
-        if "generators" in slots and not m.generators:
-            m.generators = [load_generator(self.cfg, d) for d in render_devices(self.cfg)]
+        for slot in ("lmm", "scorer", "generators"):
+            if slot in slots and not getattr(m, slot):
+                setattr(m, slot, self.loaders[slot]())
         return m
 
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,

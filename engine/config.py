@@ -287,10 +287,19 @@ PROFILES: dict[str, dict] = {
                   generation=dict(height=128, width=128, steps=16, batch_size=7),
                   knowledge=dict(exact=True, name_chars=24), run=dict(batch_size=2)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
-                 rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16")),
-    "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:2", batch_size=2),
-                   rank=dict(device="cuda:2"),  # GPUs 0-1: the LMM (tensor parallel), 2: diffusion
-                   medical=dict(device="cuda:2", dtype="float16")),
+                 rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"), run=dict(dense_rows=2)),
+    # the plan (engine/plan.py) places 4090x4: LMM replicas on GPUs 0-1, diffusion workers on 2-3,
+    # the scorer beside the last; on a box with GPUs `kbridge run` applies the plan's devices
+    "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:2", devices=("cuda:2", "cuda:3"),
+                                                 batch_size=2),
+                   rank=dict(device="cuda:3"), medical=dict(device="cuda:2", dtype="float16"),
+                   run=dict(dense_rows=2)),
+    # the 72B is served by `kbridge lmm serve -p 4090x4-72b` over all four GPUs; runs are phased
+    "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1"),
+                       generation=dict(_REFERENCE_SDXL, device="cuda:0", devices=("cuda:0", "cuda:1", "cuda:2",
+                                                                                   "cuda:3"), batch_size=2),
+                       rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"),
+                       run=dict(schedule="phased", dense_rows=2)),
     "edge": dict(lmm=dict(_GPU_LMM, image_max_pixels=336 * 336, max_batch=8),
                  generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=1), rank=dict(device="cuda:0"),
                  medical=dict(device="cuda:0", dtype="float16")),

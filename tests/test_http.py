@@ -29,7 +29,7 @@ KB = [sys.executable, "-m", "kbridge.cli"]
 
 @pytest.fixture(scope="module")
 def hf(engine):
-    return engine.models().backend
+    return engine.models().lmm
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from kbridge.engine.store import ResponseCache
 
 @pytest.fixture(scope="module")
 def backend(engine):
-    return engine.models().backend
+    return engine.models().lmm
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def test_medical_run_uses_cheff_and_the_medical_scorer(med_run):
 
     _, _, eng = med_run
     m = eng.models()
-    assert isinstance(m.diffusion, CheffGenerator) and isinstance(m.scorer, ReportScorer)
+    assert isinstance(m.generators[0], CheffGenerator) and isinstance(m.scorer, ReportScorer)
     # anonymisation tokens never reach the scorer's text tower
     a, b = m.scorer.embed_texts(["Heart size XXXX normal. XXXX are intact."]), m.scorer.embed_texts(
         ["Heart size normal. are intact."])

@@ -29,8 +29,8 @@ def test_onnx_backend_gives_torch_scores_and_best_candidates(engine, cfg, export
     shutil.copy(tmp_path / "torch" / "cache.sqlite", tmp_path / "onnx" / "cache.sqlite")
     onnx_engine = Engine(replace(cfg, runtime=replace(cfg.runtime, backend="onnx")))
     models = onnx_engine.models(need_diffusion=True)
-    assert type(models.diffusion.base.unet).__name__ == "RunnerUNet"
-    assert type(models.diffusion.base.vae).__name__ == "RunnerVae"
+    assert type(models.generators[0].base.unet).__name__ == "RunnerUNet"
+    assert type(models.generators[0].base.vae).__name__ == "RunnerVae"
     assert models.scorer.towers is not None
     got = onnx_engine.run(out=tmp_path / "onnx", limit=2)
     assert not got.errors and got.completed == ref.completed == 2
@@ -46,7 +46,7 @@ def test_onnx_backend_gives_torch_scores_and_best_candidates(engine, cfg, export
             for k in ("semantic", "graph", "total"):
                 assert abs(x["scores"][k] - y["scores"][k]) <= SCORE_ATOL, (sid, x["id"], k)
     # the diffusion counters still count through the swapped UNet
-    assert models.diffusion.counters.unet_evals > 0
+    assert models.generators[0].counters.unet_evals > 0
 
 
 def test_unknown_backend_is_a_config_error():
@@ -96,7 +96,7 @@ def test_swapped_pipelines_with_torch_runners_render_the_same_images(engine, cfg
     assert gen.refiner.vae is gen.base.vae and gen.refiner.text_encoder_2 is gen.base.text_encoder_2
     prompts, seeds = ["a red cup on a table", "a clock"], [3, 4]
     got = gen.render(prompts, seeds)
-    ref = engine.models().diffusion.render(prompts, seeds)
+    ref = engine.models().generators[0].render(prompts, seeds)
     for a, b in zip(got, ref):
         assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 1
     assert gen.counters.unet_evals == 2 * 2 * cfg.generation.steps  # CFG doubles, base + refiner share steps

@@ -4,7 +4,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def gen(engine):
-    return engine.models().diffusion
+    return engine.models().generators[0]
 
 
 def _a(img):

@@ -41,6 +41,9 @@ class ServeProfile:
     execution: str
     """"fused": LMM and diffusion resident together; "phased": the LMM has the GPUs to itself and
     the diffusion engines load after it (stage by stage over the dataset)."""
+    data_parallel: int = 1
+    """Independent replicas (vLLM ``--data-parallel-size``): a 7B fits one 24 GB card, and over PCIe
+    (no NVLink, no GeForce P2P) replicas beat tensor parallelism (vLLM recipes#30)."""
     images_per_prompt: int = 2
     """The reference chain attaches the sample image twice (turns 1 and 3)."""
     port: int = 8000
@@ -48,7 +51,7 @@ class ServeProfile:
 
 SERVE_PROFILES: dict[str, ServeProfile] = {p.name: p for p in (
     ServeProfile("h100", QWEN_7B, "", 1, "0", 0.50, 8192, 64, 448 * 448, "fused"),
-    ServeProfile("4090x4", QWEN_7B, "", 2, "0,1", 0.90, 8192, 32, 448 * 448, "fused"),
+    ServeProfile("4090x4", QWEN_7B, "", 1, "0,1", 0.90, 8192, 32, 448 * 448, "fused", data_parallel=2),
     ServeProfile("4090x4-72b", "Qwen2-VL-72B-Instruct-GPTQ-Int8", "gptq", 4, "0,1,2,3", 0.95, 8192, 16,
                  448 * 448, "phased"),
     ServeProfile("edge", "Qwen2-VL-7B-Instruct-GPTQ-Int4", "gptq", 1, "0", 0.38, 4096, 8, 336 * 336, "fused"),
@@ -79,6 +82,8 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
             "--generation-config", "vllm"]
     if p.quantization:
         argv += ["--quantization", p.quantization]
+    if p.data_parallel > 1:
+        argv += ["--data-parallel-size", str(p.data_parallel)]
     env = {"CUDA_VISIBLE_DEVICES": p.devices}
     key = os.environ.get(api_key_env, "")
     if key:
