@@ -25,7 +25,9 @@ def clip_config(cfg: ClassifierConfig):
         text_config=dict(vocab_size=cfg.vocab_size, hidden_size=cfg.text_width, intermediate_size=cfg.text_mlp,
                          num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
                          max_position_embeddings=cfg.context_length, hidden_act="quick_gelu",
-                         projection_dim=cfg.embed_dim),
+                         projection_dim=cfg.embed_dim, pad_token_id=0,
+                         # CLIP's SOT and EOT are the last two ids of the vocabulary
+                         bos_token_id=cfg.vocab_size - 2, eos_token_id=cfg.vocab_size - 1),
         vision_config=dict(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
                            num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
                            image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_act="quick_gelu",
