@@ -147,7 +147,7 @@ def _convert(kind: str, ckpt: Path, out_dir: Path, tokenizer: Path, trust: bool,
 
 CkptOpt = typer.Option(..., "--ckpt", help="The published Lightning .ckpt (state_dict under model.* / <task>_classifier.*).")
 OutOpt = typer.Option(..., "--out", help="Classifier directory to write (config.json, model.safetensors, tokenizer).")
-TokOpt = typer.Option(..., "--tokenizer", help="Local CLIP tokenizer directory (vocab.json, merges.txt).")
+TokOpt = typer.Option(..., "--tokenizer", help="Local CLIP tokenizer directory (tokenizer.json, or vocab.json + merges.txt).")
 TrustOpt = typer.Option(False, "--trust-checkpoint",
                         help="Unpickle without the safe allow-list (can run code: only for files you trust).")
 SeedOpt = typer.Option(0, "--seed", help="The training run's seed= (it fixes the unsaved dynamic queries).")

@@ -26,24 +26,17 @@ class CheckpointError(ClassifyError):
 
 # ---------------------------------------------------------------- safe loading
 
-class _PickledDict(dict):
-    """Stands in for the dict subclasses Lightning and sacred pickle into hyper-parameters."""
-
-
-class _PickledList(list):
-    """Stands in for sacred's ReadOnlyList."""
-
-
 SAFE_GLOBALS = [
-    (_PickledDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
-    (_PickledDict, "lightning_fabric.utilities.data.AttributeDict"),
-    (_PickledDict, "lightning.fabric.utilities.data.AttributeDict"),
-    (_PickledDict, "sacred.config.custom_containers.ReadOnlyDict"),
-    (_PickledList, "sacred.config.custom_containers.ReadOnlyList"),
+    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (dict, "lightning_fabric.utilities.data.AttributeDict"),
+    (dict, "lightning.fabric.utilities.data.AttributeDict"),
+    (dict, "sacred.config.custom_containers.ReadOnlyDict"),
+    (list, "sacred.config.custom_containers.ReadOnlyList"),
     argparse.Namespace,
 ]
-"""Harmless containers a Lightning 1.x checkpoint pickles (plain dict/list subclasses, loaded as
-such); anything else is refused unless the caller trusts the file."""
+"""Harmless containers a Lightning 1.x checkpoint pickles into ``hyper_parameters`` (dict and list
+subclasses, restored as plain dicts and lists, so neither package is imported); anything else is
+refused unless the caller trusts the file."""
 
 
 def load_checkpoint(path: Path, trust: bool = False) -> dict:

@@ -151,7 +151,7 @@ def load_tokenizer(model_dir: Path):
     try:
         return CLIPTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError, TypeError) as e:
-        raise ClassifyError(f"{model_dir}: no CLIP tokenizer files (vocab.json, merges.txt): {e}") from e
+        raise ClassifyError(f"{model_dir}: no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt): {e}") from e
 
 
 # ---------------------------------------------------------------- tiny twin
