@@ -68,7 +68,7 @@ def _grouped(task: str, logits: torch.Tensor, targets: torch.Tensor, examples: l
 def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path | None = None,
              task: str | None = None, backend: str = "torch", batch_size: int = 32, device: str = "cpu",
              cache_dir: Path | None = None) -> EvalReport:
-    from kbridge.engine.classify.model import load, load_tokenizer
+    from kbridge.engine.classify.model import default_cache_dir, load, load_tokenizer
 
     model = load(model_dir, device="cpu")
     cfg = model.cfg
@@ -82,7 +82,7 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
     conditions = {"missing": given}
     if completed is not None:
         conditions["completed"] = fill_completed(given, completed)
-    forward = _forward(model, Path(model_dir), backend, device, Path(cache_dir or Path(model_dir)))
+    forward = _forward(model, Path(model_dir), backend, device, Path(cache_dir or default_cache_dir()))
     results, notes = {}, []
     for name, d in conditions.items():
         ex = [d.examples[i] for i in keep]

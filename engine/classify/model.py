@@ -175,9 +175,14 @@ def build_tiny(out: Path, kind: str = "dcp", task: str = "mmimdb") -> None:
     save(model, out)
 
 
+def default_cache_dir() -> Path:
+    """The kbridge cache (the same place the zoo builds its twins)."""
+    return Path(os.environ.get("KBRIDGE_CACHE") or Path.home() / ".cache" / "kbridge")
+
+
 def ensure_tiny(kind: str = "dcp", task: str = "mmimdb", cache_dir: Path | None = None) -> Path:
     """Build the twin once into the cache (built aside, then renamed into place)."""
-    cache_dir = Path(cache_dir or os.environ.get("KBRIDGE_CACHE") or Path.home() / ".cache" / "kbridge")
+    cache_dir = Path(cache_dir or default_cache_dir())
     target = tiny_dir(kind, task, cache_dir)
     if (target / ".complete").exists():
         return target

@@ -58,7 +58,7 @@ def train(model: MissingAwareClassifier, examples: list, tokenizer, steps: int =
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        last = float(loss)
+        last = float(loss.detach())
         first = last if first is None else first
         if on_log and log_every and step % log_every == 0:
             on_log(step, last)
