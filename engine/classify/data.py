@@ -71,6 +71,14 @@ def _missing_table(path: Path, n: int) -> dict:
         raise ClassifyError(str(e)) from None
 
 
+def _category_names(root: Path) -> list:
+    cat = Path(root) / "category.json"
+    try:
+        return list(json.loads(cat.read_text()).get("label_name") or []) if cat.exists() else []
+    except (ValueError, AttributeError) as e:
+        raise ClassifyError(f"{cat}: not a valid category.json ({e})") from None
+
+
 def read_json_dataset(root: Path, task: str, missing: Path | None) -> EvalData:
     """metadata.json (+ category.json, images/) as kbridge reads it; labels are names."""
     from kbridge.engine.data import DataError, detect_format, open_dataset, text_of
@@ -84,6 +92,7 @@ def read_json_dataset(root: Path, task: str, missing: Path | None) -> EvalData:
     except DataError as e:
         raise ClassifyError(str(e)) from None
     miss = _missing_table(missing, len(ds.items)) if missing else {}
+    names = _category_names(ds.root)
     out = []
     for i, rec in enumerate(ds.items):
         sid = f"{ds.name}:{i}"
@@ -91,6 +100,8 @@ def read_json_dataset(root: Path, task: str, missing: Path | None) -> EvalData:
             raise ClassifyError(f"{sid}: metadata record is not an object")
         labels = rec.get("labels")
         labels = [labels] if isinstance(labels, (str, int)) else list(labels or [])
+        # integer labels are ids into category.json's label_name
+        labels = [names[x] if isinstance(x, int) and 0 <= x < len(names) else x for x in labels]
         fn = rec.get("file_name")
         image = None
         if fn:

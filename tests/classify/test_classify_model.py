@@ -135,3 +135,13 @@ def test_long_text_is_truncated_with_eot_last(tiny):
     _, tok = tiny
     ids = encode_texts(tok, ["cat " * 200], 77)
     assert ids.shape == (1, 77) and int(ids[0, -1]) == tok.convert_tokens_to_ids("<|endoftext|>")
+
+
+def test_tiny_twin_is_deterministic(tiny_dcp, tmp_path):
+    from safetensors.torch import load_file
+
+    from kbridge.engine.classify.model import build_tiny
+
+    build_tiny(tmp_path / "again", "dcp", "mmimdb")
+    a, b = load_file(str(tiny_dcp / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
