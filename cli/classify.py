@@ -112,6 +112,24 @@ def _data_classes(data: Path) -> Optional[tuple]:
     return None
 
 
+@classify_app.command("export")
+def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] = TaskOpt,
+               out_file: Path = typer.Option(..., "--out", help="ONNX file to write (weights beside it in FILE.data)."),
+               max_batch: int = typer.Option(256, "--max-batch", help="Largest batch the graph is meant for.")):
+    """Export the classifier to ONNX: inputs pixel_values, input_ids, missing_type (dynamic batch)."""
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.classify import model as M
+    from kbridge.engine.classify.onnx import export
+    from kbridge.export.onnx import ExportError
+
+    try:
+        p = export(M.load(_model_dir(model, kind, task)), out_file, max_batch)
+    except (KbridgeError, ExportError) as e:
+        _fail(str(e))
+    out.print(f"wrote {p}")
+
+
 @classify_app.command("params")
 def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Option("mmimdb", "--task"),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny twin's geometry instead of ViT-B/16.")):

@@ -186,3 +186,34 @@ def test_bad_completed_directory_is_one_error_line(tiny_dcp, tmp_path):
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "neither a kbridge run" in lines[0]
+
+
+def test_rep_memories_and_alpha_train(colour_sets):
+    """REP's learner gets gradients end to end (memories, the shared α, the head); the backbone
+    stays frozen on food101."""
+    from kbridge.engine.classify.data import read_dataset
+    from kbridge.engine.classify.model import ensure_tiny, load, load_tokenizer
+    from kbridge.engine.classify.train import train, with_classes
+
+    (train_dir, train_missing), _ = colour_sets
+    d = ensure_tiny("rep", "food101")
+    m, tok = with_classes(load(d), tuple(COLOURS)), load_tokenizer(d)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ds = read_dataset(train_dir, "food101", train_missing, m.cfg.class_names)
+    res = train(m, ds.examples, tok, steps=30, lr=3e-3, batch_size=8)
+    after = m.state_dict()
+    assert res["loss_last"] < res["loss_first"]
+    assert float(after["learner.residual_alpha"]) != float(before["learner.residual_alpha"])
+    assert not torch.equal(after["learner.visual_memory_missing"], before["learner.visual_memory_missing"])
+    for k in ("backbone.clip.visual_projection.weight", "backbone.vision_dyn_attn.in_proj_weight",
+              "backbone.clip.text_model.encoder.layers.0.mlp.fc1.weight"):
+        assert torch.equal(after[k], before[k]), k
+
+
+def test_unreadable_image_names_the_sample(tiny_dcp, tmp_path):
+    data, missing = _mmimdb_set(tmp_path / "mm")
+    (data / "images" / "2.png").write_bytes(b"not a png")
+    r = _cli("classify", "eval", "--model", "tiny", "--data", data, "--missing", missing)
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: mm:2: unreadable image")
