@@ -46,13 +46,6 @@ def tiny_dcp():
 
 
 @pytest.fixture(scope="session")
-def tiny_dcp_food():
-    from kbridge.engine.classify.model import ensure_tiny
-
-    return ensure_tiny("dcp", "food101")
-
-
-@pytest.fixture(scope="session")
 def colour_sets(tmp_path_factory):
     base = tmp_path_factory.mktemp("colours")
     return make_colour_dataset(base / "train", 48, seed=1), make_colour_dataset(base / "test", 30, seed=2)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kbridge.engine.classify.config import full_config
-from kbridge.engine.classify.convert import CheckpointError, convert, load_checkpoint, to_ours, to_reference
+from kbridge.engine.classify.convert import (CheckpointError, convert, infer_config, load_checkpoint, to_ours,
+                                             to_reference)
 from kbridge.engine.classify.model import build_meta, load
 
 KEYS = Path("/work/shared/design/peers/keys")
@@ -38,6 +39,9 @@ def test_full_size_layout_is_exactly_the_reference_key_list(kind, n):
     assert set(ref) == set(want)
     assert {k: str(tuple(v.shape)) for k, v in ref.items()} == {k: s for k, (s, _) in want.items()}
     assert {d for _, d in want.values()} == {"float32"}
+    # the geometry read back off the shapes is the published one (heads by CLIP's width / 64 rule)
+    got = infer_config(ref, kind)
+    assert replace(got, rdn_hidden=m.cfg.rdn_hidden, reduction=m.cfg.reduction) == m.cfg
     back = to_ours(ref, m.cfg)
     assert set(ours) - set(back) == {"backbone.vision_dyn_queries", "backbone.text_dyn_queries"}
     assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(ours[k].shape) for k in back}
