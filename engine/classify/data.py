@@ -180,11 +180,13 @@ def fill_completed(data: EvalData, completed: Path) -> EvalData:
         except ValueError as e:
             raise ClassifyError(f"{completed / 'metadata.json'}: not valid JSON ({e})") from None
         for rec in recs:
+            # the export names every image after its dataset index (images/<i>_… or completed_<i>.png);
+            # an explicit "index" field, if a record has one, wins
             m = _EXPORT_NAME.match(str(rec.get("file_name", "")))
-            if not m:
-                raise ClassifyError(f"{completed / 'metadata.json'}: record without an indexed file_name: "
-                                    f"{str(rec.get('file_name'))[:80]!r}")
-            idx = int(m.group(1))
+            if "index" not in rec and not m:
+                raise ClassifyError(f"{completed / 'metadata.json'}: record without an index or an indexed "
+                                    f"file_name: {str(rec.get('file_name'))[:80]!r}")
+            idx = int(rec["index"]) if "index" in rec else int(m.group(1))
             caps = rec.get("captions") or []
             fills[idx] = ("both", " ".join(caps) if isinstance(caps, list) else str(caps), completed / rec["file_name"])
     else:
