@@ -149,14 +149,15 @@ def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Opti
 
 
 def _convert(kind: str, ckpt: Path, out_dir: Path, tokenizer: Path, trust: bool, seed: int,
-             vision_heads: Optional[int], text_heads: Optional[int]) -> None:
+             vision_heads: Optional[int], text_heads: Optional[int], classes: Optional[Path]) -> None:
     from kbridge.cli.app import _fail, out
     from kbridge.engine.classify.config import ClassifyError
-    from kbridge.engine.classify.convert import convert
+    from kbridge.engine.classify.convert import convert, read_class_names
 
     try:
+        names = read_class_names(classes) if classes else None
         r = convert(ckpt, out_dir, kind, tokenizer, trust=trust, seed=seed, vision_heads=vision_heads,
-                    text_heads=text_heads)
+                    text_heads=text_heads, class_names=names)
     except (ClassifyError, OSError) as e:
         _fail(str(e))
     out.print(f"wrote {r['path']}: {kind} {r['task']} ({r['classes']} classes, {r['keys']} checkpoint keys); "
@@ -171,15 +172,19 @@ TrustOpt = typer.Option(False, "--trust-checkpoint",
 SeedOpt = typer.Option(0, "--seed", help="The training run's seed= (it fixes the unsaved dynamic queries).")
 VHeads = typer.Option(None, "--vision-heads", help="Vision attention heads (default width/64).")
 THeads = typer.Option(None, "--text-heads", help="Text attention heads (default width/64).")
+ClassesOpt = typer.Option(None, "--classes", help="Head class names: JSON list, category.json or class_idx.json "
+                          "(default: MM-IMDb's 23 genres, Hateful Memes' two, class_<i> for Food-101).")
 
 
 def convert_dcp(ckpt: Path = CkptOpt, out_dir: Path = OutOpt, tokenizer: Path = TokOpt, trust: bool = TrustOpt,
-                seed: int = SeedOpt, vision_heads: Optional[int] = VHeads, text_heads: Optional[int] = THeads):
+                seed: int = SeedOpt, vision_heads: Optional[int] = VHeads, text_heads: Optional[int] = THeads,
+                classes: Optional[Path] = ClassesOpt):
     """Convert a published DCP checkpoint (Deep Correlated Prompting) into a classifier directory."""
-    _convert("dcp", ckpt, out_dir, tokenizer, trust, seed, vision_heads, text_heads)
+    _convert("dcp", ckpt, out_dir, tokenizer, trust, seed, vision_heads, text_heads, classes)
 
 
 def convert_rep(ckpt: Path = CkptOpt, out_dir: Path = OutOpt, tokenizer: Path = TokOpt, trust: bool = TrustOpt,
-                seed: int = SeedOpt, vision_heads: Optional[int] = VHeads, text_heads: Optional[int] = THeads):
+                seed: int = SeedOpt, vision_heads: Optional[int] = VHeads, text_heads: Optional[int] = THeads,
+                classes: Optional[Path] = ClassesOpt):
     """Convert a published REP checkpoint (Replay-Enhance Prompting) into a classifier directory."""
-    _convert("rep", ckpt, out_dir, tokenizer, trust, seed, vision_heads, text_heads)
+    _convert("rep", ckpt, out_dir, tokenizer, trust, seed, vision_heads, text_heads, classes)

@@ -200,6 +200,24 @@ def infer_config(ref: dict, kind: str, vision_heads: int | None = None, text_hea
     return cfg
 
 
+def read_class_names(path: Path) -> tuple:
+    """Head class names from a JSON file: a list, a kbridge category.json (``label_name``), or a
+    name → index map such as Food-101's class_idx.json."""
+    import json
+
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable class-name file ({e})") from None
+    if isinstance(d, dict) and "label_name" in d:
+        d = d["label_name"]
+    if isinstance(d, dict) and all(isinstance(v, int) for v in d.values()):
+        d = [k for k, _ in sorted(d.items(), key=lambda kv: kv[1])]
+    if not isinstance(d, list) or not all(isinstance(x, str) for x in d):
+        raise CheckpointError(f"{path}: expected a list of names, a category.json or a name → index map")
+    return tuple(d)
+
+
 def convert(ckpt: Path, out: Path, kind: str, tokenizer: Path | None, trust: bool = False, seed: int = 0,
             vision_heads: int | None = None, text_heads: int | None = None,
             class_names: tuple | None = None) -> dict:

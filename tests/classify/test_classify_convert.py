@@ -135,9 +135,15 @@ def test_cli_convert_dcp(tiny_ref, tiny_dcp, tmp_path):
     from kbridge.cli.app import app
 
     _, _, ckpt = tiny_ref
+    import json
+
+    names = [f"genre{i}" for i in range(23)]
+    (tmp_path / "class_idx.json").write_text(json.dumps({n: i for i, n in reversed(list(enumerate(names)))}))
     r = CliRunner().invoke(app, ["models", "convert-dcp", "--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
-                                 "--tokenizer", str(tiny_dcp), "--vision-heads", "4", "--text-heads", "4"])
+                                 "--tokenizer", str(tiny_dcp), "--vision-heads", "4", "--text-heads", "4",
+                                 "--classes", str(tmp_path / "class_idx.json")])
     assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["class_names"] == names
     assert (tmp_path / "o" / "model.safetensors").exists() and (tmp_path / "o" / "tokenizer.json").exists()
     r = CliRunner().invoke(app, ["models", "convert-rep", "--ckpt", str(ckpt), "--out", str(tmp_path / "p"),
                                  "--tokenizer", str(tiny_dcp)])
