@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from kbridge.engine.classify.config import ClassifyError
-from kbridge.engine.classify.data import EvalData, batch_inputs, fill_completed, label_targets, read_dataset
+from kbridge.engine.classify.data import batch_inputs, fill_completed, label_targets, read_dataset
 from kbridge.engine.classify.metrics import PRIMARY, task_metrics
 
 GROUPS = ("text missing", "image missing", "complete", "all")
@@ -91,7 +91,3 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
         notes += d.notes
     return EvalReport(cfg.task, str(model_dir), backend, PRIMARY[cfg.task], results, dict(unmapped),
                       len(given.examples) - len(keep), notes)
-
-
-def as_eval_data(examples: list, source: str = "memory") -> EvalData:
-    return EvalData(list(examples), source)
