@@ -20,7 +20,8 @@ def task_metrics(task: str, logits: torch.Tensor, targets: torch.Tensor) -> dict
     if task == "mmimdb":
         p = logits.sigmoid()
         out = {f"f1_{avg}": float(F.multilabel_f1_score(p, targets, num_labels=c, threshold=0.5, average=avg))
-               for avg in ("macro", "micro", "weighted")}
+               for avg in ("micro", "weighted")}
+        out["f1_macro"] = _macro_f1_present(F, p, targets, c)
     elif task == "food101":
         out = {"accuracy": float(F.multiclass_accuracy(logits, targets, num_classes=c, average="micro"))}
     else:
@@ -28,6 +29,15 @@ def task_metrics(task: str, logits: torch.Tensor, targets: torch.Tensor) -> dict
         out = {"auroc": float(F.binary_auroc(p1, targets)) if targets.unique().numel() == 2 else None,
                "accuracy": float(((p1 > 0.5).long() == targets).float().mean())}
     return out | {"n": int(n)}
+
+
+def _macro_f1_present(F, p: torch.Tensor, targets: torch.Tensor, c: int) -> float | None:
+    """Macro F1 over the classes that occur (in targets or predictions), as torchmetrics 0.9.3 —
+    the papers' version — averages it; torchmetrics ≥ 1.0 would count an absent class as 0."""
+    per_class = F.multilabel_f1_score(p, targets, num_labels=c, threshold=0.5, average="none")   # [C]
+    stats = F.multilabel_stat_scores(p, targets, num_labels=c, threshold=0.5, average="none")    # [C, 5]
+    present = (stats[:, 0] + stats[:, 1] + stats[:, 3]) > 0                                      # tp + fp + fn
+    return float(per_class[present].mean()) if bool(present.any()) else None
 
 
 def _names(task: str) -> list[str]:

@@ -20,6 +20,15 @@ def test_mmimdb_f1_macro_micro_by_hand():
     assert m["n"] == 4
 
 
+def test_mmimdb_macro_f1_skips_classes_absent_from_targets_and_predictions():
+    """torchmetrics 0.9.3 (the papers') averages macro F1 over classes with tp + fp + fn > 0."""
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    logits = torch.tensor([[2.0, -2, -2], [-2, -2, -2]])       # class 0 right, class 1 missed, class 2 absent
+    m = task_metrics("mmimdb", logits, targets)
+    assert m["f1_macro"] == pytest.approx((1 + 0) / 2)          # not (1 + 0 + 0) / 3
+    assert task_metrics("mmimdb", torch.full((2, 3), -2.0), torch.zeros(2, 3, dtype=torch.long))["f1_macro"] is None
+
+
 def test_food101_accuracy_by_hand():
     logits = torch.tensor([[3., 0, 0], [0, 0, 3], [0, 3, 0], [0, 3, 0], [3, 0, 0]])
     m = task_metrics("food101", logits, torch.tensor([0, 2, 2, 1, 1]))
