@@ -36,6 +36,11 @@ def _register_subapps() -> None:
     from kbridge.cli.plan import plan
 
     app.command("plan")(plan)
+    from kbridge.cli.classify import classify_app, convert_dcp, convert_rep
+
+    app.add_typer(classify_app, name="classify")
+    models_app.command("convert-dcp")(convert_dcp)
+    models_app.command("convert-rep")(convert_rep)
 
 
 _register_subapps()

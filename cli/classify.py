@@ -1,0 +1,190 @@
+"""``kbridge classify`` (eval, train, params) and ``kbridge models convert-dcp|convert-rep``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+classify_app = typer.Typer(no_args_is_help=True,
+                           help="Missing-aware downstream classifiers (DCP, REP) on a frozen CLIP ViT-B/16.")
+
+ModelOpt = typer.Option("tiny", "--model", help="Classifier directory (from convert-dcp/-rep or train), or tiny.")
+KindOpt = typer.Option("dcp", "--kind", help="With --model tiny: dcp | rep.")
+TaskOpt = typer.Option(None, "--task", help="mmimdb | food101 | hatememes (default: the model's head).")
+DataOpt = typer.Option(..., "--data", help="Dataset: reference JSON layout directory, or the reference's .arrow file(s).")
+MissingOpt = typer.Option(None, "--missing", help="Missing config (reference JSON) or missing table (.pt).")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N.")
+
+
+def _model_dir(model: str, kind: str, task: Optional[str]) -> Path:
+    from kbridge.engine.classify.model import resolve
+
+    return resolve(model, kind, task or "mmimdb")
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+@classify_app.command("eval")
+def eval_cmd(
+    model: str = ModelOpt, data: Path = DataOpt, missing: Optional[Path] = MissingOpt,
+    completed: Optional[Path] = typer.Option(None, "--completed",
+                                             help="A kbridge run directory (results.jsonl) or an --export-completed directory."),
+    task: Optional[str] = TaskOpt, kind: str = KindOpt,
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (exported once, cached)."),
+    batch_size: int = typer.Option(32, "--batch-size"), device: str = DeviceOpt,
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+):
+    """Score a dataset: task metric per missing-type group, as given and (with --completed) filled."""
+    from rich.table import Table
+
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.classify.evaluate import GROUPS, evaluate
+
+    try:
+        d = _model_dir(model, kind, task)
+        r = evaluate(d, data, missing, completed, task=task, backend=backend, batch_size=batch_size, device=device)
+    except KbridgeError as e:
+        _fail(str(e))
+    js = r.to_json()
+    if report:
+        report.write_text(json.dumps(js, indent=1) + "\n")
+    if as_json:
+        print(json.dumps(js, indent=1))
+        return
+    t = Table(title=f"kbridge classify eval ({r.task}, {r.backend}) — {r.primary} ×100", title_justify="left")
+    t.add_column("condition")
+    for g in GROUPS:
+        t.add_column(g, justify="right")
+    for cond, groups in r.results.items():
+        t.add_row(cond, *(f"{_fmt(groups[g][r.primary])} (n={groups[g]['n']})" for g in GROUPS))
+    out.print(t)
+    for note in r.notes:
+        out.print(f"note: {note}")
+    if r.unmapped_labels:
+        out.print("unmapped labels (not among the head's classes): "
+                  + ", ".join(f"{k} ×{v}" for k, v in sorted(r.unmapped_labels.items())))
+    if r.unscored:
+        out.print(f"unscored samples (no single mapped label): {r.unscored}")
+
+
+@classify_app.command("train")
+def train_cmd(
+    data: Path = DataOpt, missing: Optional[Path] = MissingOpt,
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the trained classifier."),
+    model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] = TaskOpt,
+    steps: int = typer.Option(200, "--steps"), lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(16, "--batch-size"), seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+):
+    """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.classify import model as M
+    from kbridge.engine.classify.data import read_dataset
+    from kbridge.engine.classify.train import train, with_classes
+
+    try:
+        d = _model_dir(model, kind, task)
+        m = M.load(d)
+        tok = M.load_tokenizer(d)
+        names = _data_classes(data) or m.cfg.class_names
+        m = with_classes(m, names, seed)
+        ds = read_dataset(data, m.cfg.task, missing, m.cfg.class_names)
+        res = train(m, ds.examples, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device)
+        M.save(m.cpu(), out_dir, d)
+    except KbridgeError as e:
+        _fail(str(e))
+    out.print(f"trained {res['trainable_parameters']:,} parameters for {steps} steps on {res['samples']} samples: "
+              f"loss {res['loss_first']:.4f} → {res['loss_last']:.4f}; wrote {out_dir}")
+
+
+def _data_classes(data: Path) -> Optional[tuple]:
+    cat = Path(data) / "category.json"
+    if cat.exists():
+        names = json.loads(cat.read_text()).get("label_name")
+        return tuple(names) if names else None
+    return None
+
+
+@classify_app.command("export")
+def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] = TaskOpt,
+               out_file: Path = typer.Option(..., "--out", help="ONNX file to write (weights beside it in FILE.data)."),
+               max_batch: int = typer.Option(256, "--max-batch", help="Largest batch the graph is meant for.")):
+    """Export the classifier to ONNX: inputs pixel_values, input_ids, missing_type (dynamic batch)."""
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.classify import model as M
+    from kbridge.engine.classify.onnx import export
+    from kbridge.export.onnx import ExportError
+
+    try:
+        p = export(M.load(_model_dir(model, kind, task)), out_file, max_batch)
+    except (KbridgeError, ExportError) as e:
+        _fail(str(e))
+    out.print(f"wrote {p}")
+
+
+@classify_app.command("params")
+def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Option("mmimdb", "--task"),
+               tiny: bool = typer.Option(False, "--tiny", help="The tiny twin's geometry instead of ViT-B/16.")):
+    """Parameter counts of the architecture (built on the meta device: no weights needed)."""
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.classify.config import ClassifyError, full_config, tiny_config
+    from kbridge.engine.classify.model import build_meta, parameter_counts
+
+    try:
+        cfg = (tiny_config if tiny else full_config)(kind, task)
+    except ClassifyError as e:
+        _fail(str(e))
+    c = parameter_counts(build_meta(cfg))
+    out.print(f"{kind} {task} ({'tiny' if tiny else 'ViT-B/16'}, prompt length {cfg.prompt_length}, depth "
+              f"{cfg.prompt_depth}): total {c['total']:,}, trainable {c['trainable']:,} "
+              f"({c['trainable_without_head']:,} without the head), learner {c['learner']:,}")
+
+
+def _convert(kind: str, ckpt: Path, out_dir: Path, tokenizer: Path, trust: bool, seed: int,
+             vision_heads: Optional[int], text_heads: Optional[int], classes: Optional[Path]) -> None:
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.classify.config import ClassifyError
+    from kbridge.engine.classify.convert import convert, read_class_names
+
+    try:
+        names = read_class_names(classes) if classes else None
+        r = convert(ckpt, out_dir, kind, tokenizer, trust=trust, seed=seed, vision_heads=vision_heads,
+                    text_heads=text_heads, class_names=names)
+    except (ClassifyError, OSError) as e:
+        _fail(str(e))
+    out.print(f"wrote {r['path']}: {kind} {r['task']} ({r['classes']} classes, {r['keys']} checkpoint keys); "
+              f"use it with `kbridge classify eval --model {r['path']}`")
+
+
+CkptOpt = typer.Option(..., "--ckpt", help="The published Lightning .ckpt (state_dict under model.* / <task>_classifier.*).")
+OutOpt = typer.Option(..., "--out", help="Classifier directory to write (config.json, model.safetensors, tokenizer).")
+TokOpt = typer.Option(..., "--tokenizer", help="Local CLIP tokenizer directory (tokenizer.json, or vocab.json + merges.txt).")
+TrustOpt = typer.Option(False, "--trust-checkpoint",
+                        help="Unpickle without the safe allow-list (can run code: only for files you trust).")
+SeedOpt = typer.Option(0, "--seed", help="The training run's seed= (it fixes the unsaved dynamic queries).")
+VHeads = typer.Option(None, "--vision-heads", help="Vision attention heads (default width/64).")
+THeads = typer.Option(None, "--text-heads", help="Text attention heads (default width/64).")
+ClassesOpt = typer.Option(None, "--classes", help="Head class names: JSON list, category.json or class_idx.json "
+                          "(default: MM-IMDb's 23 genres, Hateful Memes' two, class_<i> for Food-101).")
+
+
+def convert_dcp(ckpt: Path = CkptOpt, out_dir: Path = OutOpt, tokenizer: Path = TokOpt, trust: bool = TrustOpt,
+                seed: int = SeedOpt, vision_heads: Optional[int] = VHeads, text_heads: Optional[int] = THeads,
+                classes: Optional[Path] = ClassesOpt):
+    """Convert a published DCP checkpoint (Deep Correlated Prompting) into a classifier directory."""
+    _convert("dcp", ckpt, out_dir, tokenizer, trust, seed, vision_heads, text_heads, classes)
+
+
+def convert_rep(ckpt: Path = CkptOpt, out_dir: Path = OutOpt, tokenizer: Path = TokOpt, trust: bool = TrustOpt,
+                seed: int = SeedOpt, vision_heads: Optional[int] = VHeads, text_heads: Optional[int] = THeads,
+                classes: Optional[Path] = ClassesOpt):
+    """Convert a published REP checkpoint (Replay-Enhance Prompting) into a classifier directory."""
+    _convert("rep", ckpt, out_dir, tokenizer, trust, seed, vision_heads, text_heads, classes)
