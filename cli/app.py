@@ -33,6 +33,10 @@ def _register_subapps() -> None:
     from kbridge.cli.export import export
 
     app.command("export")(export)
+    from kbridge.cli.recover import convert_dicmor, recover
+
+    app.command("recover")(recover)
+    models_app.command("convert-dicmor")(convert_dicmor)
 
 
 _register_subapps()
