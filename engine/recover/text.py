@@ -24,9 +24,18 @@ class TextEncoderError(KbridgeError):
     """The BERT directory or weights do not fit the DiCMoR model."""
 
 
+def _quiet() -> None:
+    """No transformers progress bars: stderr carries only kbridge's own lines."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
 def tiny_bert(out: Path, hidden: int = 32, seed: int = 23):
     """A two-layer BERT twin with the zoo's WordPiece vocabulary, written to ``out``."""
     from transformers import BertConfig, BertModel
+
+    _quiet()
 
     from kbridge.engine.zoo import write_bert_tokenizer
 
@@ -45,6 +54,7 @@ def write_bert(out: Path, src: Path | str, state: dict[str, torch.Tensor] | None
     checkpoint's BERT ``state`` loaded over it when given. Checks the hidden size is ``width``."""
     from transformers import BertConfig, BertModel
 
+    _quiet()
     out = Path(out)
     if str(src) == "tiny":
         model = tiny_bert(out, hidden=width)
@@ -75,10 +85,9 @@ def write_bert(out: Path, src: Path | str, state: dict[str, torch.Tensor] | None
 
 
 def load_bert(path: Path):
-    import transformers
     from transformers import BertModel
 
-    transformers.utils.logging.disable_progress_bar()  # stderr carries only kbridge's own lines
+    _quiet()
 
     try:
         return BertModel.from_pretrained(Path(path)).eval()

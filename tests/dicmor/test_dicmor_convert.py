@@ -95,3 +95,22 @@ def test_bert_weights_need_a_bert_config(tmp_path):
     torch.save(reference_state(TINY) | _tiny_bert_state(tmp_path), tmp_path / "c.pth")
     with pytest.raises(ConversionError, match="--bert DIR"):
         convert(tmp_path / "c.pth", tmp_path / "o", heads=TINY.heads)
+
+
+def test_bert_from_a_local_directory(tmp_path):
+    """--bert DIR: its config and tokenizer; the checkpoint's BERT weights when it has them, the
+    directory's own weights otherwise."""
+    from kbridge.engine.recover.text import load_bert, tiny_bert
+
+    local = tmp_path / "bert-base-uncased"
+    own = tiny_bert(local, hidden=TINY.dims[0], seed=3).state_dict()
+    ckpt_bert = _tiny_bert_state(tmp_path)
+    torch.save(reference_state(TINY) | ckpt_bert, tmp_path / "with.pth")
+    out = convert(tmp_path / "with.pth", tmp_path / "a", bert=local, heads=TINY.heads)
+    got = load_bert(out / "bert").state_dict()
+    assert (out / "bert" / "vocab.txt").read_text() == (local / "vocab.txt").read_text()
+    k = "embeddings.word_embeddings.weight"
+    assert torch.equal(got[k], ckpt_bert["text_model.model." + k])
+    torch.save(reference_state(TINY), tmp_path / "without.pth")
+    got = load_bert(convert(tmp_path / "without.pth", tmp_path / "b", bert=local, heads=TINY.heads) / "bert").state_dict()
+    assert torch.equal(got[k], own[k])
