@@ -5,7 +5,7 @@ import torch
 from dicmor_helpers import read_tsv, reference_state
 from kbridge.engine.recover.convert import (DEAD, ConversionError, convert, infer_config, load_dir,
                                             reference_layout, split_reference, to_reference)
-from kbridge.engine.recover.model import MOSEI, MOSI, TINY
+from kbridge.engine.recover.model import MOSEI, MOSI, TINY, DiCMoR
 
 
 @pytest.mark.parametrize("cfg, name", [(MOSI, "mosi"), (MOSEI, "mosei")])
@@ -27,7 +27,6 @@ def test_full_size_checkpoint_on_meta_uses_every_key(cfg, name):
     assert not bert and len(ours) + len(dead) == len(sd)
     assert all(DEAD.search(k) for k in dead)
     with torch.device("meta"):
-        from kbridge.engine.recover.model import DiCMoR
         model = DiCMoR(cfg)
     assert set(model.state_dict()) == set(ours)
     dead_kinds = {k.split(".")[-2] if "actnorm" in k or "invconv" in k else k.split(".")[0] for k in dead}
