@@ -202,8 +202,18 @@ class DiCMoR(nn.Module):
         return pred, None if labels is None else self.bits_per_dim(z, logdet, labels)
 
 
+def onnx_spec(cfg: RecoverConfig, steps: int = 50, max_batch: int = 64):
+    """The export spec of ``OnnxCore``: features [batch, steps, D_m], missing [batch, 3] (int64 0/1,
+    text/audio/vision) → prediction [batch]. Use with ``kbridge.export.onnx.export_onnx``."""
+    from kbridge.export.specs import Axis, ExportSpec, TensorSpec
+
+    feats = tuple(TensorSpec(n, ("batch", steps, d)) for n, d in zip(MODALITIES, cfg.dims))
+    return ExportSpec("dicmor.core", feats + (TensorSpec("missing", ("batch", 3), "int64", high=2),),
+                      (TensorSpec("prediction", ("batch",)),), (Axis("batch", 1, min(8, max_batch), max_batch, 3),))
+
+
 class OnnxCore(nn.Module):
-    """The exportable graph: (text, audio, vision, missing) → prediction."""
+    """The exportable graph: (text, audio, vision, missing) → (prediction,)."""
 
     def __init__(self, model: DiCMoR):
         super().__init__()
