@@ -41,6 +41,10 @@ def _register_subapps() -> None:
     app.add_typer(classify_app, name="classify")
     models_app.command("convert-dcp")(convert_dcp)
     models_app.command("convert-rep")(convert_rep)
+    from kbridge.cli.recover import convert_dicmor, recover
+
+    app.command("recover")(recover)
+    models_app.command("convert-dicmor")(convert_dicmor)
 
 
 _register_subapps()

@@ -91,8 +91,9 @@ def resolve(name: str, cfg: PipelineConfig) -> Path:
     return p
 
 
-def ensure_tiny(name: str, cache_dir: Path, size: str = "tiny") -> Path:
-    """Build the twin once (atomically: built aside, then renamed into place)."""
+def ensure_tiny(name: str, cache_dir: Path, size: str = "tiny", builder=None) -> Path:
+    """Build the twin once (atomically: built aside, then renamed into place). ``builder(out)``
+    builds twins outside the engine's model slots (e.g. ``dicmor``)."""
     target = tiny_dir(name, cache_dir, size)
     if (target / ".complete").exists():
         return target
@@ -100,7 +101,9 @@ def ensure_tiny(name: str, cache_dir: Path, size: str = "tiny") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         log.info("building %s %s into %s", size, name, target)
-        if size == "tiny":
+        if builder is not None:
+            builder(tmp)
+        elif size == "tiny":
             _BUILDERS[name](tmp)
         else:
             _BUILDERS[name](tmp, size)

@@ -17,9 +17,11 @@ class ExportError(RuntimeError):
     """Exporting, checking or converting a graph failed."""
 
 
-def export_onnx(spec: ExportSpec, module: torch.nn.Module, path: Path, opset: int = 18, fp16: bool = False) -> Path:
+def export_onnx(spec: ExportSpec, module: torch.nn.Module, path: Path, opset: int = 18, fp16: bool = False,
+                optimize: bool = True) -> Path:
     """Write ``path`` (+ ``path.data``, the external weights, kept beside it) for ``module``, whose
-    forward takes the spec's inputs positionally and returns a tuple in the spec's output order."""
+    forward takes the spec's inputs positionally and returns a tuple in the spec's output order.
+    ``optimize=False`` skips the exporter's graph optimiser (faster export, same numbers)."""
     spec.validate()
     example = spec.sample()
     if fp16:
@@ -40,7 +42,8 @@ def export_onnx(spec: ExportSpec, module: torch.nn.Module, path: Path, opset: in
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(module, args, input_names=spec.input_names(), output_names=spec.output_names(),
-                                     opset_version=opset, dynamo=True, dynamic_shapes=dynamic, verbose=False)
+                                     opset_version=opset, dynamo=True, dynamic_shapes=dynamic, verbose=False,
+                                     optimize=optimize)
             prog.save(str(path), external_data=True)
     except Exception as e:  # the exporter raises many types; one typed error for callers
         raise ExportError(f"{spec.name}: ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e

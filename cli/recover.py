@@ -1,0 +1,66 @@
+"""``kbridge recover`` and ``kbridge models convert-dicmor``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def recover(
+    model: str = typer.Option("tiny", "--model", help="A `convert-dicmor` directory, or tiny (the random twin)."),
+    data: Path = typer.Option(..., "--data", help="MMSA aligned pickle (aligned_50.pkl)."),
+    missing: Optional[list[str]] = typer.Option(
+        None, "--missing", help="Missing modalities for every sample (text, audio, vision, audio+vision, none; "
+                                "repeatable), or a JSON file {sample id: [missing modalities]}. Default: every pattern."),
+    split: str = typer.Option("test", "--split", help="train | valid | test."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """DiCMoR: recover missing modalities' features with normalising flows, predict sentiment, and
+    report Acc-2 / F1 (non-zero labels), Acc-7, MAE and Corr per missing pattern."""
+    from rich.table import Table
+
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.config import build_config
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.recover.evaluate import evaluate
+    from kbridge.engine.recover.tiny import load
+
+    try:
+        net, text_mode, path = load(model, build_config("tiny").cache_dir())
+        rep = evaluate(net, text_mode, path, data, missing, split, batch_size)
+    except KbridgeError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(rep.to_dict(), indent=1))
+        return
+    t = Table(title=f"DiCMoR recover: {data} [{split}]")
+    for col in ("missing", "n", "Acc-2", "F1", "Acc-7", "MAE", "Corr"):
+        t.add_column(col, justify="left" if col == "missing" else "right")
+    for r in rep.rows:
+        m = r.metrics
+        t.add_row(r.pattern, str(r.n), *(f"{m[k]:.4f}" if m[k] == m[k] else "n/a"
+                                          for k in ("acc2", "f1", "acc7", "mae", "corr")))
+    out.print(t)
+
+
+def convert_dicmor(
+    ckpt: Path = typer.Option(..., "--ckpt", help="DiCMoR state dict (pt/dicmor-mosi.pth, dicmor-mosei.pth)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory to write; use it as `kbridge recover --model DIR`."),
+    bert: Optional[str] = typer.Option(None, "--bert", help="Local bert-base-uncased directory (config, tokenizer), "
+                                                             "or tiny; omit to read the pickle's `text` features."),
+    heads: int = typer.Option(8, "--heads", help="Fusion attention heads (DiCMoR: 8)."),
+    trust: bool = typer.Option(False, "--trust-checkpoint", help="Unpickle beyond tensors (only for files you trust)."),
+):
+    """Convert a published DiCMoR checkpoint into a kbridge model directory."""
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.recover.convert import convert
+
+    try:
+        p = convert(ckpt, out_dir, bert if bert in (None, "tiny") else Path(bert), heads=heads, trust=trust)
+    except KbridgeError as e:
+        _fail(str(e))
+    out.print(f"wrote {p}: run `kbridge recover --model {p} --data aligned_50.pkl`")

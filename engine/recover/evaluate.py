@@ -1,0 +1,92 @@
+"""``kbridge recover``: predict sentiment under missing patterns and score each pattern."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kbridge.engine.recover import data as D
+from kbridge.engine.recover.metrics import regression_metrics
+from kbridge.engine.recover.model import DiCMoR
+
+
+@dataclass(frozen=True)
+class PatternResult:
+    pattern: str
+    """Missing modalities (``audio+vision``, ``none``), or ``all`` for a pattern file's whole split."""
+    n: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Report:
+    model: str
+    data: str
+    split: str
+    rows: list[PatternResult]
+
+    def to_dict(self) -> dict:
+        def clean(v: float):
+            return None if v != v else round(v, 6)  # NaN → null
+        return {"model": self.model, "data": self.data, "split": self.split,
+                "patterns": [{"pattern": r.pattern, "n": r.n, **{k: clean(v) for k, v in r.metrics.items()}}
+                             for r in self.rows]}
+
+
+def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path) -> np.ndarray:
+    """[N, T, D_l] text features: BERT over ``text_bert`` (mode "bert") or the pickle's ``text``."""
+    if text_mode == "bert":
+        if split.text_bert is None:
+            raise D.RecoverDataError(f"{path}: the model encodes text with BERT but the split has no 'text_bert'")
+        from kbridge.engine.recover.text import encode, load_bert
+
+        return encode(load_bert(Path(model_dir) / "bert"), split.text_bert)
+    if split.text is None:
+        raise D.RecoverDataError(f"{path}: the model reads text features but the split has no 'text'")
+    return split.text
+
+
+@torch.no_grad()
+def predict(model: DiCMoR, text: np.ndarray, audio: np.ndarray, vision: np.ndarray, missing: np.ndarray,
+            batch_size: int = 64) -> np.ndarray:
+    """Features [N, T, D_m] and missing [N, 3] bool → predictions [N]."""
+    outs = []
+    for i in range(0, len(audio), batch_size):
+        s = slice(i, i + batch_size)
+        pred, _ = model(*(torch.as_tensor(a[s]) for a in (text, audio, vision)), torch.as_tensor(missing[s]))
+        outs.append(pred.numpy())
+    return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+
+
+def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> None:
+    for name, a, want in zip(("text", "audio", "vision"), feats, model.cfg.dims):
+        if a.ndim != 3 or a.shape[2] != want:
+            raise D.RecoverDataError(f"{path}: {name} features have shape {a.shape}, the model expects [N, T, {want}]")
+        if a.shape[1] < model.cfg.kernel:
+            raise D.RecoverDataError(f"{path}: {name} has {a.shape[1]} steps, fewer than the conv kernel {model.cfg.kernel}")
+
+
+def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing: list[str] | None = None,
+             split: str = "test", batch_size: int = 64) -> Report:
+    """``missing``: pattern names (each applied to every sample), or one JSON pattern file; None:
+    every pattern with at least one modality available."""
+    s = D.load_split(data, split)
+    feats = (text_features(s, text_mode, model_dir, data), s.audio, s.vision)
+    _check_dims(model, feats, Path(data))
+    rows = []
+    if missing and len(missing) == 1 and (missing[0].endswith(".json") or Path(missing[0]).is_file()):
+        per = D.read_pattern_file(Path(missing[0]), s.ids)
+        pred = predict(model, *feats, D.mask(per), batch_size)
+        for p in D.ALL_PATTERNS:
+            sel = np.array([q == p for q in per], dtype=bool)
+            if sel.any():
+                rows.append(PatternResult(D.pattern_name(p), int(sel.sum()), regression_metrics(pred[sel], s.labels[sel])))
+        rows.append(PatternResult("all", len(per), regression_metrics(pred, s.labels)))
+    else:
+        patterns = [D.parse_pattern(m) for m in missing] if missing else list(D.ALL_PATTERNS)
+        for p in patterns:
+            pred = predict(model, *feats, D.mask([p] * len(s.ids)), batch_size)
+            rows.append(PatternResult(D.pattern_name(p), len(s.ids), regression_metrics(pred, s.labels)))
+    return Report(str(model_dir), str(data), split, rows)
