@@ -118,6 +118,8 @@ class RunStore:
         cands = []
         for c in res.candidates:
             d = {"id": c.id, "source": c.source}
+            if c.retriever:
+                d["retriever"] = c.retriever
             if c.image is not None:
                 rel = _image_rel(s.sample_id, c.id)
                 buf = tempfile.SpooledTemporaryFile()

@@ -72,6 +72,7 @@ class Candidate:
     seed: int | None = None
     triples: list[Triple] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
+    retriever: str | None = None  # retrieved candidates: "faiss" or "mire" (the index that found it)
 
 
 @dataclass

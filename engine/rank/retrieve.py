@@ -167,7 +167,7 @@ class Retriever:
                     if j < 0:
                         continue
                     it = self.items[int(j)]
-                    c = Candidate(f"retrieved-{it['index']}", "retrieved",
+                    c = Candidate(f"retrieved-{it['index']}", "retrieved", retriever="faiss",
                                   triples=[Triple(t["head"], t["relation"], t["tail"]) for t in it["triples"]])
                     if missing == "image":
                         try:
