@@ -63,10 +63,11 @@ class LateIndex:
         return int(self.centroids.shape[1])
 
     @classmethod
-    def build(cls, docs: list[np.ndarray], cells: int | None = None, niter: int = 20, seed: int = 123,
-              max_train: int = 65_536) -> "LateIndex":
-        """docs: token bags [n_i, D] (unit rows) → the index. k-means trains on at most ``max_train``
-        tokens drawn evenly from the corpus."""
+    def build(cls, docs: list[np.ndarray], cells: int | None = None, niter: int = 10, seed: int = 123,
+              max_train: int | None = None) -> "LateIndex":
+        """docs: token bags [n_i, D] (unit rows) → the index. Spherical k-means (``niter`` rounds; PLAID
+        runs 20) trains on at most ``max_train`` tokens (default 40 per cell, faiss' minimum for a
+        stable clustering) drawn uniformly from the corpus; then every token is assigned."""
         from kbridge.engine.rank.index import faiss_module
 
         faiss = faiss_module()
@@ -74,10 +75,11 @@ class LateIndex:
         if len(x) == 0:
             raise LateIndexError("nothing to index: every document is empty")
         cells = cells or default_cells(len(x))
+        max_train = max_train or 40 * cells
         rng = np.random.default_rng(seed)
         train = x if len(x) <= max_train else x[np.sort(rng.choice(len(x), max_train, replace=False))]
         km = faiss.Kmeans(x.shape[1], cells, niter=niter, seed=seed, spherical=True, verbose=False,
-                          max_points_per_centroid=max(1, max_train // cells))
+                          min_points_per_centroid=1, max_points_per_centroid=max(40, max_train // cells))
         km.train(np.ascontiguousarray(train))
         _, codes = km.index.search(x, 1)
         return cls(km.centroids.astype(np.float32), codes[:, 0].astype(np.int32), x.astype(np.float16), off)
@@ -87,26 +89,33 @@ class LateIndex:
         s = q @ self.centroids.T  # [n, C]
         ncells = min(ncells, s.shape[1])
         probed = np.unique(np.argpartition(-s, ncells - 1, axis=1)[:, :ncells])
-        return np.unique(np.concatenate([self._cell_docs[c] for c in probed]))
+        hit = np.zeros(self.size, bool)
+        hit[np.concatenate([self._cell_docs[c] for c in probed])] = True
+        return np.flatnonzero(hit)
+
+    def _token_rows(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The token ids of ``docs`` concatenated [sum n_d] and their offsets [len(docs) + 1]."""
+        lens = self.offsets[docs + 1] - self.offsets[docs]
+        off = np.zeros(len(docs) + 1, np.int64)
+        np.cumsum(lens, out=off[1:])
+        # element j of document i sits at off[i] + j and is token offsets[d_i] + j
+        return np.repeat(self.offsets[docs] - off[:-1], lens) + np.arange(off[-1]), off
 
     def approx_scores(self, q: np.ndarray, docs: np.ndarray) -> np.ndarray:
         """Centroid interaction: mean_q max over each document's tokens of q · centroid(token) → [len(docs)]."""
-        s = q @ self.centroids.T  # [n, C]
-        lens = self.offsets[docs + 1] - self.offsets[docs]
-        toks = np.concatenate([np.arange(self.offsets[d], self.offsets[d + 1]) for d in docs])
-        g = s[:, self.codes[toks]]  # [n, sum lens]
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        return np.maximum.reduceat(g, starts, axis=1).mean(0) if len(toks) else np.zeros(0, np.float32)
+        toks, off = self._token_rows(docs)
+        if len(toks) == 0:
+            return np.zeros(len(docs), np.float32)
+        g = (q @ self.centroids.T)[:, self.codes[toks]]  # [n, sum lens]
+        return np.maximum.reduceat(g, off[:-1], axis=1).mean(0)
 
     def exact_scores(self, q: np.ndarray, docs: np.ndarray, backend: str = "auto") -> np.ndarray:
         """MaxSim of q [n, D] against the stored tokens of ``docs`` (the kernel, float16 inputs)."""
-        rows = [np.arange(self.offsets[d], self.offsets[d + 1]) for d in docs]
-        sub = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        x_off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+        toks, off = self._token_rows(docs)
         q16 = np.ascontiguousarray(q, dtype=np.float16)
         pairs = np.stack([np.zeros(len(docs), np.int64), np.arange(len(docs))], 1)
-        return maxsim_pairs(q16, np.array([0, len(q)], np.int64), np.ascontiguousarray(self.tokens[sub]),
-                            x_off, pairs, backend=backend)
+        return maxsim_pairs(q16, np.array([0, len(q)], np.int64), np.ascontiguousarray(self.tokens[toks]),
+                            off, pairs, backend=backend)
 
     def search(self, q: np.ndarray, k: int, ncells: int = 4, ndocs: int = 256,
                backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
