@@ -75,17 +75,26 @@ def run(docs: int = 20_000, dim: int = 128, queries: int = 50, k: int = 10, repe
     for r in rows:
         r["speedup_vs_brute_force"] = base / r["ms_per_query"]
     tokens = int(len(index.codes))
+    try:
+        from kbridge.kernels.maxsim import _module
+
+        threads = _module("_kernels").threads()
+    except Exception:  # the numpy fallback: no OpenMP
+        threads = 1
     notes = [f"{docs} documents, {tokens} tokens ({tokens / docs:.1f} per document), D = {dim}, {queries} queries "
              f"of 10 tokens, top-{k}; index: {len(index.centroids)} cells, built in {build_s:.1f} s "
              f"(faiss spherical k-means, 10 rounds on ≤ 40 tokens per cell, then assignment).",
+             f"MaxSim kernel threads: {threads}. Run single-threaded (OMP_NUM_THREADS=1): on this loaded 2-core "
+             "machine, with 2 threads numpy's BLAS and the kernel's OpenMP threads contend and the index rows "
+             "ran about 4× slower (brute force about 1.5×).",
              "Index rows re-rank their shortlist exactly with the MaxSim kernel, so their scores equal brute "
              "force's for every document they return; recall is lost only when a true top-k document "
              "misses the shortlist.",
-             "The PLAID libraries (fast-plaid, PyLate) do not install beside torch 2.13.0 (see README); the "
+             "The PLAID libraries (fast-plaid, PyLate) do not install beside our torch 2.13.0 / transformers 5 pins (see README); the "
              "shortlist is our IVF over faiss k-means, without PLAID's residual compression (tokens are "
              "stored as float16)."]
     return {"question": "retrieve", "title": "MaxSim retrieval over token bags: late-interaction index vs brute force",
-            "how": "kbridge bench retrieve",
+            "how": "OMP_NUM_THREADS=1 kbridge bench retrieve",
             "columns": ["name", "ms_per_query", "p95_ms_per_query", f"recall_at_{k}", "speedup_vs_brute_force"],
             "rows": rows, "notes": notes,
             "params": {"docs": docs, "dim": dim, "queries": queries, "k": k, "repeat": repeat,

@@ -14,7 +14,8 @@ its directory holds the ColBERT HF ``config.json`` and the tokenizer. The pickle
 defeats ``torch.load(weights_only=True)``: we try that first and only unpickle fully with
 ``trust=True`` (``--trust-checkpoint``). ``position_ids`` buffers (present or absent depending on
 the transformers version that saved them) and BERT's unused pooler are dropped; every other key
-must match in name and shape.
+must match in name and shape. transformers 5 names the CLIP vision weights one level flatter
+(no ``vision_model.``); files always hold the published names, mapped on load and save.
 """
 from __future__ import annotations
 
