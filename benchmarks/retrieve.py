@@ -90,9 +90,9 @@ def run(docs: int = 20_000, dim: int = 128, queries: int = 50, k: int = 10, repe
              "Index rows re-rank their shortlist exactly with the MaxSim kernel, so their scores equal brute "
              "force's for every document they return; recall is lost only when a true top-k document "
              "misses the shortlist.",
-             "The PLAID libraries (fast-plaid, PyLate) do not install beside our torch 2.13.0 / transformers 5 pins (see README); the "
-             "shortlist is our IVF over faiss k-means, without PLAID's residual compression (tokens are "
-             "stored as float16)."]
+             "The PLAID libraries (fast-plaid, PyLate) do not install beside our torch 2.13.0 / transformers 5 "
+             "pins (see README); the shortlist is our IVF over faiss k-means, without PLAID's residual "
+             "compression (tokens are stored as float16)."]
     return {"question": "retrieve", "title": "MaxSim retrieval over token bags: late-interaction index vs brute force",
             "how": "OMP_NUM_THREADS=1 kbridge bench retrieve",
             "columns": ["name", "ms_per_query", "p95_ms_per_query", f"recall_at_{k}", "speedup_vs_brute_force"],

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-index_app = typer.Typer(no_args_is_help=True, help="Corpus index for retrieved candidates (faiss; MIRe late interaction with --retriever).")
+index_app = typer.Typer(no_args_is_help=True,
+                        help="Corpus index for retrieved candidates (faiss; MIRe late interaction with --retriever).")
 
 
 @index_app.command("build")

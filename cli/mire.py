@@ -13,7 +13,8 @@ def convert_mire(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
                                              help="BERT tokenizer directory (default: the checkpoint's directory)."),
     trust: bool = typer.Option(False, "--trust-checkpoint",
-                               help="Unpickle fully when weights_only loading refuses the file (only for trusted files)."),
+                               help="Unpickle fully when weights_only loading refuses the file "
+                                    "(only for trusted files)."),
 ):
     """Convert a MIRe training checkpoint (ColBERTv2 BERT + projection, CLIP vision tower, pooling)."""
     from kbridge.cli.app import _fail, out
