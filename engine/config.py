@@ -255,6 +255,9 @@ class PipelineConfig:
             d["run"].pop("domain")
         for k in ("batch_size", "batches_in_flight", "threads"):
             d["run"].pop(k)
+        if d["rank"]["retriever"] == "faiss":  # without MIRe, runs keep the hashes they had before it
+            d["rank"].pop("retriever")
+            d["models"].pop("mire")
         d.pop("profile")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -105,6 +105,15 @@ def test_retriever_setting_is_validated(tmp_path):
     assert PipelineConfig(rank=RankConfig()).rank.retriever == "faiss"
 
 
+def test_config_hash_changes_only_when_mire_is_used():
+    base = PipelineConfig()
+    other_model = dataclasses.replace(base, models=dataclasses.replace(base.models, mire="/models/mire"))
+    assert base.result_hash() == other_model.result_hash()  # faiss runs keep their hashes
+    mire = dataclasses.replace(base, rank=dataclasses.replace(base.rank, retriever="mire"))
+    mire_other = dataclasses.replace(mire, models=dataclasses.replace(mire.models, mire="/models/mire"))
+    assert len({base.result_hash(), mire.result_hash(), mire_other.result_hash()}) == 3
+
+
 def test_results_record_the_retriever(tmp_path):
     from kbridge.engine.store import RunStore
     from kbridge.engine.types import SampleResult
