@@ -25,6 +25,9 @@ def _register_subapps() -> None:
 
     app.add_typer(bench_app, name="bench")
     models_app.command("convert-cheff")(convert_cheff)
+    from kbridge.cli.mire import convert_mire
+
+    models_app.command("convert-mire")(convert_mire)
     from kbridge.cli.index import index_app
 
     app.add_typer(index_app, name="index")

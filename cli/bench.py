@@ -85,6 +85,23 @@ def maxsim(
             save_default)
 
 
+@bench_app.command("retrieve")
+def retrieve(docs: int = typer.Option(20_000, "--docs", help="Documents (token bags) in the synthetic corpus."),
+             dim: int = typer.Option(128, "--dim", help="Token width (MIRe: 128)."),
+             queries: int = typer.Option(50, "--queries", help="Queries (10 tokens each)."),
+             repeat: int = typer.Option(3, "--repeat", help="Timed repeats per row (after warm-up)."),
+             quick: bool = typer.Option(False, "--quick", help="10,000 documents, 20 queries, 2 repeats."),
+             json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+             save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/retrieve.json.")):
+    """MaxSim retrieval over token bags: the late-interaction index vs brute force vs faiss flat."""
+    from kbridge.benchmarks.harness import stamp
+    from kbridge.benchmarks.retrieve import run
+
+    if quick:
+        docs, queries, repeat = min(docs, 10_000), min(queries, 20), min(repeat, 2)
+    _finish(stamp(run(docs=docs, dim=dim, queries=queries, repeat=repeat)), json_path, save)
+
+
 @bench_app.command("lmm")
 def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 requests, 2 repeats."),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-index_app = typer.Typer(no_args_is_help=True, help="Corpus index for retrieved candidates (faiss).")
+index_app = typer.Typer(no_args_is_help=True,
+                        help="Corpus index for retrieved candidates (faiss; MIRe late interaction with --retriever).")
 
 
 @index_app.command("build")
@@ -19,6 +20,9 @@ def build(
     out_dir: Path = typer.Option(Path("kbridge-out"), "--out", help="Run directory; the index goes to <out>/index."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N complete samples."),
     kind: Optional[str] = typer.Option(None, "--kind", help="auto (default) | flat | ivfpq."),
+    retriever: str = typer.Option("faiss", "--retriever",
+                                  help="faiss | mire | both: mire / both add the MIRe late-interaction index "
+                                       "(<index>/mire) over the corpus texts; set [rank] retriever to use it."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Embed every complete sample (image, text, knowledge graph) and save the index with the run;
@@ -31,7 +35,7 @@ def build(
     from kbridge.engine.zoo import ModelNotFound
 
     _setup_logging(verbose)
-    cfg = _config(profile, config, rank=dict(index_kind=kind))
+    cfg = _config(profile, config, rank=dict(index_kind=kind, retriever=retriever))
     try:
         summary = Engine(cfg).build_index(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit)
     except (DataError, ModelNotFound, ConfigError, IndexUnavailable, ValueError) as e:
@@ -40,3 +44,12 @@ def build(
               f"graph) → {summary['path']}")
     for e in summary["errors"]:
         out.print(f"skipped {e['sample_id']}: {e['error']}")
+    if retriever != "faiss":
+        from kbridge.engine.errors import KbridgeError
+        from kbridge.engine.mire.retriever import build_mire_index
+
+        try:
+            m = build_mire_index(cfg, Path(summary["path"]))
+        except KbridgeError as e:
+            _fail(str(e))
+        out.print(f"MIRe index: {m['documents']} texts, {m['tokens']} tokens in {m['cells']} cells → {m['path']}")

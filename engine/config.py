@@ -37,6 +37,9 @@ class ModelsConfig:
     blip: str = "tiny"
     """BLIP image-text retrieval (BlipForImageTextRetrieval: ITC + ITM heads) directory or "tiny";
     loaded only when rank.semantic uses it."""
+    mire: str = "tiny"
+    """MIRe late-interaction retriever (our directory from ``kbridge models convert-mire``) or "tiny";
+    loaded only when rank.retriever uses it."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,10 @@ class RankConfig:
     ivfpq_min items)."""
     ivfpq_min: int = 100_000
     """Corpus size from which "auto" builds IVF-PQ."""
+    retriever: str = "faiss"
+    """Retrieved candidates of text-missing samples: "faiss" (the joint semantic + graph index), "mire"
+    (MIRe late interaction: the image and a fixed instruction as the query, corpus texts as token
+    bags; needs ``kbridge index build --retriever mire``) or "both". Image-missing samples use faiss."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,9 @@ class PipelineConfig:
             d["run"].pop("domain")
         for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "schedule", "threads"):
             d["run"].pop(k)
+        if d["rank"]["retriever"] == "faiss":  # without MIRe, runs keep the hashes they had before it
+            d["rank"].pop("retriever")
+            d["models"].pop("mire")
         d.pop("profile")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -378,6 +388,8 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"rank.blip_head must be 'itc', 'itm' or 'itc+itm', not {r.blip_head!r}")
     if r.index_kind not in ("auto", "flat", "ivfpq"):
         raise ConfigError(f"rank.index_kind must be 'auto', 'flat' or 'ivfpq', not {r.index_kind!r}")
+    if r.retriever not in ("faiss", "mire", "both"):
+        raise ConfigError(f"rank.retriever must be 'faiss', 'mire' or 'both', not {r.retriever!r}")
     if r.retrieve_k < 0 or r.retrieve_k > 64:
         raise ConfigError("rank.retrieve_k must be between 0 and 64")
     if cfg.lmm.backend not in ("hf", "http", "vllm", "auto"):

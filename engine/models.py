@@ -136,10 +136,15 @@ def load_retriever(cfg: PipelineConfig, run_dir):
     if cfg.rank.retrieve_k <= 0 or not (path / "meta.json").exists():
         return None
     try:
-        return Retriever.load(cfg, path)
+        faiss_retriever = Retriever.load(cfg, path)
     except (IndexUnavailable, IndexMismatch) as e:
         log.warning("retrieval off: %s", e)
         return None
+    if cfg.rank.retriever == "faiss":
+        return faiss_retriever
+    from kbridge.engine.mire.retriever import with_mire  # text-missing samples by MIRe (engine/mire/)
+
+    return with_mire(cfg, path, faiss_retriever)
 
 
 def load_generator(cfg: PipelineConfig, device: str | None = None):

@@ -29,6 +29,7 @@ MODELS = {
     "cheff": ("Cheff LDM", "Cheff cheff_diff_t2i.pt + cheff_autoencoder.pt via `kbridge models convert-cheff`"),
     "med_clip": ("medical CLIP", "a CLIP-layout medical image-text model, e.g. PubMedCLIP"),
     "blip": ("BLIP (ITC + ITM)", "blip-itm-large-coco"),
+    "mire": ("MIRe (ColBERTv2 + CLIP ViT-B/32)", "a MIRe mire_*.pth via `kbridge models convert-mire`"),
 }
 """Model slot → (architecture, the real checkpoint the slot is meant for)."""
 
@@ -378,6 +379,12 @@ def write_bert_tokenizer(out: Path, max_length: int) -> None:
     BertTokenizer(str(out / "vocab.txt"), model_max_length=max_length).save_pretrained(out)
 
 
+def build_tiny_mire(out: Path) -> None:
+    from kbridge.engine.mire.checkpoint import build_tiny
+
+    build_tiny(out)
+
+
 def build_tiny_blip(out: Path) -> None:
     """BlipForImageTextRetrieval (vision ViT, BERT text encoder with cross-attention, ITC
     projections, ITM head) at width 32; text positions capped at 40 so truncation is exercised."""
@@ -400,4 +407,4 @@ def build_tiny_blip(out: Path) -> None:
 
 _BUILDERS = {"lmm": build_tiny_lmm, "sdxl_base": build_tiny_sdxl_base,
              "sdxl_refiner": build_tiny_sdxl_refiner, "clip": build_tiny_clip, "blip": build_tiny_blip,
-             "cheff": build_tiny_cheff, "med_clip": build_tiny_med_clip}
+             "cheff": build_tiny_cheff, "med_clip": build_tiny_med_clip, "mire": build_tiny_mire}

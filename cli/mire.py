@@ -1,0 +1,27 @@
+"""``kbridge models convert-mire``: a published MIRe checkpoint → our MIRe model directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def convert_mire(
+    ckpt: Path = typer.Option(..., "--ckpt", help="MIRe mire_*.pth ({'model': state_dict, ...})."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory to write; use it as [models] mire."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
+                                             help="BERT tokenizer directory (default: the checkpoint's directory)."),
+    trust: bool = typer.Option(False, "--trust-checkpoint",
+                               help="Unpickle fully when weights_only loading refuses the file "
+                                    "(only for trusted files)."),
+):
+    """Convert a MIRe training checkpoint (ColBERTv2 BERT + projection, CLIP vision tower, pooling)."""
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.mire.checkpoint import CheckpointError, convert_published
+
+    try:
+        p = convert_published(ckpt, out_dir, tokenizer, trust)
+    except CheckpointError as e:
+        _fail(str(e))
+    out.print(f"wrote {p}: set [models] mire = \"{p}\" and [rank] retriever = \"mire\" (or \"both\")")

@@ -1,0 +1,252 @@
+"""MIRe weights: our model directory, the tiny twin, the full-size config, the published checkpoint.
+
+Our directory (what ``kbridge models convert-mire`` writes and the tiny twin is):
+
+- ``config.json`` — ``MireConfig`` (with ``"kbridge_model": "mire"``);
+- ``model.safetensors`` — the state dict, keys exactly as the published checkpoint names them:
+  ``model.bert.*``, ``model.linear.weight`` [dim, 768], ``vision_tower.vision_tower.vision_model.*``,
+  ``query_fusion.{proj.0, proj.1, k_state, v_state, o_proj.0, o_proj.1, split_mlp.0, split_mlp.2}.*``;
+- the BERT tokenizer files and the CLIP image processor's ``preprocessor_config.json``.
+
+The published checkpoint (``train_retrieval.py``, REFERENCE.md §5.3) is a pickle
+``{"model": state_dict, "optimizer", "scheduler", "config" (OmegaConf), "epoch", "scaler"}``;
+its directory holds the ColBERT HF ``config.json`` and the tokenizer. The pickled OmegaConf object
+defeats ``torch.load(weights_only=True)``: we try that first and only unpickle fully with
+``trust=True`` (``--trust-checkpoint``). ``position_ids`` buffers (present or absent depending on
+the transformers version that saved them) and BERT's unused pooler are dropped; every other key
+must match in name and shape. transformers 5 names the CLIP vision weights one level flatter
+(no ``vision_model.``); files always hold the published names, mapped on load and save.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from kbridge.engine.errors import KbridgeError
+from kbridge.engine.mire.encoder import D_MARKER, Q_MARKER, MireEncoder
+from kbridge.engine.mire.model import MireConfig, MireModel
+
+WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(KbridgeError):
+    """A MIRe checkpoint or model directory cannot be read, or does not fit the architecture."""
+
+
+def full_size_config(**over) -> MireConfig:
+    """ColBERTv2's BERT (bert-base-uncased) + 768 → 128, CLIP ViT-B/32 at 224 px, 16 + 12 tokens."""
+    bert = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    return MireConfig(**{"bert": bert, "vision": vision, **over})
+
+
+def tiny_config(vocab_size: int) -> MireConfig:
+    """The twin: the real token layout (16 + 12 visual tokens), narrow and shallow towers. The towers
+    are 64 wide with one head, so head counts follow the hidden // 64 rule of converted checkpoints."""
+    bert = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
+                intermediate_size=96, max_position_embeddings=192, type_vocab_size=2)
+    vision = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1,
+                  image_size=32, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    return MireConfig(dim=32, bert=bert, vision=vision)
+
+
+def meta_model(cfg: MireConfig) -> MireModel:
+    """The architecture without memory (parameters on the meta device), for counting."""
+    with torch.device("meta"):
+        return MireModel(cfg)
+
+
+# ---------------------------------------------------------------- our directory
+
+def _processor(image_size: int):
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                 crop_size={"height": image_size, "width": image_size})
+
+
+def save_dir(model: MireModel, tokenizer, out: Path, processor=None) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=1) + "\n")
+    save_file({k: v.detach().contiguous() for k, v in published_state(model).items()}, str(out / WEIGHTS))
+    tokenizer.save_pretrained(out)
+    (processor or _processor(model.cfg.vision["image_size"])).save_pretrained(out)
+    return out
+
+
+def load_dir(path: Path, device: str = "cpu") -> MireEncoder:
+    from safetensors.torch import load_file
+    from transformers import BertTokenizer, CLIPImageProcessorPil
+
+    path = Path(path)
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a MIRe model directory ({e})") from e
+    if raw.get("kbridge_model") != "mire":
+        raise CheckpointError(f"{path}: config.json is not a MIRe config (convert the published checkpoint "
+                              f"with `kbridge models convert-mire`)")
+    model = MireModel(MireConfig.from_dict(raw))
+    load_state(model, load_file(str(path / WEIGHTS)), str(path / WEIGHTS))
+    return MireEncoder(model, BertTokenizer.from_pretrained(path), CLIPImageProcessorPil.from_pretrained(path),
+                       device=device)
+
+
+def resolve(spec: str, cache_dir: Path, device: str = "cpu") -> MireEncoder:
+    """``"tiny"`` (the twin, built into the cache on first use) or one of our directories."""
+    from kbridge.engine import zoo
+
+    path = zoo.ensure_tiny("mire", cache_dir) if spec == "tiny" else Path(spec).expanduser()
+    return load_dir(path, device)
+
+
+def write_tokenizer(out: Path, max_length: int = 512) -> None:
+    """A WordPiece vocabulary laid out like BERT's: [PAD], the [unused0] / [unused1] markers, specials,
+    every ASCII character alone and as '##' continuation, then the zoo's corpus words."""
+    from transformers import BertTokenizer
+
+    from kbridge.engine.zoo import _words
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = ["[PAD]", Q_MARKER, D_MARKER, "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    vocab += [w for w in _words() if w not in set(vocab) and w.isascii()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(out / "vocab.txt"), model_max_length=max_length).save_pretrained(out)
+
+
+def build_tiny(out: Path) -> None:
+    from transformers import BertTokenizer
+
+    write_tokenizer(out, max_length=192)
+    tok = BertTokenizer.from_pretrained(out)
+    torch.manual_seed(23)
+    model = MireModel(tiny_config(len(tok)))
+    save_dir(model, tok, out)
+
+
+# ---------------------------------------------------------------- the published checkpoint
+
+PUBLISHED_VISION = "vision_tower.vision_tower.vision_model."
+
+
+def _vision_prefix(model: MireModel) -> str:
+    """Our key prefix of the CLIP vision weights: transformers 5 flattens CLIPVisionModel (no
+    ``vision_model.`` level, remapped only inside ``from_pretrained``), older versions keep it."""
+    tower = model.vision_tower.vision_tower
+    return "vision_tower.vision_tower." + ("vision_model." if hasattr(tower, "vision_model") else "")
+
+
+def published_state(model: MireModel) -> dict:
+    """The state dict under the published key names."""
+    ours = _vision_prefix(model)
+    return {(PUBLISHED_VISION + k[len(ours):] if k.startswith(ours) and not k.startswith(PUBLISHED_VISION)
+             else k): v for k, v in model.state_dict().items()}
+
+
+def _tolerated(key: str) -> bool:
+    return key.endswith("position_ids") or key.startswith("model.bert.pooler.")
+
+
+def load_state(model: MireModel, state: dict, source: str) -> None:
+    """Strict load after dropping the tolerated keys; names every missing / unexpected / misshapen key."""
+    ours = _vision_prefix(model)
+    state = {(ours + k[len(PUBLISHED_VISION):] if k.startswith(PUBLISHED_VISION) else k): v
+             for k, v in state.items() if not _tolerated(k)}
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(want[k].shape)})" for k in want
+              if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    if missing or extra or shapes:
+        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                 f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else "",
+                 f"wrong shapes: {'; '.join(shapes[:3])}" if shapes else ""]
+        raise CheckpointError(f"{source}: does not fit the MIRe architecture: " + ", ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+
+
+def read_published(path: Path, trust: bool = False) -> dict:
+    """The ``"model"`` state dict of a published MIRe checkpoint."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: refused by torch.load(weights_only=True) ({first}); it pickles "
+                                  f"other objects than tensors (MIRe saves its OmegaConf config): pass "
+                                  f"--trust-checkpoint only if you trust the file") from e
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {e}") from e
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (MIRe's train_retrieval.py "
+                              f"layout), got {type(obj).__name__}")
+    state = obj["model"]
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: 'model' holds non-tensor entries ({', '.join(map(str, bad[:3]))})")
+    return state
+
+
+def _layers(state: dict, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state if (m := pat.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def config_from_state(state: dict, bert_json: dict | None = None, **over) -> MireConfig:
+    """The architecture a state dict was saved from (head counts: the HF config beside the
+    checkpoint for BERT when given, else hidden // 64, true of BERT-base/large and CLIP B and L)."""
+    try:
+        we = state["model.bert.embeddings.word_embeddings.weight"]
+        pe = state["vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"]
+        npos = state["vision_tower.vision_tower.vision_model.embeddings.position_embedding.weight"].shape[0]
+        dim = state["model.linear.weight"].shape[0]
+        bert = dict(vocab_size=we.shape[0], hidden_size=we.shape[1],
+                    num_hidden_layers=_layers(state, "model.bert.encoder.layer."),
+                    num_attention_heads=int((bert_json or {}).get("num_attention_heads", we.shape[1] // 64)),
+                    intermediate_size=state["model.bert.encoder.layer.0.intermediate.dense.weight"].shape[0],
+                    max_position_embeddings=state["model.bert.embeddings.position_embeddings.weight"].shape[0],
+                    type_vocab_size=state["model.bert.embeddings.token_type_embeddings.weight"].shape[0])
+        vp = "vision_tower.vision_tower.vision_model.encoder.layers."
+        vision = dict(hidden_size=pe.shape[0], patch_size=pe.shape[2],
+                      image_size=pe.shape[2] * math.isqrt(npos - 1),
+                      num_hidden_layers=_layers(state, vp), num_attention_heads=pe.shape[0] // 64,
+                      intermediate_size=state[vp + "0.mlp.fc1.weight"].shape[0],
+                      hidden_act="quick_gelu", layer_norm_eps=1e-5)
+        num_tokens = state["query_fusion.split_mlp.2.weight"].shape[0] // dim
+        num_heads = state["query_fusion.k_state.weight"].shape[0] // dim
+    except KeyError as e:
+        raise CheckpointError(f"not a MIRe state dict: no {e.args[0]}") from e
+    return MireConfig(dim=dim, num_tokens=num_tokens, num_heads=num_heads, bert=bert, vision=vision, **over)
+
+
+def convert_published(ckpt: Path, out: Path, tokenizer_dir: Path | None = None, trust: bool = False) -> Path:
+    """Published ``mire_*.pth`` (+ the tokenizer and HF config.json beside it) → our directory."""
+    from transformers import BertTokenizer
+
+    ckpt = Path(ckpt)
+    state = read_published(ckpt, trust)
+    hf = ckpt.parent / "config.json"
+    bert_json = json.loads(hf.read_text()) if hf.exists() else None
+    model = MireModel(config_from_state(state, bert_json))
+    load_state(model, state, str(ckpt))
+    tdir = Path(tokenizer_dir) if tokenizer_dir else ckpt.parent
+    try:
+        tok = BertTokenizer.from_pretrained(tdir)
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{tdir}: no BERT tokenizer (vocab.txt) for the MIRe checkpoint; pass "
+                              f"--tokenizer DIR") from e
+    return save_dir(model, tok, out)

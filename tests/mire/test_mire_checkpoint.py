@@ -1,0 +1,90 @@
+"""The published MIRe checkpoint layout → our directory, and back to the same outputs."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kbridge.engine.mire.checkpoint import (CheckpointError, config_from_state, convert_published,
+                                            full_size_config, load_dir, meta_model, published_state, read_published,
+                                            resolve)
+
+
+@pytest.fixture(scope="module")
+def enc(cfg):
+    return resolve("tiny", cfg.cache_dir())
+
+
+def _published(enc, path, config=None, drop=None, reshape=None):
+    """A checkpoint as MIRe's train_retrieval.py writes it, with the extras older transformers /
+    ColBERT's HF model add (position_ids buffers, BERT's pooler)."""
+    sd = {k: v.clone() for k, v in published_state(enc.model).items()}
+    h = enc.model.cfg.bert["hidden_size"]
+    sd["model.bert.embeddings.position_ids"] = torch.arange(192)[None]
+    sd["vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    sd["model.bert.pooler.dense.weight"], sd["model.bert.pooler.dense.bias"] = torch.zeros(h, h), torch.zeros(h)
+    if drop:
+        del sd[drop]
+    if reshape:
+        sd[reshape] = torch.zeros(3, 3)
+    obj = {"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 14, "scaler": {"scale": 65536.0}}
+    if config is not None:
+        obj["config"] = config
+    torch.save(obj, path)
+    enc.tokenizer.save_pretrained(path.parent)
+    (path.parent / "config.json").write_text(json.dumps({"num_attention_heads": 1, "model_type": "bert"}))
+    return path
+
+
+def _outputs(e):
+    rng = np.random.default_rng(3)
+    ims = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    return e.encode_queries(["a cat", "a red bus on the road"], ims) + e.encode_docs(["a cat, on a mat", "sky"])
+
+
+def test_round_trip_through_the_published_layout(enc, tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    ckpt = _published(enc, tmp_path / "ckpt" / "mire_epoch_14.pth")
+    out = convert_published(ckpt, tmp_path / "ours")
+    back = load_dir(tmp_path / "ours")
+    assert back.model.cfg == enc.model.cfg
+    for k, v in enc.model.state_dict().items():
+        torch.testing.assert_close(back.model.state_dict()[k], v, rtol=0, atol=0)
+    for a, b in zip(_outputs(enc), _outputs(back)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=0)
+    assert (out / "model.safetensors").exists() and (out / "preprocessor_config.json").exists()
+
+
+def test_pickled_config_objects_need_trust(enc, tmp_path):
+    (tmp_path / "c").mkdir()
+    ckpt = _published(enc, tmp_path / "c" / "mire.pth", config=argparse.Namespace(lr=1e-5))
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        read_published(ckpt)
+    state = read_published(ckpt, trust=True)
+    assert "query_fusion.k_state.weight" in state
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_key(enc, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(CheckpointError, match=r"missing .*query_fusion\.o_proj\.1\.bias"):
+        convert_published(_published(enc, tmp_path / "a" / "m.pth", drop="query_fusion.o_proj.1.bias"), tmp_path / "o")
+    with pytest.raises(CheckpointError, match=r"wrong shapes: query_fusion\.o_proj\.0\.weight"):
+        convert_published(_published(enc, tmp_path / "b" / "m.pth", reshape="query_fusion.o_proj.0.weight"),
+                          tmp_path / "o")
+    torch.save({"state_dict": {}}, tmp_path / "lightning.ckpt")
+    with pytest.raises(CheckpointError, match="'model' state dict"):
+        read_published(tmp_path / "lightning.ckpt")
+
+
+def test_full_size_config_is_recovered_from_the_state_dict_shapes():
+    full = full_size_config()
+    state = published_state(meta_model(full))
+    got = config_from_state(state, {"num_attention_heads": 12})
+    assert got.bert == full.bert
+    assert got.vision == full.vision
+    assert (got.dim, got.num_tokens, got.num_heads) == (128, 16, 12)
