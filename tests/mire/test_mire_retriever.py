@@ -115,14 +115,14 @@ def test_config_hash_changes_only_when_mire_is_used():
 
 
 def test_results_record_the_retriever(tmp_path):
+    from kbridge.engine.rows import Row
     from kbridge.engine.store import RunStore
-    from kbridge.engine.types import SampleResult
 
     store = RunStore(tmp_path, "k", {"config": {}})
     s = Sample("d:1", 1, None, _image(0), "text")
-    res = SampleResult(s, Knowledge([], "", []), [Candidate("retrieved-mire-3", "retrieved", text="x",
-                                                            retriever="mire")], "retrieved-mire-3")
-    store.write_result(res)
+    row = Row(s, Knowledge([], "", []), (Candidate("retrieved-mire-3", "retrieved", text="x", retriever="mire"),),
+              best="retrieved-mire-3")
+    store.write_result(row, 0.0)
     store.close()
     row = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])
     assert row["candidates"][0]["retriever"] == "mire" and row["candidates"][0]["source"] == "retrieved"
