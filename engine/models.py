@@ -104,7 +104,7 @@ def load_generator(cfg: PipelineConfig):
 
         def swap(b, r):
             swap_sdxl(b, r, base, refiner, cfg)
-    return SDXLGenerator(base, refiner, cfg.generation, swap=swap)
+    return SDXLGenerator(base, refiner, cfg.generation, swap=swap, vae_path=cfg.models.sdxl_vae or None)
 
 
 def load_models(cfg: PipelineConfig, need_diffusion: bool) -> Models:
