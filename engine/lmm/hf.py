@@ -61,7 +61,9 @@ class _GuidedSampler:
         self.device = device
         self.temps = self.temps.to(device)
         self.banned = self.banned.to(device)
-        self.gens = [torch.Generator(device).manual_seed(s) for s in self.seeds]
+        # CUDA logits: CUDA generators (no 152k host randoms per row per step); otherwise the CPU's
+        gen_dev = device if device.type == "cuda" else torch.device("cpu")
+        self.gens = [torch.Generator(gen_dev).manual_seed(s) for s in self.seeds]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         # scores: [B, V] float, on the model's device
