@@ -604,3 +604,116 @@ def test_gpu_review_H3_padded_torch_maxsim_matches_the_reference():
     for sym in (False, True):
         np.testing.assert_allclose(maxsim_pairs_torch(q, q_off, x, x_off, pairs, sym),
                                    maxsim_reference(q, q_off, x, x_off, pairs, sym), atol=1e-5)
+
+
+# ------------------------------------------------------------------ A3 / A4 / A7: the TensorRT runner
+
+
+def test_gpu_review_A3_A4_A7_trt_runner_contexts_graphs_and_device(monkeypatch, tmp_path):
+    """TensorRT and torch.cuda faked at their boundary (CUDA buffers become CPU tensors)."""
+    from kbridge.engine.runtime import trt as T
+    from kbridge.export.specs import Axis, ExportSpec, TensorSpec
+
+    seen = {"deserialize_device": None, "modes": [], "replays": 0, "strategies": []}
+
+    class Ctx:
+        def __init__(self):
+            self.shapes, self.mem = {}, None
+
+        def set_device_memory(self, ptr, size):
+            self.mem = (ptr, size)
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = shape
+            return shape[0] <= 6  # the engine's profile max
+
+        def set_tensor_address(self, name, ptr):
+            pass
+
+        def execute_async_v3(self, stream):
+            return True
+
+    class Engine:
+        device_memory_size_v2 = 4096
+
+        def __init__(self):
+            self.contexts = []
+
+        def create_execution_context(self, strategy):
+            seen["strategies"].append(strategy)
+            self.contexts.append(Ctx())
+            return self.contexts[-1]
+
+    engine = Engine()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            seen["deserialize_device"] = _CudaDevice.current[0]
+            return engine
+
+    fake_trt = types.SimpleNamespace(Runtime=Runtime, Logger=lambda level=0: None,
+                                     ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="UM"))
+    fake_trt.Logger.WARNING = 1
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+
+    class Stream:
+        cuda_stream = 0
+
+        def __init__(self, *a):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def replay(self):
+            seen["replays"] += 1
+
+    @contextlib.contextmanager
+    def graph(g, stream=None, capture_error_mode="global"):
+        seen["modes"].append(capture_error_mode)
+        yield
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: real_empty(
+        *a, device="cpu" if device is not None and torch.device(device).type == "cuda" else device, **k))
+    for name, value in (("is_available", lambda: True), ("device", _CudaDevice), ("Stream", Stream),
+                        ("stream", lambda s: contextlib.nullcontext()), ("current_stream", lambda d=None: Stream()),
+                        ("CUDAGraph", Graph), ("graph", graph)):
+        monkeypatch.setattr(torch.cuda, name, value)
+    (tmp_path / "m.plan").write_bytes(b"plan")
+    spec = ExportSpec("m", (TensorSpec("x", ("batch", 4)),), (TensorSpec("y", ("batch", 4)),),
+                      (Axis("batch", 1, 2, 8, 2),))
+    run = T.TrtRunner(tmp_path / "m.plan", spec, "cuda:2", max_graphs=2)
+    assert seen["deserialize_device"] == 2 and seen["strategies"] == ["UM"]  # A2: bound to the stage's GPU
+    for b in (1, 2, 3, 1):
+        assert run({"x": torch.ones(b, 4)})["y"].shape == (b, 4)
+    # A3: one context per captured shape (plus the ungraphed one), all on one shared activation buffer
+    assert len(engine.contexts) == 3 and len({c.mem for c in engine.contexts}) == 1
+    assert engine.contexts[1].shapes == {"x": (1, 4)} and engine.contexts[2].shapes == {"x": (2, 4)}
+    assert engine.contexts[0].shapes == {"x": (3, 4)}  # A7: the third shape runs ungraphed
+    assert seen["modes"] == ["thread_local", "thread_local"]  # A4
+    assert seen["replays"] == 3  # shapes 1, 2 and 1 again replay their graphs
+    with pytest.raises(T.TrtExecutionError, match="rejected shape"):  # A3: a refused shape is an error
+        run({"x": torch.ones(7, 4)})
+
+
+def test_gpu_scripts_are_executable_bash():
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    for name in ("gpu_check.sh", "gpu_wheels.sh"):
+        path = root / "scripts" / name
+        assert os.access(path, os.X_OK), name
+        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, name
+    r = subprocess.run([str(root / "scripts" / "gpu_wheels.sh")], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage: scripts/gpu_wheels.sh PYVER DIR" in r.stderr
+    r = subprocess.run([str(root / "scripts" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown argument --bogus" in r.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from kbridge.engine.errors import KbridgeError
 from kbridge.engine.runtime import RuntimeUnavailable
 from kbridge.engine.runtime.device import cuda_device, on_device
 from kbridge.export.specs import ExportSpec
@@ -25,7 +26,7 @@ from kbridge.export.specs import ExportSpec
 log = logging.getLogger("kbridge.runtime.trt")
 
 
-class TrtExecutionError(RuntimeError):
+class TrtExecutionError(KbridgeError, RuntimeError):
     """TensorRT refused a shape or an enqueue (its log above says why)."""
 
 
