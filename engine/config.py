@@ -382,6 +382,8 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("rank weights must be non-negative and not both zero")
     if cfg.runtime.backend not in RUNTIME_BACKENDS:
         raise ConfigError(f"unknown runtime backend {cfg.runtime.backend!r} (known: {', '.join(RUNTIME_BACKENDS)})")
+    if cfg.models.sdxl_vae and not Path(cfg.models.sdxl_vae).expanduser().is_dir():
+        raise ConfigError(f"models.sdxl_vae: no such directory {cfg.models.sdxl_vae}")
     if cfg.runtime.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
         raise ConfigError(f"unknown compile mode {cfg.runtime.compile_mode!r} (known: default, reduce-overhead, "
                           f"max-autotune)")

@@ -74,7 +74,7 @@ def sdxl_parts(pipe, pipe_dir: Path, slot: str, cfg: PipelineConfig) -> dict[str
             out[f"{slot}.{te}"] = Exportable(S.text_encoder_spec(f"{slot}.{te}", enc, mb, g.batch_size),
                                              W.TextEncoderIO(enc), _files(d / te))
         vae_fp16 = not getattr(pipe.vae.config, "force_upcast", True)
-        vae_files = _files(Path(cfg.models.sdxl_vae)) if cfg.models.sdxl_vae else _files(d / "vae")
+        vae_files = _files(Path(cfg.models.sdxl_vae).expanduser()) if cfg.models.sdxl_vae else _files(d / "vae")
         out[f"{slot}.vae_decoder"] = Exportable(
             S.vae_decoder_spec(f"{slot}.vae_decoder", pipe.vae, lat, mb, g.batch_size),
             W.VaeDecoderIO(pipe.vae), vae_files, vae_fp16)

@@ -2,7 +2,8 @@
 
 Sampling is per request and independent of batching: each row draws Gumbel noise from its own
 generator seeded by the request (on the model's device), and greedy argmax over
-``logits / T + Gumbel`` is an exact sample from ``softmax(logits / T)``. A row's tokens therefore depend on its own seed only.
+``logits / T + Gumbel`` is an exact sample from ``softmax(logits / T)``. A row's tokens therefore
+depend on its own seed only.
 """
 from __future__ import annotations
 
