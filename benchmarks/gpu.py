@@ -22,15 +22,20 @@ from kbridge.engine import fullsize as F
 COLUMNS = ["name", "batch", "ms_p50", "ms_p95", "tflops", "gbps", "items_per_s"]
 
 
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(fn, device, warmup: int, repeat: int):
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize(device)
+    _sync(device)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize(device)
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return summarize(times)
 
@@ -50,24 +55,26 @@ def _row(name, batch, st, flops=None, bytes_moved=None, items=None) -> dict:
             "items_per_s": items / t if items else None}
 
 
-def unet_inputs(cfg: dict, rows: int, device, dtype=torch.float16) -> dict:
-    """One UNet call's inputs at 1024² (latents 128²): ``rows`` = 2 × images under CFG."""
-    tid = 6 if cfg["projection_class_embeddings_input_dim"] == 2816 else 5  # the refiner has aesthetic ids
-    pooled = cfg["projection_class_embeddings_input_dim"] - tid * cfg["addition_time_embed_dim"]
-    g = torch.Generator(device).manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g, device=device, dtype=dtype)  # noqa: E731
-    return dict(sample=r(rows, 4, 128, 128), timestep=torch.full((rows,), 500.0, device=device),
+def unet_inputs(cfg: dict, rows: int, device, dtype=torch.float16, time_ids: int = 6, latent: int = 128) -> dict:
+    """One UNet call's inputs at 1024² (latents 128²): ``rows`` = 2 × images under CFG; the refiner
+    has 5 time ids (aesthetic score instead of the target size)."""
+    pooled = cfg["projection_class_embeddings_input_dim"] - time_ids * cfg["addition_time_embed_dim"]
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
+    tid = time_ids
+    return dict(sample=r(rows, cfg["in_channels"], latent, latent), timestep=torch.full((rows,), 500.0, device=device),
                 encoder_hidden_states=r(rows, 77, cfg["cross_attention_dim"]),
                 added_cond_kwargs={"text_embeds": r(rows, pooled), "time_ids": r(rows, tid)})
 
 
-def _unet_rows(slot, cfg, batches, compile, device, repeat) -> tuple[list[dict], torch.nn.Module]:
+def _unet_rows(slot, batches, compile, device, repeat, time_ids=6, latent=128) -> tuple[list[dict], torch.nn.Module]:
     unet = F.build(slot, device).module
+    cfg, dtype = dict(unet.config), next(unet.parameters()).dtype
     rows = []
     for mode, fn in [("eager", unet)] + ([("torch.compile max-autotune", torch.compile(unet, mode="max-autotune"))]
                                          if compile else []):
         for b in batches:
-            x = unet_inputs(cfg, 2 * b, device)
+            x = unet_inputs(cfg, 2 * b, device, dtype, time_ids, latent)
             call = lambda: fn(**x, return_dict=False)  # noqa: E731
             with torch.inference_mode():
                 flops = _flops(lambda: unet(**x, return_dict=False))
@@ -76,9 +83,9 @@ def _unet_rows(slot, cfg, batches, compile, device, repeat) -> tuple[list[dict],
     return rows, unet
 
 
-def _vae_rows(device, repeat) -> tuple[list[dict], torch.nn.Module]:
+def _vae_rows(device, repeat, latent=128) -> tuple[list[dict], torch.nn.Module]:
     vae = F.build("sdxl.vae", device, torch.float32).module  # force_upcast: SDXL's VAE decodes in fp32
-    z = torch.randn(1, 4, 128, 128, device=device)
+    z = torch.randn(1, vae.config.latent_channels, latent, latent, device=device)
     with torch.inference_mode():
         flops = _flops(lambda: vae.decode(z))
         st = _timed(lambda: vae.decode(z), device, 1, repeat)
@@ -89,8 +96,9 @@ def _lmm_rows(batches, prompt: int, new: int, device, repeat) -> list[dict]:
     lmm = F.build("lmm", device, torch.bfloat16).module
     weight_bytes = sum(p.numel() * p.element_size() for p in lmm.parameters())
     rows = []
+    vocab = lmm.config.get_text_config().vocab_size
     for b in batches:
-        ids = torch.randint(0, 150000, (b, prompt), device=device)
+        ids = torch.randint(0, vocab - 1, (b, prompt), device=device)
         with torch.inference_mode():
             pre = lambda: lmm(input_ids=ids, logits_to_keep=1)  # noqa: E731
             flops = _flops(pre)
@@ -106,8 +114,9 @@ def _lmm_rows(batches, prompt: int, new: int, device, repeat) -> list[dict]:
 
 def _clip_rows(device, repeat) -> list[dict]:
     clip = F.build("clip", device).module
-    px = torch.randn(64, 3, 224, 224, device=device, dtype=torch.float16)
-    ids = torch.randint(0, 49407, (64, 77), device=device)
+    v, t = clip.config.vision_config, clip.config.text_config
+    px = torch.randn(64, 3, v.image_size, v.image_size, device=device, dtype=next(clip.parameters()).dtype)
+    ids = torch.randint(0, t.vocab_size - 1, (64, t.max_position_embeddings), device=device)
     rows = []
     with torch.inference_mode():
         for name, fn in (("clip image tower", lambda: clip.get_image_features(pixel_values=px)),
@@ -116,21 +125,23 @@ def _clip_rows(device, repeat) -> list[dict]:
     return rows
 
 
-def _sample_row(base, refiner, vae, device) -> dict:
+def _sample_row(base, refiner, vae, device, latent=128, steps=(40, 10)) -> dict:
     """One sample's diffusion as the reference settings run it: 7 candidates in one batch, 50 steps
     (40 base + 10 refiner) under CFG, then the fp32 decode of the 7 latents."""
-    xb, xr = unet_inputs(F.SDXL_BASE_UNET, 14, device), unet_inputs(F.SDXL_REFINER_UNET, 14, device)
+    dt = next(base.parameters()).dtype
+    xb = unet_inputs(dict(base.config), 14, device, dt, 6, latent)
+    xr = unet_inputs(dict(refiner.config), 14, device, dt, 5, latent)
 
     def sample():
-        for _ in range(40):
+        for _ in range(steps[0]):
             base(**xb, return_dict=False)
-        for _ in range(10):
+        for _ in range(steps[1]):
             refiner(**xr, return_dict=False)
-        vae.decode(torch.randn(7, 4, 128, 128, device=device))
+        vae.decode(torch.randn(7, vae.config.latent_channels, latent, latent, device=device))
 
     with torch.inference_mode():
         st = _timed(sample, device, 0, 1)
-    return _row("one sample's diffusion (7 candidates, 40+10 steps, decode)", 7, st, items=7)
+    return _row(f"one sample's diffusion (7 candidates, {steps[0]}+{steps[1]} steps, decode)", 7, st, items=7)
 
 
 def _maxsim_rows(device, repeat) -> tuple[list[dict], list[str]]:
@@ -170,12 +181,12 @@ def run(quick: bool = False, device: str = "cuda:0") -> dict:
     repeat = 3 if quick else 10
     batches = (1, 2) if quick else (1, 2, 7)
     rows, notes = [], []
-    r, base = _unet_rows("sdxl_base.unet", F.SDXL_BASE_UNET, batches, not quick, dev, repeat)
+    r, base = _unet_rows("sdxl_base.unet", batches, not quick, dev, repeat)
     rows += r
     r, vae = _vae_rows(dev, repeat)
     rows += r
     if not quick:
-        r, refiner = _unet_rows("sdxl_refiner.unet", F.SDXL_REFINER_UNET, batches, False, dev, repeat)
+        r, refiner = _unet_rows("sdxl_refiner.unet", batches, False, dev, repeat, time_ids=5)
         rows += r
         rows.append(_sample_row(base, refiner, vae, dev))
         del refiner
