@@ -3,6 +3,7 @@
 # with the package registry. The target GPU image already has a CUDA torch, nanobind,
 # scikit-build-core and CMake/nvcc; these are what kbridge needs on top (kept under 60 MB).
 #   scripts/gpu_wheels.sh 3.12 wheels/        then copy wheels/ to the GPU box
+#   EXTRA="transformers==5.19.0 tokenizers" scripts/gpu_wheels.sh 3.12 wheels/   (more packages)
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -23,6 +24,9 @@ PKGS=(
   "faiss-cpu"   # search runs on the CPU by default (faiss-gpu is optional: `kbridge[gpu]`)
   "onnx" "onnxscript" "onnx-ir" "ml-dtypes"   # ONNX export (the exported-graph GPU tests)
 )
+# EXTRA="transformers==5.19.0 tokenizers safetensors" adds what a leaner image also lacks
+read -r -a EXTRA_PKGS <<< "${EXTRA:-}"
+PKGS+=(${EXTRA_PKGS[@]+"${EXTRA_PKGS[@]}"})
 "$PYTHON" -m pip download --dest "$DIR" --no-deps --only-binary=:all: \
   --python-version "$PYVER" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
