@@ -116,8 +116,13 @@ def build(name: str, device: str = "meta", dtype: torch.dtype = torch.float16) -
     """One full-size twin on ``device`` (random weights, eval mode, in ``dtype``)."""
     d = check_device(device)
     torch.manual_seed(0)
-    with torch.device(d):  # parameters are created on d directly: no CPU copy of 8B weights
-        m = _make(name)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # created in dtype: no fp32 copy first (33 GB for the 8B LMM)
+    try:
+        with torch.device(d):  # and on d directly: no CPU copy either
+            m = _make(name)
+    finally:
+        torch.set_default_dtype(prev)
     m = m.to(dtype=dtype).eval()
     return Built(name, m, sum(p.numel() for p in m.parameters()))
 
