@@ -37,10 +37,6 @@ class ModelsConfig:
     blip: str = "tiny"
     """BLIP image-text retrieval (BlipForImageTextRetrieval: ITC + ITM heads) directory or "tiny";
     loaded only when rank.semantic uses it."""
-    sdxl_vae: str = ""
-    """Optional SDXL VAE directory (AutoencoderKL) replacing the base's, shared with the refiner, e.g.
-    the fp16-fix VAE: its config's ``force_upcast: false`` lets it decode in float16 (no fp32 upcast,
-    fp16 VAE graphs); empty keeps the pipeline's own."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +122,10 @@ class GenerationConfig:
     """Images per diffusion forward, across candidates and samples."""
     device: str = "cpu"
     dtype: str = "float32"
+    vae: str = ""
+    """Optional SDXL VAE directory (AutoencoderKL) replacing the base's, shared with the refiner, e.g.
+    the fp16-fix VAE: its config's ``force_upcast: false`` lets it decode in float16 (no fp32 upcast,
+    fp16 VAE graphs); empty keeps the pipeline's own."""
     vae_slicing: bool = False
     """Decode the batch's latents one image at a time (peak VAE memory of one image)."""
     vae_tiling: bool = False
@@ -382,8 +382,8 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("rank weights must be non-negative and not both zero")
     if cfg.runtime.backend not in RUNTIME_BACKENDS:
         raise ConfigError(f"unknown runtime backend {cfg.runtime.backend!r} (known: {', '.join(RUNTIME_BACKENDS)})")
-    if cfg.models.sdxl_vae and not Path(cfg.models.sdxl_vae).expanduser().is_dir():
-        raise ConfigError(f"models.sdxl_vae: no such directory {cfg.models.sdxl_vae}")
+    if g.vae and not Path(g.vae).expanduser().is_dir():
+        raise ConfigError(f"generation.vae: no such directory {g.vae}")
     if cfg.runtime.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
         raise ConfigError(f"unknown compile mode {cfg.runtime.compile_mode!r} (known: default, reduce-overhead, "
                           f"max-autotune)")

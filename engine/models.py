@@ -6,7 +6,6 @@ directories through the zoo, so the tiny twins and real weights share every line
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from kbridge.engine import zoo
 from kbridge.engine.config import ConfigError, PipelineConfig
@@ -105,8 +104,7 @@ def load_generator(cfg: PipelineConfig):
 
         def swap(b, r):
             swap_sdxl(b, r, base, refiner, cfg)
-    return SDXLGenerator(base, refiner, cfg.generation, swap=swap,
-                         vae_path=Path(cfg.models.sdxl_vae).expanduser() if cfg.models.sdxl_vae else None)
+    return SDXLGenerator(base, refiner, cfg.generation, swap=swap)
 
 
 def load_models(cfg: PipelineConfig, need_diffusion: bool) -> Models:

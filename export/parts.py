@@ -32,7 +32,7 @@ class Exportable:
     weights: tuple[Path, ...]
     """Files whose bytes key the artifact (weights and config of the component)."""
     fp16_safe: bool = True
-    """False for the SDXL VAE unless its config says ``force_upcast: false`` (an fp16-fix VAE): the
+    """False for the SDXL VAE unless its config says ``force_upcast: false`` (an fp16-fix VAE, ``generation.vae``): the
     stock SDXL VAE overflows in float16 (NaN / black images), so its graphs stay float32 whatever
     ``runtime.fp16`` says, as diffusers upcasts it in torch."""
 
@@ -74,7 +74,7 @@ def sdxl_parts(pipe, pipe_dir: Path, slot: str, cfg: PipelineConfig) -> dict[str
             out[f"{slot}.{te}"] = Exportable(S.text_encoder_spec(f"{slot}.{te}", enc, mb, g.batch_size),
                                              W.TextEncoderIO(enc), _files(d / te))
         vae_fp16 = not getattr(pipe.vae.config, "force_upcast", True)
-        vae_files = _files(Path(cfg.models.sdxl_vae).expanduser()) if cfg.models.sdxl_vae else _files(d / "vae")
+        vae_files = _files(Path(g.vae).expanduser()) if g.vae else _files(d / "vae")
         out[f"{slot}.vae_decoder"] = Exportable(
             S.vae_decoder_spec(f"{slot}.vae_decoder", pipe.vae, lat, mb, g.batch_size),
             W.VaeDecoderIO(pipe.vae), vae_files, vae_fp16)

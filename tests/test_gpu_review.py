@@ -545,8 +545,8 @@ def test_gpu_review_I1_sdxl_memory_and_speed_options(cfg):
     from kbridge.engine.generate.sdxl import SDXLGenerator
 
     base, refiner = zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg)
-    g = replace(cfg.generation, vae_slicing=True, channels_last=True, fuse_qkv=True)
-    gen = SDXLGenerator(base, refiner, g, vae_path=base / "vae")
+    g = replace(cfg.generation, vae_slicing=True, channels_last=True, fuse_qkv=True, vae=str(base / "vae"))
+    gen = SDXLGenerator(base, refiner, g)
     assert gen.options == ["fuse_qkv", "channels_last", "vae_slicing"]
     assert gen.base.vae.use_slicing and gen.refiner.vae is gen.base.vae
     assert any(getattr(m, "fused_projections", False) for m in gen.base.unet.modules())

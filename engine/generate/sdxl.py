@@ -53,16 +53,15 @@ def gpu_options(pipe, cfg: GenerationConfig) -> list[str]:
 
 
 class SDXLGenerator:
-    def __init__(self, base_path: Path, refiner_path: Path | None, cfg: GenerationConfig, swap=None,
-                 vae_path: Path | None = None):
+    def __init__(self, base_path: Path, refiner_path: Path | None, cfg: GenerationConfig, swap=None):
         """``swap(base, refiner)`` may replace pipeline components with runners (engine/runtime)
-        before the counting hooks go on. ``vae_path``: an AutoencoderKL directory replacing the
+        before the counting hooks go on. ``cfg.vae``: an AutoencoderKL directory replacing the
         base's VAE (e.g. the fp16-fix VAE, whose ``force_upcast: false`` skips the fp32 decode)."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         self.cfg = cfg
         dtype = getattr(torch, cfg.dtype)
-        extra = {"vae": AutoencoderKL.from_pretrained(vae_path, dtype=dtype)} if vae_path else {}
+        extra = {"vae": AutoencoderKL.from_pretrained(Path(cfg.vae).expanduser(), dtype=dtype)} if cfg.vae else {}
         self.base = StableDiffusionXLPipeline.from_pretrained(base_path, dtype=dtype, **extra).to(cfg.device)
         self.base.set_progress_bar_config(disable=True)
         self.refiner = None
