@@ -344,14 +344,18 @@ def test_gpu_review_A6_swapped_modules_release_their_weights_and_still_render(cf
     g = replace(cfg.generation, batch_size=2)
     ref = SDXLGenerator(base, refiner, g).render(["a red cup"], [5])[0]
     # a runner that holds its own copy, as an ONNX / TensorRT runner holds a graph file / an engine
-    make = lambda ex, c, dev: torch_runner(ex.spec, copy.deepcopy(ex.module))  # noqa: E731
-    swapped = SDXLGenerator(base, refiner, g, swap=lambda b, r: swap_sdxl(b, r, base, refiner, cfg, make, True))
+    devices = []
+    make = lambda ex, c, dev: devices.append(dev) or torch_runner(ex.spec, copy.deepcopy(ex.module))  # noqa: E731
+    # the config names another device than the one this worker's pipeline was loaded on
+    other = replace(cfg, generation=replace(g, device="cuda:3"))
+    swapped = SDXLGenerator(base, refiner, g, swap=lambda b, r: swap_sdxl(b, r, base, refiner, other, make, True))
     for pipe, name in ((swapped.base, "unet"), (swapped.base, "text_encoder"), (swapped.base, "text_encoder_2"),
                        (swapped.refiner, "unet")):
         m = getattr(pipe, name)
         assert m.released and all(p.device.type == "meta" for p in m.inner.parameters()), name
         assert m.device.type == "cpu" and m.dtype == torch.float32  # what the pipeline reads
     assert all(p.device.type == "cpu" for p in swapped.base.vae.inner.parameters())  # img2img encode stays
+    assert devices == ["cpu"] * 5  # every runner where its pipeline lives, not on the config's cuda:3
     got = swapped.render(["a red cup"], [5])[0]
     assert np.abs(np.asarray(got, np.int16) - np.asarray(ref, np.int16)).max() <= 2
     assert swapped.counters.unet_evals > 0

@@ -110,7 +110,9 @@ def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: Pipe
     from kbridge.export.parts import sdxl_parts
 
     make = make or make_runner
-    dev = cfg.generation.device
+    # the runners go where this pipeline lives (a render worker may have been given another GPU than
+    # generation.device): one device per stage, never GPU 0 by accident
+    dev = str(base.unet.device)
     parts = sdxl_parts(base, base_dir, "sdxl_base", cfg)
     runners = {n: make(parts[n], cfg, dev) for n in parts if n != "sdxl_base.vae_encoder"}
     vae = RunnerVae(base.vae, runners["sdxl_base.vae_decoder"])
@@ -146,5 +148,5 @@ def clip_towers(clip, clip_dir: Path, cfg: PipelineConfig, make=None) -> dict:
 
     make = make or make_runner
     parts = clip_parts(clip, clip_dir)
-    return {"vision": make(parts["clip.vision"], cfg, cfg.rank.device),
-            "text": make(parts["clip.text"], cfg, cfg.rank.device)}
+    dev = str(clip.device)  # where the scorer's model was loaded
+    return {"vision": make(parts["clip.vision"], cfg, dev), "text": make(parts["clip.text"], cfg, dev)}
