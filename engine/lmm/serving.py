@@ -51,8 +51,6 @@ class ServeProfile:
 SERVE_PROFILES: dict[str, ServeProfile] = {p.name: p for p in (
     ServeProfile("h100", QWEN_7B, "", 1, "0", 0.50, 8192, 64, 448 * 448, "fused"),
     ServeProfile("4090x4", QWEN_7B, "", 2, "0,1", 0.90, 8192, 32, 448 * 448, "fused"),
-    # the Int8 checkpoint as Qwen re-released it, padded (intermediate_size 29696): the first release
-    # (29568 = 231 groups of 128) cannot be split over tensor parallel 2 or 4 (tp_split_error)
     ServeProfile("4090x4-72b", "Qwen2-VL-72B-Instruct-GPTQ-Int8", "gptq", 4, "0,1,2,3", 0.95, 8192, 16,
                  448 * 448, "phased"),
     ServeProfile("edge", "Qwen2-VL-7B-Instruct-GPTQ-Int4", "gptq", 1, "0", 0.38, 4096, 8, 336 * 336, "fused"),
