@@ -23,7 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import _req, parse_knowledge
+from kbridge.engine.extract import parse_knowledge
+from kbridge.engine.lmm import build_request as _req
 from kbridge.engine.lmm import LMMClient, RequestLog
 from kbridge.engine.lmm import prompts as P
 from kbridge.engine.lmm import schemas as S

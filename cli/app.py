@@ -217,10 +217,28 @@ def models_list(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt, l
 
 
 @models_app.command("build")
-def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt):
+def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt,
+                 full_size: bool = typer.Option(False, "--full-size", help="The real architectures at their "
+                                                "published sizes, random weights (for GPU timing; never the default)."),
+                 device: str = typer.Option("cuda:0", "--device", help="With --full-size: a CUDA device, or meta "
+                                            "(shapes only, to count parameters)")):
     """Build every random-weight twin the profile uses (they are also built on first use)."""
     from kbridge.engine import zoo
 
+    if full_size:
+        from kbridge.engine import fullsize
+        from kbridge.engine.models import quiet_libraries
+
+        quiet_libraries()
+        try:
+            fullsize.check_device(device)
+            for name in fullsize.FULL_SIZE:
+                b = fullsize.build(name, device)
+                out.print(f"{name}: {b.params:,} parameters on {device}", highlight=False)
+                del b
+        except fullsize.FullSizeUnavailable as e:
+            _fail(str(e))
+        return
     cfg = _config(profile, config)
     for name in zoo.MODELS:
         size = getattr(cfg.models, name)

@@ -126,3 +126,23 @@ def runners(profile: Optional[str] = typer.Option(None, "--profile", "-p",
 
     quiet_libraries()
     _finish(q.run(profile, quick, threads, compile), json_path, save)
+
+
+@bench_app.command("gpu")
+def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no compile / refiner / whole-sample rows."),
+        device: str = typer.Option("cuda:0", "--device", help="The GPU to measure."),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/gpu.json.")):
+    """Per-stage GPU speed on full-size random twins (SDXL, Qwen2-VL-7B, CLIP ViT-L/14, MaxSim)."""
+    from kbridge.cli.app import _fail
+    from kbridge.engine.errors import Unavailable
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    try:
+        from kbridge.benchmarks.gpu import run
+
+        report = run(quick=quick, device=device)
+    except Unavailable as e:
+        _fail(str(e))
+    _finish(report, json_path, save)

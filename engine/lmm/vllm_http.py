@@ -93,7 +93,10 @@ class HTTPBackend:
         """The JSON body of one request."""
         b = {"model": self.model, "messages": to_openai(req.messages, self.cfg.http_max_pixels, self._encoded),
              "max_tokens": req.max_new_tokens, "seed": req.seed, "n": 1,
-             "temperature": 0.0 if self.cfg.greedy else req.temperature, "top_p": 1.0}
+             "temperature": 0.0 if self.cfg.greedy else req.temperature, "top_p": 1.0,
+             # vLLM's extra sampling fields: a server started without --generation-config vllm applies
+             # the checkpoint's generation_config (Qwen2-VL: top_k=1, i.e. greedy); these undo it
+             "top_k": -1, "repetition_penalty": 1.0}
         fmt = response_format(req.schema)
         if fmt is not None:
             b["response_format"] = fmt
