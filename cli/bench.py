@@ -51,6 +51,17 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
             json_path, save)
 
 
+@bench_app.command("scale")
+def scale(sizes: str = typer.Option("1000,10000,50000", "--sizes", help="Dataset sizes (records)."),
+          first: int = typer.Option(16, "--first", help="Stop after this many completed samples."),
+          json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/scale.json.")):
+    """Peak RSS of `kbridge run` after its first samples, on synthetic datasets of growing size."""
+    from kbridge.benchmarks import scale as q
+
+    _finish(q.run(tuple(int(x) for x in sizes.split(",") if x.strip()), first), json_path, save)
+
+
 @bench_app.command("cheff")
 def cheff(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile (the Cheff twin or [models] cheff)."),
           candidates: int = typer.Option(7, "--candidates", help="Candidates per sample."),

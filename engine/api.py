@@ -81,6 +81,9 @@ class Engine:
             "lmm": lambda: load_lmm(cfg), "scorer": lambda: load_scorer(cfg),
             "generators": lambda: [load_generator(cfg, d) for d in render_devices(cfg)]}
         """How each model slot is loaded (a test or an embedding application may replace one)."""
+        self.executor = stream
+        """``async (source, stages, ctx, sink, busy)`` that moves rows through stages (the benchmark
+        swaps in the v0.1 batch-barrier pattern to compare executors on the same stages)."""
 
     def models(self, need_diffusion: bool = True) -> Models:
         """The loaded models (LMM, scorer, and the generator replicas when ``need_diffusion``)."""
@@ -216,7 +219,7 @@ class Engine:
             models.retriever = load_retriever(cfg, store.root)
             ctx = Ctx(models=models, client=LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy),
                       **ctx_base)
-            asyncio.run(stream(fresh(set()), GRAPH, ctx, finish, busy))
+            asyncio.run(self.executor(fresh(set()), GRAPH, ctx, finish, busy))
         else:
             last = len(PHASES) - 1
             for k, names in enumerate(PHASES):
@@ -230,7 +233,7 @@ class Engine:
                 ctx = Ctx(models=models, client=client, **ctx_base)
                 skip = files.done(k) | store.done()
                 source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
-                asyncio.run(stream(source, stages, ctx, finish if k == last else persist(k), busy))
+                asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
             files.clear()
         report.stage_seconds = {k: round(v, 3) for k, v in busy.items()}
         report.lmm = lmm
