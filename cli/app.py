@@ -140,14 +140,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kbridge.engine.api import Engine
-    from kbridge.engine.config import ConfigError
-    from kbridge.engine.data import DataError
-    from kbridge.engine.lmm.vllm_http import LMMUnavailable
-    from kbridge.engine.lmm.vllm_local import BackendUnavailable
-    from kbridge.engine.runtime import RuntimeUnavailable
-    from kbridge.export.onnx import ExportError
-    from kbridge.engine.store import RunConfigMismatch
-    from kbridge.engine.zoo import ModelNotFound
+    from kbridge.engine.errors import KbridgeError
 
     progress = Progress(TextColumn("[bold]kbridge run"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=not err.is_terminal)
@@ -158,9 +151,7 @@ def run(
                                      export=export_completed,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
-    except (DataError, RunConfigMismatch, ModelNotFound, ConfigError, LMMUnavailable, BackendUnavailable) as e:
-        _fail(str(e))
-    except (RuntimeUnavailable, ExportError) as e:  # compiled backends (--backend)
+    except KbridgeError as e:  # the dataset, the run directory, a model, a backend, the configuration
         _fail(str(e))
     _summary(report)
     if report.errors:

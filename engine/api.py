@@ -114,6 +114,10 @@ class Engine:
 
         cfg = self.cfg
         domain = domain_of(cfg)
+        if domain.name == "chest_xray":  # a malformed few-shot file is a configuration error, before any work
+            from kbridge.engine.medical import load_few_shot
+
+            load_few_shot(cfg.medical.few_shot, cfg.medical.few_shot_count)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if data is None:

@@ -12,9 +12,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from kbridge.engine.errors import KbridgeError
 
 
-class ConfigError(ValueError):
+class ConfigError(KbridgeError, ValueError):
     """A configuration value or file is wrong."""
 
 

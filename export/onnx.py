@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from kbridge.export.specs import ExportSpec
+from kbridge.engine.errors import KbridgeError
 
 log = logging.getLogger("kbridge.export.onnx")
 
 
-class ExportError(RuntimeError):
+class ExportError(KbridgeError, RuntimeError):
     """Exporting, checking or converting a graph failed."""
 
 

@@ -10,6 +10,7 @@ import torch
 from kbridge.engine.config import PipelineConfig
 from kbridge.export import specs as S
 from kbridge.export import wrappers as W
+from kbridge.engine.errors import KbridgeError
 
 PARTS = ("sdxl_base.unet", "sdxl_base.text_encoder", "sdxl_base.text_encoder_2", "sdxl_base.vae_decoder",
          "sdxl_base.vae_encoder", "sdxl_refiner.unet", "clip.vision", "clip.text")
@@ -20,7 +21,7 @@ CLIP_MAX_BATCH = 64
 """The scorer's batch size: the CLIP towers' profile max."""
 
 
-class UnknownPart(ValueError):
+class UnknownPart(KbridgeError, ValueError):
     """A name that is not in PARTS."""
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from kbridge.export.onnx import ExportError
 from kbridge.export.specs import ExportSpec
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.export.tensorrt")
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(Unavailable, RuntimeError):
     """No CUDA GPU, or the tensorrt package is not installed."""
 
 

@@ -22,13 +22,14 @@ import logging
 from typing import Sequence
 
 import numpy as np
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.kernels")
 
 BACKENDS = ("auto", "cpu", "cuda", "numpy")
 
 
-class KernelUnavailable(RuntimeError):
+class KernelUnavailable(Unavailable, RuntimeError):
     """The requested native kernel is not built, or needs hardware this machine lacks."""
 
 

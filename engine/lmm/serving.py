@@ -11,11 +11,12 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from kbridge.engine.errors import KbridgeError
 
 QWEN_7B = "Qwen2-VL-7B-Instruct"
 
 
-class ServeError(RuntimeError):
+class ServeError(KbridgeError, RuntimeError):
     """The server could not be started or did not become healthy."""
 
 

@@ -21,11 +21,12 @@ import httpx2 as httpx  # the successor of httpx, already required by huggingfac
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
 from kbridge.engine.lmm.openai_format import response_format, to_openai
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.lmm.http")
 
 
-class LMMUnavailable(RuntimeError):
+class LMMUnavailable(Unavailable, RuntimeError):
     """The LMM server cannot be reached or refuses us (checked once, before a run starts)."""
 
 

@@ -25,11 +25,12 @@ from typing import Sequence
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
 from kbridge.engine.lmm.serving import DEFAULT_LOCAL, SERVE_PROFILES
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.lmm.vllm")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(Unavailable, RuntimeError):
     """The in-process vLLM backend cannot run here (no vllm package or no CUDA GPU)."""
 
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.index")
 
 
-class IndexUnavailable(ImportError):
+class IndexUnavailable(Unavailable, ImportError):
     """faiss is not installed."""
 
 

@@ -15,13 +15,14 @@ from typing import Callable
 import torch
 
 from kbridge.engine.config import PipelineConfig
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.runtime")
 
 Runner = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-class RuntimeUnavailable(RuntimeError):
+class RuntimeUnavailable(Unavailable, RuntimeError):
     """The chosen backend cannot run here (package missing, no GPU, provider fell back)."""
 
 
