@@ -25,7 +25,7 @@ from kbridge.engine.executor import stream
 from kbridge.engine.lmm import LMMClient, RequestLog
 from kbridge.engine.models import Models, load_retriever
 from kbridge.engine.phased import PhaseFiles
-from kbridge.engine.plan import resolve_schedule
+from kbridge.engine.plan import placed, resolve_schedule
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import GRAPH, PHASES, STAGES, Ctx
 from kbridge.engine.store import RunStore, export_completed
@@ -112,7 +112,7 @@ class Engine:
         """
         import torch
 
-        cfg = self.cfg
+        cfg = self.cfg = placed(self.cfg)  # on a GPU box: the memory plan's devices (no-op on CPU)
         domain = domain_of(cfg)
         if domain.name == "chest_xray":  # a malformed few-shot file is a configuration error, before any work
             from kbridge.engine.medical import load_few_shot
@@ -155,7 +155,8 @@ class Engine:
                 "incomplete": report.incomplete, "finished": len(store.finished),
                 "errors_this_run": len(report.errors), "wall_seconds_this_run": report.wall_seconds,
                 "stage_seconds_this_run": report.stage_seconds, "lmm_this_run": report.lmm,
-                "latency_this_run": report.latency, "runs": prev.get("runs", 0) + 1},
+                "latency_this_run": report.latency, "resumed_this_run": report.skipped,
+                "runs": prev.get("runs", 0) + 1},
                 counts_by_missing=report.counts_by_missing)
             if export:
                 report.exported = export_completed(store.root, ds, Path(export))
