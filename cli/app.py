@@ -33,6 +33,9 @@ def _register_subapps() -> None:
     from kbridge.cli.export import export
 
     app.command("export")(export)
+    from kbridge.cli.report import report
+
+    app.command("report")(report)
 
 
 _register_subapps()
