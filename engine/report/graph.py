@@ -21,10 +21,10 @@ import networkx as nx
 
 from kbridge.engine.rank.graph import normalize_entity
 
-SIZE = 240
-"""Width and height of the drawing box, in SVG user units."""
-MARGIN = 28
-"""Space kept free at the edges for labels."""
+WIDTH, HEIGHT = 300, 220
+"""The drawing box, in SVG user units (page.js draws in the same box)."""
+MARGIN_X, MARGIN_Y = 64, 22
+"""Space kept free at the edges for labels (centred under their nodes, so wider at the sides)."""
 MAX_NODES = 24
 """Larger graphs keep their first edges up to this many nodes (a card is not a graph browser)."""
 
@@ -113,7 +113,7 @@ def shape_positions(g: nx.Graph, cache: dict | None, seed: int = 0) -> dict:
 
 def layout(triples: list[dict], seed: int = 0, cache: dict | None = None) -> dict | None:
     """``{"n": [[label, x, y], ...], "e": [[i, j, relation], ...]}`` with x, y integers inside
-    the ``SIZE`` box; None for an empty graph. Deterministic for a given seed; with a ``cache``
+    the ``WIDTH`` × ``HEIGHT`` box; None for an empty graph. Deterministic for a given seed; with a ``cache``
     graphs of one shape share one layout (``cache["pattern"]``: the same edge list once nodes are
     numbered by first appearance, an exact match needing no graph at all; ``cache["shape"]``:
     see ``shape_positions``)."""
@@ -136,9 +136,10 @@ def layout(triples: list[dict], seed: int = 0, cache: dict | None = None) -> dic
     xs, ys = [p[0] for p in xy], [p[1] for p in xy]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
 
-    def scale(v: float, lo: float, hi: float) -> int:
+    def scale(v: float, lo: float, hi: float, size: int, margin: int) -> int:
         span = hi - lo
-        return round(SIZE / 2 if span < 1e-9 else MARGIN + (v - lo) / span * (SIZE - 2 * MARGIN))
+        return round(size / 2 if span < 1e-9 else margin + (v - lo) / span * (size - 2 * margin))
 
-    return {"n": [[labels[k], scale(x, x0, x1), scale(y, y0, y1)] for k, (x, y) in zip(names, xy)],
+    return {"n": [[labels[k], scale(x, x0, x1, WIDTH, MARGIN_X), scale(y, y0, y1, HEIGHT, MARGIN_Y)]
+                  for k, (x, y) in zip(names, xy)],
             "e": [[index[a], index[b], rel] for a, b, rel in edges]}

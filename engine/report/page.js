@@ -20,25 +20,31 @@
   }
   function fmt(v) { return v === null || v === undefined ? "–" : Number(v).toFixed(3); }
 
+  // Long labels are cut for the drawing; the whole text is the tooltip (an SVG <title>).
+  function short(t) { return t.length > 22 ? t.slice(0, 21) + "…" : t; }
+  function title(t) { var e = svg("title", {}); e.textContent = t; return e; }
+
   // A networkx layout ({n: [[label, x, y]], e: [[i, j, relation]]}) as an inline SVG.
   function graph(g, caption) {
     var box = el("figure", "graph");
     box.appendChild(el("figcaption", null, caption));
     if (!g) { box.appendChild(el("div", "none", "no triples")); return box; }
-    var s = svg("svg", { viewBox: "0 0 240 240", width: "240", height: "240", role: "img" });
+    var s = svg("svg", { viewBox: "0 0 300 220", width: "300", height: "220", role: "img" });
     g.e.forEach(function (e) {
       var a = g.n[e[0]], b = g.n[e[1]];
       s.appendChild(svg("line", { x1: a[1], y1: a[2], x2: b[1], y2: b[2], "class": "edge" }));
       if (e[2]) {
         var t = svg("text", { x: (a[1] + b[1]) / 2, y: (a[2] + b[2]) / 2 - 3, "class": "rel" });
-        t.textContent = e[2];
+        t.textContent = short(e[2]);
+        t.appendChild(title(e[2]));
         s.appendChild(t);
       }
     });
     g.n.forEach(function (n) {
       s.appendChild(svg("circle", { cx: n[1], cy: n[2], r: 5, "class": "node" }));
-      var t = svg("text", { x: n[1], y: n[2] + 15, "class": "label" });
-      t.textContent = n[0];
+      var t = svg("text", { x: n[1], y: n[2] + 15, "class": "nlabel" });
+      t.textContent = short(n[0]);
+      t.appendChild(title(n[0]));
       s.appendChild(t);
     });
     box.appendChild(s);

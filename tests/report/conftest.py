@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def browser():
     from kbridge.engine.report.browser import chromium, missing_reason
 
     reason = missing_reason()
+    if reason and os.environ.get("KBRIDGE_REQUIRE_BROWSER"):  # .ci/run: a skip would hide a broken page
+        pytest.fail(f"KBRIDGE_REQUIRE_BROWSER is set but there is no headless browser: {reason}")
     if reason:
         pytest.skip(f"no headless browser: {reason}")
     with chromium() as driver:

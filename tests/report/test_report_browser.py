@@ -105,8 +105,8 @@ def test_injected_script_caption_does_not_execute(browser, decorated_run, tmp_pa
     texts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".atext, .ctext")]
     assert texts.count(PAYLOAD) == 2  # the dataset caption and the candidate caption, as text
     labels = browser.execute_script(
-        "return Array.from(document.querySelectorAll('svg text')).map(t => t.textContent)")
-    assert labels.count(PAYLOAD) == 2  # the triple's node and its relation
+        "return Array.from(document.querySelectorAll('svg text title')).map(t => t.textContent)")
+    assert labels.count(PAYLOAD) == 2  # the triple's node and its relation (whole, as tooltips)
     errs = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "ul.errors li")]
     assert f"rank: injected: {PAYLOAD}" in errs
     assert browser.execute_script("return document.querySelectorAll('#cards script, #cards img[src=\"x\"]').length") == 0

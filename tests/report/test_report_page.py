@@ -31,7 +31,8 @@ def test_graph_layout_merges_entities_and_stays_in_the_box():
     assert sorted(tuple(sorted(e[:2])) for e in g["e"]) == [(0, 1), (0, 2), (1, 2)]
     assert [e[2] for e in g["e"]] == ["on", "next to", "under"]
     for _, x, y in g["n"]:
-        assert graph.MARGIN <= x <= graph.SIZE - graph.MARGIN and graph.MARGIN <= y <= graph.SIZE - graph.MARGIN
+        assert graph.MARGIN_X <= x <= graph.WIDTH - graph.MARGIN_X and graph.MARGIN_Y <= y <= graph.HEIGHT - graph.MARGIN_Y
+    assert {x for _, x, _ in g["n"]} >= {graph.MARGIN_X, graph.WIDTH - graph.MARGIN_X}  # the box is filled
     assert graph.layout(triples) == g  # fixed seed
     assert graph.layout([]) is None and graph.layout([{"head": "", "relation": "r", "tail": "x"}]) is None
 
