@@ -131,13 +131,15 @@ def measure(samples: int, browser: bool = True) -> dict:
 def run(sizes: tuple[int, ...] = (1000, 10000), browser: bool = True) -> dict:
     from kbridge.benchmarks.harness import stamp
 
+    measure(50, browser=False)  # warm-up: imports (matplotlib, networkx) and first-use caches
     rows = [measure(n, browser) for n in sizes]
     return stamp({
         "question": "report-page", "title": "kbridge report: page build time for a large run",
         "how": "kbridge bench report-page",
         "columns": ["name", "build_s", "records_and_layouts_s", "plots_s", "page_mb", "open_s"], "rows": rows,
         "notes": ["Synthetic run (benchmarks/report_page.py): half image-missing, half text-missing, 4 candidates, "
-                  "5 triples per graph, per-stage timings; one build each (the page is built once per run).",
+                  "5 triples per graph, per-stage timings; one build each after a warm-up build of 50 samples "
+                  "(the page is built once per run).",
                   "build_s is the whole `kbridge report` (reading the run, a networkx layout for the sample's and "
                   "the winner's graph, both plots, writing); records_and_layouts_s and plots_s are parts of it "
                   "measured again on their own.",

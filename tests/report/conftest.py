@@ -38,7 +38,8 @@ def synthetic_timings(results: list[dict]) -> None:
 
 @pytest.fixture(scope="session")
 def decorated_run(demo_run, tmp_path_factory):
-    """A copy of the real demo run with timings and ``refined`` fields, the payload in the
+    """A copy of the real demo run with timings and ``refined`` fields, one candidate marked
+    retrieved (by faiss), the payload in the
     dataset caption of the first image-missing sample, in the first caption candidate of the first
     text-missing sample and in a triple, plus two error lines (one for a stored sample, one for a
     sample that failed to load)."""
@@ -59,6 +60,7 @@ def decorated_run(demo_run, tmp_path_factory):
     items[img_missing["index"]]["captions"] = [PAYLOAD]
     (data / "metadata.json").write_text(json.dumps(items))
     txt_missing["candidates"][0]["text"] = PAYLOAD
+    txt_missing["candidates"][1].update(source="retrieved", retriever="faiss")
     txt_missing["knowledge"]["triples"].append({"head": PAYLOAD, "relation": PAYLOAD, "tail": "x"})
     write_jsonl(run / "results.jsonl", results)
     write_jsonl(run / "errors.jsonl", [

@@ -94,6 +94,9 @@ def test_filters_sort_and_timeline(browser, decorated_run, tmp_path):
     assert order[:-1] == sorted(best, key=lambda s: -best[s]) and order[-1] == "demo:99"
     refined = browser.find_elements(By.CSS_SELECTOR, ".badge.refined")
     assert len(refined) == sum(c.get("refined") is True for r in results for c in r["candidates"])
+    assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".badge.retrieved")] == ["retrieved · faiss"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".badge.generated")) == \
+        sum(len(r["candidates"]) for r in results) - 1
 
 
 def test_injected_script_caption_does_not_execute(browser, decorated_run, tmp_path):

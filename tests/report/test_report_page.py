@@ -175,3 +175,21 @@ def test_cli_report(demo_run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="not a run directory"):
         build_report(tmp_path / "empty")
+
+
+def test_bench_report_draws_its_plots_with_matplotlib(tmp_path):
+    """``kbridge bench report`` keeps writing each report's plot under the name it gives."""
+    from PIL import Image
+
+    from kbridge.benchmarks import report as R
+
+    res = tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    table = {"title": "Per-stage busy time, s", "columns": ["name", "extract", "render"],
+             "rows": [{"name": "baseline", "extract": 2.0, "render": 5.0}, {"name": "kbridge", "extract": 1.0}]}
+    (res / "e2e.json").write_text(json.dumps({"question": "e2e", "columns": ["name"], "rows": [],
+                                              "plot": "benchmarks/results/e2e_stages.png", "tables": [table]}))
+    R.write(tmp_path / "BENCHMARKS.md", res)
+    with Image.open(res / "e2e_stages.png") as im:
+        assert im.format == "PNG" and im.width == 900  # 9 in at 100 dpi
+    assert "![e2e](benchmarks/results/e2e_stages.png)" in (tmp_path / "BENCHMARKS.md").read_text()
