@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from kbridge.engine.report import plots
 from kbridge.engine.report.graph import layout
 from kbridge.engine.report.run import Run, available
@@ -172,6 +174,10 @@ def summary(run: Run, cards_: list[dict]) -> str:
             ("UNet evaluations", sums.get("unet_evals", "–")),
             ("VAE decodes", sums.get("vae_decodes", "–"))]
     work = [(k, f"{v:g}" if isinstance(v, float) else v) for k, v in work]
+    lat = sorted(float(t) for r in run.results
+                 if isinstance(t := ((r.get("timings") or {}).get(plots.LIFETIME) or {}).get("seconds"), (int, float)))
+    if lat:  # admitted → result written, from the samples' own timings (all runs into this directory)
+        counts.append(("sample latency p50 / p95", f"{np.percentile(lat, 50):.2f} / {np.percentile(lat, 95):.2f} s"))
     stages = [(f"{k}", f"{v:.2f} s") for k, v in (tot.get("stage_seconds_this_run") or {}).items()
               if isinstance(v, (int, float))]
     by_missing = [(f"per {k}-missing sample", ", ".join(f"{vv:g} {label}" for kk, label in PER_SAMPLE

@@ -2,13 +2,15 @@
 
 - ``scores``: the distributions of semantic, graph and total scores, all candidates vs winners;
 - ``timeline``: one row per sample, a bar per stage from its ``timings`` (start/end in seconds
-  since the run started), so the overlap of LMM stages and diffusion across samples shows.
+  since the run started), so the overlap of LMM stages and diffusion across samples shows; under
+  it the number of samples in each stage over time (readable where 10,000 rows are not).
 """
 from __future__ import annotations
 
 import io
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -62,20 +64,40 @@ def scores(results: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def timeline_rows(results: list[dict]) -> list[tuple[str, list[tuple[str, float, float]]]]:
-    """[(sample_id, [(stage, start, end), ...])] for samples with usable timings, ordered by
-    their first start."""
+LIFETIME = "sample"
+"""The timings key spanning a whole sample (admitted → result written, queueing included): drawn
+as a thin grey line behind its stages, not as a stage."""
+
+
+def _span(t) -> tuple[float, float] | None:
+    if isinstance(t, dict) and isinstance(t.get("start"), (int, float)) and isinstance(t.get("end"), (int, float)) \
+            and t["end"] >= t["start"]:
+        return float(t["start"]), float(t["end"])
+    return None
+
+
+def timeline_rows(results: list[dict]) -> list[tuple[str, tuple | None, list[tuple[str, float, float]]]]:
+    """[(sample_id, lifetime (start, end) or None, [(stage, start, end), ...])] for samples with
+    usable stage timings, ordered by their first start."""
     rows = []
     for r in results:
-        spans = []
-        for stage, t in (r.get("timings") or {}).items():
-            if isinstance(t, dict) and isinstance(t.get("start"), (int, float)) \
-                    and isinstance(t.get("end"), (int, float)) and t["end"] >= t["start"]:
-                spans.append((str(stage), float(t["start"]), float(t["end"])))
+        timings = r.get("timings") or {}
+        if not isinstance(timings, dict):
+            continue
+        spans = sorted(((str(k), *sp) for k, t in timings.items() if k != LIFETIME and (sp := _span(t))),
+                       key=lambda s: s[1])
         if spans:
-            rows.append((str(r.get("sample_id")), sorted(spans, key=lambda s: s[1])))
-    rows.sort(key=lambda r: r[1][0][1])
+            rows.append((str(r.get("sample_id")), _span(timings.get(LIFETIME)), spans))
+    rows.sort(key=lambda r: r[1][0] if r[1] else r[2][0][1])
     return rows
+
+
+def occupancy(starts: list[float], ends: list[float], edges: np.ndarray) -> np.ndarray:
+    """Mean number of spans open in each bin between consecutive ``edges`` (``len(edges) - 1``
+    values): the span time inside a bin divided by the bin's width."""
+    a, b = np.asarray(starts, float)[:, None], np.asarray(ends, float)[:, None]  # [spans, 1]
+    before = np.clip(edges[None, :] - a, 0.0, b - a).sum(0)  # [edges]: span time before each edge
+    return np.diff(before) / np.diff(edges)
 
 
 def timeline(results: list[dict]) -> bytes | None:
@@ -84,12 +106,17 @@ def timeline(results: list[dict]) -> bytes | None:
     if not rows:
         return None
     n = len(rows)
-    height = min(8.0, 1.2 + 0.22 * n)
-    fig, ax = plt.subplots(figsize=(10, height), layout="constrained")
+    height = min(7.0, 1.2 + 0.22 * n)
+    fig, (ax, busy) = plt.subplots(2, 1, figsize=(10, height + 1.8), sharex=True, layout="constrained",
+                                   height_ratios=[height, 1.8])
     # one LineCollection per stage (hlines), so 10,000 rows cost no more than a few calls
     lw = max(0.4, min(10.0, 0.8 * 72 * (height - 1.0) / n))
+    life = [(y, sp) for y, (_, sp, _) in enumerate(rows) if sp]
+    if life:
+        ax.hlines([y for y, _ in life], [a for _, (a, _) in life], [b for _, (_, b) in life], colors="#cccccc",
+                  linewidth=max(0.3, lw / 4), label="sample (admitted → stored)")
     by_stage: dict[str, tuple[list, list, list]] = {}
-    for y, (_, spans) in enumerate(rows):
+    for y, (_, _, spans) in enumerate(rows):
         for stage, a, b in spans:
             ys, x0, x1 = by_stage.setdefault(stage, ([], [], []))
             ys.append(y)
@@ -100,12 +127,22 @@ def timeline(results: list[dict]) -> bytes | None:
         ax.hlines(ys, x0, x1, colors=stage_color(stage, others), linewidth=lw, label=stage)
     ax.set_ylim(n - 0.5, -0.5)
     if n <= 40:
-        ax.set_yticks(range(n), [sid for sid, _ in rows], fontsize=7)
+        ax.set_yticks(range(n), [sid for sid, _, _ in rows], fontsize=7)
     else:
         ax.set_ylabel(f"{n} samples, by first start", fontsize=9)
-    ax.set_xlabel("seconds since the run started", fontsize=9)
-    ax.tick_params(axis="x", labelsize=8)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    leg = ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for h in leg.legend_handles:
+        h.set_linewidth(5)
+    # below: how many samples are in each stage, on average over each of 200 time bins (the time
+    # each span spends inside the bin / the bin's width), readable at any number of rows
+    t0 = min(min(x0) for _, x0, _ in by_stage.values())
+    t_end = max(max(x1) for _, _, x1 in by_stage.values())
+    edges = np.linspace(t0, t_end, 201)
+    for stage, (_, x0, x1) in by_stage.items():
+        busy.stairs(occupancy(x0, x1, edges), edges, color=stage_color(stage, others), linewidth=1.2)
+    busy.set_ylabel("samples in\nstage (mean)", fontsize=9)
+    busy.set_xlabel("seconds since the run started", fontsize=9)
+    busy.tick_params(labelsize=8)
     return _png(fig)
 
 

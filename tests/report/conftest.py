@@ -21,16 +21,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def synthetic_timings(results: list[dict]) -> None:
-    """What newer runs add to every line: per-stage start/end (s since the run start), and
-    ``refined`` on image candidates. Samples start 0.5 s apart so their stages overlap."""
+    """What newer runs add to every line: per-stage start/end (s since the run start), the
+    sample's lifetime (``sample``: admitted → stored), and ``refined`` on image candidates.
+    Samples are admitted 0.5 s apart, so their stages overlap."""
     for k, r in enumerate(results):
         stages = ["load", "extract", "write", "render", "candidate_knowledge", "rank", "store"] \
             if r["missing"] == "image" else ["load", "extract", "write", "rank", "store"]
-        t, r["timings"] = 0.5 * k, {}
+        admitted = 0.5 * k
+        t, r["timings"] = admitted + 0.05, {}
         for j, s in enumerate(stages):
             d = 0.2 + 0.1 * j
             r["timings"][s] = {"start": round(t, 3), "end": round(t + d, 3), "seconds": round(d, 3)}
             t += d
+        r["timings"]["sample"] = {"start": admitted, "end": round(t, 3), "seconds": round(t - admitted, 3)}
         for c in r["candidates"]:
             if c.get("image"):
                 c["refined"] = c["id"] != "c0"

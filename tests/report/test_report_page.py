@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -71,12 +72,16 @@ def test_plots_are_pngs_and_absent_without_data(demo_run):
     assert plots.scores(results).startswith(PNG)
     assert plots.timeline([{k: v for k, v in r.items() if k != "timings"} for r in results]) is None
     assert plots.scores([{"candidates": [{"id": "c0"}]}]) is None
-    rows = [{"sample_id": "b", "timings": {"extract": {"start": 1.0, "end": 2.0}, "rank": {"start": 3, "end": 3.5}}},
+    rows = [{"sample_id": "b", "timings": {"extract": {"start": 1.0, "end": 2.0}, "rank": {"start": 3, "end": 3.5},
+                                           "sample": {"start": 0.2, "end": 3.6, "seconds": 3.4}}},
             {"sample_id": "a", "timings": {"extract": {"start": 0.5, "end": 1.5}, "bad": {"start": 2, "end": 1}}},
-            {"sample_id": "c"}]
-    assert plots.timeline_rows(rows) == [("a", [("extract", 0.5, 1.5)]),
-                                         ("b", [("extract", 1.0, 2.0), ("rank", 3.0, 3.5)])]
+            {"sample_id": "c"}, {"sample_id": "d", "timings": {"sample": {"start": 0, "end": 1}}}]
+    # "sample" is the lifetime, not a stage; a sample with no stage spans has no row
+    assert plots.timeline_rows(rows) == [("b", (0.2, 3.6), [("extract", 1.0, 2.0), ("rank", 3.0, 3.5)]),
+                                         ("a", None, [("extract", 0.5, 1.5)])]
     assert plots.timeline(rows).startswith(PNG)
+    # spans [0, 2] and [1, 3.5]: bins [0,1] [1,2] [2,3] [3,4] hold 1, 2, 1 and 0.5 spans on average
+    assert plots.occupancy([0, 1], [2, 3.5], np.array([0.0, 1, 2, 3, 4])) == pytest.approx([1, 2, 1, 0.5], abs=1e-12)
     assert plots.stage_bars([{"name": "x", "a": 1.0, "b": 2.0}], ["a", "b"], "t").startswith(PNG)
 
 
@@ -104,6 +109,8 @@ def test_page_data_matches_the_run(decorated_run, tmp_path):
             assert c["av"]["text"] == rec["captions"][0]
         assert (c["g"] is None) == (not r["knowledge"]["triples"])
     assert cards[-1]["c"] == [] and cards[-1]["err"][0]["stage"] == "load"
+    lat = sorted(r["timings"]["sample"]["seconds"] for r in results)  # 2.05 s (text-), 3.55 s (image-missing)
+    assert f"{np.percentile(lat, 50):.2f} / {np.percentile(lat, 95):.2f} s" in html
     assert sum(bool(c["err"]) for c in cards) == 2
 
 
