@@ -92,6 +92,11 @@
     if (s.t !== null) h.appendChild(el("span", "badge", "best total " + fmt(s.t)));
     if (s.err.length) h.appendChild(el("span", "badge err", s.err.length + " error" + (s.err.length > 1 ? "s" : "")));
     c.appendChild(h);
+    if (!s.c.length) {  // failed before its result was stored: only the errors to show
+      c.appendChild(el("p", "none", "no result stored"));
+      if (s.err.length) c.appendChild(errors(s.err));
+      return c;
+    }
     var row = el("div", "row");
     var av = el("div", "avail");
     av.appendChild(el("div", "label", "available " + (s.m === "image" ? "text" : s.m === "text" ? "image" : "")));
@@ -103,28 +108,28 @@
     s.c.forEach(function (x) { cands.appendChild(candidate(x, s.b)); });
     row.appendChild(cands);
     c.appendChild(row);
-    if (s.c.length || s.o.length) {
-      var k = el("div", "row know");
-      var ko = el("div", "objects");
-      ko.appendChild(el("div", "label", "objects"));
-      var ul = el("ul");
-      s.o.forEach(function (o) {
-        ul.appendChild(el("li", null, o[0] + (o[1] ? " ×" + o[1] : "") + (o[2].length ? " (" + o[2].join(", ") + ")" : "")));
-      });
-      ko.appendChild(ul);
-      ko.appendChild(el("div", "label", "style"));
-      ko.appendChild(el("p", null, s.st || "–"));
-      k.appendChild(ko);
-      k.appendChild(graph(s.g, "sample knowledge graph"));
-      k.appendChild(graph(s.bg, "winner's graph" + (s.b ? " (" + s.b + ")" : "")));
-      c.appendChild(k);
-    }
-    if (s.err.length) {
-      var eu = el("ul", "errors");
-      s.err.forEach(function (e) { eu.appendChild(el("li", null, e.stage + ": " + e.error)); });
-      c.appendChild(eu);
-    }
+    var k = el("div", "row know");
+    var ko = el("div", "objects");
+    ko.appendChild(el("div", "label", "objects"));
+    var ul = el("ul");
+    s.o.forEach(function (o) {
+      ul.appendChild(el("li", null, o[0] + (o[1] ? " ×" + o[1] : "") + (o[2].length ? " (" + o[2].join(", ") + ")" : "")));
+    });
+    ko.appendChild(ul);
+    ko.appendChild(el("div", "label", "style"));
+    ko.appendChild(el("p", null, s.st || "–"));
+    k.appendChild(ko);
+    k.appendChild(graph(s.g, "sample knowledge graph"));
+    k.appendChild(graph(s.bg, "winner's graph" + (s.b ? " (" + s.b + ")" : "")));
+    c.appendChild(k);
+    if (s.err.length) c.appendChild(errors(s.err));
     return c;
+  }
+
+  function errors(es) {
+    var eu = el("ul", "errors");
+    es.forEach(function (e) { eu.appendChild(el("li", null, e.stage + ": " + e.error)); });
+    return eu;
   }
 
   function visible() {

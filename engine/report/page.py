@@ -215,7 +215,7 @@ def render(run: Run, out_file: Path, embed: bool = False, title: str | None = No
     js = (HERE / "page.js").read_text()
     meta = {"title": title, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src file: data:; "
+            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src 'self' file: data:; "
             "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
             f"<meta name='viewport' content='width=device-width'><title>{_esc(title)}</title>"
             f"<style>{css}</style></head><body><header><h1>{_esc(title)}</h1>"
