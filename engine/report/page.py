@@ -157,10 +157,11 @@ def summary(run: Run, cards_: list[dict]) -> str:
               ("error lines", len(run.errors)),
               ("incomplete samples (last run)", tot.get("incomplete", "–")),
               ("runs (resumes + 1)", tot.get("runs", "–")),
-              ("resumed at the last run's start", tot.get("resumed_this_run", "–")),
               ("candidates", sum(len(r.get("candidates") or []) for r in run.results)),
               ("wall time, last run", f"{tot['wall_seconds_this_run']:.1f} s"
                if isinstance(tot.get("wall_seconds_this_run"), (int, float)) else "–")]
+    if "resumed_this_run" in tot:  # not written by every version of the run store
+        counts.insert(5, ("resumed at the last run's start", tot["resumed_this_run"]))
     sums: dict[str, float] = {}
     for r in run.results:
         for k, v in (r.get("counts") or {}).items():
