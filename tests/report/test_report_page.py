@@ -149,9 +149,15 @@ def test_older_run_without_timings_or_manifest(demo_run, tmp_path):
         for c in r["candidates"]:
             c.pop("refined", None), c.pop("retriever", None)
     write_jsonl(run / "results.jsonl", rows)
+    with open(run / "results.jsonl", "a") as f:
+        f.write('{"sample_id": "demo:5", "ind')  # a torn last line (the run was killed)
     html = build_report(run).read_text()
     assert "no per-stage timings in this run" in html
     assert len(page_data(html)) == len(rows)
+    assert f"results.jsonl:{len(rows) + 1}: not valid JSON, skipped" in html
+    (run / "manifest.json").write_text("{not json")
+    with pytest.raises(ReportError, match="manifest.json: not valid JSON"):
+        build_report(run)
     (run / "manifest.json").unlink()
     html = build_report(run).read_text()
     assert "no manifest.json" in html and len(page_data(html)) == len(rows)
