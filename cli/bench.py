@@ -157,3 +157,13 @@ def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no com
     except Unavailable as e:
         _fail(str(e))
     _finish(report, json_path, save)
+@bench_app.command("report-page")
+def report_page(samples: str = typer.Option("1000,10000", "--samples", help="Run sizes, comma-separated."),
+                browser: bool = typer.Option(True, "--browser/--no-browser",
+                                             help="Also time a headless Chromium opening the page."),
+                json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+                save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/report-page.json.")):
+    """kbridge report on a synthetic run of 1k / 10k samples: build time, page size, time to open."""
+    from kbridge.benchmarks.report_page import run
+
+    _finish(run(tuple(int(s) for s in samples.split(",") if s.strip()), browser), json_path, save)
