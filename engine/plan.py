@@ -128,7 +128,6 @@ def make_plan(cfg: PipelineConfig, gpus: list[GPU]) -> dict:
            f"diffusion worker: SDXL {n['sdxl']:.1f} GB + {n['batch']} × {ACT_GB_PER_IMAGE_1024 * n['scale']:.2f} GB "
            f"activations + {VAE_FP32_PEAK_GB_1024 * n['scale']:.2f} GB fp32 VAE decode + {CONTEXT_GB} context "
            f"= {n['diffusion']:.1f} GB; scorer CLIP-L {n['scorer']} GB"]
-    cap = {g.device: g.free_gb for g in gpus}
     place: dict[str, list[dict]] = {g.device: [] for g in gpus}
     G = len(gpus)
 

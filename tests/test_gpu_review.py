@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import sys
-import threading
 import types
 from dataclasses import replace
 from pathlib import Path
