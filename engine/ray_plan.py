@@ -94,3 +94,44 @@ def operators(cfg: PipelineConfig, nodes: int = 1, gpu_gb: float | None = None,
             actors = HTTP_ACTORS_PER_NODE * nodes if http else nodes
         ops.append(Operator(names, slot, CPU_PER_ACTOR, gpus, actors))
     return ops
+
+
+def ray_layout(cfg: PipelineConfig, nodes: int, node_gpus: list) -> dict:
+    """The actor layout of ``--executor ray`` on ``nodes`` nodes with ``node_gpus`` each: the
+    per-node memory plan decides which GPUs the LMM server takes (outside Ray, shared by every LMM
+    actor over HTTP) and which the render actors get; the operators follow."""
+    from dataclasses import replace
+
+    from kbridge.engine.plan import devices_of, make_plan
+
+    plan = make_plan(cfg, node_gpus)
+    lmm, diff = devices_of(plan, "lmm"), devices_of(plan, "diffusion")
+    if plan["schedule"] == "phased":
+        raise ConfigError(f"the LMM and SDXL do not fit side by side on {len(node_gpus)} × "
+                          f"{node_gpus[0].total_gb:g} GB (the plan is phased); --executor ray streams every stage "
+                          "at once: use a profile whose LMM fits beside SDXL, or the local executor's phased schedule")
+    shared = [d for d in lmm if d in diff]
+    ray_gpus = [g.device for g in node_gpus if g.device in diff or g.device not in lmm]
+    ops = operators(replace(cfg, lmm=replace(cfg.lmm, backend="http")), nodes, node_gpus[0].total_gb, len(diff))
+    visible = ",".join(d.split(":")[1] for d in ray_gpus)
+    return {"nodes": nodes, "gpus_per_node": len(node_gpus), "gpu_gb": node_gpus[0].total_gb,
+            "lmm_server": {"devices": lmm, "model": next(p["model"] for g in plan["gpus"] for p in g["placements"]
+                                                          if p["role"] == "lmm"), "shares_gpu_with_render": bool(shared)},
+            "ray_gpus": ray_gpus, "cuda_visible_devices": visible,
+            "operators": [{"stages": list(op.stages), "num_cpus": op.num_cpus, "num_gpus": op.num_gpus,
+                           "actors": op.actors} for op in ops]}
+
+
+def format_layout(lay: dict) -> str:
+    srv = lay["lmm_server"]
+    lines = [f"executor: ray on {lay['nodes']} node(s) × {lay['gpus_per_node']} GPU(s) of {lay['gpu_gb']:g} GB",
+             f"per node: LMM server ({srv['model']}) on {', '.join(srv['devices'])}, outside Ray "
+             f"(kbridge lmm serve / vllm serve; pass its URL with --lmm)"
+             + (", sharing its GPU with the render actor" if srv["shares_gpu_with_render"] else ""),
+             f"per node: start Ray with CUDA_VISIBLE_DEVICES={lay['cuda_visible_devices']} "
+             f"(Ray sees {', '.join(lay['ray_gpus'])})"]
+    for op in lay["operators"]:
+        gpu = f"{op['num_gpus']:g} GPU" if op["num_gpus"] else "no GPU"
+        lines.append(f"operator {' + '.join(op['stages']):<26} up to {op['actors']:>2} actor(s), "
+                     f"{op['num_cpus']:g} CPU, {gpu} each")
+    return "\n".join(lines)
