@@ -115,6 +115,11 @@ def per_sample(gpu: GPUCost, lmm: str, tp: int) -> dict:
             "decode_step_ms": dec * 1e3, "unet_step_ms": unet_step_s(gpu) * 1e3}
 
 
+def together_or_split(tp: int, G: int) -> bool:
+    """Fused on several GPUs: the LMM's TP group and at least one diffusion GPU side by side."""
+    return tp < G
+
+
 def _mix(ps: dict, key: str) -> float:
     return P_IMAGE * ps["image"][key] + (1 - P_IMAGE) * ps["text"][key]
 
@@ -124,6 +129,10 @@ def estimate(gpu_key: str, gpus_per_node: int, nodes: int = 1, lmm: str = "7B") 
     gpu = GPUS[gpu_key]
     # TP: the smallest power of two whose GPUs hold the weights plus ≈ 4 GB each of activations and KV
     tp = next(t for t in (1, 2, 4, 8) if LMM[lmm]["gb"] / t + 4 <= gpu.mem_gb)
+    if tp > gpus_per_node:
+        return [{"layout": f"the LMM needs TP {tp}: does not fit {gpus_per_node} GPU(s)", "samples_per_s": 0.0,
+                 "latency_image_s": None, "latency_text_s": None, "tp": tp, "decode_step_ms": None,
+                 "unet_step_ms": None, "lmm_gpu_s": None, "diff_gpu_s": None}]
     ps = per_sample(gpu, lmm, tp)
     lmm_s, diff_s = _mix(ps, "lmm_gpu_s"), _mix(ps, "diff_gpu_s")
     G = gpus_per_node * nodes
@@ -133,7 +142,7 @@ def estimate(gpu_key: str, gpus_per_node: int, nodes: int = 1, lmm: str = "7B") 
     rows = []
     if G == 1 and together:  # one GPU: LMM and SDXL time-share it
         rows.append(("fused", 1 / (lmm_s + diff_s), lat_i, lat_t))
-    elif nodes == 1 and G > 1:
+    elif nodes == 1 and G > 1 and max(tp, G // 2) < G and together_or_split(tp, G):
         k = max(tp, G // 2)  # the plan: LMM replicas on half the GPUs, diffusion workers on the rest
         rows.append((f"fused ({k} LMM + {G - k} SDXL GPUs)", min(k / lmm_s, (G - k) / diff_s), lat_i, lat_t))
     rows.append(("phased", G / (lmm_s + diff_s), None, None))
@@ -160,6 +169,9 @@ def format_estimate(rows_by_box: list[tuple[str, list[dict]]]) -> str:
              f"{'GPUs':<10} {'layout':<42} {'samples/s':>9} {'image s':>8} {'text s':>7}  per-unit costs"]
     for box, rows in rows_by_box:
         for r in rows:
+            if r["decode_step_ms"] is None:
+                lines.append(f"{box:<10} {r['layout']}")
+                continue
             li = "run" if r["latency_image_s"] is None else f"{r['latency_image_s']:.1f}"
             lt = "run" if r["latency_text_s"] is None else f"{r['latency_text_s']:.2f}"
             lines.append(f"{box:<10} {r['layout']:<42} {r['samples_per_s']:>9.3f} {li:>8} {lt:>7}  "

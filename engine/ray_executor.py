@@ -326,7 +326,10 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
         sink = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG))
         timings: list[tuple] = []
         seen: set[str] = set()
-        for batch in pipeline(ray, spec, rows, operators(cfg)).iter_batches(batch_size=None, batch_format="numpy"):
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        ops = operators(cfg, max(1, nodes), render_actors=gpus or None)
+        for batch in pipeline(ray, spec, rows, ops).iter_batches(batch_size=None, batch_format="numpy"):
             for blob in batch["row"]:
                 row = decode(blob)
                 if row.sample_id in seen or row.sample_id in store.finished:  # a retried block's row, written once

@@ -77,8 +77,9 @@ def gpu_shares(cfg: PipelineConfig, gpu_gb: float | None = None) -> dict:
 
 
 def operators(cfg: PipelineConfig, nodes: int = 1, gpu_gb: float | None = None,
-              render_per_node: int | None = None) -> list[Operator]:
-    """The operators of a run on ``nodes`` nodes (render actors: one per diffusion GPU per node)."""
+              render_per_node: int | None = None, render_actors: int | None = None) -> list[Operator]:
+    """The operators of a run on ``nodes`` nodes. Render actors: one per diffusion GPU per node, or
+    ``render_actors`` (a running cluster: one per GPU Ray sees)."""
     share = gpu_shares(cfg, gpu_gb)
     http = cfg.lmm.backend == "http"
     ops = []
@@ -87,7 +88,7 @@ def operators(cfg: PipelineConfig, nodes: int = 1, gpu_gb: float | None = None,
         if slot == "generators":
             gpus = share["render"]
             per_node = render_per_node if render_per_node is not None else len(_diffusion_devices(cfg))
-            actors = max(1, per_node * nodes) if gpus else nodes
+            actors = (render_actors or max(1, per_node * nodes)) if gpus else nodes
         elif slot == "scorer":
             gpus = share["scorer"]
         elif slot == "lmm":

@@ -19,12 +19,9 @@ import pytest
 import promise
 from fake_lmm import FakeLMM
 from kbridge.engine.api import Engine
-from kbridge.engine.ray_executor import busy_seconds, decode, encode
-from kbridge.engine.ray_plan import operators, segments
-from kbridge.engine.rows import Failure, LMMRecord, Row
-from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, Triple
 
 HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.ray
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -48,40 +45,6 @@ def fake_reference(cfg, tmp_path_factory):
     rep = _fake_engine(cfg, FakeLMM(), threads=1).run(out=out)
     assert rep.completed == 8 and not rep.errors
     return out
-
-
-def test_rows_travel_as_bytes_losslessly():
-    from PIL import Image
-
-    img = Image.frombytes("RGB", (5, 4), bytes(range(60)))
-    row = Row(Sample("d:1", 1, "a cup", img, "image", ["cup"], "x.jpg"),
-              knowledge=Knowledge([ObjectInfo("cup", 1, ["red"])], "photo", [Triple("cup", "on", "table")]),
-              candidates=(Candidate("c0", "generated", image=img.rotate(90, expand=True), prompt="p", seed=7),
-                          Candidate("c1", "retrieved", text="t", retriever="faiss", scores={"total": 0.5})),
-              best="c0", error=Failure("rank", "boom", "Traceback"), lmm=(LMMRecord("extract", 1, 10, 5, False, 1.0, 2.0),),
-              unet_evals=8.0, vae_decodes=1.0, turn=2, timings=(("load", 0.5, 0.6),), admitted=0.25,
-              extra={"retrieved": True})
-    back = decode(encode(row))
-    assert back == row  # dataclass equality; PIL images compare by mode, size and pixels
-    assert back.candidates[0].image.size == (4, 5)
-
-
-def test_stages_sharing_a_model_form_one_operator(cfg):
-    from kbridge.engine.config import build_config
-
-    assert [names for names, _ in segments()] == [("load",), ("extract", "write"), ("render",),
-                                                  ("candidate_knowledge",), ("retrieve", "rank")]
-    tiny = operators(cfg)
-    assert all(op.num_gpus == 0 and 0 < op.num_cpus < 1 for op in tiny)  # CPU profile: no GPU request
-    big = {op.stages: op for op in operators(build_config("4090x4"), nodes=2)}
-    # 16.5 GB diffusion worker on a 24 GB card; two diffusion GPUs per node on two nodes
-    assert big[("render",)].num_gpus == pytest.approx(0.69, abs=0.1) and big[("render",)].actors == 4
-    assert big[("retrieve", "rank")].num_gpus < 0.1 and big[("extract", "write")].num_gpus == 0
-
-
-def test_busy_seconds_count_overlapping_calls_once():
-    t = [("render", 0.0, 2.0), ("render", 1.0, 3.0), ("render", 5.0, 6.0), ("rank", 1.0, 1.5)]
-    assert busy_seconds(t) == {"render": pytest.approx(4.0), "rank": pytest.approx(0.5)}
 
 
 def test_ray_run_of_the_tiny_models_agrees_with_the_local_executor(cfg, ray_cluster, tmp_path):
