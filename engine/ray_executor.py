@@ -237,8 +237,17 @@ class StageActor:
 # ---- the driver ----------------------------------------------------------------------------------
 
 def ray_manifest(cfg, address: str | None) -> dict:
-    """What the manifest records about Ray (raises RayUnavailable without the extra)."""
+    """What the manifest records about Ray; refuses what the Ray executor cannot run before the run
+    directory is touched (RayUnavailable without the extra, ConfigError for the configuration)."""
+    from kbridge.engine.plan import resolve_schedule
+
     ray = _ray()
+    if cfg.lmm.backend != "http" and str(cfg.lmm.device).startswith("cuda"):
+        raise ConfigError("--executor ray on GPUs needs --lmm URL: the LMM stages are clients of one shared "
+                          "OpenAI-compatible server (kbridge lmm serve, or vllm serve)")
+    if resolve_schedule(cfg) == "phased":
+        raise ConfigError("--executor ray runs every stage as one streaming Ray pipeline; use --schedule fused "
+                          "(the LMM server is outside Ray) or the local executor for a phased run")
     return {"ray": {"version": ray.__version__, "address": address or "local",
                     "operators": [{"stages": list(op.stages), "num_cpus": op.num_cpus, "num_gpus": op.num_gpus,
                                    "actors": op.actors} for op in operators(cfg)]}}
@@ -267,11 +276,12 @@ def _default_loaders(eng) -> dict:
             if getattr(f, "__code__", None) is not getattr(fresh.get(k), "__code__", None)}
 
 
-def busy_seconds(rows_timings: list[tuple]) -> dict:
-    """Wall seconds with at least one call of a stage in flight, from the rows' own timings."""
-    spans: dict[str, list[tuple[float, float]]] = {}
+def busy_seconds(rows_timings) -> dict:
+    """Wall seconds with at least one call of a stage in flight, from the rows' own timings
+    ((stage, start, end); the rows of one call share theirs and count once)."""
+    spans: dict[str, set[tuple[float, float]]] = {}
     for stage, a, b in rows_timings:
-        spans.setdefault(stage, []).append((a, b))
+        spans.setdefault(stage, set()).add((a, b))
     out = {}
     for stage, iv in spans.items():
         total, end = 0.0, -math.inf
@@ -303,12 +313,6 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
 
     ray = _ray()
     cfg = eng.cfg
-    if cfg.lmm.backend != "http" and str(cfg.lmm.device).startswith("cuda"):
-        raise ConfigError("--executor ray on GPUs needs --lmm URL: the LMM stages are clients of one shared "
-                          "OpenAI-compatible server (kbridge lmm serve, or vllm serve)")
-    if schedule == "phased":
-        raise ConfigError("--executor ray runs every stage as one streaming Ray pipeline; use --schedule fused "
-                          "(the LMM server is outside Ray) or the local executor for a phased run")
     started = connect(address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -324,7 +328,7 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
         spec = Spec(cfg, ds, str(store.root.resolve()), _default_loaders(eng), cache)
         rows = [Row(Sample(f"{ds.name}:{i}", i, None, None, ds.missing.get(i))) for i in todo]
         sink = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG))
-        timings: list[tuple] = []
+        timings: set[tuple] = set()  # one entry per stage call, not per row
         seen: set[str] = set()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -335,7 +339,7 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
                 if row.sample_id in seen or row.sample_id in store.finished:  # a retried block's row, written once
                     continue
                 seen.add(row.sample_id)
-                timings.extend(row.timings)
+                timings.update(row.timings)
                 sink(row)
         sink.close(busy_seconds(timings))
     finally:
