@@ -314,10 +314,10 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
     ray = _ray()
     cfg = eng.cfg
     started = connect(address)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset chatter on the CLI's stderr
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx.enable_progress_bars = False  # kbridge run has its own progress bar
+    ctx.execution_options.preserve_order = False  # results stream in completion order
     cache = None
     try:
         if cfg.lmm.cache:
@@ -341,7 +341,8 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
                 seen.add(row.sample_id)
                 timings.update(row.timings)
                 sink(row)
-        sink.close(busy_seconds(timings))
+        busy = busy_seconds(timings)
+        sink.close({name: busy[name] for name in STAGES if name in busy})  # in pipeline order
     finally:
         if cache is not None:
             try:

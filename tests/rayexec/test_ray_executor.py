@@ -62,8 +62,8 @@ def test_ray_run_of_the_tiny_models_agrees_with_the_local_executor(cfg, ray_clus
 
 
 class DyingLMM(FakeLMM):
-    """The fake LMM whose actor process dies (os._exit) at its first request for ``victim``, once
-    per marker file: what a lost worker looks like to Ray."""
+    """The fake LMM whose actor is killed (``ray.kill`` of its own actor handle) at its first
+    request for ``victim``, once per marker file: a lost worker, mid-batch."""
 
     def __init__(self, marker: str, victim: str):
         super().__init__()
@@ -71,7 +71,11 @@ class DyingLMM(FakeLMM):
 
     async def generate(self, requests):
         if any(r.sample_id == self.victim for r in requests) and not os.path.exists(self.marker):
+            import ray
+
             Path(self.marker).write_text(str(os.getpid()))
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=False)
+            time.sleep(60)  # the kill arrives; nothing of this call is ever returned
             os._exit(1)
         return await super().generate(requests)
 
