@@ -132,6 +132,10 @@ def run(
                                           help="Dense-model runtime: torch | compile | onnx | tensorrt | torch_tensorrt."),
     schedule: Optional[str] = typer.Option(None, "--schedule",
                                            help="auto (default: the GPU memory plan decides) | fused | phased."),
+    executor: str = typer.Option("local", "--executor", help="local (default: streaming, in this process) | ray "
+                                 "(the same stages as Ray Data operators; needs the ray extra)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="HOST:PORT of a Ray cluster to join "
+                                              "(default: start a local instance sized to the machine)."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
@@ -151,7 +155,7 @@ def run(
         with progress:
             task = progress.add_task("samples", total=None)
             report = Engine(cfg).run(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
-                                     export=export_completed,
+                                     export=export_completed, executor=executor, ray_address=ray_address,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except KbridgeError as e:  # the dataset, the run directory, a model, a backend, the configuration

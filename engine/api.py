@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from kbridge.engine import data as D
-from kbridge.engine.config import PipelineConfig, build_config
+from kbridge.engine.config import ConfigError, PipelineConfig, build_config
 from kbridge.engine.domains import domain_of
 from kbridge.engine.executor import stream
 from kbridge.engine.lmm import LMMClient, RequestLog
@@ -27,6 +27,7 @@ from kbridge.engine.models import Models, load_retriever
 from kbridge.engine.phased import PhaseFiles
 from kbridge.engine.plan import placed, resolve_schedule
 from kbridge.engine.rows import Row
+from kbridge.engine.sink import ResultSink
 from kbridge.engine.stages import GRAPH, PHASES, STAGES, Ctx
 from kbridge.engine.store import RunStore, export_completed
 from kbridge.engine.types import Sample
@@ -103,11 +104,14 @@ class Engine:
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
             out: str | Path = "kbridge-out", limit: int | None = None,
             export: str | Path | None = None, on_start: Callable[[int], None] | None = None,
-            on_sample: Callable[[str, str], None] | None = None) -> RunReport:
+            on_sample: Callable[[str, str], None] | None = None, executor: str = "local",
+            ray_address: str | None = None) -> RunReport:
         """Complete every incomplete sample of a dataset (the domain's demo set when ``data`` is None).
 
         ``on_start(n)`` gets the number of samples left to do; ``on_sample(sample_id, status)`` is
-        called as each finishes ("done" / "error").
+        called as each finishes ("done" / "error"). ``executor``: "local" (the streaming executor
+        in this process) or "ray" (the same stages as Ray Data operators, engine/ray_executor.py;
+        ``ray_address`` joins a cluster, else a local instance is started and stopped).
         Raises DataError for an unreadable dataset and RunConfigMismatch for a reused ``out``.
         """
         import torch
@@ -128,10 +132,17 @@ class Engine:
         run_key = hashlib.sha256(f"{cfg.result_hash()}|{ds.name}|{ds.root.resolve()}|{ds.format}|"
                                  f"{_sha(missing)}".encode()).hexdigest()[:16]
         schedule = resolve_schedule(cfg)
+        ray_info = {}
+        if executor == "ray":
+            from kbridge.engine.ray_executor import ray_manifest
+
+            ray_info = ray_manifest(cfg, ray_address)
+        elif executor != "local":
+            raise ConfigError(f"unknown executor {executor!r} (known: local, ray)")
         phases = [list(p) for p in PHASES] if schedule == "phased" else [[s.name for s in GRAPH]]
         store = RunStore(out, run_key, {
             "config": cfg.to_dict(), "profile": cfg.profile, "versions": versions(),
-            "threads": torch.get_num_threads(), "schedule": schedule, "phases": phases, "executor": "local",
+            "threads": torch.get_num_threads(), "schedule": schedule, "phases": phases, "executor": executor, **ray_info,
             "data": {"name": ds.name, "root": str(ds.root), "format": ds.format,
                      "missing": str(missing) if missing else None, "items": len(ds)}})
         t_start = time.time()
@@ -146,7 +157,11 @@ class Engine:
             report.skipped = len(indices) - len(todo)
             if on_start:
                 on_start(len(todo))
-            if todo:
+            if todo and executor == "ray":
+                from kbridge.engine.ray_executor import execute
+
+                execute(self, store, ds, todo, schedule, report, t_start, on_sample, ray_address)
+            elif todo:
                 self._execute(store, ds, todo, schedule, report, t_start, on_sample)
             report.counts_by_missing = _counts_by_missing(store.results_path)
             report.wall_seconds = round(time.time() - t_start, 3)
@@ -167,35 +182,10 @@ class Engine:
     def _execute(self, store: RunStore, ds, todo: list[int], schedule: str, report: RunReport, t_start: float,
                  on_sample) -> None:
         cfg = self.cfg
-        verbose = log.isEnabledFor(logging.DEBUG)
         busy: dict = defaultdict(float)
-        lmm = {"lmm_calls": 0, "cache_hits": 0, "prompt_tokens": 0, "generated_tokens": 0}
-        latencies: list[float] = []
         files = PhaseFiles(store.root)
         any_image = any(ds.missing.get(i) == "image" for i in todo)
-
-        def account(row: Row) -> None:
-            for r in row.lmm:
-                if r.cached:
-                    lmm["cache_hits"] += 1
-                else:
-                    lmm["lmm_calls"] += 1
-                    lmm["prompt_tokens"] += r.prompt_tokens
-                    lmm["generated_tokens"] += r.generated_tokens
-
-        def finish(row: Row) -> None:
-            """The sink of the last phase (writer thread): a result line, or the row's error."""
-            account(row)
-            if row.error is not None:
-                self._error(store, report, row.sample_id, row.error.message, row.error.stage, on_sample,
-                            row.error.detail if verbose else "")
-                return
-            line = store.write_result(row, t_start)
-            report.completed += 1
-            report.candidates += len(row.candidates)
-            latencies.append(line["timings"]["sample"]["seconds"])
-            if on_sample:
-                on_sample(row.sample_id, "done")
+        finish = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG))
 
         def persist(k: int):
             def sink(row: Row) -> None:
@@ -240,12 +230,7 @@ class Engine:
                 source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
                 asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
             files.clear()
-        report.stage_seconds = {k: round(v, 3) for k, v in busy.items()}
-        report.lmm = lmm
-        if latencies:
-            from kbridge.benchmarks.harness import percentile
-
-            report.latency = {"p50_s": round(percentile(latencies, 50), 3), "p95_s": round(percentile(latencies, 95), 3)}
+        finish.close(busy)
 
     def build_index(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
                     out: str | Path = "kbridge-out", limit: int | None = None) -> dict:
@@ -264,14 +249,6 @@ class Engine:
         finally:
             if cache:
                 cache.close()
-
-    @staticmethod
-    def _error(store: RunStore, report: RunReport, sid: str, msg: str, stage: str, on_sample, detail: str = "") -> None:
-        log.error("%s: %s", sid, msg)
-        store.write_error(sid, msg, stage, detail)
-        report.errors.append({"sample_id": sid, "stage": stage, "error": msg})
-        if on_sample:
-            on_sample(sid, "error")
 
 
 def _counts_by_missing(results: Path) -> dict:
