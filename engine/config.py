@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kbridge.engine.serve.limits import ServeConfig
+
 
 class ConfigError(ValueError):
     """A configuration value or file is wrong."""
@@ -255,6 +257,8 @@ class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     medical: MedicalConfig = field(default_factory=MedicalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """``kbridge serve`` limits (engine/serve/limits.py); no effect on results."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -279,6 +283,7 @@ class PipelineConfig:
             d["rank"].pop("retriever")
             d["models"].pop("mire")
         d.pop("profile")
+        d.pop("serve")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def cache_dir(self) -> Path:
@@ -317,7 +322,7 @@ PROFILES: dict[str, dict] = {
 """GPU profiles keep the reference's SDXL settings; model directories must be given for them."""
 
 _SECTIONS = {"models": ModelsConfig, "lmm": LMMConfig, "knowledge": KnowledgeConfig, "generation": GenerationConfig,
-             "rank": RankConfig, "run": RunConfig, "medical": MedicalConfig, "runtime": RuntimeConfig}
+             "rank": RankConfig, "run": RunConfig, "medical": MedicalConfig, "runtime": RuntimeConfig, "serve": ServeConfig}
 
 
 def _apply(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:

@@ -1,0 +1,72 @@
+"""A loopback kbridge server in a background thread: the tiny dense models from the session's
+engine, and a FakeLMM (or the real tiny LMM) behind the service."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+
+import httpx2 as httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_engine(cfg, engine, lmm=None, run: dict | None = None, **limits):
+    """An Engine on the session's loaded tiny models (``lmm``: a fake backend, or None for the real tiny twin)."""
+    from kbridge.engine.api import Engine
+
+    cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **limits),
+                              run=dataclasses.replace(cfg.run, **(run or {})))
+    eng = Engine(cfg)
+    loaded = engine.models()
+    eng.loaders.update(lmm=(lambda: lmm) if lmm is not None else (lambda: loaded.lmm),
+                       scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    return eng
+
+
+@contextlib.contextmanager
+def running(eng, api_key=None):
+    import uvicorn
+
+    from kbridge.engine.serve.app import create_app
+    from kbridge.engine.serve.jobs import Service
+    from kbridge.engine.serve.metrics import Metrics
+
+    svc = Service(eng, Metrics())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(svc, api_key), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "server did not become ready"
+            time.sleep(0.05)
+        yield url, svc
+    finally:
+        server.should_exit = True
+        t.join(60)
+
+
+@pytest.fixture
+def fake_server(cfg, engine):
+    """Factory: ``with fake_server(lmm=FakeLMM(...), max_queue=1) as (url, svc)``."""
+    from fake_lmm import FakeLMM
+
+    def make(lmm=None, api_key=None, run=None, **limits):
+        return running(serve_engine(cfg, engine, lmm or FakeLMM(), run, **limits), api_key)
+    return make
