@@ -128,7 +128,8 @@ def event_of(stage: str, row, job: Job) -> list[tuple[str, dict]]:
     if stage == "candidate_knowledge":
         return [("candidate_knowledge", {c.id: [t.as_dict() for t in c.triples] for c in row.candidates})]
     if stage == "retrieve":
-        return [("retrieved", {"ids": [c.id for c in row.candidates if c.source == "retrieved"]})]
+        ids = [c.id for c in row.candidates if c.source == "retrieved"]
+        return [("retrieved", {"ids": ids})] if ids else []
     if stage == "rank":
         return [("scores", {"scores": {c.id: c.scores for c in row.candidates}, "best": row.best})]
     return []
@@ -231,12 +232,6 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
                   description="Missing-modality completion as a service. /health and /metrics need no key; "
                               "every /v1 route needs `Authorization: Bearer <key>` when the server has one.")
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        resp = await call_next(request)
-        route = request.scope.get("route")
-        metrics.http.labels(route=getattr(route, "path", "other"), code=str(resp.status_code)).inc()
-        return resp
 
     async def auth(request: Request) -> None:
         if api_key is None:
@@ -357,7 +352,30 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
         return Response(data, media_type="image/png")
 
     app.include_router(v1)
+    app.add_middleware(_Count, metrics=metrics)
     return app
+
+
+class _Count:
+    """HTTP answers by route and code (plain ASGI: a BaseHTTPMiddleware would hide client
+    disconnects from the handlers)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        code = []
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                code.append(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        route = getattr(scope.get("route"), "path", "other")
+        self.metrics.http.labels(route=route, code=str(code[0] if code else 0)).inc()
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,

@@ -1,4 +1,4 @@
-"""A loopback kbridge server in a background thread: the tiny dense models from the session's
+"""Test helpers: a loopback kbridge server in a background thread: the tiny dense models from the session's
 engine, and a FakeLMM (or the real tiny LMM) behind the service."""
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import threading
 import time
 
 import httpx2 as httpx
-import pytest
 
 
 def free_port() -> int:
@@ -61,12 +60,3 @@ def running(eng, api_key=None):
         server.should_exit = True
         t.join(60)
 
-
-@pytest.fixture
-def fake_server(cfg, engine):
-    """Factory: ``with fake_server(lmm=FakeLMM(...), max_queue=1) as (url, svc)``."""
-    from fake_lmm import FakeLMM
-
-    def make(lmm=None, api_key=None, run=None, **limits):
-        return running(serve_engine(cfg, engine, lmm or FakeLMM(), run, **limits), api_key)
-    return make
