@@ -379,9 +379,13 @@ class _Count:
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
-          on_listen=None) -> None:
+          on_listen=None) -> Service:
     """Run the service until SIGTERM / SIGINT: uvicorn stops accepting, open requests finish,
-    then admitted jobs drain (cancelled after [serve] request_timeout_s)."""
+    then admitted jobs drain (cancelled after [serve] request_timeout_s). Returns the drained
+    service (its jobs say how each ended)."""
+    import signal
+    import threading
+
     import uvicorn
 
     svc = Service(engine, Metrics())
@@ -390,4 +394,9 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None
                                            timeout_graceful_shutdown=svc.limits.request_timeout_s))
     if on_listen:
         on_listen(host, port)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the signal it caught once it has shut down; a drained stop exits 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
     server.run()
+    return svc

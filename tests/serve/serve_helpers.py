@@ -31,7 +31,7 @@ def serve_engine(cfg, engine, lmm=None, run: dict | None = None, **limits):
 
 
 @contextlib.contextmanager
-def running(eng, api_key=None):
+def running(eng, api_key=None, ready=True):
     import uvicorn
 
     from kbridge.engine.serve.app import create_app
@@ -49,7 +49,8 @@ def running(eng, api_key=None):
     try:
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                code = httpx.get(f"{url}/health", timeout=5).status_code
+                if code == 200 or (code == 503 and not ready):
                     break
             except httpx.HTTPError:
                 pass

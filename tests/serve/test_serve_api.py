@@ -41,6 +41,20 @@ def _sse(text: str) -> list[tuple[int, str, dict]]:
     return out
 
 
+def test_health_says_503_until_the_models_are_loaded(cfg, engine):
+    gate = threading.Event()
+    eng = serve_engine(cfg, engine, FakeLMM())
+    load = eng.loaders["lmm"]
+    eng.loaders["lmm"] = lambda: gate.wait(60) and load()
+    with running(eng, ready=False) as (url, svc):
+        assert httpx.get(f"{url}/health").status_code == 503
+        r = httpx.post(f"{url}/v1/complete", json=TEXT)
+        assert r.status_code == 503 and "loading" in r.json()["error"]
+        gate.set()
+        _wait(lambda: httpx.get(f"{url}/health").status_code == 200, "/health to say 200")
+        assert httpx.post(f"{url}/v1/complete", json=TEXT, timeout=120).status_code == 200
+
+
 def test_status_codes_auth_and_limits(cfg, engine):
     with running(serve_engine(cfg, engine, FakeLMM(), max_image_pixels=64 * 64), api_key="s3cret") as (url, svc):
         key = {"Authorization": "Bearer s3cret"}
