@@ -50,24 +50,24 @@ def test_concurrent_requests_agree_with_kbridge_run(cfg, engine, tmp_path):
     ran = list(promise.rows(run_dir).values())
     ds = D.open_dataset(None)
     bodies = [_request(ds, r["index"], r["missing"]) for r in ran]
+    # the same request twice without a sample id: the default id hashes the content
+    again = {k: v for k, v in next(b for b in bodies if b["missing"] == "image").items() if k != "sample_id"}
     # several rows per dense call, so requests really share render and rank batches
     eng = serve_engine(cfg, engine, None, run={"dense_rows": 4})
     with running(eng) as (url, svc):
-        with httpx.Client(timeout=600) as client, ThreadPoolExecutor(len(bodies)) as pool:
-            resps = list(pool.map(lambda b: client.post(f"{url}/v1/complete", json=b), bodies))
-    assert [r.status_code for r in resps] == [200] * len(bodies), [r.text[:200] for r in resps]
-    served = [r.json() for r in resps]
+        with httpx.Client(timeout=600) as client, ThreadPoolExecutor(len(bodies) + 2) as pool:
+            resps = list(pool.map(lambda b: client.post(f"{url}/v1/complete", json=b), bodies + [again, again]))
+    assert [r.status_code for r in resps] == [200] * len(resps), [r.text[:200] for r in resps]
+    *served, a, b = [r.json() for r in resps]
     assert {r["sample_id"] for r in served} == {r["sample_id"] for r in ran}
     for r in served:
         assert set(r["timings"]) >= {"extract", "write", "rank", "request", "queue"}
         assert r["counts"]["lmm_calls"] > 0
     ties = promise.cross_settings(run_dir, _as_run_dir(served, tmp_path / "served"))
     assert len(ties) <= 1, ties
-    # the same request again gives the same answer (the default sample id hashes the content)
-    with running(serve_engine(cfg, engine, None)) as (url, svc):
-        body = {k: v for k, v in next(b for b in bodies if b["missing"] == "image").items() if k != "sample_id"}
-        a, b = (httpx.post(f"{url}/v1/complete", json=body, timeout=600).json() for _ in range(2))
     assert a["sample_id"] == b["sample_id"] and a["sample_id"].startswith("req:")
-    for k in ("prompt", "text", "seed", "image"):
+    for k in ("prompt", "seed"):
         assert [c.get(k) for c in a["candidates"]] == [c.get(k) for c in b["candidates"]], k
-    assert a["best"] == b["best"] and a["knowledge"] == b["knowledge"]
+    assert a["knowledge"] == b["knowledge"]
+    for ca, cb in zip(a["candidates"], b["candidates"]):
+        assert abs(ca["scores"]["total"] - cb["scores"]["total"]) <= promise.SCORE_TOL

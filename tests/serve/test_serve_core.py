@@ -19,7 +19,6 @@ from kbridge.engine.types import Sample
 def test_async_source_hooks_cancellation_and_per_row_configs(cfg):
     run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rows_in_flight=16, batch_wait_ms=50))
     other = dataclasses.replace(run_cfg, generation=dataclasses.replace(run_cfg.generation, candidates=2))
-    seen: list[tuple[str, int, tuple]] = []
 
     def work(name):
         def fn(rows, ctx):
