@@ -44,6 +44,8 @@ class BaselineRun:
     vae_decodes: dict = field(default_factory=lambda: defaultdict(int))
     best: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
+    done_at: dict = field(default_factory=dict)
+    """Seconds from the start of the run (before any model loads) to each sample's result."""
 
 
 class _Timer:
@@ -203,6 +205,7 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
             best = max(range(len(scores)), key=lambda j: (scores[j], -j))
             _write_json(d / "ranking.json", {"scores": scores, "best": best})
             run.best[s.sample_id] = f"c{best}"
+        run.done_at[s.sample_id] = time.perf_counter() - t_start
     _free(backend, client, scorer)
     run.wall_seconds = time.perf_counter() - t_start
     return run

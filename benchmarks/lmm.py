@@ -79,7 +79,7 @@ def throughput(engine, n: int, levels: tuple[int, ...], repeat: int) -> list[dic
     from kbridge.engine.lmm.vllm_http import HTTPBackend
 
     cfg = engine.cfg
-    hf = engine.models(need_diffusion=False).backend
+    hf = engine.models(need_diffusion=False).lmm
     reqs = _workload(cfg, n)
     rows = []
 

@@ -51,6 +51,9 @@ def _register_subapps() -> None:
     from kbridge.cli.serve import serve
 
     app.command("serve")(serve)
+    from kbridge.cli.report import report
+
+    app.command("report")(report)
 
 
 _register_subapps()
@@ -143,14 +146,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kbridge.engine.api import Engine
-    from kbridge.engine.config import ConfigError
-    from kbridge.engine.data import DataError
-    from kbridge.engine.lmm.vllm_http import LMMUnavailable
-    from kbridge.engine.lmm.vllm_local import BackendUnavailable
-    from kbridge.engine.runtime import RuntimeUnavailable
-    from kbridge.export.onnx import ExportError
-    from kbridge.engine.store import RunConfigMismatch
-    from kbridge.engine.zoo import ModelNotFound
+    from kbridge.engine.errors import KbridgeError
 
     progress = Progress(TextColumn("[bold]kbridge run"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=not err.is_terminal)
@@ -161,9 +157,7 @@ def run(
                                      export=export_completed,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
-    except (DataError, RunConfigMismatch, ModelNotFound, ConfigError, LMMUnavailable, BackendUnavailable) as e:
-        _fail(str(e))
-    except (RuntimeUnavailable, ExportError) as e:  # compiled backends (--backend)
+    except KbridgeError as e:  # the dataset, the run directory, a model, a backend, the configuration
         _fail(str(e))
     _summary(report)
     if report.errors:
@@ -220,10 +214,28 @@ def models_list(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt, l
 
 
 @models_app.command("build")
-def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt):
+def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt,
+                 full_size: bool = typer.Option(False, "--full-size", help="The real architectures at their "
+                                                "published sizes, random weights (for GPU timing; never the default)."),
+                 device: str = typer.Option("cuda:0", "--device", help="With --full-size: a CUDA device, or meta "
+                                            "(shapes only, to count parameters)")):
     """Build every random-weight twin the profile uses (they are also built on first use)."""
     from kbridge.engine import zoo
 
+    if full_size:
+        from kbridge.engine import fullsize
+        from kbridge.engine.models import quiet_libraries
+
+        quiet_libraries()
+        try:
+            fullsize.check_device(device)
+            for name in fullsize.FULL_SIZE:
+                b = fullsize.build(name, device)
+                out.print(f"{name}: {b.params:,} parameters on {device}", highlight=False)
+                del b
+        except fullsize.FullSizeUnavailable as e:
+            _fail(str(e))
+        return
     cfg = _config(profile, config)
     for name in zoo.MODELS:
         size = getattr(cfg.models, name)

@@ -51,6 +51,17 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
             json_path, save)
 
 
+@bench_app.command("scale")
+def scale(sizes: str = typer.Option("1000,10000,50000", "--sizes", help="Dataset sizes (records)."),
+          first: int = typer.Option(16, "--first", help="Stop after this many completed samples."),
+          json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/scale.json.")):
+    """Peak RSS of `kbridge run` after its first samples, on synthetic datasets of growing size."""
+    from kbridge.benchmarks import scale as q
+
+    _finish(q.run(tuple(int(x) for x in sizes.split(",") if x.strip()), first), json_path, save)
+
+
 @bench_app.command("cheff")
 def cheff(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile (the Cheff twin or [models] cheff)."),
           candidates: int = typer.Option(7, "--candidates", help="Candidates per sample."),
@@ -149,3 +160,33 @@ def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile f
     if quick:
         candidates, free_text_tokens = candidates or 2, free_text_tokens or 32
     _finish(q.run(profile, quick, mult, requests, candidates, free_text_tokens), json_path, save)
+
+
+@bench_app.command("gpu")
+def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no compile / refiner / whole-sample rows."),
+        device: str = typer.Option("cuda:0", "--device", help="The GPU to measure."),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/gpu.json.")):
+    """Per-stage GPU speed on full-size random twins (SDXL, Qwen2-VL-7B, CLIP ViT-L/14, MaxSim)."""
+    from kbridge.cli.app import _fail
+    from kbridge.engine.errors import Unavailable
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    try:
+        from kbridge.benchmarks.gpu import run
+
+        report = run(quick=quick, device=device)
+    except Unavailable as e:
+        _fail(str(e))
+    _finish(report, json_path, save)
+@bench_app.command("report-page")
+def report_page(samples: str = typer.Option("1000,10000", "--samples", help="Run sizes, comma-separated."),
+                browser: bool = typer.Option(True, "--browser/--no-browser",
+                                             help="Also time a headless Chromium opening the page."),
+                json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+                save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/report-page.json.")):
+    """kbridge report on a synthetic run of 1k / 10k samples: build time, page size, time to open."""
+    from kbridge.benchmarks.report_page import run
+
+    _finish(run(tuple(int(s) for s in samples.split(",") if s.strip()), browser), json_path, save)

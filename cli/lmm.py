@@ -45,6 +45,11 @@ def serve(
     path = model or f"/models/{p.model}"
     if not dry_run and not Path(path).is_dir():
         _fail(f"model directory not found: {path}")
+    from kbridge.engine.lmm.serving import tp_split_error
+
+    why = tp_split_error(path, p.tensor_parallel) if not dry_run else None
+    if why:
+        _fail(why)
     argv, env = serve_command(p, path, host, port, api_key_env, vllm_bin)
     base = f"http://{host}:{port or p.port}"
     if dry_run:

@@ -25,7 +25,7 @@ from kbridge.engine.executor import stream
 from kbridge.engine.lmm import LMMClient, RequestLog
 from kbridge.engine.models import Models, load_retriever
 from kbridge.engine.phased import PhaseFiles
-from kbridge.engine.plan import resolve_schedule
+from kbridge.engine.plan import placed, resolve_schedule
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import GRAPH, PHASES, STAGES, Ctx
 from kbridge.engine.store import RunStore, export_completed
@@ -81,6 +81,9 @@ class Engine:
             "lmm": lambda: load_lmm(cfg), "scorer": lambda: load_scorer(cfg),
             "generators": lambda: [load_generator(cfg, d) for d in render_devices(cfg)]}
         """How each model slot is loaded (a test or an embedding application may replace one)."""
+        self.executor = stream
+        """``async (source, stages, ctx, sink, busy)`` that moves rows through stages (the benchmark
+        swaps in the v0.1 batch-barrier pattern to compare executors on the same stages)."""
 
     def models(self, need_diffusion: bool = True) -> Models:
         """The loaded models (LMM, scorer, and the generator replicas when ``need_diffusion``)."""
@@ -109,8 +112,12 @@ class Engine:
         """
         import torch
 
-        cfg = self.cfg
+        cfg = self.cfg = placed(self.cfg)  # on a GPU box: the memory plan's devices (no-op on CPU)
         domain = domain_of(cfg)
+        if domain.name == "chest_xray":  # a malformed few-shot file is a configuration error, before any work
+            from kbridge.engine.medical import load_few_shot
+
+            load_few_shot(cfg.medical.few_shot, cfg.medical.few_shot_count)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if data is None:
@@ -148,7 +155,8 @@ class Engine:
                 "incomplete": report.incomplete, "finished": len(store.finished),
                 "errors_this_run": len(report.errors), "wall_seconds_this_run": report.wall_seconds,
                 "stage_seconds_this_run": report.stage_seconds, "lmm_this_run": report.lmm,
-                "latency_this_run": report.latency, "runs": prev.get("runs", 0) + 1},
+                "latency_this_run": report.latency, "resumed_this_run": report.skipped,
+                "runs": prev.get("runs", 0) + 1},
                 counts_by_missing=report.counts_by_missing)
             if export:
                 report.exported = export_completed(store.root, ds, Path(export))
@@ -216,7 +224,7 @@ class Engine:
             models.retriever = load_retriever(cfg, store.root)
             ctx = Ctx(models=models, client=LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy),
                       **ctx_base)
-            asyncio.run(stream(fresh(set()), GRAPH, ctx, finish, busy))
+            asyncio.run(self.executor(fresh(set()), GRAPH, ctx, finish, busy))
         else:
             last = len(PHASES) - 1
             for k, names in enumerate(PHASES):
@@ -230,7 +238,7 @@ class Engine:
                 ctx = Ctx(models=models, client=client, **ctx_base)
                 skip = files.done(k) | store.done()
                 source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
-                asyncio.run(stream(source, stages, ctx, finish if k == last else persist(k), busy))
+                asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
             files.clear()
         report.stage_seconds = {k: round(v, 3) for k, v in busy.items()}
         report.lmm = lmm

@@ -12,11 +12,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from kbridge.engine.errors import KbridgeError
 
 from kbridge.engine.serve.limits import ServeConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(KbridgeError, ValueError):
     """A configuration value or file is wrong."""
 
 
@@ -130,6 +131,18 @@ class GenerationConfig:
     """Data-parallel diffusion: one render worker per device, all pulling from one queue (empty:
     one worker on ``device``). ``kbridge plan`` fills it for multi-GPU profiles."""
     dtype: str = "float32"
+    vae: str = ""
+    """Optional SDXL VAE directory (AutoencoderKL) replacing the base's, shared with the refiner, e.g.
+    the fp16-fix VAE: its config's ``force_upcast: false`` lets it decode in float16 (no fp32 upcast,
+    fp16 VAE graphs); empty keeps the pipeline's own."""
+    vae_slicing: bool = False
+    """Decode the batch's latents one image at a time (peak VAE memory of one image)."""
+    vae_tiling: bool = False
+    """Decode in overlapping tiles (bounded memory at 1024²; seams are blended, pixels change slightly)."""
+    channels_last: bool = False
+    """UNets and VAE in channels-last memory format (faster convolutions on tensor-core GPUs)."""
+    fuse_qkv: bool = False
+    """Fuse the attention Q/K/V projections into one matmul (diffusers ``fuse_qkv_projections``)."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +256,11 @@ class RuntimeConfig:
     opset: int = 18
     """ONNX opset of exported graphs."""
     max_batch: int = 32
-    """Largest batch an exported graph / engine profile accepts (the profile's max)."""
+    """Largest batch an exported graph / engine profile accepts (the profile's max; never below the
+    stage's batch size). GPU profiles set it to their batch size: engines allocate for the max."""
+    compile_mode: str = "default"
+    """torch.compile mode of the "compile" backend: "default", "reduce-overhead" (CUDA graphs: the
+    UNet loop replays one graph per batch shape), "max-autotune" (graphs plus autotuned kernels)."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +307,8 @@ class PipelineConfig:
         return Path(self.models.cache_dir or os.environ.get("KBRIDGE_CACHE") or Path.home() / ".cache" / "kbridge")
 
 
-_GPU_LMM = dict(device="cuda:0", dtype="bfloat16", image_max_pixels=448 * 448, max_batch=32, backend="auto")
+_GPU_LMM = dict(device="cuda:0", dtype="bfloat16", image_max_pixels=448 * 448, max_batch=32, backend="auto",
+                http_max_pixels=448 * 448)  # the serving plans' max_pixels: no larger uploads than the server uses
 _REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16")
 
 PROFILES: dict[str, dict] = {
@@ -302,22 +320,24 @@ PROFILES: dict[str, dict] = {
                   generation=dict(height=128, width=128, steps=16, batch_size=7),
                   knowledge=dict(exact=True, name_chars=24), run=dict(batch_size=2)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
-                 rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"), run=dict(dense_rows=2)),
+                 rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"), run=dict(dense_rows=2),
+                 runtime=dict(fp16=True, max_batch=7)),
     # the plan (engine/plan.py) places 4090x4: LMM replicas on GPUs 0-1, diffusion workers on 2-3,
     # the scorer beside the last; on a box with GPUs `kbridge run` applies the plan's devices
     "4090x4": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:2", devices=("cuda:2", "cuda:3"),
                                                  batch_size=2),
                    rank=dict(device="cuda:3"), medical=dict(device="cuda:2", dtype="float16"),
-                   run=dict(dense_rows=2)),
+                   run=dict(dense_rows=2), runtime=dict(fp16=True, max_batch=2)),
     # the 72B is served by `kbridge lmm serve -p 4090x4-72b` over all four GPUs; runs are phased
     "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1"),
                        generation=dict(_REFERENCE_SDXL, device="cuda:0", devices=("cuda:0", "cuda:1", "cuda:2",
                                                                                    "cuda:3"), batch_size=2),
                        rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"),
-                       run=dict(schedule="phased", dense_rows=2)),
-    "edge": dict(lmm=dict(_GPU_LMM, image_max_pixels=336 * 336, max_batch=8),
-                 generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=1), rank=dict(device="cuda:0"),
-                 medical=dict(device="cuda:0", dtype="float16")),
+                       run=dict(schedule="phased", dense_rows=2), runtime=dict(fp16=True, max_batch=2)),
+    "edge": dict(lmm=dict(_GPU_LMM, image_max_pixels=336 * 336, max_batch=8, http_max_pixels=336 * 336),
+                 generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=1, vae_tiling=True),
+                 rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"),
+                 runtime=dict(fp16=True, max_batch=2)),
 }
 """GPU profiles keep the reference's SDXL settings; model directories must be given for them."""
 
@@ -417,6 +437,11 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("rank weights must be non-negative and not both zero")
     if cfg.runtime.backend not in RUNTIME_BACKENDS:
         raise ConfigError(f"unknown runtime backend {cfg.runtime.backend!r} (known: {', '.join(RUNTIME_BACKENDS)})")
+    if g.vae and not Path(g.vae).expanduser().is_dir():
+        raise ConfigError(f"generation.vae: no such directory {g.vae}")
+    if cfg.runtime.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        raise ConfigError(f"unknown compile mode {cfg.runtime.compile_mode!r} (known: default, reduce-overhead, "
+                          f"max-autotune)")
     if cfg.runtime.onnx_provider not in ("auto", "cpu", "cuda", "tensorrt"):
         raise ConfigError(f"unknown onnx provider {cfg.runtime.onnx_provider!r} (known: auto, cpu, cuda, tensorrt)")
 

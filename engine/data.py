@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kbridge.engine.types import Sample, SampleError
+from kbridge.engine.errors import KbridgeError
 
 DEMO_DIR = Path(__file__).parent / "demo"
 FORMATS = ("coco", "mmimdb", "iuxray")
@@ -22,7 +23,7 @@ _LABEL_COUNTS = {80: "coco", 27: "mmimdb", 105: "iuxray"}
 METADATA_NAMES = ("metadata.json", "train.json", "data.json")
 
 
-class DataError(ValueError):
+class DataError(KbridgeError, ValueError):
     """The dataset as a whole cannot be read (per-sample problems are SampleErrors)."""
 
 

@@ -6,7 +6,7 @@ batch in one LMM pass.
 from __future__ import annotations
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.lmm import LMMClient, build_request
+from kbridge.engine.lmm import LMMClient, Request, build_request
 from kbridge.engine.lmm import prompts as P
 from kbridge.engine.lmm import schemas as S
 from kbridge.engine.rank.graph import normalize_entity

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from kbridge.engine.types import Knowledge, ObjectInfo, Triple
+from kbridge.engine.errors import KbridgeError
 
 XRAY_DEMO_DIR = Path(__file__).parent / "demo_xray"
 
@@ -50,7 +51,7 @@ def demo_paths() -> tuple[Path, str, Path]:
     return XRAY_DEMO_DIR, "iuxray", XRAY_DEMO_DIR / "missing-mixed-0.75.json"
 
 
-class FewShotError(ValueError):
+class FewShotError(KbridgeError, ValueError):
     """The few-shot examples file cannot be read."""
 
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from kbridge.engine.rows import Failure, LMMRecord, Row
+from kbridge.engine.rows import LMMRecord, Row
 from kbridge.engine.store import _append_line, _repair_jsonl, candidate_dict
 from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, Triple
 

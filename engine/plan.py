@@ -128,7 +128,6 @@ def make_plan(cfg: PipelineConfig, gpus: list[GPU]) -> dict:
            f"diffusion worker: SDXL {n['sdxl']:.1f} GB + {n['batch']} × {ACT_GB_PER_IMAGE_1024 * n['scale']:.2f} GB "
            f"activations + {VAE_FP32_PEAK_GB_1024 * n['scale']:.2f} GB fp32 VAE decode + {CONTEXT_GB} context "
            f"= {n['diffusion']:.1f} GB; scorer CLIP-L {n['scorer']} GB"]
-    cap = {g.device: g.free_gb for g in gpus}
     place: dict[str, list[dict]] = {g.device: [] for g in gpus}
     G = len(gpus)
 
@@ -191,6 +190,34 @@ def make_plan(cfg: PipelineConfig, gpus: list[GPU]) -> dict:
 
 def devices_of(plan: dict, role: str) -> list[str]:
     return [g["device"] for g in plan["gpus"] if any(p["role"].startswith(role) for p in g["placements"])]
+
+
+def apply_plan(cfg: PipelineConfig, plan: dict) -> PipelineConfig:
+    """The configuration with the plan's devices: the in-process LMM on its first GPU, one render
+    worker per diffusion GPU, the scorer where the plan put it, and the plan's schedule when
+    ``run.schedule`` is ``auto``. An LMM served over HTTP keeps its server's own GPUs."""
+    from dataclasses import replace
+
+    lmm, diff, scorer = devices_of(plan, "lmm"), devices_of(plan, "diffusion"), devices_of(plan, "scorer")
+    gen = replace(cfg.generation, device=diff[0], devices=tuple(diff)) if diff else cfg.generation
+    med = replace(cfg.medical, device=diff[0], devices=tuple(diff)) if diff else cfg.medical
+    lm = replace(cfg.lmm, device=lmm[0]) if lmm and cfg.lmm.backend != "http" else cfg.lmm
+    rank = replace(cfg.rank, device=scorer[0]) if scorer else cfg.rank
+    run = replace(cfg.run, schedule=plan["schedule"]) if cfg.run.schedule == "auto" else cfg.run
+    return replace(cfg, generation=gen, medical=med, lmm=lm, rank=rank, run=run)
+
+
+def placed(cfg: PipelineConfig) -> PipelineConfig:
+    """On a box with GPUs, a GPU profile runs where the plan for those GPUs puts it; elsewhere
+    (CPU profiles, no GPU) the configuration is unchanged."""
+    gpus = visible_gpus()
+    on_gpu = any(d.startswith("cuda") for d in (cfg.lmm.device, cfg.generation.device, cfg.rank.device))
+    if not gpus or not on_gpu or cfg.profile in ("tiny", "small"):
+        return cfg
+    try:
+        return apply_plan(cfg, make_plan(cfg, gpus))
+    except PlanError:
+        return cfg
 
 
 def resolve_schedule(cfg: PipelineConfig) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kbridge.engine.config import PipelineConfig
+from kbridge.engine.errors import KbridgeError
 
 log = logging.getLogger("kbridge.zoo")
 
@@ -63,7 +64,7 @@ class ModelEntry:
     size_bytes: int
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(KbridgeError, FileNotFoundError):
     """A configured model directory does not exist or is not a model directory."""
 
 

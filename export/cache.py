@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from kbridge.engine.config import RuntimeConfig
-from kbridge.export.parts import Exportable
+from kbridge.export.parts import Exportable, runtime_for
 
 log = logging.getLogger("kbridge.export.cache")
 
@@ -117,6 +117,7 @@ def ensure_onnx(ex: Exportable, root: Path, rt: RuntimeConfig) -> Artifact:
     """The exported graph for ``ex`` (built only when missing)."""
     from kbridge.export.onnx import export_onnx
 
+    rt = runtime_for(ex, rt)
     key = onnx_key(ex, rt, root)
     d = artifact_dir(root, key)
     path = d / "model.onnx"
@@ -133,12 +134,13 @@ def ensure_tensorrt(ex: Exportable, root: Path, rt: RuntimeConfig, device: str =
     profile and the shared timing cache. Needs a CUDA GPU and the tensorrt package."""
     from kbridge.export.tensorrt import build_engine, gpu_facts, plan_build
 
+    rt = runtime_for(ex, rt)
     onnx = ensure_onnx(ex, root, rt)
     facts = gpu_facts(device)
     key = {"format": "tensorrt", "model": ex.spec.name, "onnx": digest(onnx.key), **facts,
            "fp16": rt.fp16, "profile": {k: list(v) for k, v in ex.spec.profile().items()}}
     d = artifact_dir(root, key)
-    plan = plan_build(ex.spec, onnx.path, d / "model.plan", root, facts, fp16=rt.fp16)
+    plan = plan_build(ex.spec, onnx.path, d / "model.plan", root, facts, fp16=rt.fp16, device=device)
     if (d / "key.json").exists() and plan.engine_path.exists():
         log.info("%s: found cached %s", ex.spec.name, plan.engine_path)
         return Artifact(ex.spec.name, plan.engine_path, False, key)

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from kbridge.export.specs import ExportSpec
+from kbridge.engine.errors import KbridgeError
 
 log = logging.getLogger("kbridge.export.onnx")
 
 
-class ExportError(RuntimeError):
+class ExportError(KbridgeError, RuntimeError):
     """Exporting, checking or converting a graph failed."""
 
 
@@ -23,12 +24,7 @@ def export_onnx(spec: ExportSpec, module: torch.nn.Module, path: Path, opset: in
     forward takes the spec's inputs positionally and returns a tuple in the spec's output order.
     ``optimize=False`` skips the exporter's graph optimiser (faster export, same numbers)."""
     spec.validate()
-    example = spec.sample()
-    if fp16:
-        # fp16 graphs are traced from a half-precision copy: weights, activations and float I/O
-        # all float16, the way TensorRT and the CUDA EP want them (CPU fp16 kernels are slow)
-        module = copy.deepcopy(module).half()
-        example = {k: v.half() if v.is_floating_point() else v for k, v in example.items()}
+    module, example = trace_inputs(spec, module, fp16)
     args = tuple(example[n] for n in spec.input_names())
     # Dim.DYNAMIC, not Dim(min, max): explicit ranges make torch.export reject guards it derives
     # itself (e.g. "2 <= batch <= 63") and the exporter then retries, doubling a ~10-25 s export.
@@ -50,6 +46,23 @@ def export_onnx(spec: ExportSpec, module: torch.nn.Module, path: Path, opset: in
     check(path)
     log.debug("exported %s → %s", spec.name, path)
     return path
+
+
+def trace_inputs(spec: ExportSpec, module: torch.nn.Module, fp16: bool) -> tuple[torch.nn.Module, dict]:
+    """The module to trace and its example inputs, on the module's own device and in the graph's
+    dtype (float16 when ``fp16``): an inline export on a GPU traces the pipeline's CUDA module, so
+    the examples go there too. The module is copied only when its dtype is not the graph's (e.g.
+    an fp32 graph of a float16 pipeline, or the fp32 VAE of an fp16 profile); a module already in
+    the graph's dtype is traced as it is, without a second copy of its weights."""
+    dtype = torch.float16 if fp16 else torch.float32
+    p = next(iter(module.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    if p is not None and p.dtype != dtype:
+        # fp16 graphs are traced from a half-precision copy: weights, activations and float I/O
+        # all float16, the way TensorRT and the CUDA EP want them
+        module = copy.deepcopy(module).to(dtype)
+    example = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in spec.sample().items()}
+    return module, example
 
 
 def check(path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from kbridge.engine.config import PipelineConfig
 from kbridge.export import specs as S
 from kbridge.export import wrappers as W
+from kbridge.engine.errors import KbridgeError
 
 PARTS = ("sdxl_base.unet", "sdxl_base.text_encoder", "sdxl_base.text_encoder_2", "sdxl_base.vae_decoder",
          "sdxl_base.vae_encoder", "sdxl_refiner.unet", "clip.vision", "clip.text")
@@ -20,7 +21,7 @@ CLIP_MAX_BATCH = 64
 """The scorer's batch size: the CLIP towers' profile max."""
 
 
-class UnknownPart(ValueError):
+class UnknownPart(KbridgeError, ValueError):
     """A name that is not in PARTS."""
 
 
@@ -31,6 +32,24 @@ class Exportable:
     """IO wrapper: positional inputs in spec order, tuple outputs in spec order."""
     weights: tuple[Path, ...]
     """Files whose bytes key the artifact (weights and config of the component)."""
+    fp16_safe: bool = True
+    """False for the SDXL VAE unless its config says ``force_upcast: false`` (an fp16-fix VAE, ``generation.vae``): the
+    stock SDXL VAE overflows in float16 (NaN / black images), so its graphs stay float32 whatever
+    ``runtime.fp16`` says, as diffusers upcasts it in torch."""
+
+
+def runtime_for(ex: Exportable, rt):
+    """The runtime settings a part is exported / built / run with: ``fp16`` off for fp16-unsafe parts."""
+    import dataclasses
+
+    return rt if ex.fp16_safe or not rt.fp16 else dataclasses.replace(rt, fp16=False)
+
+
+def max_batch(cfg: PipelineConfig, batch_size: int) -> int:
+    """A profile's max batch: ``runtime.max_batch``, never below the stage's batch size, and ≥ 2 (the
+    export example must be ≥ 2). GPU profiles set it to their batch size: an engine's activation
+    memory is sized for the profile max (64 UNet rows at 1024² do not fit a 24 GB card)."""
+    return max(cfg.runtime.max_batch, batch_size, 2)
 
 
 def _files(d: Path) -> tuple[Path, ...]:
@@ -46,20 +65,23 @@ def sdxl_parts(pipe, pipe_dir: Path, slot: str, cfg: PipelineConfig) -> dict[str
     d = Path(pipe_dir)
     out: dict[str, Exportable] = {}
     time_ids = 5 if getattr(pipe.config, "requires_aesthetics_score", False) else 6
+    mb = max_batch(cfg, g.batch_size)
     out[f"{slot}.unet"] = Exportable(
-        S.unet_spec(f"{slot}.unet", pipe.unet, lat, time_ids, cfg_mult * rt.max_batch, cfg_mult * g.batch_size),
+        S.unet_spec(f"{slot}.unet", pipe.unet, lat, time_ids, cfg_mult * mb, cfg_mult * g.batch_size),
         W.UNetIO(pipe.unet), _files(d / "unet"))
     if slot == "sdxl_base":
         for te in ("text_encoder", "text_encoder_2"):
             enc = getattr(pipe, te)
-            out[f"{slot}.{te}"] = Exportable(S.text_encoder_spec(f"{slot}.{te}", enc, rt.max_batch, g.batch_size),
+            out[f"{slot}.{te}"] = Exportable(S.text_encoder_spec(f"{slot}.{te}", enc, mb, g.batch_size),
                                              W.TextEncoderIO(enc), _files(d / te))
+        vae_fp16 = not getattr(pipe.vae.config, "force_upcast", True)
+        vae_files = _files(Path(g.vae).expanduser()) if g.vae else _files(d / "vae")
         out[f"{slot}.vae_decoder"] = Exportable(
-            S.vae_decoder_spec(f"{slot}.vae_decoder", pipe.vae, lat, rt.max_batch, g.batch_size),
-            W.VaeDecoderIO(pipe.vae), _files(d / "vae"))
+            S.vae_decoder_spec(f"{slot}.vae_decoder", pipe.vae, lat, mb, g.batch_size),
+            W.VaeDecoderIO(pipe.vae), vae_files, vae_fp16)
         out[f"{slot}.vae_encoder"] = Exportable(
-            S.vae_encoder_spec(f"{slot}.vae_encoder", pipe.vae, (g.height, g.width), rt.max_batch, g.batch_size),
-            W.VaeEncoderIO(pipe.vae), _files(d / "vae"))
+            S.vae_encoder_spec(f"{slot}.vae_encoder", pipe.vae, (g.height, g.width), mb, g.batch_size),
+            W.VaeEncoderIO(pipe.vae), vae_files, vae_fp16)
     return out
 
 

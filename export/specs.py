@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from kbridge.engine.errors import KbridgeError
 
 
-class SpecError(ValueError):
+class SpecError(KbridgeError, ValueError):
     """A spec is inconsistent (bad axis range, unknown axis, wrong input)."""
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from kbridge.export.onnx import ExportError
 from kbridge.export.specs import ExportSpec
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.export.tensorrt")
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(Unavailable, RuntimeError):
     """No CUDA GPU, or the tensorrt package is not installed."""
 
 
@@ -28,8 +29,13 @@ class TrtBuildPlan:
     """(input name, min, opt, max) for every input, in spec order."""
     fp16: bool
     flags: tuple[str, ...] = field(default=())
-    """BuilderFlag names set on the config (FP16 when fp16, TF32 otherwise)."""
+    """BuilderFlag names set on the config. TensorRT 11 is always strongly typed: precision comes from
+    the graph (an fp16 ONNX builds an fp16 engine) and ``BuilderFlag.FP16`` no longer exists, so only
+    TF32 is set (it affects the fp32 layers: the VAE, and everything in an fp32 graph). TensorRT 10
+    (weakly typed by default) also gets FP16 when ``fp16``."""
     workspace_bytes: int = 4 << 30
+    device: str = "cuda:0"
+    """The GPU the engine is built on and bound to (the stage's device)."""
 
     def check(self) -> None:
         """Every profile is rank-consistent and min ≤ opt ≤ max elementwise."""
@@ -55,26 +61,44 @@ def gpu_facts(device: str = "cuda:0") -> dict:
     return {"tensorrt": trt.__version__, "compute_capability": f"{major}.{minor}"}
 
 
+def precision_flags(tensorrt_version: str, fp16: bool) -> tuple[str, ...]:
+    """BuilderFlag names for a TensorRT version: TF32 always; FP16 only before TensorRT 11 (weak
+    typing). 11.x removed the flag: strong typing takes each layer's precision from the graph."""
+    major = int(str(tensorrt_version).split(".")[0])
+    return ("TF32", "FP16") if fp16 and major < 11 else ("TF32",)
+
+
 def plan_build(spec: ExportSpec, onnx_path: Path, engine_path: Path, root: Path, facts: dict,
-               fp16: bool) -> TrtBuildPlan:
+               fp16: bool, device: str = "cuda:0") -> TrtBuildPlan:
     cc = facts["compute_capability"].replace(".", "")
     prof = tuple((n, *shapes) for n, shapes in spec.profile().items())
     plan = TrtBuildPlan(Path(onnx_path), Path(engine_path),
                         Path(root) / "timing" / f"{facts['tensorrt']}-sm{cc}.cache", prof, fp16,
-                        ("FP16",) if fp16 else ("TF32",))
+                        precision_flags(facts["tensorrt"], fp16), device=str(device))
     plan.check()
     return plan
 
 
 def build_engine(plan: TrtBuildPlan) -> Path:
     """Parse the ONNX (external weights are read from beside it), set the optimisation profile and
-    flags, build, serialise; the timing cache is loaded first and saved after."""
+    flags, build, serialise; the timing cache is loaded first and saved after. The build runs with
+    ``plan.device`` current: TensorRT builds on (and binds to) the current CUDA device."""
     import tensorrt as trt
 
+    from kbridge.engine.runtime.device import on_device
+
     plan.check()
+    missing = [f for f in plan.flags if not hasattr(trt.BuilderFlag, f)]
+    if missing:
+        raise ExportError(f"{plan.onnx_path}: TensorRT {trt.__version__} has no BuilderFlag {', '.join(missing)}")
+    with on_device(plan.device):
+        return _build(trt, plan)
+
+
+def _build(trt, plan: TrtBuildPlan) -> Path:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(plan.onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

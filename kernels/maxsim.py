@@ -22,13 +22,14 @@ import logging
 from typing import Sequence
 
 import numpy as np
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.kernels")
 
 BACKENDS = ("auto", "cpu", "cuda", "numpy")
 
 
-class KernelUnavailable(RuntimeError):
+class KernelUnavailable(Unavailable, RuntimeError):
     """The requested native kernel is not built, or needs hardware this machine lacks."""
 
 
@@ -94,8 +95,11 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
-def maxsim_pairs(q, q_off, x, x_off, pairs, symmetric: bool = False, backend: str = "auto") -> np.ndarray:
+def maxsim_pairs(q, q_off, x, x_off, pairs, symmetric: bool = False, backend: str = "auto",
+                 device: int = 0) -> np.ndarray:
     """Scores of explicit (query set, document set) pairs: ``pairs [P, 2]`` → float32 ``[P]``.
+    ``device``: the CUDA device index for the "cuda" backend (its own stream; the caller's current
+    device is restored).
 
     This is candidate scoring: each sample's set against its own candidates' sets only.
     """
@@ -112,19 +116,19 @@ def maxsim_pairs(q, q_off, x, x_off, pairs, symmetric: bool = False, backend: st
         if not ok:
             raise KernelUnavailable(why)
         return _module("_kernels_cuda").maxsim_pairs_f32(q.astype(np.float32), q_off, x.astype(np.float32), x_off,
-                                                         pairs, symmetric)
+                                                         pairs, symmetric, int(device))
     fn = getattr(_module("_kernels"), f"maxsim_pairs_{_suffix(q)}")
     return fn(_bits(q), q_off, _bits(x), x_off, pairs, symmetric)
 
 
-def maxsim_all(q, q_off, x, x_off, symmetric: bool = False, backend: str = "auto") -> np.ndarray:
+def maxsim_all(q, q_off, x, x_off, symmetric: bool = False, backend: str = "auto", device: int = 0) -> np.ndarray:
     """Every query set against every document set → float32 ``[n_query_sets, n_doc_sets]``."""
     q, q_off, x, x_off = _prepare(q, q_off, x, x_off)
     backend = _pick(backend)
     if backend in ("numpy", "cuda"):
         nq, nx = len(q_off) - 1, len(x_off) - 1
         grid = np.stack(np.meshgrid(np.arange(nq), np.arange(nx), indexing="ij"), -1).reshape(-1, 2)
-        return maxsim_pairs(q, q_off, x, x_off, grid, symmetric, backend).reshape(nq, nx)
+        return maxsim_pairs(q, q_off, x, x_off, grid, symmetric, backend, device).reshape(nq, nx)
     fn = getattr(_module("_kernels"), f"maxsim_all_{_suffix(q)}")
     return fn(_bits(q), q_off, _bits(x), x_off, symmetric)
 

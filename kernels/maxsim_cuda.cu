@@ -45,11 +45,21 @@ __global__ void maxsim_kernel(const float *q, const int64_t *q_off, const float 
     }
 }
 
-struct Buffers {
+// Stream-ordered buffers on one device: cudaMallocAsync / cudaFreeAsync draw on the device's memory
+// pool (cached across calls, no device-wide synchronisation as cudaMalloc / cudaFree would), on a
+// private non-blocking stream, so a call never waits for (or stalls) other streams on the GPU.
+struct Call {
+    int prev_device = -1;
+    cudaStream_t stream = nullptr;
     void *ptr[7] = {};
-    ~Buffers() {
-        for (void *p : ptr)
-            if (p) cudaFree(p);
+    ~Call() {
+        if (stream) {
+            for (void *p : ptr)
+                if (p) cudaFreeAsync(p, stream);
+            cudaStreamSynchronize(stream);
+            cudaStreamDestroy(stream);
+        }
+        if (prev_device >= 0) cudaSetDevice(prev_device);
     }
 };
 
@@ -70,18 +80,22 @@ int cuda_devices(std::string &why) {
 
 std::string maxsim_pairs_cuda(const float *q, int64_t q_rows, const int64_t *q_off, int64_t nq, const float *x,
                               int64_t x_rows, const int64_t *x_off, int64_t nx, int64_t dim, const int64_t *pairs,
-                              int64_t npairs, bool symmetric, float *out) {
+                              int64_t npairs, bool symmetric, float *out, int device) {
     if (npairs == 0) return "";
-    Buffers b;
+    Call b;
+    cudaError_t e = cudaGetDevice(&b.prev_device);
+    if (e == cudaSuccess) e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) return cudaGetErrorString(e);
     const size_t sizes[7] = {size_t(q_rows * dim) * 4, size_t(nq + 1) * 8, size_t(x_rows * dim) * 4,
                              size_t(nx + 1) * 8,       size_t(npairs) * 16, size_t(npairs) * 4,
                              size_t(npairs) * 4};
     const void *src[5] = {q, q_off, x, x_off, pairs};
     for (int k = 0; k < 7; ++k) {
-        cudaError_t e = cudaMalloc(&b.ptr[k], sizes[k] ? sizes[k] : 4);
+        e = cudaMallocAsync(&b.ptr[k], sizes[k] ? sizes[k] : 4, b.stream);
         if (e != cudaSuccess) return cudaGetErrorString(e);
         if (k < 5 && sizes[k]) {
-            e = cudaMemcpy(b.ptr[k], src[k], sizes[k], cudaMemcpyHostToDevice);
+            e = cudaMemcpyAsync(b.ptr[k], src[k], sizes[k], cudaMemcpyHostToDevice, b.stream);
             if (e != cudaSuccess) return cudaGetErrorString(e);
         }
     }
@@ -89,21 +103,18 @@ std::string maxsim_pairs_cuda(const float *q, int64_t q_rows, const int64_t *q_o
     auto *dqo = static_cast<int64_t *>(b.ptr[1]), *dxo = static_cast<int64_t *>(b.ptr[3]);
     auto *dp = static_cast<int64_t *>(b.ptr[4]);
     auto *fwd = static_cast<float *>(b.ptr[5]), *bwd = static_cast<float *>(b.ptr[6]);
-    maxsim_kernel<<<unsigned(npairs), WARPS * 32>>>(dq, dqo, dx, dxo, int(dim), dp, 0, fwd);
-    if (symmetric) maxsim_kernel<<<unsigned(npairs), WARPS * 32>>>(dx, dxo, dq, dqo, int(dim), dp, 1, bwd);
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    maxsim_kernel<<<unsigned(npairs), WARPS * 32, 0, b.stream>>>(dq, dqo, dx, dxo, int(dim), dp, 0, fwd);
+    if (symmetric) maxsim_kernel<<<unsigned(npairs), WARPS * 32, 0, b.stream>>>(dx, dxo, dq, dqo, int(dim), dp, 1, bwd);
+    e = cudaGetLastError();
     if (e != cudaSuccess) return cudaGetErrorString(e);
-    e = cudaMemcpy(out, fwd, size_t(npairs) * 4, cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) return cudaGetErrorString(e);
-    if (symmetric) {
-        float *tmp = new float[npairs];
-        e = cudaMemcpy(tmp, bwd, size_t(npairs) * 4, cudaMemcpyDeviceToHost);
+    float *tmp = symmetric ? new float[npairs] : nullptr;
+    e = cudaMemcpyAsync(out, fwd, size_t(npairs) * 4, cudaMemcpyDeviceToHost, b.stream);
+    if (e == cudaSuccess && symmetric) e = cudaMemcpyAsync(tmp, bwd, size_t(npairs) * 4, cudaMemcpyDeviceToHost, b.stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(b.stream);  // this call's stream only
+    if (e == cudaSuccess && symmetric)
         for (int64_t p = 0; p < npairs; ++p) out[p] = 0.5f * (out[p] + tmp[p]);
-        delete[] tmp;
-        if (e != cudaSuccess) return cudaGetErrorString(e);
-    }
-    return "";
+    delete[] tmp;
+    return e == cudaSuccess ? "" : cudaGetErrorString(e);
 }
 
 }  // namespace kbridge

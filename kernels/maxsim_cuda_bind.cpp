@@ -15,7 +15,7 @@ using Off = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cp
 using Pairs = nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using Out = nb::ndarray<nb::numpy, float, nb::ndim<1>>;
 
-static Out maxsim_pairs(Mat q, Off q_off, Mat x, Off x_off, Pairs pairs, bool symmetric) {
+static Out maxsim_pairs(Mat q, Off q_off, Mat x, Off x_off, Pairs pairs, bool symmetric, int device) {
     // shapes and offsets are validated by the Python wrapper (kernels/maxsim.py) before the call
     if (q.shape(1) != x.shape(1) || pairs.shape(1) != 2) throw std::invalid_argument("bad shapes for maxsim_pairs");
     size_t np_ = pairs.shape(0);
@@ -26,7 +26,7 @@ static Out maxsim_pairs(Mat q, Off q_off, Mat x, Off x_off, Pairs pairs, bool sy
         nb::gil_scoped_release release;
         err = kbridge::maxsim_pairs_cuda(q.data(), q.shape(0), q_off.data(), int64_t(q_off.shape(0)) - 1, x.data(),
                                          x.shape(0), x_off.data(), int64_t(x_off.shape(0)) - 1, q.shape(1),
-                                         pairs.data(), int64_t(np_), symmetric, out);
+                                         pairs.data(), int64_t(np_), symmetric, out, device);
     }
     if (!err.empty()) throw std::runtime_error("CUDA MaxSim failed: " + err);
     return Out(out, {np_}, owner);
@@ -41,6 +41,6 @@ static nb::tuple devices() {
 NB_MODULE(_kernels_cuda, m) {
     m.doc() = "kbridge native kernels (CUDA): batched MaxSim over ragged embedding sets";
     m.def("maxsim_pairs_f32", &maxsim_pairs, nb::arg("q"), nb::arg("q_off"), nb::arg("x"), nb::arg("x_off"),
-          nb::arg("pairs"), nb::arg("symmetric") = false);
+          nb::arg("pairs"), nb::arg("symmetric") = false, nb::arg("device") = 0);
     m.def("devices", &devices, "(number of CUDA devices, reason when 0)");
 }

@@ -143,17 +143,18 @@ def test_phased_equals_fused_and_records_the_schedule(cfg, engine, tmp_path):
     assert max(i for i, s in enumerate(order) if s in ("extract", "generate")) < order.index("rank")
 
 
-def test_a_phased_run_killed_inside_a_phase_resumes_there(cfg, engine, tmp_path, monkeypatch):
+@pytest.mark.parametrize("after", [0, 2], ids=["at-the-phase-boundary", "mid-phase"])
+def test_a_phased_run_killed_inside_a_phase_resumes_there(cfg, engine, tmp_path, monkeypatch, after):
     from kbridge.engine import phased
 
     out = tmp_path / "o"
     real = phased.PhaseFiles.persist
     seen = {"n": 0}
 
-    def dies_in_phase_1(self, k, row, store):  # render's output: the process "dies" after 2 rows
+    def dies_in_phase_1(self, k, row, store):  # render's output: the run stops after `after` rows
         if k == 1:
             seen["n"] += 1
-            if seen["n"] > 2:
+            if seen["n"] > after:
                 raise OSError(28, "No space left on device")
         real(self, k, row, store)
 
@@ -161,7 +162,8 @@ def test_a_phased_run_killed_inside_a_phase_resumes_there(cfg, engine, tmp_path,
     first_lmm = FakeLMM()
     with pytest.raises(OSError, match="No space left"):
         _engine(cfg, engine, first_lmm, schedule="phased").run(out=out)
-    assert (out / "phases" / "0.jsonl").exists() and len(read_jsonl(out / "phases" / "1.jsonl")) == 2
+    assert len(read_jsonl(out / "phases" / "0.jsonl")) == 8
+    assert len(read_jsonl(out / "phases" / "1.jsonl")) == after if after else not (out / "phases" / "1.jsonl").exists()
     monkeypatch.setattr(phased.PhaseFiles, "persist", real)
     second_lmm = FakeLMM()
     rep = _engine(cfg, engine, second_lmm, schedule="phased").run(out=out)

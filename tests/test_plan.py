@@ -48,6 +48,19 @@ def test_7b_and_sdxl_on_four_24gb_cards_uses_every_gpu():
     assert cfg.generation.devices == ("cuda:2", "cuda:3") and cfg.rank.device == "cuda:3"
 
 
+def test_a_run_takes_its_devices_and_schedule_from_the_plan():
+    from kbridge.engine.plan import apply_plan
+
+    cfg = build_config("4090x4", overrides={"generation": {"device": "cuda:0"}, "rank": {"device": "cuda:0"}})
+    got = apply_plan(cfg, make_plan(cfg, parse_gpus("4x24GB")))
+    assert got.generation.devices == ("cuda:2", "cuda:3") and got.generation.device == "cuda:2"
+    assert got.rank.device == "cuda:3" and got.lmm.device == "cuda:0" and got.run.schedule == "fused"
+    edge = build_config("edge")
+    assert apply_plan(edge, make_plan(edge, parse_gpus("1x24GB"))).run.schedule == "phased"
+    pinned = build_config("edge", overrides={"run": {"schedule": "fused"}})  # an explicit choice wins
+    assert apply_plan(pinned, make_plan(pinned, parse_gpus("1x24GB"))).run.schedule == "fused"
+
+
 def test_edge_card_is_phased_and_too_small_cards_are_refused():
     p = make_plan(build_config("edge"), parse_gpus("1x24GB"))
     assert p["schedule"] == "phased"  # 10.2 GB LMM + 16.5 GB diffusion worker > 24 GB

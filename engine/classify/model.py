@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -157,7 +155,9 @@ def load_tokenizer(model_dir: Path):
 # ---------------------------------------------------------------- tiny twin
 
 def tiny_dir(kind: str, task: str, cache_dir: Path) -> Path:
-    return Path(cache_dir) / "zoo" / f"tiny-{kind}-{task}-v{TINY_VERSION}"
+    from kbridge.engine.zoo import tiny_dir as zoo_dir
+
+    return zoo_dir(f"{kind}-{task}", cache_dir)
 
 
 def build_tiny(out: Path, kind: str = "dcp", task: str = "mmimdb") -> None:
@@ -181,26 +181,11 @@ def default_cache_dir() -> Path:
 
 
 def ensure_tiny(kind: str = "dcp", task: str = "mmimdb", cache_dir: Path | None = None) -> Path:
-    """Build the twin once into the cache (built aside, then renamed into place)."""
-    cache_dir = Path(cache_dir or default_cache_dir())
-    target = tiny_dir(kind, task, cache_dir)
-    if (target / ".complete").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        log.info("building tiny %s/%s into %s", kind, task, target)
-        build_tiny(tmp, kind, task)
-        (tmp / ".complete").write_text("ok\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / ".complete").exists():
-                shutil.rmtree(target, ignore_errors=True)
-                os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """Build the twin once into the cache, through the zoo's atomic builder (built aside, renamed)."""
+    from kbridge.engine.zoo import ensure_tiny as zoo_ensure
+
+    return zoo_ensure(f"{kind}-{task}", Path(cache_dir or default_cache_dir()),
+                      builder=lambda out: build_tiny(out, kind, task))
 
 
 def resolve(spec: str, kind: str = "dcp", task: str = "mmimdb", cache_dir: Path | None = None) -> Path:

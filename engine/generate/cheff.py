@@ -87,8 +87,12 @@ class CheffGenerator:
         return self.bert(ids)[0]
 
     def _noise(self, gens: list[torch.Generator], shape: tuple) -> torch.Tensor:
-        # drawn on the CPU from each candidate's generator: the same numbers on any device
-        return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device, self.dtype)
+        # drawn on the CPU from each candidate's generator: the same numbers on any device. On a GPU
+        # the host copy is pinned and the upload asynchronous: no host-device sync per DDIM step
+        x = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, self.dtype, non_blocking=True)
+        return x.to(self.device, self.dtype)
 
     @torch.inference_mode()
     def sample(self, context: torch.Tensor, gens: list[torch.Generator],

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 import torch
+from kbridge.engine.errors import KbridgeError
 
 log = logging.getLogger("kbridge.generate.cheff_convert")
 
@@ -33,7 +34,7 @@ _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_ou
 _BERT_ATTN = {"q_proj": "to_q", "k_proj": "to_k", "v_proj": "to_v", "out_proj": "to_out"}
 
 
-class ConversionError(ValueError):
+class ConversionError(KbridgeError, ValueError):
     """A checkpoint does not have the Cheff / CompVis LDM layout."""
 
 

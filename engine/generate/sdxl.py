@@ -7,6 +7,7 @@ base at 80% regardless and returns half-denoised images).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,15 +29,40 @@ class DiffusionCounters:
     per_sample: dict = field(default_factory=dict)
 
 
+def gpu_options(pipe, cfg: GenerationConfig) -> list[str]:
+    """Apply the generation section's memory / speed options to one loaded pipeline (before any
+    runner swap); returns what was applied. Each is a diffusers or torch switch, nothing more."""
+    done = []
+    if cfg.fuse_qkv:
+        pipe.unet.fuse_qkv_projections()  # one [3D, D] matmul per attention instead of three
+        done.append("fuse_qkv")
+    if cfg.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        done.append("channels_last")
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        if cfg.channels_last:
+            vae.to(memory_format=torch.channels_last)
+        if cfg.vae_slicing:
+            vae.enable_slicing()
+            done.append("vae_slicing")
+        if cfg.vae_tiling:
+            vae.enable_tiling()
+            done.append("vae_tiling")
+    return done
+
+
 class SDXLGenerator:
     def __init__(self, base_path: Path, refiner_path: Path | None, cfg: GenerationConfig, swap=None):
         """``swap(base, refiner)`` may replace pipeline components with runners (engine/runtime)
-        before the counting hooks go on."""
-        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+        before the counting hooks go on. ``cfg.vae``: an AutoencoderKL directory replacing the
+        base's VAE (e.g. the fp16-fix VAE, whose ``force_upcast: false`` skips the fp32 decode)."""
+        from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         self.cfg = cfg
         dtype = getattr(torch, cfg.dtype)
-        self.base = StableDiffusionXLPipeline.from_pretrained(base_path, dtype=dtype).to(cfg.device)
+        extra = {"vae": AutoencoderKL.from_pretrained(Path(cfg.vae).expanduser(), dtype=dtype)} if cfg.vae else {}
+        self.base = StableDiffusionXLPipeline.from_pretrained(base_path, dtype=dtype, **extra).to(cfg.device)
         self.base.set_progress_bar_config(disable=True)
         self.refiner = None
         if cfg.refiner and refiner_path is not None:
@@ -45,6 +71,9 @@ class SDXLGenerator:
                 refiner_path, dtype=dtype, vae=self.base.vae,
                 text_encoder_2=self.base.text_encoder_2).to(cfg.device)
             self.refiner.set_progress_bar_config(disable=True)
+        self.options = gpu_options(self.base, cfg)
+        if self.refiner is not None:
+            gpu_options(self.refiner, dataclasses.replace(cfg, vae_slicing=False, vae_tiling=False))  # VAE shared
         if swap is not None:
             swap(self.base, self.refiner)
         self.counters = DiffusionCounters()

@@ -1,8 +1,9 @@
 """Qwen2-VL through transformers: batched generation, schema-guided JSON with xgrammar.
 
 Sampling is per request and independent of batching: each row draws Gumbel noise from its own
-generator seeded by the request, and greedy argmax over ``logits / T + Gumbel`` is an exact sample
-from ``softmax(logits / T)``. A row's tokens therefore depend on its own seed only.
+generator seeded by the request (on the model's device), and greedy argmax over
+``logits / T + Gumbel`` is an exact sample from ``softmax(logits / T)``. A row's tokens therefore
+depend on its own seed only.
 """
 from __future__ import annotations
 
@@ -33,29 +34,49 @@ def model_fingerprint(path: Path) -> str:
 
 
 class _GuidedSampler:
-    """Logits processor: grammar masks (xgrammar), per-row token caps, per-row seeded sampling."""
+    """Logits processor: grammar masks (xgrammar), per-row token caps, per-row seeded sampling.
+
+    Everything that meets the logits lives on the logits' device (F1/F2 of the GPU review): the
+    bitmask is filled on the CPU (xgrammar's matchers write host memory) and copied over, temps and
+    banned ids are moved once, and the Gumbel noise is drawn by one generator per row on that device
+    (seeded by the request, so a row still depends on its own seed only)."""
 
     def __init__(self, matchers, seeds, temps, caps, eos: int, banned: list[int], vocab: int, greedy: bool):
         import xgrammar as xgr
 
         self.xgr = xgr
         self.matchers, self.caps, self.eos, self.greedy = matchers, caps, eos, greedy
-        self.temps = torch.tensor(temps, dtype=torch.float32).clamp_min(1e-4)[:, None]
-        self.gens = [torch.Generator().manual_seed(int(s) % (2**63)) for s in seeds]
+        self.seeds = [int(s) % (2**63) for s in seeds]
+        self.temps = torch.tensor(temps, dtype=torch.float32).clamp_min(1e-4)[:, None]  # [B, 1]
         self.banned = torch.tensor(banned, dtype=torch.long)
-        self.bitmask = xgr.allocate_token_bitmask(len(matchers), vocab)
+        self.bitmask = xgr.allocate_token_bitmask(len(matchers), vocab)  # [B, ceil(V/32)] int32, host
+        self.gens: list[torch.Generator] = []
+        self.device: torch.device | None = None
         self.done = [False] * len(matchers)
         self.step = 0
 
+    def _to(self, device: torch.device) -> None:
+        """Move the per-call state to the logits' device, once (the first call sees the device)."""
+        if self.device == device:
+            return
+        self.device = device
+        self.temps = self.temps.to(device)
+        self.banned = self.banned.to(device)
+        # CUDA logits: CUDA generators (no 152k host randoms per row per step); otherwise the CPU's
+        gen_dev = device if device.type == "cuda" else torch.device("cpu")
+        self.gens = [torch.Generator(gen_dev).manual_seed(s) for s in self.seeds]
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        # scores: [B, V] float
+        # scores: [B, V] float, on the model's device
         scores = scores.float()
         b, v = scores.shape
+        self._to(scores.device)
         if self.step > 0:
+            last = input_ids[:, -1].tolist()  # one device→host copy per step, not one per row
             for i, m in enumerate(self.matchers):
                 if self.done[i]:
                     continue
-                tok = int(input_ids[i, -1])
+                tok = int(last[i])
                 if tok == self.eos:
                     self.done[i] = True
                 elif m is not None and not m.accept_token(tok):
@@ -72,10 +93,10 @@ class _GuidedSampler:
             else:
                 scores[i, self.banned] = float("-inf")
         if guided:
-            self.xgr.apply_token_bitmask_inplace(scores, self.bitmask[:, : (v + 31) // 32].contiguous(),
-                                                 vocab_size=v, indices=guided)
+            mask = self.bitmask[:, : (v + 31) // 32].to(scores.device, non_blocking=True).contiguous()
+            self.xgr.apply_token_bitmask_inplace(scores, mask, vocab_size=v, indices=guided)
         if not self.greedy:
-            u = torch.stack([torch.rand(v, generator=g) for g in self.gens]).clamp_(1e-20, 1.0)
+            u = torch.stack([torch.rand(v, generator=g, device=scores.device) for g in self.gens]).clamp_(1e-20, 1.0)
             scores = scores / self.temps - torch.log(-torch.log(u))
         self.step += 1
         return scores

@@ -11,11 +11,12 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from kbridge.engine.errors import KbridgeError
 
 QWEN_7B = "Qwen2-VL-7B-Instruct"
 
 
-class ServeError(RuntimeError):
+class ServeError(KbridgeError, RuntimeError):
     """The server could not be started or did not become healthy."""
 
 
@@ -25,7 +26,9 @@ class ServeProfile:
     model: str
     """The checkpoint the plan is sized for (a local directory of it is passed with --model)."""
     quantization: str
-    """"" (bf16 as stored) or a vLLM quantization method ("gptq" for GPTQ-Int8/Int4 checkpoints)."""
+    """"" (bf16 as stored) or the checkpoint's quantisation format ("gptq" for GPTQ-Int8/Int4). It sets
+    ``--dtype auto`` but is not passed as ``--quantization``: vLLM detects the format from the
+    checkpoint and picks the fast Marlin kernels (gptq_marlin); an explicit "gptq" forces the slow ones."""
     tensor_parallel: int
     """GPUs the LMM's weights are split across."""
     devices: str
@@ -80,8 +83,6 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
             # sampling comes from each request; the checkpoint's generation_config (Qwen2-VL ships
             # top_k=1) must not override it
             "--generation-config", "vllm"]
-    if p.quantization:
-        argv += ["--quantization", p.quantization]
     if p.data_parallel > 1:
         argv += ["--data-parallel-size", str(p.data_parallel)]
     env = {"CUDA_VISIBLE_DEVICES": p.devices}
@@ -89,6 +90,32 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
     if key:
         env["VLLM_API_KEY"] = key
     return argv, env
+
+
+def tp_split_error(model_dir, tensor_parallel: int) -> str | None:
+    """Why a quantised checkpoint cannot be split over ``tensor_parallel`` GPUs, or None.
+
+    vLLM splits each MLP's intermediate dimension over the GPUs, and every shard must hold whole
+    quantisation groups: ``intermediate_size / tp`` must be a multiple of the group size. The first
+    Qwen2-VL-72B GPTQ / AWQ releases (29568 = 231 × 128) fail at TP 2 and 4; Qwen re-released them
+    padded to 29696."""
+    import pathlib
+
+    try:
+        c = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # nothing to check against; vLLM will say what is wrong
+    text = c.get("text_config") or c
+    inter = text.get("intermediate_size") or c.get("intermediate_size")
+    q = c.get("quantization_config") or {}
+    group = int(q.get("group_size") or 0)
+    if not inter or group <= 0 or tensor_parallel <= 1:
+        return None
+    if inter % tensor_parallel or (inter // tensor_parallel) % group:
+        return (f"{model_dir}: intermediate_size {inter} does not split into whole {group}-wide quantisation groups "
+                f"over tensor parallel {tensor_parallel}; use the padded re-release of the checkpoint "
+                f"(intermediate_size 29696 for Qwen2-VL-72B GPTQ/AWQ)")
+    return None
 
 
 def shell_line(argv: list[str], env: dict, api_key_env: str) -> str:

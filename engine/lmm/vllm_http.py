@@ -21,11 +21,12 @@ import httpx2 as httpx  # the successor of httpx, already required by huggingfac
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
 from kbridge.engine.lmm.openai_format import response_format, to_openai
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.lmm.http")
 
 
-class LMMUnavailable(RuntimeError):
+class LMMUnavailable(Unavailable, RuntimeError):
     """The LMM server cannot be reached or refuses us (checked once, before a run starts)."""
 
 
@@ -93,7 +94,10 @@ class HTTPBackend:
         """The JSON body of one request."""
         b = {"model": self.model, "messages": to_openai(req.messages, self.cfg.http_max_pixels, self._encoded),
              "max_tokens": req.max_new_tokens, "seed": req.seed, "n": 1,
-             "temperature": 0.0 if self.cfg.greedy else req.temperature, "top_p": 1.0}
+             "temperature": 0.0 if self.cfg.greedy else req.temperature, "top_p": 1.0,
+             # vLLM's extra sampling fields: a server started without --generation-config vllm applies
+             # the checkpoint's generation_config (Qwen2-VL: top_k=1, i.e. greedy); these undo it
+             "top_k": -1, "repetition_penalty": 1.0}
         fmt = response_format(req.schema)
         if fmt is not None:
             b["response_format"] = fmt

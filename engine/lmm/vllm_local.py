@@ -1,16 +1,22 @@
-"""In-process vLLM (``vllm.LLM``): batched generation with schema-guided JSON, for one GPU box.
+"""In-process vLLM (the async engine, ``AsyncLLM``): continuous batching across every caller, with
+schema-guided JSON, for one GPU box.
 
-vLLM is imported only here and only when this backend is built. All requests of one
-``generate()`` go to vLLM in a single ``LLM.chat`` call: the engine's scheduler batches them
-continuously, reuses shared prompt prefixes, and compiles each JSON schema to a grammar
-(``StructuredOutputsParams(json=...)``, the API since vLLM 0.12). Each request has its own seed,
-so an answer does not depend on what it was batched with. Serving settings (tensor parallelism,
-memory fraction, quantisation, context length) come from the profile's ``ServeProfile``.
+vLLM is imported only here and only when this backend is built. Every request goes to the engine
+on its own as soon as it is made (``AsyncLLM.generate``), so the engine's scheduler batches all
+requests in flight — the two in-flight pipeline batches and the concurrent stages — continuously,
+reuses shared prompt prefixes, and compiles each JSON schema to a grammar
+(``StructuredOutputsParams(json=...)``). The engine lives on its own event loop in a background
+thread (it binds to the loop it starts on; ``Engine.run`` starts a fresh loop per run). Prompts are
+rendered with the checkpoint's chat template and images are handed over as PIL images (no PNG /
+base64 round trip). Each request has its own seed, so an answer does not depend on what it was
+batched with. Serving settings (tensor parallelism, memory fraction, context length) come from
+the profile's ``ServeProfile``.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import logging
 import threading
 from pathlib import Path
@@ -18,13 +24,13 @@ from typing import Sequence
 
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
-from kbridge.engine.lmm.openai_format import to_openai
 from kbridge.engine.lmm.serving import DEFAULT_LOCAL, SERVE_PROFILES
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.lmm.vllm")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(Unavailable, RuntimeError):
     """The in-process vLLM backend cannot run here (no vllm package or no CUDA GPU)."""
 
 
@@ -38,7 +44,7 @@ def vllm_usable() -> bool:
 
 
 def llm_kwargs(path: Path, cfg: LMMConfig, profile: str) -> dict:
-    """Arguments of ``vllm.LLM`` for a profile (pure: testable without vLLM)."""
+    """Engine arguments (``AsyncEngineArgs`` / ``vllm.LLM``) for a profile (pure: testable without vLLM)."""
     p = SERVE_PROFILES.get(profile, DEFAULT_LOCAL)
     kw = dict(model=str(path), tensor_parallel_size=p.tensor_parallel, gpu_memory_utilization=p.gpu_memory_utilization,
               max_model_len=p.max_model_len, max_num_seqs=max(p.max_num_seqs, cfg.max_batch),
@@ -46,13 +52,20 @@ def llm_kwargs(path: Path, cfg: LMMConfig, profile: str) -> dict:
               mm_processor_kwargs={"min_pixels": cfg.image_min_pixels, "max_pixels": cfg.image_max_pixels},
               dtype="auto" if p.quantization else cfg.dtype, enable_prefix_caching=True,
               generation_config="vllm", seed=0)
-    if p.quantization:
-        kw["quantization"] = p.quantization
-    return kw
+    return kw  # no quantization=: vLLM detects GPTQ from the checkpoint and picks gptq_marlin
+
+
+def chat_prompt(tok, messages: list[dict]) -> tuple[str, list]:
+    """(prompt text from the chat template, the PIL images in order) of one request's messages."""
+    images = [p["image"] for m in messages for p in m["content"] if p["type"] == "image"]
+    msgs = [{"role": m["role"], "content": [{"type": "image"} if p["type"] == "image" else
+                                             {"type": "text", "text": p["text"]} for p in m["content"]]}
+            for m in messages]
+    return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), images
 
 
 class VLLMBackend:
-    """``model_id`` and ``async generate(requests)`` over an in-process ``vllm.LLM``."""
+    """``model_id`` and ``async generate(requests)`` over an in-process ``AsyncLLM``."""
 
     def __init__(self, path: Path, cfg: LMMConfig, profile: str = "tiny"):
         if importlib.util.find_spec("vllm") is None:
@@ -61,15 +74,24 @@ class VLLMBackend:
 
         if not torch.cuda.is_available():
             raise BackendUnavailable("the vllm LMM backend needs a CUDA GPU; use backend 'hf' or 'http'")
-        from vllm import LLM
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         from kbridge.engine.lmm.hf import model_fingerprint
 
         self.cfg = cfg
         self.model_id = model_fingerprint(Path(path))
-        self.llm = LLM(**llm_kwargs(Path(path), cfg, profile))
-        self._encoded: dict = {}
-        self._lock = threading.Lock()
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self._ids = itertools.count()
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="kbridge-vllm", daemon=True).start()
+        args = AsyncEngineArgs(**llm_kwargs(Path(path), cfg, profile))
+
+        async def make():
+            return AsyncLLM.from_engine_args(args)
+
+        self.engine = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
 
     def _params(self, req: Request):
         from vllm import SamplingParams
@@ -80,15 +102,20 @@ class VLLMBackend:
                               max_tokens=req.max_new_tokens, seed=req.seed, structured_outputs=so)
 
     async def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        return await asyncio.to_thread(self._generate, list(requests))
+        futs = [asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._one(r), self._loop)) for r in requests]
+        return list(await asyncio.gather(*futs))
 
-    def _generate(self, requests: list[Request]) -> list[Generation]:
-        if not requests:
-            return []
-        # images as PNG data URLs: the same chat rendering path as the HTTP backend, no resize here
-        # (the processor's max_pixels applies)
-        convs = [to_openai(r.messages, 0, self._encoded) for r in requests]
-        with self._lock:  # LLM is not re-entrant; concurrent callers queue
-            outs = self.llm.chat(convs, [self._params(r) for r in requests], use_tqdm=False)
-        return [Generation(o.outputs[0].text, len(o.prompt_token_ids or []), len(o.outputs[0].token_ids))
-                for o in outs]
+    async def _one(self, req: Request) -> Generation:
+        text, images = chat_prompt(self.tok, req.messages)
+        prompt = {"prompt": text, **({"multi_modal_data": {"image": images}} if images else {})}
+        final = None
+        async for out in self.engine.generate(prompt, self._params(req), request_id=f"kb-{next(self._ids)}"):
+            final = out  # cumulative outputs: the last one holds the whole answer
+        o = final.outputs[0]
+        return Generation(o.text, len(final.prompt_token_ids or []), len(o.token_ids))
+
+    def close(self) -> None:
+        shutdown = getattr(self.engine, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,9 +1,13 @@
 """A faiss index of unit embeddings: exact inner product by default, IVF-PQ for large corpora.
 
 faiss is imported lazily: install ``kbridge[cpu]`` (faiss-cpu) or, on a GPU box, ``kbridge[gpu]``
-(faiss-gpu; the two must not share an environment). With faiss-gpu and a visible GPU the index is
-copied to the GPU for search; it is always saved from, and loaded to, the CPU form, and loaded
-memory-mapped (flat codes and IVF lists stay on disk until touched).
+(faiss-gpu; the two must not share an environment). Search runs on the CPU unless a GPU is asked
+for (``use_gpu=True``): the engine searches k=3 for a handful of queries, where the CPU wins and
+a GPU copy would cost 1.5 GiB of faiss temp memory per resource. A GPU copy goes to the given
+device (the stage's, never GPU 0 by default), through one shared resource per device with a small
+temp buffer; IVF-PQ goes only when faiss-gpu supports its sub-quantiser count. The index is always
+saved from, and loaded to, the CPU form, and loaded memory-mapped (flat codes and IVF lists stay on
+disk until touched).
 
 Kinds: ``flat`` (IndexFlatIP, exact), ``ivfpq`` (IndexIVFPQ with an exact inner-product coarse
 quantiser; approximate, D / 8 bytes per vector, 32× less than float32), ``auto`` (flat below
@@ -17,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.index")
 
 
-class IndexUnavailable(ImportError):
+class IndexUnavailable(Unavailable, ImportError):
     """faiss is not installed."""
 
 
@@ -54,6 +59,30 @@ def ivfpq_shape(n: int, dim: int) -> tuple[int, int, int]:
     return lists, m, bits
 
 
+GPU_PQ_M = frozenset(list(range(1, 49)) + [56, 64, 96])
+"""Sub-quantiser counts faiss-gpu's IVF-PQ supports (56 / 64 / 96 need float16 lookup tables)."""
+GPU_TEMP_BYTES = 64 << 20
+"""faiss temp memory per GPU resource (its default is up to 1.5 GiB; small searches need little)."""
+_RESOURCES: dict[int, object] = {}
+
+
+def gpu_resources(faiss, device_id: int):
+    """One StandardGpuResources per GPU, shared by every index on it."""
+    if device_id not in _RESOURCES:
+        res = faiss.StandardGpuResources()
+        res.setTempMemory(GPU_TEMP_BYTES)
+        _RESOURCES[device_id] = res
+    return _RESOURCES[device_id]
+
+
+def gpu_device_id(device: str) -> int:
+    """"cuda:N" → N; "cuda" → 0; anything else is not a GPU."""
+    d = str(device)
+    if not d.startswith("cuda"):
+        raise IndexUnavailable(f"a GPU index needs a cuda device, not {device!r}")
+    return int(d.split(":", 1)[1]) if ":" in d else 0
+
+
 @dataclass
 class EmbeddingIndex:
     index: object
@@ -63,7 +92,7 @@ class EmbeddingIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str = "auto", ivfpq_min: int = 100_000, nprobe: int = 16,
-              use_gpu: bool | None = None) -> "EmbeddingIndex":
+              use_gpu: bool | None = None, device: str = "cuda:0") -> "EmbeddingIndex":
         """vectors: [N, D] (unit rows for cosine) → an index holding them with ids 0..N-1."""
         faiss = faiss_module()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -82,16 +111,26 @@ class EmbeddingIndex:
         else:
             raise ValueError(f"unknown index kind {kind!r} (known: auto, flat, ivfpq)")
         index.add(x)
-        return cls(index, kind, dim)._to_gpu(use_gpu)
+        return cls(index, kind, dim)._to_gpu(use_gpu, device)
 
-    def _to_gpu(self, use_gpu: bool | None) -> "EmbeddingIndex":
-        if use_gpu is False or (use_gpu is None and gpu_count() == 0):
+    def _to_gpu(self, use_gpu: bool | None, device: str = "cuda:0") -> "EmbeddingIndex":
+        """``use_gpu``: True copies the index to ``device``; None / False keep it on the CPU."""
+        if not use_gpu:
             return self
-        if gpu_count() == 0:
-            raise IndexUnavailable("a GPU index needs faiss-gpu and a visible CUDA GPU")
+        dev = gpu_device_id(device)
+        if gpu_count() <= dev:
+            raise IndexUnavailable(f"a GPU index on {device} needs faiss-gpu and that GPU visible "
+                                   f"({gpu_count()} faiss GPU(s) seen)")
         faiss = faiss_module()
-        self.index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
-        log.debug("faiss index on GPU 0")
+        opts = faiss.GpuClonerOptions()
+        if self.kind == "ivfpq":
+            m = int(faiss.downcast_index(self.index).pq.M)
+            if m not in GPU_PQ_M:
+                log.warning("IVF-PQ with %d sub-quantisers is not supported by faiss-gpu; searching on the CPU", m)
+                return self
+            opts.useFloat16 = m > 48  # 56 / 64 / 96 need float16 lookup tables
+        self.index = faiss.index_cpu_to_gpu(gpu_resources(faiss, dev), dev, self.index, opts)
+        log.debug("faiss index on GPU %d", dev)
         return self
 
     @property
@@ -120,7 +159,7 @@ class EmbeddingIndex:
         return path
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = True, use_gpu: bool | None = None) -> "EmbeddingIndex":
+    def load(cls, path: Path, mmap: bool = True, use_gpu: bool | None = None, device: str = "cuda:0") -> "EmbeddingIndex":
         faiss = faiss_module()
         flags = 0
         if mmap:
@@ -130,4 +169,4 @@ class EmbeddingIndex:
             flags = (faiss.IO_FLAG_MMAP if ivf else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)) | faiss.IO_FLAG_READ_ONLY
         index = faiss.read_index(str(path), flags)
         kind = "ivfpq" if "IVF" in type(index).__name__ else "flat"
-        return cls(index, kind, index.d)._to_gpu(use_gpu)
+        return cls(index, kind, index.d)._to_gpu(use_gpu, device)

@@ -28,13 +28,14 @@ from kbridge.engine.rank.graph import _texts
 from kbridge.engine.rank.index import EmbeddingIndex
 from kbridge.engine.store import atomic_write
 from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, Triple
+from kbridge.engine.errors import KbridgeError
 
 log = logging.getLogger("kbridge.retrieve")
 
 INDEX_DIR = "index"
 
 
-class IndexMismatch(ValueError):
+class IndexMismatch(KbridgeError, ValueError):
     """The saved index was embedded by other models than the run's scorer."""
 
 

@@ -16,15 +16,27 @@ log = logging.getLogger("kbridge.runtime.ort")
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-def _providers(kind: str, device_id: int, fp16: bool, cache: Path) -> list:
-    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+def trt_profile_options(spec: ExportSpec) -> dict[str, str]:
+    """The spec's min / opt / max shapes as the TensorRT EP's explicit profile strings
+    (``"sample:1x4x128x128,timestep:1"``): without them the EP builds an engine for the first shape
+    it sees and rebuilds for every later shape outside it (a last partial batch, a new CLIP length)."""
+    prof = spec.profile()
+    fmt = lambda i: ",".join(f"{n}:{'x'.join(map(str, shapes[i]))}" for n, shapes in prof.items())  # noqa: E731
+    return {"trt_profile_min_shapes": fmt(0), "trt_profile_opt_shapes": fmt(1), "trt_profile_max_shapes": fmt(2)}
+
+
+def _providers(kind: str, device_id: int, fp16: bool, cache: Path, spec: ExportSpec | None = None) -> list:
+    # kSameAsRequested: the arena grows by what is asked, not to the next power of two, beside
+    # torch's caching allocator on the same GPU
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"})
     if kind == "cpu":
         return ["CPUExecutionProvider"]
     if kind == "cuda":
         return [cuda, "CPUExecutionProvider"]
     trt = ("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": fp16,
                                          "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                                         "trt_timing_cache_enable": True})
+                                         "trt_timing_cache_enable": True,
+                                         **(trt_profile_options(spec) if spec is not None else {})})
     return [trt, cuda, "CPUExecutionProvider"]
 
 
@@ -49,7 +61,7 @@ class OrtRunner:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         dev_id = self.device.index or 0
         self.session = ort.InferenceSession(str(path), so, providers=_providers(
-            provider, dev_id, fp16, Path(path).parent / "ort-trt-cache"))
+            provider, dev_id, fp16, Path(path).parent / "ort-trt-cache", spec))
         # onnxruntime-gpu silently falls back to CPU: trust the session, not get_available_providers()
         got = self.session.get_providers()
         if _PROVIDER[provider] not in got:

@@ -19,12 +19,33 @@ class _Delegating(torch.nn.Module):
         super().__init__()
         self.inner = inner
         self.runner = runner
+        self.released = False
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__(_INNER), name)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pipeline should put this module's inputs: the inner module's device, kept
+        after its weights were released to ``meta``."""
+        return self.__dict__["_kb_device"] if self.released else self.inner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.__dict__["_kb_dtype"] if self.released else self.inner.dtype
+
+    def release(self) -> None:
+        """Free the torch weights once a compiled runner replaced them: parameters and buffers move
+        to the ``meta`` device (shapes, dtypes and the config stay readable, which is all the
+        pipeline reads), so SDXL's weights are not held twice on the GPU."""
+        if self.released:
+            return
+        self.__dict__["_kb_device"], self.__dict__["_kb_dtype"] = self.inner.device, self.inner.dtype
+        torch.nn.Module.to_empty(self.inner, device="meta")
+        self.released = True
 
 
 class RunnerUNet(_Delegating):
@@ -75,13 +96,23 @@ def _install(pipe, name: str, module: torch.nn.Module) -> None:
     pipe.__dict__[name] = module
 
 
-def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: PipelineConfig, make=None) -> dict:
-    """Swap runners into the loaded base (and refiner) pipelines; returns name → runner."""
+RELEASING_BACKENDS = ("onnx", "tensorrt")
+"""Backends whose runners hold no reference to the torch module (a graph file / an engine): the
+swapped modules' torch weights are released after the swap."""
+
+
+def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: PipelineConfig, make=None,
+              release: bool | None = None) -> dict:
+    """Swap runners into the loaded base (and refiner) pipelines; returns name → runner. ``release``
+    (default: for the onnx / tensorrt backends) frees the swapped UNets' and text encoders' torch
+    weights; the VAE stays (its encoder runs in torch for img2img from pixels)."""
     from kbridge.engine.runtime import make_runner
     from kbridge.export.parts import sdxl_parts
 
     make = make or make_runner
-    dev = cfg.generation.device
+    # the runners go where this pipeline lives (a render worker may have been given another GPU than
+    # generation.device): one device per stage, never GPU 0 by accident
+    dev = str(base.unet.device)
     parts = sdxl_parts(base, base_dir, "sdxl_base", cfg)
     runners = {n: make(parts[n], cfg, dev) for n in parts if n != "sdxl_base.vae_encoder"}
     vae = RunnerVae(base.vae, runners["sdxl_base.vae_decoder"])
@@ -99,6 +130,14 @@ def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: Pipe
             _install(refiner, "text_encoder_2", te2)
         elif refiner.text_encoder_2 is not None:
             raise ValueError("refiner text_encoder_2 is not the base's: only the shared encoder is exported")
+    if cfg.runtime.backend in RELEASING_BACKENDS if release is None else release:
+        for pipe in (base, refiner):
+            for name in ("unet", "text_encoder", "text_encoder_2"):
+                m = getattr(pipe, name, None) if pipe is not None else None
+                if isinstance(m, _Delegating):
+                    m.release()
+        if str(dev).startswith("cuda"):
+            torch.cuda.empty_cache()
     return runners
 
 
@@ -109,5 +148,5 @@ def clip_towers(clip, clip_dir: Path, cfg: PipelineConfig, make=None) -> dict:
 
     make = make or make_runner
     parts = clip_parts(clip, clip_dir)
-    return {"vision": make(parts["clip.vision"], cfg, cfg.rank.device),
-            "text": make(parts["clip.text"], cfg, cfg.rank.device)}
+    dev = str(clip.device)  # where the scorer's model was loaded
+    return {"vision": make(parts["clip.vision"], cfg, dev), "text": make(parts["clip.text"], cfg, dev)}

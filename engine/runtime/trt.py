@@ -1,8 +1,15 @@
 """Native TensorRT engine runner with CUDA graph replay (CUDA only; the ``tensorrt`` extra).
 
-One execution context; per input-shape signature, static input/output buffers and a CUDA graph
-captured after one warm-up launch. A call copies inputs into the static buffers, replays the graph
-and returns copies of the outputs.
+Everything is bound to the stage's GPU: the engine is deserialised and its contexts created with
+that device current (a TensorRT engine / context belongs to the device current at creation).
+
+Per input-shape signature (up to ``max_graphs`` of them) one execution context, static
+input / output buffers and a CUDA graph captured after one warm-up launch: a graph replays its own
+context's state, so a later signature cannot rewrite what an earlier graph reads. The contexts
+share one activation buffer (``USER_MANAGED`` allocation, sized for the engine's profile max):
+replays are serialised on one stream, so they never use it at the same time. Signatures beyond
+``max_graphs`` (e.g. many CLIP text lengths) run ungraphed on one more context. A call copies
+inputs into the static buffers, replays and returns copies of the outputs.
 """
 from __future__ import annotations
 
@@ -11,70 +18,111 @@ from pathlib import Path
 
 import torch
 
+from kbridge.engine.errors import KbridgeError
 from kbridge.engine.runtime import RuntimeUnavailable
+from kbridge.engine.runtime.device import cuda_device, on_device
 from kbridge.export.specs import ExportSpec
 
 log = logging.getLogger("kbridge.runtime.trt")
 
 
+class TrtExecutionError(KbridgeError, RuntimeError):
+    """TensorRT refused a shape or an enqueue (its log above says why)."""
+
+
+def _activation_bytes(engine) -> int:
+    for name in ("device_memory_size_v2", "device_memory_size"):
+        v = getattr(engine, name, None)
+        if v is not None:
+            return int(v() if callable(v) else v)
+    raise RuntimeUnavailable("this TensorRT reports no device memory size")
+
+
 class TrtRunner:
     def __init__(self, engine_path: Path, spec: ExportSpec, device: str = "cuda:0", fp16: bool = False,
-                 cuda_graph: bool = True):
+                 cuda_graph: bool = True, max_graphs: int = 8):
         try:
             import tensorrt as trt
         except ImportError as e:
             raise RuntimeUnavailable("the tensorrt package is not installed (pip install 'kbridge[tensorrt]')") from e
         if not torch.cuda.is_available():
             raise RuntimeUnavailable("needs a CUDA GPU: TensorRT engines run on the GPU they were built for")
-        self.spec, self.device, self.cuda_graph = spec, torch.device(device), cuda_graph
+        self.trt = trt
+        self.spec, self.device, self.cuda_graph, self.max_graphs = spec, cuda_device(device), cuda_graph, max_graphs
         self.float_dtype = torch.float16 if fp16 else torch.float32
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeUnavailable(f"{engine_path}: cannot deserialize (built by another TensorRT or GPU?)")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream(self.device)
-        self._slots: dict[tuple, tuple[dict, dict, torch.cuda.CUDAGraph | None]] = {}
+        with on_device(self.device):
+            rt = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.engine = rt.deserialize_cuda_engine(Path(engine_path).read_bytes())
+            if self.engine is None:
+                raise RuntimeUnavailable(f"{engine_path}: cannot deserialize (built by another TensorRT or GPU?)")
+            self.scratch = torch.empty(max(1, _activation_bytes(self.engine)), dtype=torch.uint8, device=self.device)
+            self.stream = torch.cuda.Stream(self.device)
+            self.eager = self._context()  # signatures without a graph of their own
+        self._slots: dict[tuple, tuple[dict, dict, object, torch.cuda.CUDAGraph | None]] = {}
+
+    def _context(self):
+        ctx = self.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if ctx is None:
+            raise RuntimeUnavailable(f"{self.spec.name}: TensorRT could not create an execution context")
+        if hasattr(ctx, "set_device_memory"):
+            ctx.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
+        else:  # TensorRT 10.0
+            ctx.device_memory = self.scratch.data_ptr()
+        return ctx
+
+    def _enqueue(self, ctx) -> None:
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
+            raise TrtExecutionError(f"{self.spec.name}: TensorRT enqueue failed")
 
     def _slot(self, inputs: dict[str, torch.Tensor]):
         sig = tuple(tuple(inputs[t.name].shape) for t in self.spec.inputs)
         if sig in self._slots:
             return self._slots[sig]
         dims = self.spec.dims_of(inputs)
-        ins = {t.name: torch.empty(tuple(inputs[t.name].shape), device=self.device,
-                                   dtype=torch.int64 if t.dtype == "int64" else self.float_dtype)
-               for t in self.spec.inputs}
-        outs = {t.name: torch.empty(self.spec.shape(t, dims), device=self.device, dtype=self.float_dtype)
-                for t in self.spec.outputs}
-        graph = None
-        with torch.cuda.stream(self.stream):
-            self._bind(ins, outs)
-            self.context.execute_async_v3(self.stream.cuda_stream)  # warm-up: lazy allocations happen here
-            if self.cuda_graph:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
-                    self.context.execute_async_v3(self.stream.cuda_stream)
-        self.stream.synchronize()
-        self._slots[sig] = (ins, outs, graph)
+        graphed = self.cuda_graph and len([s for s in self._slots.values() if s[3] is not None]) < self.max_graphs
+        with on_device(self.device):
+            ins = {t.name: torch.empty(tuple(inputs[t.name].shape), device=self.device,
+                                       dtype=torch.int64 if t.dtype == "int64" else self.float_dtype)
+                   for t in self.spec.inputs}
+            outs = {t.name: torch.empty(self.spec.shape(t, dims), device=self.device, dtype=self.float_dtype)
+                    for t in self.spec.outputs}
+            ctx = self._context() if graphed else self.eager
+            graph = None
+            if graphed:
+                with torch.cuda.stream(self.stream):
+                    self._bind(ctx, ins, outs)
+                    self._enqueue(ctx)  # warm-up: lazy allocations happen here
+                    graph = torch.cuda.CUDAGraph()
+                    # thread_local: other threads (the LMM on another GPU) keep launching meanwhile
+                    with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                        self._enqueue(ctx)
+                self.stream.synchronize()
+            elif self.cuda_graph:
+                log.debug("%s: %d CUDA graphs captured; shape %s runs ungraphed", self.spec.name, self.max_graphs, sig)
+        self._slots[sig] = (ins, outs, ctx, graph)
         return self._slots[sig]
 
-    def _bind(self, ins: dict, outs: dict) -> None:
+    def _bind(self, ctx, ins: dict, outs: dict) -> None:
         for name, x in ins.items():
-            self.context.set_input_shape(name, tuple(x.shape))
-            self.context.set_tensor_address(name, x.data_ptr())
+            if not ctx.set_input_shape(name, tuple(x.shape)):
+                raise TrtExecutionError(f"{self.spec.name}: TensorRT rejected shape {tuple(x.shape)} for {name!r} "
+                                        f"(outside the engine's profile?)")
+            ctx.set_tensor_address(name, x.data_ptr())
         for name, y in outs.items():
-            self.context.set_tensor_address(name, y.data_ptr())
+            ctx.set_tensor_address(name, y.data_ptr())
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        ins, outs, graph = self._slot(inputs)
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            for name, buf in ins.items():
-                buf.copy_(inputs[name], non_blocking=True)
-            if graph is not None:
-                graph.replay()
-            else:
-                self._bind(ins, outs)
-                self.context.execute_async_v3(self.stream.cuda_stream)
-            result = {k: v.clone() for k, v in outs.items()}
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        ins, outs, ctx, graph = self._slot(inputs)
+        with on_device(self.device):
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                for name, buf in ins.items():
+                    buf.copy_(inputs[name], non_blocking=True)
+                if graph is not None:
+                    graph.replay()
+                else:
+                    self._bind(ctx, ins, outs)
+                    self._enqueue(ctx)
+                result = {k: v.clone() for k, v in outs.items()}
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return result

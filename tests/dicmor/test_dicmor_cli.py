@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dicmor_helpers import reference_state, write_mmsa
+from dicmor.dicmor_helpers import reference_state, write_mmsa
 from kbridge.cli.app import app
 from kbridge.engine.recover.convert import save_dir
 from kbridge.engine.recover.evaluate import evaluate

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dicmor_helpers import read_tsv, reference_state
+from dicmor.dicmor_helpers import read_tsv, reference_state
 from kbridge.engine.recover.convert import (DEAD, ConversionError, convert, infer_config, load_dir,
                                             reference_layout, split_reference, to_reference)
 from kbridge.engine.recover.model import MOSEI, MOSI, TINY, DiCMoR

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dicmor_helpers import write_mmsa
+from dicmor.dicmor_helpers import write_mmsa
 from kbridge.engine.recover import data as D
 from kbridge.engine.recover.metrics import regression_metrics, weighted_f1
 

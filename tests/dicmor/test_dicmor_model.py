@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dicmor_helpers import read_tsv
+from dicmor.dicmor_helpers import read_tsv
 from kbridge.engine.recover.convert import DEAD, reference_layout
 from kbridge.engine.recover.model import MOSEI, MOSI, SHORT, TINY, DiCMoR
 from kbridge.engine.recover.tiny import build

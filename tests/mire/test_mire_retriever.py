@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from kbridge.engine.config import ConfigError, PipelineConfig, RankConfig, build_config
-from kbridge.engine.mire.checkpoint import resolve
 from kbridge.engine.mire.retriever import INSTRUCTION, MireRetriever, Retrievers, build_mire_index
 from kbridge.engine.rank.retrieve import write_corpus
 from kbridge.engine.types import Candidate, Knowledge, Sample, Triple
