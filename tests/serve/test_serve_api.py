@@ -170,7 +170,7 @@ def test_one_requests_failure_is_its_own(cfg, engine):
 
 def test_overrides_and_cross_request_batches(cfg, engine):
     lmm = FakeLMM()
-    eng = serve_engine(cfg, engine, lmm, run={"dense_rows": 4, "batch_wait_ms": 500})
+    eng = serve_engine(cfg, engine, lmm, run={"dense_rows": 4, "batch_wait_ms": 250})
     with running(eng) as (url, svc):
         base = httpx.post(f"{url}/v1/complete", json={**TEXT, "sample_id": "o:1"}, timeout=120).json()
         r = httpx.post(f"{url}/v1/complete", json={**TEXT, "sample_id": "o:1", "candidates": 2, "steps": 2,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 
 from serve_helpers import free_port
 
@@ -25,6 +26,7 @@ def _metric(url: str, name: str) -> float:
     return -1.0
 
 
+@pytest.mark.slow  # a subprocess: imports torch and loads the tiny dense models again
 def test_sigterm_drains_and_exits_0(engine):  # engine: the tiny twins are built (cached) before the subprocess starts
     port = free_port()
     url = f"http://127.0.0.1:{port}"
