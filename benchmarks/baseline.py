@@ -98,8 +98,12 @@ def _free(*objs) -> None:
     gc.collect()
 
 
-def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path) -> BaselineRun:
+def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path,
+                          loaded: dict | None = None) -> BaselineRun:
+    """``loaded`` ({"lmm", "generator", "scorer"}): models kept loaded by a caller (the one-at-a-time
+    server of ``bench serve``) instead of each script loading its own."""
     run = BaselineRun()
+    loaded = loaded or {}
     n = cfg.generation.candidates
     t_start = time.perf_counter()
     ok = {s.sample_id: s for s in samples}
@@ -110,7 +114,7 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
 
     # ---- script 1: knowledge extraction
     with _Timer(run, "load"):
-        backend = load_lmm(cfg)
+        backend = loaded.get("lmm") or load_lmm(cfg)
     client = LMMClient(backend, run.log, cache=None, greedy=cfg.lmm.greedy)
     for s in samples:
         with _Timer(run, "extract", s.sample_id):
@@ -125,8 +129,9 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
 
     # ---- script 2: generation
     with _Timer(run, "load"):
-        backend = load_lmm(cfg)
-        gen = load_generator(cfg) if any(s.missing == "image" for s in ok.values()) else None
+        backend = loaded.get("lmm") or load_lmm(cfg)
+        gen = (loaded.get("generator") or load_generator(cfg)) if any(s.missing == "image" for s in ok.values()) \
+            else None
     client = LMMClient(backend, run.log, cache=None, greedy=cfg.lmm.greedy)
     k = cfg.knowledge
     for s in list(ok.values()):
@@ -166,8 +171,8 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
 
     # ---- script 3: ranking
     with _Timer(run, "load"):
-        backend = load_lmm(cfg)
-        scorer = load_scorer(cfg)
+        backend = loaded.get("lmm") or load_lmm(cfg)
+        scorer = loaded.get("scorer") or load_scorer(cfg)
     client = LMMClient(backend, run.log, cache=None, greedy=cfg.lmm.greedy)
     for s in list(ok.values()):
         d = work / s.sample_id.replace(":", "_")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kbridge.benchmarks.harness import RESULTS_DIR, markdown_table
 
-ORDER = ["e2e", "scale", "lmm", "runners", "maxsim", "retrieve", "report-page"]
+ORDER = ["e2e", "serve", "scale", "lmm", "runners", "maxsim", "retrieve", "report-page"]
 """Questions in the order they appear; unknown ones follow alphabetically."""
 
 HEADER = """# Benchmarks
@@ -50,16 +50,20 @@ def render(reports: list[dict]) -> str:
 def plots(reports: list[dict], root: Path) -> None:
     """Draw each report's plot (a per-stage bar chart of its first extra table) next to the markdown."""
     from kbridge.benchmarks.plot import stage_bars
+    from kbridge.benchmarks.serve import latency_plot
 
     for r in reports:
-        if r.get("plot") and r.get("tables"):
+        if r.get("plot_kind") == "latency_throughput":  # matplotlib when installed, else no plot
+            if latency_plot(r, root / r["plot"]) is None:
+                r.pop("plot")
+        elif r.get("plot") and r.get("tables"):
             t = r["tables"][0]
             stage_bars(t["rows"], [c for c in t["columns"] if c != "name"], root / r["plot"], t["title"])
 
 
 def write(path: Path, results_dir: Path = RESULTS_DIR, draw: bool = True) -> Path:
     reports = load_reports(results_dir)
-    Path(path).write_text(render(reports))
-    if draw:
+    if draw:  # first: a plot that cannot be drawn is left out of the markdown
         plots(reports, Path(path).parent)
+    Path(path).write_text(render(reports))
     return Path(path)

@@ -48,6 +48,9 @@ def _register_subapps() -> None:
 
     app.command("recover")(recover)
     models_app.command("convert-dicmor")(convert_dicmor)
+    from kbridge.cli.serve import serve
+
+    app.command("serve")(serve)
     from kbridge.cli.report import report
 
     app.command("report")(report)

@@ -139,6 +139,29 @@ def runners(profile: Optional[str] = typer.Option(None, "--profile", "-p",
     _finish(q.run(profile, quick, threads, compile), json_path, save)
 
 
+@bench_app.command("serve")
+def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile for both servers."),
+          quick: bool = typer.Option(False, "--quick", help="3 rates (0.5x, 1x, 2x the baseline's saturation), "
+                                     "6 requests each, 2 candidates, free-text turns capped at 32 tokens."),
+          rates: Optional[str] = typer.Option(None, "--rates", help="Multiples of the baseline's saturation rate, "
+                                              "e.g. 1.0 (small: one fixed-count run at saturation)."),
+          requests: Optional[int] = typer.Option(None, "--requests", help="Requests per rate (default 12; quick 6)."),
+          candidates: Optional[int] = typer.Option(None, "--candidates", help="Candidates (both servers)."),
+          free_text_tokens: Optional[int] = typer.Option(None, "--free-text-tokens",
+                                                         help="Cap of the baseline's free-text turns (both servers)."),
+          json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/serve.json.")):
+    """Latency under open-loop Poisson load: kbridge serve vs a one-at-a-time reference-pattern server."""
+    from kbridge.benchmarks import serve as q
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    mult = tuple(float(x) for x in rates.split(",")) if rates else None
+    if quick:
+        candidates, free_text_tokens = candidates or 2, free_text_tokens or 32
+    _finish(q.run(profile, quick, mult, requests, candidates, free_text_tokens), json_path, save)
+
+
 @bench_app.command("gpu")
 def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no compile / refiner / whole-sample rows."),
         device: str = typer.Option("cuda:0", "--device", help="The GPU to measure."),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from kbridge.engine.errors import KbridgeError
 
+from kbridge.engine.serve.limits import ServeConfig
+
 
 class ConfigError(KbridgeError, ValueError):
     """A configuration value or file is wrong."""
@@ -272,6 +274,8 @@ class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     medical: MedicalConfig = field(default_factory=MedicalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """``kbridge serve`` limits (engine/serve/limits.py); no effect on results."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -296,6 +300,7 @@ class PipelineConfig:
             d["rank"].pop("retriever")
             d["models"].pop("mire")
         d.pop("profile")
+        d.pop("serve")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def cache_dir(self) -> Path:
@@ -337,7 +342,7 @@ PROFILES: dict[str, dict] = {
 """GPU profiles keep the reference's SDXL settings; model directories must be given for them."""
 
 _SECTIONS = {"models": ModelsConfig, "lmm": LMMConfig, "knowledge": KnowledgeConfig, "generation": GenerationConfig,
-             "rank": RankConfig, "run": RunConfig, "medical": MedicalConfig, "runtime": RuntimeConfig}
+             "rank": RankConfig, "run": RunConfig, "medical": MedicalConfig, "runtime": RuntimeConfig, "serve": ServeConfig}
 
 
 def _apply(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:

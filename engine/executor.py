@@ -13,6 +13,11 @@
 - An unexpected exception inside a stage fails that call's rows (the traceback travels with the
   failure), never the run. An exception in the sink (disk full, …) stops the run: nothing
   computed afterwards could be kept.
+- Long-lived use (``kbridge serve``): the source may be an async iterable (e.g. rows from an
+  ``asyncio.Queue``, ended on shutdown: the stream then drains what was admitted and returns);
+  ``Hooks`` report each stage call's rows, expose the stage queues, and drop cancelled rows at the
+  next stage they reach. A row may carry its own configuration in ``extra["cfg"]`` (a request's
+  overrides over the same loaded models); a stage call only ever sees rows of one configuration.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import time
 import traceback
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterable, Callable, Iterable, Sequence
 
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import Ctx, Stage
@@ -38,11 +44,33 @@ def _continuous(backend) -> bool:
     return bool(getattr(backend, "continuous_batching", False))
 
 
-async def stream(source: Iterable[Row], stages: Sequence[Stage], ctx: Ctx, sink: Callable[[Row], None],
-                 busy: dict | None = None) -> int:
+@dataclass
+class Hooks:
+    """Observers of a long-lived stream (all optional; called on the event loop)."""
+
+    on_stage: Callable[[str, list[Row]], None] | None = None
+    """After each stage call: the stage name and the call's output rows (its batch)."""
+    cancelled: Callable[[Row], bool] | None = None
+    """Rows for which this is true fail as "cancelled" at the next stage they reach (a call in
+    progress finishes first), so they reach the sink and free their slot without more work."""
+    queues: dict = field(default_factory=dict)
+    """Filled by ``stream``: stage name → its input queue (for queue-depth gauges)."""
+
+
+def _by_cfg(rows: list[Row], wctx: Ctx) -> list[tuple[Ctx, list[Row]]]:
+    """Rows grouped by their own configuration (``extra["cfg"]``, default the stream's)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.extra.get("cfg", wctx.cfg), []).append(r)
+    return [(wctx if c is wctx.cfg else replace(wctx, cfg=c), g) for c, g in groups.items()]
+
+
+async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[Stage], ctx: Ctx,
+                 sink: Callable[[Row], None], busy: dict | None = None, hooks: Hooks | None = None) -> int:
     """Stream every row of ``source`` through ``stages`` into ``sink`` (called on the writer
     thread, once per row, failed rows included). Returns the number of rows streamed."""
     cfg = ctx.cfg
+    hooks = hooks or Hooks()
     loop = asyncio.get_running_loop()
     busy = busy if busy is not None else defaultdict(float)
     slots = asyncio.Semaphore(max(1, cfg.run.rows_in_flight))
@@ -96,7 +124,9 @@ async def stream(source: Iterable[Row], stages: Sequence[Stage], ctx: Ctx, sink:
                         break
                     await asyncio.sleep(min(0.001, left))
                     continue
-            if r.error is not None or not st.applies(r, cfg):
+            if r.error is None and hooks.cancelled is not None and hooks.cancelled(r):
+                r = r.fail(st.name, "cancelled")
+            if r.error is not None or not st.applies(r, r.extra.get("cfg", cfg)):
                 nxt.put_nowait(r)
                 continue
             batch.append(r)
@@ -128,8 +158,11 @@ async def stream(source: Iterable[Row], stages: Sequence[Stage], ctx: Ctx, sink:
         finally:
             if lmm:
                 leave(st.name)
+        out = [r.timed(st.name, a, b) for r in out]
+        if hooks.on_stage is not None:
+            hooks.on_stage(st.name, out)
         for r in out:
-            nxt.put_nowait(r.timed(st.name, a, b))
+            nxt.put_nowait(r)
 
     async def worker(i: int, st: Stage, wctx: Ctx, key: str) -> None:
         n = max(1, st.batch_size(cfg))
@@ -138,11 +171,12 @@ async def stream(source: Iterable[Row], stages: Sequence[Stage], ctx: Ctx, sink:
             batch = await take(i, st, n)
             if not batch:
                 continue
-            if st.kind == "lmm":
-                for group in ([[r] for r in batch] if per_row else [batch]):
-                    spawn(call(st, group, wctx, key, queues[i + 1]))
-            else:
-                await call(st, batch, wctx, key, queues[i + 1])
+            for gctx, rows in _by_cfg(batch, wctx):
+                if st.kind == "lmm":
+                    for group in ([[r] for r in rows] if per_row else [rows]):
+                        spawn(call(st, group, gctx, key, queues[i + 1]))
+                else:
+                    await call(st, rows, gctx, key, queues[i + 1])
 
     async def writer() -> None:
         while True:
@@ -158,17 +192,28 @@ async def stream(source: Iterable[Row], stages: Sequence[Stage], ctx: Ctx, sink:
             if state["fed"] and state["written"] == state["admitted"]:
                 finished.set()
 
+    async def admit(r: Row) -> bool:
+        await slots.acquire()
+        if abort:
+            return False
+        state["admitted"] += 1
+        queues[0].put_nowait(r if r.admitted else r.replace(admitted=time.time()))
+        return True
+
     async def feed() -> None:
-        for r in source:
-            await slots.acquire()
-            if abort:
-                return
-            state["admitted"] += 1
-            queues[0].put_nowait(r if r.admitted else r.replace(admitted=time.time()))
+        if hasattr(source, "__aiter__"):
+            async for r in source:
+                if not await admit(r):
+                    return
+        else:
+            for r in source:
+                if not await admit(r):
+                    return
         state["fed"] = True
         if state["written"] == state["admitted"]:
             finished.set()
 
+    hooks.queues.update({st.name: queues[i] for i, st in enumerate(stages)})
     for i, st in enumerate(stages):
         if st.slot == "generators" and ctx.models.generators:
             for g in ctx.models.generators:

@@ -23,7 +23,7 @@ class Generator(Protocol):
 
     counters: object
 
-    def render(self, prompts: list[str], seeds: list[int]) -> list: ...
+    def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list: ...
 
 
 class Scorer(Protocol):

@@ -96,13 +96,13 @@ class CheffGenerator:
 
     @torch.inference_mode()
     def sample(self, context: torch.Tensor, gens: list[torch.Generator],
-               latents: torch.Tensor | None = None) -> torch.Tensor:
+               latents: torch.Tensor | None = None, steps: int | None = None) -> torch.Tensor:
         """DDIM from noise to latents [B, C, h, w]; ``gens[i]`` drives candidate i's initial noise
         (unless ``latents`` are given) and its noise at every step with eta > 0."""
         c = self.cfg
         shape = (self.unet.config.in_channels, self.latent_size, self.latent_size)
         x = self._noise(gens, shape) if latents is None else latents.to(self.device, self.dtype)
-        self.scheduler.set_timesteps(c.steps, device=self.device)
+        self.scheduler.set_timesteps(steps or c.steps, device=self.device)
         x = x * self.scheduler.init_noise_sigma
         for t in self.scheduler.timesteps:
             eps = self.unet(x, t, encoder_hidden_states=context).sample
@@ -120,15 +120,16 @@ class CheffGenerator:
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         return [torch.Generator("cpu").manual_seed(int(s) % (2**63)) for s in seeds]
 
-    def render(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        """One X-ray per (report, seed), in order, in batches of ``cfg.batch_size``."""
+    def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list[Image.Image]:
+        """One X-ray per (report, seed), in order, in batches of ``cfg.batch_size`` (``steps``:
+        DDIM steps for this call instead of ``cfg.steps``)."""
         from kbridge.engine.medical import scoring_text
 
         out: list[Image.Image] = []
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(prompts), bs):
             p, s = [scoring_text(t) for t in prompts[i:i + bs]], seeds[i:i + bs]
-            imgs = self.decode(self.sample(self.encode(p), self._generators(s)))
+            imgs = self.decode(self.sample(self.encode(p), self._generators(s), steps=steps))
             self.counters.images += len(imgs)
             out.extend(imgs)
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -90,9 +90,10 @@ class SDXLGenerator:
         return [torch.Generator(dev.type if dev.type != "cuda" else dev).manual_seed(int(s) % (2**63)) for s in seeds]
 
     @torch.inference_mode()
-    def render(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        """One image per (prompt, seed), in order, in batches of ``cfg.batch_size``."""
-        c = self.cfg
+    def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list[Image.Image]:
+        """One image per (prompt, seed), in order, in batches of ``cfg.batch_size``; ``steps``
+        overrides ``cfg.steps`` for this call."""
+        c = self.cfg if steps is None else replace(self.cfg, steps=steps)
         out: list[Image.Image] = []
         for i in range(0, len(prompts), max(1, c.batch_size)):
             p, s = prompts[i:i + c.batch_size], seeds[i:i + c.batch_size]

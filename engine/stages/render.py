@@ -1,7 +1,8 @@
 """Render: the generated image candidates of image-missing rows, on this worker's generator
 replica (one worker per device given to diffusion; all pull from the render queue). UNet
 evaluations and VAE decodes are measured around this call, on the worker's own thread, so
-concurrent workers never see each other's counts."""
+concurrent workers never see each other's counts. Rows with ``extra["steps"]`` (a served
+request's override) are rendered with that many denoising steps."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -18,7 +19,16 @@ def render(rows: list[Row], ctx) -> list[Row]:
     flat = [(i, j) for i, r in enumerate(rows) for j, c in enumerate(r.candidates)
             if c.source == "generated" and c.image is None]
     u0, v0 = gen.counters.unet_evals, gen.counters.vae_decodes
-    images = gen.render([rows[i].candidates[j].prompt for i, j in flat], [rows[i].candidates[j].seed for i, j in flat])
+    images = [None] * len(flat)
+    by_steps: dict = {}  # a served request may ask for other steps (extra["steps"]): rendered apart
+    for n, (i, _) in enumerate(flat):
+        by_steps.setdefault(rows[i].extra.get("steps"), []).append(n)
+    for steps, ns in by_steps.items():
+        kw = {} if steps is None else {"steps": steps}
+        done = gen.render([rows[flat[n][0]].candidates[flat[n][1]].prompt for n in ns],
+                          [rows[flat[n][0]].candidates[flat[n][1]].seed for n in ns], **kw)
+        for n, im in zip(ns, done):
+            images[n] = im
     n = max(1, len(images))
     per_unet, per_vae = (gen.counters.unet_evals - u0) / n, (gen.counters.vae_decodes - v0) / n
     new = [list(r.candidates) for r in rows]

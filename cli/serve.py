@@ -1,0 +1,61 @@
+"""``kbridge serve``: parse flags, build the engine, run the HTTP service (engine/serve/)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+LOOPBACK = "127.0.0.1"
+
+
+def serve(
+    profile: str = typer.Option("tiny", "--profile", "-p", help="tiny (CPU default), small, h100, 4090x4, edge."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1: loopback only)."),
+    port: int = typer.Option(8080, "--port", help="TCP port."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file; its [serve] section sets the limits."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env",
+                                              help="Environment variable holding the API key (Bearer token on /v1)."),
+    lmm: Optional[str] = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible LMM server (http backend)."),
+    max_body_mb: Optional[float] = typer.Option(None, "--max-body-mb", help="[serve] max_body_mb (20)."),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help="[serve] max_image_pixels."),
+    max_text_chars: Optional[int] = typer.Option(None, "--max-text-chars", help="[serve] max_text_chars."),
+    max_candidates: Optional[int] = typer.Option(None, "--max-candidates", help="[serve] max_candidates."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="[serve] max_steps."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", help="[serve] max_queue (64): more get 429."),
+    request_timeout_s: Optional[float] = typer.Option(None, "--request-timeout-s", help="[serve] request_timeout_s."),
+    files_ttl_s: Optional[float] = typer.Option(None, "--files-ttl-s", help="[serve] files_ttl_s (3600)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Serve the engine over HTTP: POST /v1/complete, /v1/jobs (+ SSE events), /metrics, /health."""
+    from kbridge.cli.app import _config, _fail, _line, _setup_logging
+    from kbridge.engine.config import ConfigError
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.serve.limits import check
+
+    _setup_logging(verbose)
+    cfg = _config(profile, config, lmm=dict(backend="http" if lmm else None, url=lmm),
+                  serve=dict(max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, max_text_chars=max_text_chars,
+                             max_candidates=max_candidates, max_steps=max_steps, max_queue=max_queue,
+                             request_timeout_s=request_timeout_s, files_ttl_s=files_ttl_s))
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env) or None
+        if key is None:
+            _fail(f"--api-key-env {api_key_env}: the variable is not set or empty")
+    bind = host or LOOPBACK
+    if host is None:
+        _line("info", f"binding {LOOPBACK} only (loopback); pass --host to listen elsewhere")
+    elif key is None and bind not in (LOOPBACK, "localhost", "::1"):
+        _line("warning", f"listening on {bind} without an API key: anyone who reaches it can use it")
+    from kbridge.engine.api import Engine
+    from kbridge.engine.serve.app import serve as run
+
+    try:
+        check(cfg.serve)
+        run(Engine(cfg), bind, port, key,
+            on_listen=lambda h, p: _line("info", f"kbridge serve on http://{h}:{p} (profile {cfg.profile}; "
+                                                 f"/health says 200 once the models are loaded; docs at /docs)"))
+    except (KbridgeError, ConfigError) as e:
+        _fail(str(e))

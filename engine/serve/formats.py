@@ -1,0 +1,85 @@
+"""Rows as JSON for the HTTP layer: results (the shape of a results.jsonl line), failures,
+server-sent events per finished stage, and the in-memory store of generated PNGs (/v1/files/)."""
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+from kbridge.engine.serve.jobs import Job
+from kbridge.engine.store import candidate_dict
+
+
+class Files:
+    """Generated PNGs served under /v1/files/{job}/{candidate}.png, dropped after ``ttl`` seconds."""
+
+    def __init__(self, ttl: float):
+        self.ttl, self.items = ttl, {}
+
+    def put(self, key: str, data: bytes) -> None:
+        self.items[key] = (data, time.time() + self.ttl)
+
+    def get(self, key: str) -> bytes | None:
+        now = time.time()
+        for k in [k for k, (_, exp) in self.items.items() if exp < now]:
+            del self.items[k]
+        hit = self.items.get(key)
+        return hit[0] if hit else None
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def result_of(job: Job, row, files: Files) -> dict:
+    """The row as a results.jsonl line (knowledge, candidates, best, counts) plus per-stage timings
+    (seconds from the request's arrival); images as data URIs or file URLs. Runs off the loop."""
+    paths = {}
+    for c in row.candidates:
+        if c.image is not None:
+            data = _png(c.image)
+            if job.images == "url":
+                key = f"{job.id}/{c.id}.png"
+                files.put(key, data)
+                paths[c.id] = f"/v1/files/{key}"
+            else:
+                paths[c.id] = "data:image/png;base64," + base64.b64encode(data).decode()
+    s = row.sample
+    timings = row.timings_dict(job.created)
+    end = job.finished or time.time()
+    timings["queue"] = {"start": 0.0, "end": round(row.admitted - job.created, 4),
+                        "seconds": round(row.admitted - job.created, 4)}
+    timings["request"] = {"start": 0.0, "end": round(end - job.created, 4), "seconds": round(end - job.created, 4)}
+    return {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
+            "knowledge": row.knowledge.as_dict() if row.knowledge else None,
+            "candidates": [candidate_dict(c, paths) for c in row.candidates], "best": row.best,
+            "counts": row.counts(), "timings": timings}
+
+
+def failure_of(row) -> tuple[int, dict]:
+    e = row.error
+    status = 499 if e.message == "cancelled" else 500
+    return status, {"error": e.message, "stage": e.stage, "sample_id": row.sample_id}
+
+
+def event_of(stage: str, row, job: Job) -> list[tuple[str, dict]]:
+    """Server-sent events for one finished stage of one row (JSON-ready)."""
+    if stage == "extract":
+        return [("knowledge", {"knowledge": row.knowledge.as_dict()})]
+    if stage == "write":
+        if row.missing == "image":
+            return [("prompts", {"prompts": [c.prompt for c in row.candidates]})]
+        return [("captions", {"captions": [c.text for c in row.candidates]})]
+    if stage == "render":
+        return [("candidate", {"id": c.id, "prompt": c.prompt, "seed": c.seed}) for c in row.candidates
+                if c.source == "generated" and c.image is not None]
+    if stage == "candidate_knowledge":
+        return [("candidate_knowledge", {c.id: [t.as_dict() for t in c.triples] for c in row.candidates})]
+    if stage == "retrieve":
+        ids = [c.id for c in row.candidates if c.source == "retrieved"]
+        return [("retrieved", {"ids": ids})] if ids else []
+    if stage == "rank":
+        return [("scores", {"scores": {c.id: c.scores for c in row.candidates}, "best": row.best})]
+    return []

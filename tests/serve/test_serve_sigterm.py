@@ -1,0 +1,69 @@
+"""SIGTERM stops admission, lets admitted work finish (a waiting request gets its 200, a job
+completes), and the process exits 0."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from serve_helpers import free_port
+
+HERE = Path(__file__).parent
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return -1.0
+
+
+@pytest.mark.slow  # a subprocess: imports torch and loads the tiny dense models again
+def test_sigterm_drains_and_exits_0(engine):  # engine: the tiny twins are built (cached) before the subprocess starts
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, str(HERE / "serve_main.py"), str(port)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert p.poll() is None, p.stderr.read()
+            assert time.time() < end, "server did not become ready"
+            time.sleep(0.05)
+        job = httpx.post(f"{url}/v1/jobs", json={"text": "a cat", "missing": "image", "sample_id": "slow:1"})
+        assert job.status_code == 202
+        answer = {}
+        t = threading.Thread(target=lambda: answer.update(r=httpx.post(
+            f"{url}/v1/complete", json={"text": "a dog", "missing": "image", "sample_id": "slow:2"}, timeout=120)))
+        t.start()
+        while _metric(url, "kbridge_requests_active") < 2:
+            assert time.time() < end
+            time.sleep(0.02)
+        p.send_signal(signal.SIGTERM)
+        t.join(120)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert answer["r"].status_code == 200 and answer["r"].json()["best"]
+    assert p.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == {"slow:1": "done", "slow:2": "done"}
+    try:  # admission stopped: nothing listens any more
+        httpx.get(f"{url}/health", timeout=2)
+        raise AssertionError("still listening after SIGTERM")
+    except httpx.ConnectError:
+        pass
