@@ -110,6 +110,8 @@ def run(
     out_dir: Path = typer.Option(Path("kbridge-out"), "--out", help="Run directory (re-run to resume)."),
     candidates: Optional[int] = typer.Option(None, "--candidates", help="Candidates per incomplete sample."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N incomplete samples."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="Metadata file of the dataset (default: "
+                                            "metadata.json, train.json or data.json in --data)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Root seed."),
     fidelity: Optional[str] = typer.Option(None, "--fidelity", help="fast (default) | reference (multi-turn chains)."),
     config: Optional[Path] = ConfigOpt,
@@ -142,6 +144,7 @@ def run(
     from kbridge.engine.api import Engine
     from kbridge.engine.config import ConfigError
     from kbridge.engine.data import DataError
+    from kbridge.engine.errors import KbridgeError
     from kbridge.engine.lmm.vllm_http import LMMUnavailable
     from kbridge.engine.lmm.vllm_local import BackendUnavailable
     from kbridge.engine.runtime import RuntimeUnavailable
@@ -155,13 +158,18 @@ def run(
         with progress:
             task = progress.add_task("samples", total=None)
             report = Engine(cfg).run(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
-                                     export=export_completed,
+                                     export=export_completed, metadata=metadata,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except (DataError, RunConfigMismatch, ModelNotFound, ConfigError, LMMUnavailable, BackendUnavailable) as e:
         _fail(str(e))
     except (RuntimeUnavailable, ExportError) as e:  # compiled backends (--backend)
         _fail(str(e))
+    except KbridgeError as e:  # the output directory is in use, …
+        _fail(str(e))
+    except OSError as e:  # the writer stopped the run (disk full, …): what was written stays valid
+        _fail(f"cannot write to {out_dir}: {e.strerror or e}; the samples written so far are kept, "
+              "re-run to finish")
     _summary(report)
     if report.errors:
         raise typer.Exit(1 if report.completed == 0 and report.skipped == 0 else 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kbridge.engine import faults
 from kbridge.engine.rows import Row
 
 
@@ -19,6 +20,7 @@ def render(rows: list[Row], ctx) -> list[Row]:
             if c.source == "generated" and c.image is None]
     u0, v0 = gen.counters.unet_evals, gen.counters.vae_decodes
     images = gen.render([rows[i].candidates[j].prompt for i, j in flat], [rows[i].candidates[j].seed for i, j in flat])
+    faults.check("render")
     n = max(1, len(images))
     per_unet, per_vae = (gen.counters.unet_evals - u0) / n, (gen.counters.vae_decodes - v0) / n
     new = [list(r.candidates) for r in rows]
