@@ -134,6 +134,12 @@ def run(
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
+    from kbridge.engine.store import RunInUse, check_free
+
+    try:
+        check_free(out_dir)  # before the engine's imports: a second run on one --out fails at once
+    except RunInUse as e:
+        _fail(str(e))
     cfg = _config(profile, config,
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
                   generation=dict(candidates=candidates, refiner=refiner),

@@ -22,6 +22,22 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
+def held(path: Path) -> str | None:
+    """The holder's pid when another process holds the lock on ``path`` now, else None (a check
+    that takes nothing: the lock itself is taken by ``try_lock``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return holder(path)
+    finally:
+        os.close(fd)
+
+
 def holder(path: Path) -> str:
     """The pid written by the lock's holder ("?" when unreadable)."""
     try:

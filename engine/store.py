@@ -36,6 +36,14 @@ class RunInUse(KbridgeError):
     """Another kbridge process holds the output directory."""
 
 
+def check_free(out: str | Path) -> None:
+    """Raise RunInUse at once when another run holds ``out`` (the CLI asks before loading anything,
+    so a second run fails in a second; RunStore takes the lock itself)."""
+    pid = locks.held(Path(out) / ".lock")
+    if pid is not None:
+        raise RunInUse(f"{out} is in use by another kbridge run (pid {pid})")
+
+
 def atomic_write(path: Path, data: bytes, fault: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -186,7 +194,7 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = locks.try_lock(self.root / ".lock")
         if self._lock is None:
-            raise RunInUse(f"{self.root} is in use by another kbridge run (pid {locks.holder(self.root / '.lock')})")
+            raise RunInUse(f"{out} is in use by another kbridge run (pid {locks.holder(self.root / '.lock')})")
         try:
             self._open(config_hash, manifest)
         except BaseException:

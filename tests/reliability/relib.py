@@ -70,3 +70,45 @@ def plain_dataset(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     m = root.parent / f"{root.name}-missing.json"
     m.write_text(json.dumps(make_missing(n, "mixed", 1.0, seed)))
     return root, m
+
+
+def tiny_exportable(weights: Path):
+    """A one-layer model whose weights live in ``weights`` (a safetensors file written on first
+    use): the smallest thing the artifact cache can export."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from kbridge.export.parts import Exportable
+    from kbridge.export.specs import Axis, ExportSpec, TensorSpec
+
+    if not Path(weights).exists():
+        g = torch.Generator().manual_seed(0)
+        save_file({"weight": torch.randn(2, 4, generator=g), "bias": torch.zeros(2)}, str(weights))
+    lin = torch.nn.Linear(4, 2)
+    lin.load_state_dict(load_file(str(weights)))
+
+    class IO(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x):
+            return (self.lin(x),)
+
+    spec = ExportSpec("toy.linear", (TensorSpec("x", ("batch", 4)),), (TensorSpec("y", ("batch", 2)),),
+                      (Axis("batch", 1, 2, 8, 3),))
+    return Exportable(spec, IO(), (Path(weights),))
+
+
+BUILD_BOTH = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from relib import tiny_exportable
+from kbridge.engine.config import RuntimeConfig
+from kbridge.engine.zoo import ensure_tiny
+from kbridge.export.cache import ensure_onnx
+print(ensure_tiny("clip", Path(sys.argv[2])))
+a = ensure_onnx(tiny_exportable(Path(sys.argv[1])), Path(sys.argv[2]) / "artifacts", RuntimeConfig())
+print(a.built, a.path)
+"""
