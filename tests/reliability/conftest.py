@@ -22,3 +22,11 @@ def server(fake_server):
     fake_server.answered = 0
     yield fake_server
     fake_server.faults = Faults()
+
+
+@pytest.fixture(scope="session")
+def dense(cfg):
+    """The tiny dense models only (scorer, generator replicas): these tests never need the tiny LMM."""
+    from kbridge.engine.api import Engine
+
+    return Engine(cfg).ensure({"scorer", "generators"})

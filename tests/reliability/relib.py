@@ -112,3 +112,7 @@ print(ensure_tiny("clip", Path(sys.argv[2])))
 a = ensure_onnx(tiny_exportable(Path(sys.argv[1])), Path(sys.argv[2]) / "artifacts", RuntimeConfig())
 print(a.built, a.path)
 """
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]

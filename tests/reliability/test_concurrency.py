@@ -14,7 +14,7 @@ import pytest
 
 from kbridge.engine import locks
 from kbridge.engine.store import RunInUse, RunStore
-from relib import BUILD_BOTH, KB, error_lines, kb, plain_dataset, write_config
+from reliability.relib import BUILD_BOTH, KB, error_lines, kb, plain_dataset, write_config
 
 HERE = Path(__file__).parent
 

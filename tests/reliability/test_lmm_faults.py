@@ -63,15 +63,14 @@ def test_a_persistent_lmm_fault_becomes_the_requests_error(server, fault):
     assert len(server.bodies) == RETRIES + 1  # retried exactly as configured, then given up
 
 
-def test_a_run_whose_lmm_answers_are_all_unusable_fails_each_sample_and_goes_on(server, cfg, engine, tmp_path):
+def test_a_run_whose_lmm_answers_are_all_unusable_fails_each_sample_and_goes_on(server, dense, tmp_path):
     from kbridge.engine.api import Engine
 
     server.faults.malformed_next = 10_000
     run_cfg = build_config("tiny", overrides={"lmm": {"backend": "http", "url": server.url, "retries": 0,
                                                       "backoff_s": 0.01}})
     eng = Engine(dataclasses.replace(run_cfg, generation=dataclasses.replace(run_cfg.generation, candidates=2)))
-    loaded = engine.models()
-    eng.loaders.update(scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng.loaders.update(scorer=lambda: dense.scorer, generators=lambda: dense.generators)
     rep = eng.run(out=tmp_path / "o", limit=4)
     assert rep.completed == 0 and len(rep.errors) == 4
     assert all("invalid JSON answer" in e["error"] for e in rep.errors), rep.errors

@@ -13,7 +13,7 @@ import json
 import pytest
 
 import promise
-from relib import check_run_dir, error_lines, kb, plain_dataset, write_config
+from reliability.relib import check_run_dir, error_lines, kb, plain_dataset, write_config
 
 N = 6
 CHAIN = [  # (fault, what the step must show)
