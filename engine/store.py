@@ -217,8 +217,8 @@ class RunStore:
         # what resume needs: the finished ids (never the results themselves)
         self.finished = {r["sample_id"] for r in _repair_jsonl(self.results_path)}
         _repair_jsonl(self.errors_path)
-        for tmp in (self.root / "images").glob("**/.*.png.*"):  # a killed write's temporary file
-            tmp.unlink(missing_ok=True)
+        for tmp in [*(self.root / "images").glob("**/.*.png.*"), *self.root.glob(".manifest.json.*")]:
+            tmp.unlink(missing_ok=True)  # a killed write's temporary file
         self.cache = ResponseCache(self.root / "cache.sqlite")
 
     def done(self) -> set[str]:
