@@ -116,6 +116,8 @@ def run(
     out_dir: Path = typer.Option(Path("kbridge-out"), "--out", help="Run directory (re-run to resume)."),
     candidates: Optional[int] = typer.Option(None, "--candidates", help="Candidates per incomplete sample."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N incomplete samples."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="Metadata file of the dataset (default: "
+                                            "metadata.json, train.json or data.json in --data)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Root seed."),
     fidelity: Optional[str] = typer.Option(None, "--fidelity", help="fast (default) | reference (multi-turn chains)."),
     config: Optional[Path] = ConfigOpt,
@@ -142,6 +144,12 @@ def run(
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
+    from kbridge.engine.store import RunInUse, check_free
+
+    try:
+        check_free(out_dir)  # before the engine's imports: a second run on one --out fails at once
+    except RunInUse as e:
+        _fail(str(e))
     cfg = _config(profile, config,
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
                   generation=dict(candidates=candidates, refiner=refiner),
@@ -159,10 +167,16 @@ def run(
             task = progress.add_task("samples", total=None)
             report = Engine(cfg).run(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
                                      export=export_completed, executor=executor, ray_address=ray_address,
+                                     metadata=metadata,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except KbridgeError as e:  # the dataset, the run directory, a model, a backend, the configuration
         _fail(str(e))
+    except KbridgeError as e:  # the output directory is in use, …
+        _fail(str(e))
+    except OSError as e:  # the writer stopped the run (disk full, …): what was written stays valid
+        _fail(f"cannot write to {out_dir}: {e.strerror or e}; the samples written so far are kept, "
+              "re-run to finish")
     _summary(report)
     if report.errors:
         raise typer.Exit(1 if report.completed == 0 and report.skipped == 0 else 0)

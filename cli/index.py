@@ -19,6 +19,8 @@ def build(
     missing: Optional[Path] = typer.Option(None, "--missing", help="Missing config: its complete samples are indexed."),
     out_dir: Path = typer.Option(Path("kbridge-out"), "--out", help="Run directory; the index goes to <out>/index."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N complete samples."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="Metadata file of the dataset (default: "
+                                            "metadata.json, train.json or data.json in --data)."),
     kind: Optional[str] = typer.Option(None, "--kind", help="auto (default) | flat | ivfpq."),
     retriever: str = typer.Option("faiss", "--retriever",
                                   help="faiss | mire | both: mire / both add the MIRe late-interaction index "
@@ -37,7 +39,8 @@ def build(
     _setup_logging(verbose)
     cfg = _config(profile, config, rank=dict(index_kind=kind, retriever=retriever))
     try:
-        summary = Engine(cfg).build_index(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit)
+        summary = Engine(cfg).build_index(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
+                                         metadata=metadata)
     except (DataError, ModelNotFound, ConfigError, IndexUnavailable, ValueError) as e:
         _fail(str(e))
     out.print(f"indexed {summary['items']} complete samples ({summary['kind']}, {summary['dim']}-d semantic + "

@@ -105,7 +105,7 @@ class Engine:
             out: str | Path = "kbridge-out", limit: int | None = None,
             export: str | Path | None = None, on_start: Callable[[int], None] | None = None,
             on_sample: Callable[[str, str], None] | None = None, executor: str = "local",
-            ray_address: str | None = None) -> RunReport:
+            ray_address: str | None = None, metadata: str | Path | None = None) -> RunReport:
         """Complete every incomplete sample of a dataset (the domain's demo set when ``data`` is None).
 
         ``on_start(n)`` gets the number of samples left to do; ``on_sample(sample_id, status)`` is
@@ -128,9 +128,9 @@ class Engine:
             data, demo_fmt, demo_missing = domain.demo()
             fmt, missing = fmt or demo_fmt, missing or demo_missing
         fmt = fmt or domain.default_format
-        ds = D.open_dataset(data, fmt, missing)
+        ds = D.open_dataset(data, fmt, missing, metadata=metadata, max_pixels=cfg.run.max_pixels)
         run_key = hashlib.sha256(f"{cfg.result_hash()}|{ds.name}|{ds.root.resolve()}|{ds.format}|"
-                                 f"{_sha(missing)}".encode()).hexdigest()[:16]
+                                 f"{_sha(missing)}{f'|{metadata}' if metadata else ''}".encode()).hexdigest()[:16]
         schedule = resolve_schedule(cfg)
         ray_info = {}
         if executor == "ray":
@@ -233,13 +233,14 @@ class Engine:
         finish.close(busy)
 
     def build_index(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
-                    out: str | Path = "kbridge-out", limit: int | None = None) -> dict:
+                    out: str | Path = "kbridge-out", limit: int | None = None,
+                    metadata: str | Path | None = None) -> dict:
         """Index the dataset's complete samples into ``<out>/index`` (rank/retrieve.py), so that a
         later ``run`` into ``out`` adds retrieved candidates. LMM answers share the run's cache."""
         from kbridge.engine.rank.retrieve import build_corpus, index_dir
         from kbridge.engine.store import ResponseCache
 
-        ds = D.open_dataset(data, fmt, missing)
+        ds = D.open_dataset(data, fmt, missing, metadata=metadata, max_pixels=self.cfg.run.max_pixels)
         Path(out).mkdir(parents=True, exist_ok=True)
         models = self.models(need_diffusion=False)
         cache = ResponseCache(Path(out) / "cache.sqlite") if self.cfg.lmm.cache else None

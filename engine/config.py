@@ -209,6 +209,9 @@ class RunConfig:
     a run can resume under the other schedule."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
+    max_pixels: int = 178_956_970
+    """Largest image a sample may have (twice Pillow's decompression-bomb limit); larger ones fail
+    their sample. Images are downscaled on load to 2048² pixels at most."""
     domain: str = "general"
     """"general" (SDXL, CLIP, object knowledge) or "medical" (chest X-rays: Cheff, the [medical]
     scorer, radiology knowledge with triples; the bundled X-ray demo set when no data is given)."""
@@ -294,7 +297,7 @@ class PipelineConfig:
         if d["run"]["domain"] == "general":  # general runs keep the hashes they had before the medical domain
             d.pop("medical")
             d["run"].pop("domain")
-        for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "schedule", "threads"):
+        for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "schedule", "threads", "max_pixels"):
             d["run"].pop(k)
         if d["rank"]["retriever"] == "faiss":  # without MIRe, runs keep the hashes they had before it
             d["rank"].pop("retriever")

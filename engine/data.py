@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from kbridge.engine import inputs as IN
 from kbridge.engine.types import Sample, SampleError
 from kbridge.engine.errors import KbridgeError
 
@@ -34,6 +35,9 @@ class Dataset:
     format: str
     items: list  # the raw metadata records
     missing: dict  # the parsed missing config
+    bad: dict = field(default_factory=dict)
+    """Missing-config entries that fail their own sample: {index: why} (see inputs.parse_missing)."""
+    max_pixels: int = IN.DEFAULT_MAX_PIXELS
 
     def __len__(self) -> int:
         return len(self.items)
@@ -55,10 +59,8 @@ def normalize_image(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return normalize_image(im)
+def load_image(path: Path, max_pixels: int = IN.DEFAULT_MAX_PIXELS) -> Image.Image:
+    return IN.open_capped(path, max_pixels, normalize_image)
 
 
 def text_of(record: dict, fmt: str) -> str:
@@ -89,7 +91,12 @@ def detect_format(root: Path) -> str:
     raise DataError(f"cannot detect the dataset format of {root}: pass --format ({'|'.join(FORMATS)})")
 
 
-def _metadata_file(root: Path) -> Path:
+def _metadata_file(root: Path, metadata: str | Path | None = None) -> Path:
+    if metadata is not None:
+        p = Path(metadata) if Path(metadata).exists() else root / metadata
+        if not p.is_file():
+            raise DataError(f"metadata file {metadata} does not exist")
+        return p
     for name in METADATA_NAMES:
         if (root / name).exists():
             return root / name
@@ -98,32 +105,22 @@ def _metadata_file(root: Path) -> Path:
 
 def read_missing_config(path: Path, total: int) -> dict:
     """Parse and check a reference missing config; returns ``{index: "image"|"text"}``."""
+    return read_missing(path, total)[0]
+
+
+def read_missing(path: Path, total: int) -> tuple[dict, dict]:
+    """``({index: "image"|"text"}, {index: why that entry fails its sample})``."""
     try:
-        cfg = json.loads(Path(path).read_text())
-        details = cfg["missing_details"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return IN.parse_missing(json.loads(Path(path).read_text()), total)
+    except (OSError, ValueError) as e:
         raise DataError(f"malformed missing config {path}: {e}") from e
-    if not isinstance(details, dict):
-        raise DataError(f"malformed missing config {path}: missing_details must be an object")
-    out = {}
-    for key, flags in details.items():
-        try:
-            idx = int(key)
-            text_ok, image_ok = (int(flags[0]), int(flags[1]))
-        except (ValueError, TypeError, IndexError) as e:
-            raise DataError(f"malformed missing config {path}: entry {key!r}: {e}") from e
-        if (text_ok, image_ok) == (0, 1):
-            out[idx] = "text"
-        elif (text_ok, image_ok) == (1, 0):
-            out[idx] = "image"
-        elif (text_ok, image_ok) != (1, 1):
-            raise DataError(f"malformed missing config {path}: entry {key!r} has both modalities missing")
-    return out
 
 
 def open_dataset(root: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
-                 name: str | None = None) -> Dataset:
-    """Open a dataset directory (the bundled demo set when ``root`` is None)."""
+                 name: str | None = None, metadata: str | Path | None = None,
+                 max_pixels: int = IN.DEFAULT_MAX_PIXELS) -> Dataset:
+    """Open a dataset directory (the bundled demo set when ``root`` is None); ``metadata`` names
+    its metadata file when it is not one of METADATA_NAMES (e.g. the reference's ``trainset.json``)."""
     demo = root is None
     root = Path(DEMO_DIR if demo else root)
     if not root.is_dir():
@@ -134,21 +131,23 @@ def open_dataset(root: str | Path | None = None, fmt: str | None = None, missing
     fmt = fmt or detect_format(root)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    meta = _metadata_file(root)
-    try:
-        items = json.loads(meta.read_text())
+    meta = _metadata_file(root, metadata)
+    try:  # undecodable bytes survive as lone surrogates: they fail their own sample, not the dataset
+        items = json.loads(meta.read_bytes().decode("utf-8", errors="surrogateescape"))
     except ValueError as e:
         raise DataError(f"{meta}: not valid JSON ({e})") from e
     if not isinstance(items, list):
         raise DataError(f"{meta}: expected a JSON list of records")
-    miss = read_missing_config(Path(missing), len(items)) if missing else {}
-    return Dataset(name or ("demo" if demo else root.name), root, fmt, items, miss)
+    miss, bad = read_missing(Path(missing), len(items)) if missing else ({}, {})
+    return Dataset(name or ("demo" if demo else root.name), root, fmt, items, miss, bad, max_pixels)
 
 
 def _image_path(ds: Dataset, file_name: str) -> Path:
-    p = ds.root / file_name
-    if not p.exists() and (ds.root / "images" / file_name).exists():
-        p = ds.root / "images" / file_name
+    """The image's path under the dataset directory; ValueError when ``file_name`` leaves it."""
+    p = IN.inside(ds.root, file_name)
+    if not p.exists() and (ds.root / "images").is_dir():
+        alt = IN.inside(ds.root / "images", file_name)
+        p = alt if alt.exists() else p
     return p
 
 
@@ -157,6 +156,8 @@ def load_sample(ds: Dataset, index: int, missing: str | None) -> Sample:
     sid = f"{ds.name}:{index}"
     if not 0 <= index < len(ds.items):
         raise SampleError(sid, f"index {index} is past the end of the dataset ({len(ds.items)} items)")
+    if index in ds.bad:
+        raise SampleError(sid, ds.bad[index])
     rec = ds.items[index]
     if not isinstance(rec, dict):
         raise SampleError(sid, "metadata record is not an object")
@@ -165,22 +166,31 @@ def load_sample(ds: Dataset, index: int, missing: str | None) -> Sample:
         text = text_of(rec, ds.format)
         if not text:
             raise SampleError(sid, "text is empty")
+        try:
+            text = IN.check_text(text)
+        except ValueError as e:
+            raise SampleError(sid, str(e)) from None
     if missing != "image":
         fn = rec.get("file_name")
         if not fn:
             raise SampleError(sid, "record has no file_name")
-        path = _image_path(ds, fn)
         try:
-            image = load_image(path)
+            path = _image_path(ds, fn)
+        except ValueError as e:
+            raise SampleError(sid, str(e)) from None
+        try:
+            image = load_image(path, ds.max_pixels)
         except FileNotFoundError:
             raise SampleError(sid, f"image file not found: {path}") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise SampleError(sid, f"unreadable image {path}: {e}") from None
-    return Sample(sid, index, text, image, missing, list(rec.get("labels") or []), rec.get("file_name"))
+    labels = rec.get("labels")
+    labels = [labels] if isinstance(labels, (str, int, float)) else list(labels or [])
+    return Sample(sid, index, text, image, missing, labels, rec.get("file_name"))
 
 
 def incomplete_indices(ds: Dataset) -> list[int]:
-    return sorted(ds.missing)
+    return sorted(set(ds.missing) | set(ds.bad))
 
 
 def make_missing(total: int, kind: str, ratio: float, seed: int = 0) -> dict:

@@ -3,12 +3,17 @@
 ``results.jsonl`` gets one line per finished sample, written with a single ``write`` and fsync,
 so a killed run leaves at most one torn last line, which the next open truncates. Images are
 written to a temporary name and renamed before their result line is written. Re-opening the same
-directory skips finished samples; a different configuration is refused.
+directory skips finished samples; a different configuration is refused. One run at a time holds
+the directory (an ``fcntl`` lock on ``OUT/.lock``, released by the kernel on any exit). The
+response cache checks every row it reads and rebuilds a cache file SQLite cannot read.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -16,15 +21,30 @@ import tempfile
 import time
 from pathlib import Path
 
+from kbridge.engine import faults, locks
 from kbridge.engine.errors import KbridgeError
 from kbridge.engine.rows import Row
+
+log = logging.getLogger("kbridge.store")
 
 
 class RunConfigMismatch(KbridgeError):
     """The output directory holds a run made with another configuration."""
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+class RunInUse(KbridgeError):
+    """Another kbridge process holds the output directory."""
+
+
+def check_free(out: str | Path) -> None:
+    """Raise RunInUse at once when another run holds ``out`` (the CLI asks before loading anything,
+    so a second run fails in a second; RunStore takes the lock itself)."""
+    pid = locks.held(Path(out) / ".lock")
+    if pid is not None:
+        raise RunInUse(f"{out} is in use by another kbridge run (pid {pid})")
+
+
+def atomic_write(path: Path, data: bytes, fault: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -32,6 +52,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if fault:
+            faults.check(fault)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,9 +63,18 @@ def atomic_write(path: Path, data: bytes) -> None:
 def _append_line(path: Path, obj: dict) -> None:
     line = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    start = os.fstat(fd).st_size
     try:
-        os.write(fd, line)
+        if os.environ.get("KBRIDGE_FAULT"):  # a disk filling up mid-line: half of it lands
+            os.write(fd, line[:len(line) // 2])
+            faults.check("append")
+            os.write(fd, line[len(line) // 2:])
+        elif os.write(fd, line) != len(line):
+            raise OSError(errno.ENOSPC, "short write (disk full?)")
         os.fsync(fd)
+    except OSError:
+        os.ftruncate(fd, start)  # never leave a torn line behind a clean error
+        raise
     finally:
         os.close(fd)
 
@@ -67,20 +98,67 @@ def _repair_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _digest(key: str, value: str) -> str:
+    return hashlib.sha256(f"{key}\0{value}".encode()).hexdigest()[:16]
+
+
 class ResponseCache:
-    """LMM answers keyed by request_key (model+revision, prompt version, schema, sampling, seed)."""
+    """LMM answers keyed by request_key (model+revision, prompt version, schema, sampling, seed).
+
+    Every row carries a digest of its key and value; a row that does not match (or does not
+    parse) is reported once, dropped, and asked again. A file SQLite cannot read (truncated,
+    overwritten) is reported, moved aside to ``cache.sqlite.corrupt`` and started afresh."""
 
     def __init__(self, path: Path):
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS lmm (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.path = Path(path)
+        self.warned = False
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            log.warning("response cache %s is unreadable (%s); starting a new one", self.path, e)
+            self._discard()
+            self._open()
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+                            "digest TEXT NOT NULL)")
+            if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+        except sqlite3.DatabaseError:
+            self.db.close()
+            raise
+
+    def _discard(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(f"{self.path}{suffix}")
+            if p.exists():
+                os.replace(p, f"{self.path}.corrupt{suffix}")
 
     def get(self, key: str) -> dict | None:
-        row = self.db.execute("SELECT value FROM lmm WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        row = self.db.execute("SELECT value, digest FROM answers WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            if _digest(key, row[0]) != row[1]:
+                raise ValueError("digest mismatch")
+            value = json.loads(row[0])
+            if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+                raise ValueError("not an answer record")
+            return value
+        except ValueError as e:
+            if not self.warned:
+                log.warning("response cache %s: a corrupted entry (%s) is dropped and asked again", self.path, e)
+                self.warned = True
+            self.db.execute("DELETE FROM answers WHERE key = ?", (key,))
+            return None
 
     def put(self, key: str, value: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO lmm VALUES (?, ?)", (key, json.dumps(value)))
+        faults.check("cache")
+        blob = json.dumps(value)
+        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)", (key, blob, _digest(key, blob)))
 
     def close(self) -> None:
         self.db.close()
@@ -114,6 +192,16 @@ class RunStore:
     def __init__(self, out: str | Path, config_hash: str, manifest: dict):
         self.root = Path(out)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = locks.try_lock(self.root / ".lock")
+        if self._lock is None:
+            raise RunInUse(f"{out} is in use by another kbridge run (pid {locks.holder(self.root / '.lock')})")
+        try:
+            self._open(config_hash, manifest)
+        except BaseException:
+            locks.unlock(self._lock)
+            raise
+
+    def _open(self, config_hash: str, manifest: dict) -> None:
         self.results_path = self.root / "results.jsonl"
         self.errors_path = self.root / "errors.jsonl"
         self.manifest_path = self.root / "manifest.json"
@@ -129,6 +217,8 @@ class RunStore:
         # what resume needs: the finished ids (never the results themselves)
         self.finished = {r["sample_id"] for r in _repair_jsonl(self.results_path)}
         _repair_jsonl(self.errors_path)
+        for tmp in [*(self.root / "images").glob("**/.*.png.*"), *self.root.glob(".manifest.json.*")]:
+            tmp.unlink(missing_ok=True)  # a killed write's temporary file
         self.cache = ResponseCache(self.root / "cache.sqlite")
 
     def done(self) -> set[str]:
@@ -153,6 +243,7 @@ class RunStore:
         """The row's results line (after its images), appended with one write and fsync."""
         s = row.sample
         paths = self.write_images(row)
+        faults.check("result")
         line = {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
                 "knowledge": row.knowledge.as_dict(), "candidates": [candidate_dict(c, paths) for c in row.candidates],
                 "best": row.best, "counts": row.counts()}
@@ -173,10 +264,15 @@ class RunStore:
 
     def write_manifest(self, **updates) -> None:
         self.manifest.update(updates)
-        atomic_write(self.manifest_path, (json.dumps(self.manifest, indent=1, default=str) + "\n").encode())
+        atomic_write(self.manifest_path, (json.dumps(self.manifest, indent=1, default=str) + "\n").encode(),
+                     fault="manifest")
 
     def close(self) -> None:
-        self.cache.close()
+        try:
+            self.cache.close()
+        finally:
+            locks.unlock(self._lock)
+            self._lock = None
 
 
 def export_completed(run_dir: Path, dataset, out: Path) -> dict:

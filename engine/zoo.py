@@ -99,6 +99,15 @@ def ensure_tiny(name: str, cache_dir: Path, size: str = "tiny", builder=None) ->
     target = tiny_dir(name, cache_dir, size)
     if (target / ".complete").exists():
         return target
+    from kbridge.engine.locks import exclusive
+
+    with exclusive(target.parent / f".{target.name}.lock"):  # another process building it: wait, then reuse
+        if (target / ".complete").exists():
+            return target
+        return _build_tiny(name, target, size, builder)
+
+
+def _build_tiny(name: str, target: Path, size: str, builder) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:

@@ -9,7 +9,10 @@
 The key covers the weights' content hash, dtype, every input / output shape and axis range,
 opset, exporter and runtime versions, and for TensorRT its version and the GPU's compute
 capability. An artifact is built only when its directory is missing, into a temporary directory
-renamed into place, so a killed build never leaves a half artifact behind.
+renamed into place, so a killed build never leaves a half artifact behind; processes building the
+same artifact take turns (a file lock), the later one reusing the earlier one's. ``files.json``
+records every file's size and sha256; a cached artifact that no longer matches (truncated,
+overwritten) is reported and rebuilt.
 """
 from __future__ import annotations
 
@@ -71,9 +74,10 @@ def weights_sha(files: tuple[Path, ...], root: Path) -> str:
         h.update(f.name.encode() + b"\0" + memo[k].encode())
     if changed:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(memo, indent=0))
-        tmp.replace(memo_path)
+        fd, tmp = tempfile.mkstemp(prefix=".weights-sha.", dir=root)  # one per process: writers never collide
+        with open(fd, "w") as f:
+            f.write(json.dumps(memo, indent=0))
+        Path(tmp).replace(memo_path)
     return h.hexdigest()
 
 
@@ -97,12 +101,39 @@ def artifact_dir(root: Path, key: dict) -> Path:
     return Path(root) / key["model"] / digest(key)
 
 
+def _file_sha(f: Path) -> str:
+    h = hashlib.sha256()
+    with open(f, "rb") as fp:
+        for chunk in iter(lambda: fp.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _listing(d: Path) -> dict:
+    return {f.name: {"size": f.stat().st_size, "sha256": _file_sha(f)}
+            for f in sorted(d.iterdir()) if f.is_file() and f.name not in ("key.json", "files.json")}
+
+
+def intact(d: Path, main: Path) -> bool:
+    """The artifact in ``d`` is complete and every file is what was built (size, then sha256)."""
+    try:
+        want = json.loads((d / "files.json").read_text())
+        if not (d / "key.json").exists() or not main.exists() or main.name not in want:
+            return False
+        if any((d / n).stat().st_size != v["size"] for n, v in want.items()):
+            return False
+        return _listing(d) == want
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _build(final: Path, key: dict, make) -> None:
     """Run ``make(tmp_dir)`` and move the result into ``final`` atomically."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
         make(tmp)
+        (tmp / "files.json").write_text(json.dumps(_listing(tmp), indent=1) + "\n")
         (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str) + "\n")
         try:
             tmp.rename(final)
@@ -121,12 +152,26 @@ def ensure_onnx(ex: Exportable, root: Path, rt: RuntimeConfig) -> Artifact:
     key = onnx_key(ex, rt, root)
     d = artifact_dir(root, key)
     path = d / "model.onnx"
-    if (d / "key.json").exists() and path.exists():
-        log.info("%s: found cached %s", ex.spec.name, path)
-        return Artifact(ex.spec.name, path, False, key)
-    _build(d, key, lambda tmp: export_onnx(ex.spec, ex.module, tmp / "model.onnx", rt.opset, rt.fp16))
-    log.info("%s: built %s", ex.spec.name, path)
-    return Artifact(ex.spec.name, path, True, key)
+    return _cached_or_built(ex.spec.name, d, path, key,
+                            lambda tmp: export_onnx(ex.spec, ex.module, tmp / "model.onnx", rt.opset, rt.fp16))
+
+
+def _cached_or_built(name: str, d: Path, path: Path, key: dict, make) -> Artifact:
+    """The artifact in ``d`` when intact; else (re)built there, one process at a time."""
+    from kbridge.engine.locks import exclusive
+
+    if intact(d, path):
+        log.info("%s: found cached %s", name, path)
+        return Artifact(name, path, False, key)
+    with exclusive(d.parent / f".{d.name}.lock"):
+        if intact(d, path):  # built by another process while we waited
+            return Artifact(name, path, False, key)
+        if d.exists():
+            log.warning("%s: cached artifact %s is damaged or incomplete; rebuilding it", name, d)
+            shutil.rmtree(d)
+        _build(d, key, make)
+    log.info("%s: built %s", name, path)
+    return Artifact(name, path, True, key)
 
 
 def ensure_tensorrt(ex: Exportable, root: Path, rt: RuntimeConfig, device: str = "cuda:0") -> Artifact:
@@ -141,12 +186,8 @@ def ensure_tensorrt(ex: Exportable, root: Path, rt: RuntimeConfig, device: str =
            "fp16": rt.fp16, "profile": {k: list(v) for k, v in ex.spec.profile().items()}}
     d = artifact_dir(root, key)
     plan = plan_build(ex.spec, onnx.path, d / "model.plan", root, facts, fp16=rt.fp16, device=device)
-    if (d / "key.json").exists() and plan.engine_path.exists():
-        log.info("%s: found cached %s", ex.spec.name, plan.engine_path)
-        return Artifact(ex.spec.name, plan.engine_path, False, key)
-    _build(d, key, lambda tmp: build_engine(dataclasses.replace(plan, engine_path=tmp / "model.plan")))
-    log.info("%s: built %s", ex.spec.name, plan.engine_path)
-    return Artifact(ex.spec.name, plan.engine_path, True, key)
+    return _cached_or_built(ex.spec.name, d, plan.engine_path, key,
+                            lambda tmp: build_engine(dataclasses.replace(plan, engine_path=tmp / "model.plan")))
 
 
 def artifacts_root(cache_dir: Path) -> Path:

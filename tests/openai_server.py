@@ -6,7 +6,9 @@ in the tests), with injectable faults.
 thread decodes whatever is queued together (continuous batching in miniature), so requests in
 flight at once share a generate() call as they would on vLLM. Faults: ``fail_next`` (HTTP 500),
 ``malformed_next`` (an answer that is not JSON), ``delay_s`` (slow answers), ``die_after`` (after
-that many answers every connection is dropped unanswered, as a killed server's would be).
+that many answers every connection is dropped unanswered, as a killed server's would be),
+``empty_next`` (an empty answer), ``off_schema_next`` (valid JSON that violates the schema),
+``too_many_next`` (HTTP 429), ``cut_next`` (the connection drops halfway through the body).
 Stdlib only; the server stops itself on ``stop()`` or after ``max_lifetime_s``.
 """
 from __future__ import annotations
@@ -34,6 +36,17 @@ class Faults:
     malformed_next: int = 0
     delay_s: float = 0.0
     die_after: int | None = None
+    empty_next: int = 0
+    off_schema_next: int = 0
+    too_many_next: int = 0
+    cut_next: int = 0
+
+    def take(self, name: str) -> bool:
+        """Use up one of the ``name`` faults (call under the server's lock)."""
+        n = getattr(self, name)
+        if n > 0:
+            setattr(self, name, n - 1)
+        return n > 0
 
 
 @dataclass
@@ -190,8 +203,13 @@ def _handler(server: LMMServer):
                 f.fail_next -= fail
                 malformed = not fail and f.malformed_next > 0
                 f.malformed_next -= malformed
+                too_many = not fail and f.take("too_many_next")
+                answer_fault = next((k for k in ("empty_next", "off_schema_next", "cut_next")
+                                     if not (fail or malformed or too_many) and f.take(k)), None)
             if fail:
                 return self._send(500, {"error": {"message": "injected failure"}})
+            if too_many:
+                return self._send(429, {"error": {"message": "rate limited (injected)"}})
             if f.delay_s:
                 time.sleep(f.delay_s)
             try:
@@ -204,6 +222,17 @@ def _handler(server: LMMServer):
             with server._lock:
                 server.answered += 1
             text = "{not json" if malformed else gen.text
+            text = {"empty_next": "", "off_schema_next": '{"unexpected": 1}'}.get(answer_fault, text)
+            if answer_fault == "cut_next":
+                raw = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw[:len(raw) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
             self._send(200, {"id": "cmpl", "object": "chat.completion", "model": server.backend.model_id,
                              "choices": [{"index": 0, "finish_reason": "stop",
                                           "message": {"role": "assistant", "content": text}}],

@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from kbridge.engine.lmm import RequestLog
+from kbridge.engine import faults
 from kbridge.engine.rows import LMMRecord, Row
 from kbridge.engine.types import SampleError
 
@@ -34,6 +35,7 @@ def by_turn(rows: list[Row], key=lambda r: ()) -> dict[tuple, list[int]]:
 
 async def extract(rows: list[Row], ctx) -> list[Row]:
     kns, recs = await lmm_call(ctx, lambda c: ctx.domain.extract(c, ctx.cfg, [r.sample for r in rows]))
+    faults.check("extract")
     out = []
     for r, kn in zip(rows, kns):
         r = r.with_lmm(recs[r.sample_id])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kbridge.engine import faults
 from kbridge.engine.rows import Row
 
 
@@ -29,6 +30,7 @@ def render(rows: list[Row], ctx) -> list[Row]:
                           [rows[flat[n][0]].candidates[flat[n][1]].seed for n in ns], **kw)
         for n, im in zip(ns, done):
             images[n] = im
+    faults.check("render")
     n = max(1, len(images))
     per_unet, per_vae = (gen.counters.unet_evals - u0) / n, (gen.counters.vae_decodes - v0) / n
     new = [list(r.candidates) for r in rows]
