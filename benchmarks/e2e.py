@@ -27,7 +27,7 @@ from kbridge.engine.config import PipelineConfig, build_config
 from kbridge.engine.rows import LMMRecord, critical_path
 
 STAGES = ["load", "extract", "write", "render", "candidate_knowledge", "rank", "io"]
-COUNTED = ("lmm_calls", "lmm_serial_turns", "prompt_tokens", "generated_tokens", "critical_path_decode_tokens",
+COUNTED = ("candidates", "lmm_calls", "lmm_serial_turns", "prompt_tokens", "generated_tokens", "critical_path_decode_tokens",
            "critical_path_prefill_tokens", "unet_evals", "vae_decodes", "preview_decodes")
 """Counted figures reported per sample (means over the row's samples)."""
 COLUMNS = ["name", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "s_per_sample_p50",
@@ -117,7 +117,8 @@ def run_kbridge(cfg: PipelineConfig, data: Path, out: Path, executor=None) -> tu
                   on_sample=lambda sid, status: done_at.setdefault(sid, time.perf_counter() - t0))
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    per_sample = {r["sample_id"]: r["counts"] for r in rows}
+    per_sample = {r["sample_id"]: {**r["counts"], "candidates": sum(c["source"] == "generated" for c in r["candidates"])}
+                  for r in rows}  # candidates: what is left of N after de-duplication
     stages = {**rep.stage_seconds, "load": load + rep.stage_seconds.get("load", 0.0)}  # models + images
     # latency: from the start of the row (before any model loads) to the sample's result
     return _row("kbridge", len(rows), len(rep.errors), wall, list(done_at.values()), per_sample, stages), \
@@ -137,7 +138,7 @@ def run_baseline(cfg: PipelineConfig, data: Path, work: Path) -> tuple[dict, dic
             recs.setdefault(r["sample_id"], []).append(LMMRecord(r["stage"], r["turn"], r["prompt_tokens"],
                                                                  r["generated_tokens"], False, r["start"], r["end"]))
     for s in samples:
-        per_sample.setdefault(s.sample_id, {})
+        per_sample.setdefault(s.sample_id, {})["candidates"] = cfg.generation.candidates
         decode, prefill = critical_path(recs.get(s.sample_id, []))
         per_sample[s.sample_id].update(critical_path_decode_tokens=decode, critical_path_prefill_tokens=prefill)
         per_sample[s.sample_id]["unet_evals"] = run.unet_evals.get(s.sample_id, 0)

@@ -4,8 +4,9 @@ the same samples in one process, every row repeated in alternating order (benchm
 Rungs: ``baseline`` (the reference's execution pattern), ``fast`` (kbridge's streaming engine,
 joint writing, caption triples extracted from the captions), ``+parallel`` (N prompts / captions
 as N parallel sequences), ``+onnx`` (compiled CPU runners; graphs exported before timing), then
-the rungs that change the method's outputs by design (``+self-triples``: caption triples written
-by the caption writer, one LMM turn less). Each output-changing rung reports its gain over the
+the rungs that change the method's outputs by design (``+refine-top-2``: only the two candidates
+whose base-latent previews score best are refined and fully decoded; ``+self-triples``: caption
+triples written by the caption writer, one LMM turn less). Each output-changing rung reports its gain over the
 best rung that keeps the method's outputs.
 """
 from __future__ import annotations
@@ -22,13 +23,15 @@ RUNGS: tuple[tuple[str, dict, bool], ...] = (
     ("fast", {"knowledge": {"write": "joint", "caption_triples_from": "extracted"}}, False),
     ("+parallel", {"knowledge": {"write": "parallel"}}, False),
     ("+onnx", {"runtime": {"backend": "onnx"}}, False),
+    ("+refine-top-2", {"generation": {"refine_top": 2, "preview": "linear"}}, True),
     ("+self-triples", {"knowledge": {"caption_triples_from": "self"}}, True),
 )
 """(name, overrides added to the previous rung's, changes the method's outputs)."""
 
 COLUMNS = ["name", "output_changing", "samples_per_s", "samples_per_s_min", "samples_per_s_max",
            "s_per_sample_p50", "s_per_sample_p95", "critical_path_decode_tokens_per_sample",
-           "generated_tokens_per_sample", "lmm_calls_per_sample", "unet_evals_per_sample", "vae_decodes_per_sample",
+           "generated_tokens_per_sample", "lmm_calls_per_sample", "candidates_per_sample", "unet_evals_per_sample",
+           "vae_decodes_per_sample",
            "preview_decodes_per_sample", "errors", "speedup_vs_baseline"]
 
 

@@ -107,10 +107,12 @@ class KnowledgeConfig:
     exact: bool = False
     """Ask for exactly max_objects objects and `triples` triples (the reference's fixed counts)
     instead of up to that many; benchmarks use it so both rows produce the same content."""
-    write: str = "joint"
-    """How the N prompts (image missing) or N captions (text missing) are written: "joint" (one
-    answer holding all N) or "parallel" (N sequences sharing one prompt prefix, each asked for
-    candidate j of N with its own angle and seed: the longest decoded sequence is one candidate's)."""
+    write: str = "parallel"
+    """How the N prompts (image missing) or N captions (text missing) are written: "parallel" (N
+    sequences sharing one prompt prefix, each asked for candidate j of N with its own angle and
+    seed: the longest decoded sequence is one candidate's) or "joint" (one answer holding all N).
+    Parallel is the default: a shorter critical path with the same content (bench e2e --ladder:
+    as many candidates, no duplicates, every answer schema-valid)."""
     caption_triples_from: str = "extracted"
     """Triples of caption candidates: "extracted" (one batched pass over the written captions, as
     the reference re-extracts them, so the graph score is independent evidence) or "self" (the
