@@ -3,7 +3,9 @@ not a product path.
 
 What it reproduces (KNOWLEDGE_BRIDGER.md): three stage scripts run one after the other over the
 dataset, each loading its models; per sample and per candidate one LMM request at a time; the
-4-turn extraction chain; a scene turn + (n - 1) serial variant turns + n compression calls;
+4-turn extraction chain; a scene turn, a first-description turn, (n - 1) serial variant turns and
+n compression calls (image missing), a free-text description turn then the captions (text
+missing), so 47 / 34 calls and 17 / 10 serial turns per sample at n = 7;
 SDXL at batch 1; every candidate re-extracted with the full 4-turn chain; CLIP scoring one pair
 at a time (the available modality re-encoded for every pair); knowledge, prompts, images and
 rankings written to files and read back between stages. It uses the same models, steps,
@@ -32,6 +34,10 @@ from kbridge.engine.models import load_generator, load_lmm, load_scorer
 from kbridge.engine.rank.graph import graph_scores
 from kbridge.engine.rank.score import combine
 from kbridge.engine.types import Knowledge, Sample, SampleError, derive_seed
+
+
+FIRST_DESCRIPTION = "From that scene, write the first description of the lost image as a picture: what is seen and where."
+"""The reference's separate first-prompt turn after its scene paragraph (our own wording)."""
 
 
 @dataclass
@@ -141,13 +147,17 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
         try:
             if s.missing == "image":
                 with _Timer(run, "write", s.sample_id):
-                    msgs, descs = P.chain_scene(k, s.text, kn), []
+                    # turn 5: the scene paragraph (context only); turns 6..5+n: the first description,
+                    # then n - 1 variants, each seeing the ones before; turn 6+n: n compressions
+                    msgs = P.chain_scene(k, s.text, kn)
+                    r = _one(client, _req(cfg, msgs, None, s.sample_id, "generate", 5, "scene", free=True))
+                    msgs, descs = P.continue_chain(msgs, r.text, FIRST_DESCRIPTION), []
                     for j in range(n):
-                        r = _one(client, _req(cfg, msgs, None, s.sample_id, "generate", 5 + j, j, free=True))
+                        r = _one(client, _req(cfg, msgs, None, s.sample_id, "generate", 6 + j, j, free=True))
                         descs.append(r.text)
                         msgs = P.continue_chain(msgs, r.text, P.CHAIN_VARIANT)
                     prompts = [_one(client, _req(cfg, P.chain_compress(k, dsc), S.prompt(k), s.sample_id,
-                                                 "generate", 5 + n, j)).parsed["prompt"]
+                                                 "generate", 6 + n, j)).parsed["prompt"]
                                for j, dsc in enumerate(descs)]
                 for j, p in enumerate(prompts):
                     with _Timer(run, "render", s.sample_id):
@@ -161,8 +171,11 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
                     _write_json(d / "prompts.json", prompts)
             else:
                 with _Timer(run, "write", s.sample_id):
-                    r = _one(client, _req(cfg, P.captions_fast(k, n, s.image, kn), S.captions(k, n, False),
-                                          s.sample_id, "generate", 5))
+                    # turn 5: a free-text description of the image; turn 6: the captions, after it
+                    msgs = P.chain_describe(k, None, s.image)
+                    r = _one(client, _req(cfg, msgs, None, s.sample_id, "generate", 5, "describe", free=True))
+                    msgs = P.continue_chain(msgs, r.text, P.captions_fast(k, n, s.image, kn, False)[-1])
+                    r = _one(client, _req(cfg, msgs, S.captions(k, n, False), s.sample_id, "generate", 6))
                 with _Timer(run, "io", s.sample_id):
                     _write_json(d / "captions.json", [c["text"] for c in r.parsed["captions"]])
         except SampleError as e:
@@ -188,7 +201,7 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
                 is_img = s.missing == "image"
                 with _Timer(run, "candidate_knowledge", s.sample_id):
                     ck = _chain(client, cfg, s.sample_id, f"c{j}", None if is_img else c, c if is_img else None,
-                                "rank", 5 + n if is_img else 5, cfg.lmm.rank_temperature)
+                                "rank", 6 + n if is_img else 6, cfg.lmm.rank_temperature)
                 with _Timer(run, "rank", s.sample_id):
                     # one pair at a time: the available modality is encoded again for every pair
                     if is_img:

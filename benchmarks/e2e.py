@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from kbridge.benchmarks.harness import percentile, stamp
 from kbridge.engine import data as D
 from kbridge.engine.config import PipelineConfig, build_config
+from kbridge.engine.rows import LMMRecord, critical_path
 
 STAGES = ["load", "extract", "write", "render", "candidate_knowledge", "rank", "io"]
-COLUMNS = ["name", "samples_per_s", "s_per_sample_p50", "s_per_sample_p95", "lmm_calls_per_sample",
-           "lmm_serial_turns_per_sample", "generated_tokens_per_sample", "unet_evals_per_sample",
-           "vae_decodes_per_sample", "speedup_vs_baseline"]
-SPLIT_COLUMNS = ["name", "missing", "samples", "lmm_calls_per_sample", "lmm_serial_turns_per_sample",
-                 "prompt_tokens_per_sample", "generated_tokens_per_sample", "unet_evals_per_sample",
-                 "vae_decodes_per_sample"]
+COUNTED = ("candidates", "lmm_calls", "lmm_serial_turns", "prompt_tokens", "generated_tokens", "critical_path_decode_tokens",
+           "critical_path_prefill_tokens", "unet_evals", "vae_decodes", "preview_decodes")
+"""Counted figures reported per sample (means over the row's samples)."""
+COLUMNS = ["name", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "s_per_sample_p50",
+           "s_per_sample_p95", "lmm_calls_per_sample", "lmm_serial_turns_per_sample",
+           "critical_path_decode_tokens_per_sample", "generated_tokens_per_sample", "unet_evals_per_sample",
+           "vae_decodes_per_sample", "errors", "speedup_vs_baseline"]
+SPLIT_COLUMNS = ["name", "missing", "samples", *[f"{k}_per_sample" for k in COUNTED if k != "preview_decodes"]]
 
 
 def bench_dataset(root: Path, n: int) -> Path:
@@ -63,20 +68,39 @@ def _split(name: str, per_sample: dict[str, dict], missing: dict[str, str]) -> l
             continue
         mean = lambda key: sum(per_sample[s].get(key, 0) for s in ids) / len(ids)  # noqa: E731
         rows.append({"name": name, "missing": kind, "samples": len(ids),
-                     **{f"{k}_per_sample": mean(k) for k in ("lmm_calls", "lmm_serial_turns", "prompt_tokens",
-                                                              "generated_tokens", "unet_evals", "vae_decodes")}})
+                     **{f"{k}_per_sample": mean(k) for k in COUNTED}})
     return rows
 
 
-def _row(name: str, n: int, wall: float, latencies: list[float], per_sample: dict[str, dict],
+def _row(name: str, n: int, errors: int, wall: float, latencies: list[float], per_sample: dict[str, dict],
          stage_seconds: dict) -> dict:
+    """One repetition of one row: ``n`` completed samples (throughput counts only those, in every
+    row), ``errors`` failed ones."""
     mean = lambda key: sum(c.get(key, 0) for c in per_sample.values()) / max(1, len(per_sample))  # noqa: E731
-    return {"name": name, "samples": n, "wall_s": wall, "samples_per_s": n / wall,
+    return {"name": name, "samples": n, "errors": errors, "wall_s": wall, "samples_per_s": n / wall,
             "s_per_sample_p50": percentile(latencies, 50), "s_per_sample_p95": percentile(latencies, 95),
-            "lmm_calls_per_sample": mean("lmm_calls"), "lmm_serial_turns_per_sample": mean("lmm_serial_turns"),
-            "prompt_tokens_per_sample": mean("prompt_tokens"), "generated_tokens_per_sample": mean("generated_tokens"),
-            "unet_evals_per_sample": mean("unet_evals"), "vae_decodes_per_sample": mean("vae_decodes"),
+            **{f"{k}_per_sample": mean(k) for k in COUNTED},
             "stage_seconds": {s: round(stage_seconds.get(s, 0.0), 3) for s in STAGES}}
+
+
+def repeated(runners: list[tuple[str, Callable[[int], tuple]]], repeats: int) -> list[tuple[dict, dict, dict]]:
+    """Run every row ``repeats`` times, in alternating order (A B C, C B A, A B C, ...), so load on
+    the machine during one pass lands on every row. Per row: the repetition with the median
+    throughput (its latency, counts and stage times), with ``samples_per_s`` the median over the
+    repetitions and ``samples_per_s_min`` / ``_max`` beside it; ``errors`` summed over them."""
+    got: dict[str, list[tuple]] = {name: [] for name, _ in runners}
+    for rep in range(repeats):
+        for name, fn in (runners if rep % 2 == 0 else runners[::-1]):
+            got[name].append(fn(rep))
+    out = []
+    for name, _ in runners:
+        runs = sorted(got[name], key=lambda t: t[0]["samples_per_s"])
+        row, per_sample, missing = runs[(len(runs) - 1) // 2]
+        speeds = [t[0]["samples_per_s"] for t in runs]
+        out.append(({**row, "name": name, "samples_per_s": statistics.median(speeds),
+                     "samples_per_s_min": min(speeds), "samples_per_s_max": max(speeds), "repeats": len(runs),
+                     "errors": sum(t[0]["errors"] for t in runs)}, per_sample, missing))
+    return out
 
 
 def run_kbridge(cfg: PipelineConfig, data: Path, out: Path, executor=None) -> tuple[dict, dict, dict]:
@@ -93,11 +117,12 @@ def run_kbridge(cfg: PipelineConfig, data: Path, out: Path, executor=None) -> tu
                   on_sample=lambda sid, status: done_at.setdefault(sid, time.perf_counter() - t0))
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    per_sample = {r["sample_id"]: r["counts"] for r in rows}
+    per_sample = {r["sample_id"]: {**r["counts"], "candidates": sum(c["source"] == "generated" for c in r["candidates"])}
+                  for r in rows}  # candidates: what is left of N after de-duplication
     stages = {**rep.stage_seconds, "load": load + rep.stage_seconds.get("load", 0.0)}  # models + images
     # latency: from the start of the row (before any model loads) to the sample's result
-    return _row("kbridge", len(rows), wall, list(done_at.values()), per_sample, stages), per_sample, \
-        {r["sample_id"]: r["missing"] for r in rows}
+    return _row("kbridge", len(rows), len(rep.errors), wall, list(done_at.values()), per_sample, stages), \
+        per_sample, {r["sample_id"]: r["missing"] for r in rows}
 
 
 def run_baseline(cfg: PipelineConfig, data: Path, work: Path) -> tuple[dict, dict, dict]:
@@ -107,13 +132,21 @@ def run_baseline(cfg: PipelineConfig, data: Path, work: Path) -> tuple[dict, dic
     samples = [D.load_sample(ds, i, ds.missing[i]) for i in D.incomplete_indices(ds)]
     run = run_reference_pattern(cfg, samples, work)
     per_sample = run.log.per_sample()
+    recs: dict[str, list[LMMRecord]] = {}
+    for r in run.log.records:
+        if not r["cached"]:
+            recs.setdefault(r["sample_id"], []).append(LMMRecord(r["stage"], r["turn"], r["prompt_tokens"],
+                                                                 r["generated_tokens"], False, r["start"], r["end"]))
     for s in samples:
-        per_sample.setdefault(s.sample_id, {})
+        per_sample.setdefault(s.sample_id, {})["candidates"] = cfg.generation.candidates
+        decode, prefill = critical_path(recs.get(s.sample_id, []))
+        per_sample[s.sample_id].update(critical_path_decode_tokens=decode, critical_path_prefill_tokens=prefill)
         per_sample[s.sample_id]["unet_evals"] = run.unet_evals.get(s.sample_id, 0)
         per_sample[s.sample_id]["vae_decodes"] = run.vae_decodes.get(s.sample_id, 0)
     # latency: from the start of the row (before any model loads) to the sample's result
     lat = [run.done_at[s.sample_id] for s in samples if s.sample_id in run.done_at]
-    return _row("baseline", len(samples), run.wall_seconds, lat, per_sample, run.stage_seconds), per_sample, \
+    done = {s.sample_id: per_sample[s.sample_id] for s in samples if s.sample_id in run.done_at}
+    return _row("baseline", len(done), len(run.errors), run.wall_seconds, lat, done, run.stage_seconds), done, \
         {s.sample_id: s.missing for s in samples}
 
 
@@ -141,45 +174,51 @@ def single(profile_cfg: PipelineConfig, tmp: Path) -> list[dict]:
     return rows
 
 
-def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0,
-        backends: tuple[str, ...] = ("torch",)) -> dict:
-    """Baseline, kbridge's stages under the v0.1 scheduling, then one streaming kbridge row per
-    dense-model runtime in ``backends`` (same models); then the single-sample table."""
-    from kbridge.benchmarks.barrier import barrier
+def warm_up(profile: str, overrides: dict, tmp: Path, tag: str) -> None:
+    """Build the twins, export graphs for non-torch runtimes, warm kernels: never timed."""
     from kbridge.engine.api import Engine
 
+    warm = bench_dataset(tmp / f"warm-data-{tag}", 2)
+    Engine(build_config(profile, overrides={**overrides, "generation": {"candidates": 1}})).run(
+        data=warm, fmt="coco", missing=warm / "missing.json", out=tmp / f"warm-{tag}")
+
+
+def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0,
+        backends: tuple[str, ...] = ("torch",), repeats: int | None = None) -> dict:
+    """Baseline, kbridge's stages under the v0.1 scheduling, then one streaming kbridge row per
+    dense-model runtime in ``backends`` (same models), each row ``repeats`` times in alternating
+    order (default 3; 1 with ``quick``); then the single-sample table."""
+    from kbridge.benchmarks.barrier import barrier
+
     n = 2 if quick else max(2, samples)
+    repeats = repeats or (1 if quick else 3)
     overrides = {"run": {"threads": threads}} if threads else {}
     with tempfile.TemporaryDirectory(prefix="kbridge-bench-") as tmp:
         tmp = Path(tmp)
         data = bench_dataset(tmp / "data", n)
-        warm = bench_dataset(tmp / "warm", 2)
+        cfgs = {}
+        for backend in ("torch", *[b for b in backends if b != "torch"]):
+            over = {**overrides, "runtime": {"backend": backend}}
+            warm_up(profile, over, tmp, backend)
+            cfgs[backend] = build_config(profile, overrides=over)
+        runners = [("baseline", lambda rep: run_baseline(cfgs["torch"], data, tmp / f"baseline-{rep}")),
+                   ("kbridge, v0.1 batch-barrier executor",
+                    lambda rep: run_kbridge(cfgs["torch"], data, tmp / f"kbridge-v01-{rep}", executor=barrier))]
+        for backend in backends:
+            runners.append(("kbridge" if backend == "torch" else f"kbridge --backend {backend}",
+                            lambda rep, b=backend: run_kbridge(cfgs[b], data, tmp / f"kbridge-{b}-{rep}")))
+        done = repeated(runners, repeats)
+        base = done[0][0]
         rows, splits = [], []
-        for i, backend in enumerate(("torch", *[b for b in backends if b != "torch"])):
-            cfg = build_config(profile, overrides={**overrides, "runtime": {"backend": backend}})
-            # builds the twins, exports graphs for non-torch runtimes, warms kernels: not timed
-            Engine(build_config(profile, overrides={**overrides, "runtime": {"backend": backend},
-                                                    "generation": {"candidates": 1}})).run(
-                data=warm, fmt="coco", missing=warm / "missing.json", out=tmp / f"warm-{backend}")
-            if i == 0:
-                base, counts, missing = run_baseline(cfg, data, tmp / "baseline")
-                base["speedup_vs_baseline"] = 1.0
-                rows.append(base)
-                splits += _split("baseline", counts, missing)
-                old, _, _ = run_kbridge(cfg, data, tmp / "kbridge-v01", executor=barrier)
-                old["name"] = "kbridge, v0.1 batch-barrier executor"
-                old["speedup_vs_baseline"] = old["samples_per_s"] / base["samples_per_s"]
-                rows.append(old)
-            if backend in backends:
-                kb, counts, _ = run_kbridge(cfg, data, tmp / f"kbridge-{backend}")
-                kb["name"] = "kbridge" if backend == "torch" else f"kbridge --backend {backend}"
-                kb["speedup_vs_baseline"] = kb["samples_per_s"] / base["samples_per_s"]
-                rows.append(kb)
-                splits += _split(kb["name"], counts, missing)
+        for row, counts, missing in done:
+            row["speedup_vs_baseline"] = row["samples_per_s"] / base["samples_per_s"]
+            rows.append(row)
+            if "v0.1" not in row["name"]:
+                splits += _split(row["name"], counts, missing)
         alone = single(build_config(profile, overrides=overrides), tmp)
     return stamp({
         "question": "e2e", "title": f"End to end: reference pattern vs kbridge ({profile} profile, {n} samples)",
-        "how": f"kbridge bench e2e --profile {profile} --samples {n}" + (" --quick" if quick else "")
+        "how": f"kbridge bench e2e --profile {profile} --samples {n} --repeats {repeats}" + (" --quick" if quick else "")
                + (f" --backends {','.join(backends)}" if backends != ("torch",) else ""),
         "profile": profile, "config": build_config(profile).to_dict(), "columns": COLUMNS, "rows": rows,
         "plot": "benchmarks/results/e2e_stages.png",
@@ -205,7 +244,9 @@ def _notes(rows: list[dict]) -> list[str]:
         notes.append(f"streaming vs v0.1 executor (same stages, same run): throughput "
                      f"{new['samples_per_s'] / old['samples_per_s']:.2f}x, latency p50 {new['s_per_sample_p50']:.1f} s "
                      f"vs {old['s_per_sample_p50']:.1f} s")
-    notes.append("latency in every row: from the row's start (before model loads) to the sample's result")
+    notes.append("latency in every row: from the row's start (before model loads) to the sample's result; "
+                 f"samples/s: median of {base.get('repeats', 1)} repetitions in alternating order (min / max beside "
+                 "it); throughput counts completed samples only, errors are counted per row")
     for kb in rows[1:]:
         notes.append(f"{kb['name']}: speed-up {kb['speedup_vs_baseline']:.2f}x (target >= 3x); LMM sequences per "
                      f"sample {kb['lmm_calls_per_sample']:.1f} vs {base['lmm_calls_per_sample']:.1f}; serial LMM "

@@ -39,16 +39,25 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
         quick: bool = typer.Option(False, "--quick", help="2 samples; finishes within 5 minutes here."),
         threads: int = typer.Option(0, "--threads", help="torch threads for both rows (0: torch's default)."),
-        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/e2e.json."),
+        save: bool = typer.Option(True, "--save/--no-save",
+                                  help="Write benchmarks/results/e2e.json (e2e_ladder.json with --ladder)."),
         backends: str = typer.Option("torch", "--backends",
-                                     help="kbridge rows, one per dense-model runtime: e.g. torch,onnx.")):
+                                     help="kbridge rows, one per dense-model runtime: e.g. torch,onnx."),
+        repeats: Optional[int] = typer.Option(None, "--repeats", min=1,
+                                              help="Repetitions per row, alternating order (default 3; --quick 1)."),
+        ladder: bool = typer.Option(False, "--ladder",
+                                    help="One cumulative row per rung: baseline, fast, +parallel, +onnx, ...")):
     """Reference execution pattern vs kbridge, end to end, on the same samples in one process."""
     from kbridge.benchmarks import e2e as q
+    from kbridge.benchmarks import ladder as lad
     from kbridge.engine.models import quiet_libraries
 
     quiet_libraries()
-    _finish(q.run(profile, samples, quick, threads, tuple(b.strip() for b in backends.split(",") if b.strip())),
-            json_path, save)
+    if ladder:
+        _finish(lad.run(profile, samples, quick, threads, repeats), json_path, save)
+        return
+    _finish(q.run(profile, samples, quick, threads, tuple(b.strip() for b in backends.split(",") if b.strip()),
+                  repeats), json_path, save)
 
 
 @bench_app.command("scale")

@@ -109,6 +109,16 @@ class KnowledgeConfig:
     exact: bool = False
     """Ask for exactly max_objects objects and `triples` triples (the reference's fixed counts)
     instead of up to that many; benchmarks use it so both rows produce the same content."""
+    write: str = "parallel"
+    """How the N prompts (image missing) or N captions (text missing) are written: "parallel" (N
+    sequences sharing one prompt prefix, each asked for candidate j of N with its own angle and
+    seed: the longest decoded sequence is one candidate's) or "joint" (one answer holding all N).
+    Parallel is the default: a shorter critical path with the same content (bench e2e --ladder:
+    as many candidates, no duplicates, every answer schema-valid)."""
+    caption_triples_from: str = "extracted"
+    """Triples of caption candidates: "extracted" (one batched pass over the written captions, as
+    the reference re-extracts them, so the graph score is independent evidence) or "self" (the
+    caption writer reports them in the same answer: one LMM turn less)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,14 @@ class GenerationConfig:
     """UNets and VAE in channels-last memory format (faster convolutions on tensor-core GPUs)."""
     fuse_qkv: bool = False
     """Fuse the attention Q/K/V projections into one matmul (diffusers ``fuse_qkv_projections``)."""
+    refine_top: int = 0
+    """Refine only the K most promising candidates (0: all, the reference's behaviour): the base
+    runs for every candidate, its latents are previewed cheaply (``preview``), candidates are
+    pre-ranked on the previews (CLIP against the sample's text), and only the top K go through the
+    refiner and the full VAE decode; the others keep their preview image (``"refined": false``)."""
+    preview: str = "linear"
+    """How unrefined latents become images: "linear" (a fixed latent-to-RGB projection, no network)
+    or "vae" (the VAE decoding the latents at half size)."""
 
 
 @dataclass(frozen=True)
@@ -395,6 +413,14 @@ def validate(cfg: PipelineConfig) -> None:
     if cfg.run.domain == "medical" and cfg.runtime.backend != "torch":
         raise ConfigError("the medical domain's generator (Cheff) and scorer have no exported graphs yet: "
                           "use --backend torch")
+    if cfg.generation.refine_top < 0 or cfg.generation.preview not in ("linear", "vae"):
+        raise ConfigError("generation.refine_top must be >= 0 (0: refine all) and generation.preview "
+                          f"'linear' or 'vae', not {cfg.generation.preview!r}")
+    if cfg.knowledge.write not in ("joint", "parallel"):
+        raise ConfigError(f"knowledge.write must be 'joint' or 'parallel', not {cfg.knowledge.write!r}")
+    if cfg.knowledge.caption_triples_from not in ("extracted", "self"):
+        raise ConfigError("knowledge.caption_triples_from must be 'extracted' or 'self', "
+                          f"not {cfg.knowledge.caption_triples_from!r}")
     if cfg.run.fidelity not in ("fast", "reference"):
         raise ConfigError(f"fidelity must be 'fast' or 'reference', not {cfg.run.fidelity!r}")
     if cfg.run.domain not in ("general", "medical"):

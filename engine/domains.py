@@ -38,6 +38,9 @@ class Domain:
     """The text rule a dataset of this domain uses when --format is not given (None: detect)."""
     swappable: bool
     """Whether the generator and scorer have exported graphs (``--backend`` other than torch)."""
+    reextract_texts: bool = False
+    """Whether written text candidates without triples get them in the candidate-knowledge stage
+    (``[knowledge] caption_triples_from = "extracted"``); reports carry their own findings."""
 
 
 def _general_demo() -> tuple[Path, str, Path]:
@@ -54,7 +57,7 @@ def _xray_demo() -> tuple[Path, str, Path]:
 
 GENERAL = Domain("general", E.extract, T.write_prompts, T.write_captions, E.candidate_triples,
                  generator_slot=lambda cfg: "sdxl_base", scorer_slot=lambda cfg: "clip", demo=_general_demo,
-                 default_format=None, swappable=True)
+                 default_format=None, swappable=True, reextract_texts=True)
 CHEST_XRAY = Domain("chest_xray", M.extract, M.write_reports, M.write_report_candidates, M.candidate_triples,
                     generator_slot=lambda cfg: cfg.medical.generator, scorer_slot=lambda cfg: cfg.medical.scorer,
                     demo=_xray_demo, default_format="iuxray", swappable=False)

@@ -105,7 +105,8 @@ async def candidate_triples(client: LMMClient, cfg: PipelineConfig, owners: list
                                   "rank", turn, temp)
         return [kn if isinstance(kn, SampleError) else kn.triples for kn in kns]
     k = cfg.knowledge
-    reqs = [build_request(cfg, P.candidate_triples(k, c.image), S.triples(k), o, "rank", turn + 1, c.id,
-                          temperature=temp) for o, c in zip(owners, cands)]
+    # generated images, and written captions when [knowledge] caption_triples_from = "extracted"
+    reqs = [build_request(cfg, P.candidate_triples(k, c.image) if c.image is not None else P.caption_triples(k, c.text),
+                          S.triples(k), o, "rank", turn + 1, c.id, temperature=temp) for o, c in zip(owners, cands)]
     return [SampleError(o, f"candidate {c.id} triples: {r.error}") if r.error else parse_triples(r.parsed["triples"])
             for o, c, r in zip(owners, cands, await client.complete(reqs))]

@@ -36,6 +36,32 @@ class LMMRecord:
     """``time.time()`` when the call holding this request was sent and answered."""
 
 
+def critical_path(records) -> tuple[int, int]:
+    """(decode, prefill) tokens on a sample's serial LMM chain: for each wave of requests, the
+    longest sequence decoded (and the longest prompt prefilled), summed over the waves.
+
+    A wave is a turn's requests that ran side by side; a request of the same turn that started
+    only after the wave's calls had ended (a retry with another seed) is a wave of its own, so
+    retries lengthen the path. On a GPU the sequences of one wave decode together, so the wave
+    costs about as much as its longest sequence. ``records``: fresh (not cached) LMMRecords.
+    """
+    decode = prefill = 0
+    by_turn: dict[int, list] = {}
+    for r in records:
+        by_turn.setdefault(r.turn, []).append(r)
+    for recs in by_turn.values():
+        recs.sort(key=lambda r: (r.start, r.end))
+        end, longest, widest = None, 0, 0
+        for r in recs:
+            if end is not None and r.start >= end and r.end > end:  # after the wave ended: serial
+                decode, prefill, longest, widest = decode + longest, prefill + widest, 0, 0
+                end = None
+            end = r.end if end is None else max(end, r.end)
+            longest, widest = max(longest, r.generated_tokens), max(widest, r.prompt_tokens)
+        decode, prefill = decode + longest, prefill + widest
+    return decode, prefill
+
+
 @dataclass(frozen=True)
 class Row:
     sample: Sample
@@ -79,13 +105,18 @@ class Row:
         return self.replace(timings=self.timings + ((stage, start, end),))
 
     def counts(self) -> dict:
-        """Counted figures: sequences decoded, serial LMM turns, tokens, cache hits, UNet / VAE work."""
+        """Counted figures: sequences decoded, serial LMM turns, tokens (total and on the critical
+        path), cache hits, UNet / VAE work (``preview_decodes``: cheap previews of unrefined
+        candidates)."""
         fresh = [r for r in self.lmm if not r.cached]
+        decode, prefill = critical_path(fresh)
         return {"lmm_calls": len(fresh), "lmm_serial_turns": max((r.turn for r in fresh), default=0),
                 "prompt_tokens": sum(r.prompt_tokens for r in fresh),
                 "generated_tokens": sum(r.generated_tokens for r in fresh),
+                "critical_path_decode_tokens": decode, "critical_path_prefill_tokens": prefill,
                 "cache_hits": len(self.lmm) - len(fresh),
-                "unet_evals": round(self.unet_evals, 3), "vae_decodes": round(self.vae_decodes, 3)}
+                "unet_evals": round(self.unet_evals, 3), "vae_decodes": round(self.vae_decodes, 3),
+                "preview_decodes": round(float(self.extra.get("preview_decodes", 0.0)), 3)}
 
     def timings_dict(self, t0: float) -> dict:
         """Per stage: start and end relative to ``t0`` (the run start) and seconds spent."""

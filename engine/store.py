@@ -245,7 +245,9 @@ class RunStore:
         paths = self.write_images(row)
         faults.check("result")
         line = {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
-                "knowledge": row.knowledge.as_dict(), "candidates": [candidate_dict(c, paths) for c in row.candidates],
+                "knowledge": row.knowledge.as_dict(),
+                "candidates": [{**candidate_dict(c, paths), **({"refined": row.extra["refined"][c.id]}
+                                if c.id in row.extra.get("refined", {}) else {})} for c in row.candidates],
                 "best": row.best, "counts": row.counts()}
         timings = row.timings_dict(t0)
         end = written if written is not None else time.time()

@@ -54,8 +54,11 @@ def test_reference_pattern_counts(tmp_path):
     assert not run.errors and set(run.best) == {"data:0", "data:1"}
     per = run.log.per_sample()
     img, txt = per["data:0"], per["data:1"]  # index 0 lacks its image, index 1 its text
-    assert img["lmm_calls"] == 4 + n + n + 4 * n and img["lmm_serial_turns"] == 4 + n + 1 + 4
-    assert txt["lmm_calls"] == 4 + 1 + 4 * n and txt["lmm_serial_turns"] == 4 + 1 + 4
+    # the reference (knowledge.py, KnowledgeDrivenGenerationProto.action): image missing = 4 extraction
+    # turns, scene + first prompt + (n - 1) iterative prompts + n refinements, 4 turns per candidate
+    # (47 calls / 17 turns at n = 7); text missing = 4, description + captions, 4 per candidate (34 / 10)
+    assert img["lmm_calls"] == 4 + 1 + n + n + 4 * n and img["lmm_serial_turns"] == 4 + 1 + n + 1 + 4
+    assert txt["lmm_calls"] == 4 + 2 + 4 * n and txt["lmm_serial_turns"] == 4 + 2 + 4
     steps = cfg.generation.steps
     assert run.unet_evals["data:0"] == n * 2 * steps and run.vae_decodes["data:0"] == n
     assert (tmp_path / "work" / "data_0" / "id_1.jpg").exists()

@@ -39,7 +39,7 @@ def test_results_contract(demo_run):
     assert man["profile"] == "tiny" and man["config"]["generation"]["candidates"] == 4
     assert man["totals"]["finished"] == 8 and man["versions"]["torch"]
     assert man["counts_by_missing"]["image"]["lmm_serial_turns"] == 3
-    assert man["counts_by_missing"]["text"]["lmm_serial_turns"] == 2
+    assert man["counts_by_missing"]["text"]["lmm_serial_turns"] == 3  # captions' triples extracted after them
 
 
 def test_counted_figures_fast_path(demo_run):
@@ -48,10 +48,10 @@ def test_counted_figures_fast_path(demo_run):
         n = len(r["candidates"])
         c = r["counts"]
         if r["missing"] == "image":
-            assert c["lmm_calls"] == 2 + n  # extract, prompts, one triple pass per candidate image
+            assert c["lmm_calls"] == 1 + 2 * n  # extract, n parallel prompts, one triple pass per candidate image
             assert c["unet_evals"] == n * 2 * 4 and c["vae_decodes"] == n
-        else:
-            assert c["lmm_calls"] == 2 and c["unet_evals"] == 0
+        else:  # extract, n parallel captions, one triple pass per caption (caption_triples_from = "extracted")
+            assert c["lmm_calls"] == 1 + 2 * n and c["unet_evals"] == 0
 
 
 def test_same_config_reproduces_scores(engine, demo_run, tmp_path):

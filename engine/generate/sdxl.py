@@ -20,11 +20,21 @@ from kbridge.engine.config import GenerationConfig
 log = logging.getLogger("kbridge.generate.sdxl")
 
 
+LATENT_RGB = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
+              (-0.3165, -0.2492, -0.2188))
+LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+"""A linear least-squares map from SDXL's 4 latent channels to RGB in [-1, 1] (the widely used
+preview coefficients for the SDXL VAE); only a preview: random-weight twins' latents are not
+the real VAE's, so their previews are colour noise."""
+
+
 @dataclass
 class DiffusionCounters:
     unet_evals: int = 0
     """UNet evaluations, counted per image (a CFG forward on 2 images counts 2)."""
     vae_decodes: int = 0
+    preview_decodes: int = 0
+    """Cheap previews of base latents (``refine_top``): linear projections or half-size VAE decodes."""
     images: int = 0
     per_sample: dict = field(default_factory=dict)
 
@@ -88,6 +98,55 @@ class SDXLGenerator:
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         dev = torch.device(self.cfg.device)
         return [torch.Generator(dev.type if dev.type != "cuda" else dev).manual_seed(int(s) % (2**63)) for s in seeds]
+
+    def _batches(self, n: int):
+        b = max(1, self.cfg.batch_size)
+        return [slice(i, min(n, i + b)) for i in range(0, n, b)]
+
+    @torch.inference_mode()
+    def base_latents(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """The base's part of the schedule for every (prompt, seed): latents [N, 4, H/8, W/8] at
+        the hand-over to the refiner, as the refiner takes them."""
+        c = self.cfg
+        out = [self.base(prompt=prompts[sl], height=c.height, width=c.width, denoising_end=c.high_noise_frac,
+                         generator=self._generators(seeds[sl]), output_type="latent", num_inference_steps=c.steps,
+                         guidance_scale=c.guidance).images for sl in self._batches(len(prompts))]
+        return torch.cat(out) if out else torch.empty(0)
+
+    @torch.inference_mode()
+    def refine(self, latents: torch.Tensor, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        """The refiner's part and the full VAE decode, for latents from ``base_latents`` (the same
+        seeds: the refiner's noise is drawn from the same per-image generators as in ``render``)."""
+        c = self.cfg
+        out: list[Image.Image] = []
+        for sl in self._batches(len(prompts)):
+            out += self.refiner(prompt=prompts[sl], image=latents[sl], denoising_start=c.high_noise_frac,
+                                generator=self._generators(seeds[sl]), output_type="pil", num_inference_steps=c.steps,
+                                guidance_scale=c.guidance).images
+        self.counters.vae_decodes += len(out)
+        self.counters.images += len(out)
+        return out
+
+    @torch.inference_mode()
+    def preview(self, latents: torch.Tensor, mode: str = "linear") -> list[Image.Image]:
+        """Cheap images of latents [N, 4, h, w], at the full output size: "linear" projects the 4
+        latent channels to RGB with fixed coefficients (no network); "vae" decodes at half size."""
+        c = self.cfg
+        if not len(latents):
+            return []
+        if mode == "vae":
+            vae = self.base.vae
+            z = torch.nn.functional.interpolate(latents.float(), scale_factor=0.5, mode="bilinear")
+            rgb = vae.decode(z.to(next(iter(vae.parameters())).dtype) / vae.config.scaling_factor,
+                             return_dict=False)[0].float()
+        else:
+            w = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)  # [4, 3]
+            b = torch.tensor(LATENT_RGB_BIAS, dtype=torch.float32, device=latents.device)
+            rgb = torch.einsum("nchw,cr->nrhw", latents.float(), w) + b[None, :, None, None]
+        rgb = torch.nn.functional.interpolate(rgb, size=(c.height, c.width), mode="bilinear")
+        arr = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        self.counters.preview_decodes += len(arr)
+        return [Image.fromarray(a) for a in arr]
 
     @torch.inference_mode()
     def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list[Image.Image]:

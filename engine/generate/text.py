@@ -33,6 +33,9 @@ async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sa
     n, k = cfg.generation.candidates, cfg.knowledge
     if cfg.run.fidelity == "reference":
         return await _prompt_chain(client, cfg, samples, knowledge, turn)
+    if cfg.knowledge.write == "parallel":
+        from kbridge.engine.generate import parallel
+        return await parallel.write_prompts(client, cfg, samples, knowledge, turn)
     reqs = [build_request(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
             for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "prompt writing",
@@ -71,8 +74,11 @@ async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str]
 async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
                          knowledge: list[Knowledge], turn: int) -> list[list[Candidate] | SampleError]:
     n, k = cfg.generation.candidates, cfg.knowledge
-    with_triples = cfg.run.fidelity == "fast"
-    reqs = [build_request(cfg, P.captions_fast(k, n, s.image, kn), S.captions(k, n, with_triples), s.sample_id,
+    with_triples = cfg.run.fidelity == "fast" and k.caption_triples_from == "self"
+    if cfg.knowledge.write == "parallel" and cfg.run.fidelity == "fast":
+        from kbridge.engine.generate import parallel
+        return await parallel.write_captions(client, cfg, samples, knowledge, turn, with_triples)
+    reqs = [build_request(cfg, P.captions_fast(k, n, s.image, kn, with_triples), S.captions(k, n, with_triples), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
 

@@ -13,7 +13,7 @@ from PIL import Image
 from kbridge.engine.config import KnowledgeConfig
 from kbridge.engine.types import Knowledge
 
-PROMPT_VERSION = "2026-11-22.1"
+PROMPT_VERSION = "2026-12-02.1"
 
 SYSTEM = ("You turn images and texts into structured knowledge for a dataset-completion engine. "
           "Be concrete: specific nouns, visible counts, plain attributes. Never invent what is not supported "
@@ -114,12 +114,55 @@ def chain_compress(k: KnowledgeConfig, description: str) -> list[dict]:
     return [_sys(), _user(ask, f"Description: {description}")]
 
 
-def captions_fast(k: KnowledgeConfig, n: int, image: Image.Image, kn: Knowledge) -> list[dict]:
+def captions_fast(k: KnowledgeConfig, n: int, image: Image.Image, kn: Knowledge,
+                  with_triples: bool = True) -> list[dict]:
+    """``with_triples``: the schema asks for each caption's facts too (and only then the text does)."""
     lo, hi = k.caption_words
     ask = (f"The text of this sample is lost. Write {n} different captions of {lo} to {hi} words for the image "
-           f"below, each faithful to the image and to the knowledge, varying wording and focus; give each caption "
-           f"up to {k.caption_triples} (head, relation, tail) facts it states.")
+           f"below, each faithful to the image and to the knowledge, varying wording and focus"
+           + (f"; give each caption up to {k.caption_triples} (head, relation, tail) facts it states." if with_triples
+              else "."))
     return [_sys(), _user(ask, _knowledge_block(kn), image)]
+
+
+ANGLES = ("the whole scene in a wide shot", "a close view of the main object", "soft morning daylight",
+          "a low viewpoint looking up", "warm evening light with long shadows", "seen from above",
+          "a side view with more of the background", "an overcast day with even light",
+          "a centred, symmetric framing", "a candid snapshot feel", "shallow depth of field",
+          "bright midday sun", "the scene's edges and surroundings", "a muted colour palette",
+          "a vivid colour palette", "a slightly tilted handheld framing")
+"""One distinct angle per parallel candidate (generation.candidates is at most 16)."""
+
+
+def prompt_one(k: KnowledgeConfig, n: int, j: int, text: str, kn: Knowledge) -> list[dict]:
+    """Parallel writing: the shared prefix (task, knowledge, text), then which of the n prompts
+    this sequence writes and its angle, last, so the n sequences share everything before it."""
+    lo, hi = k.prompt_words
+    ask = (f"The image of this sample is lost; its text and the knowledge extracted from it are below. {n} "
+           f"text-to-image prompts of {lo} to {hi} words are being written for it, one by one writer each; every "
+           "prompt must keep every object, count and relation so that it could have produced a faithful "
+           "photograph of the scene.")
+    return [_sys(), _user(ask, _knowledge_block(kn), f"Text: {text}",
+                          f"You write prompt {j + 1} of {n}. Its angle: {ANGLES[j % len(ANGLES)]}.")]
+
+
+def caption_one(k: KnowledgeConfig, n: int, j: int, image: Image.Image, kn: Knowledge,
+                with_triples: bool) -> list[dict]:
+    """Parallel writing of caption j of n (shared prefix first, the candidate's own angle last)."""
+    lo, hi = k.caption_words
+    ask = (f"The text of this sample is lost. {n} captions of {lo} to {hi} words are being written for the "
+           "image below, one by one writer each; every caption must be faithful to the image and the knowledge"
+           + (f", and carry up to {k.caption_triples} (head, relation, tail) facts it states." if with_triples
+              else "."))
+    return [_sys(), _user(ask, _knowledge_block(kn), image,
+                          f"You write caption {j + 1} of {n}. Its focus: {ANGLES[j % len(ANGLES)]}.")]
+
+
+def caption_triples(k: KnowledgeConfig, text: str) -> list[dict]:
+    """Triples of a written caption, read from the caption alone (not from the sample's knowledge)."""
+    ask = (f"List up to {k.triples} distinct (head, relation, tail) facts that the caption below states, "
+           "connecting its objects, attributes and scene.")
+    return [_sys(), _user(ask, f"Caption: {text}")]
 
 
 def candidate_triples(k: KnowledgeConfig, image: Image.Image) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
+from kbridge.engine.domains import domain_of
 from kbridge.engine.lmm import RequestLog
 from kbridge.engine import faults
 from kbridge.engine.rows import LMMRecord, Row
@@ -43,11 +44,13 @@ async def extract(rows: list[Row], ctx) -> list[Row]:
     return out
 
 
-def _todo(row: Row, cfg) -> list[int]:
-    """Candidates that need triples: generated images (fast), every generated one (reference)."""
+def _todo(row: Row, cfg, domain=None) -> list[int]:
+    """Candidates that need triples: generated images (fast), written captions too when their
+    triples are extracted (``[knowledge] caption_triples_from``), every generated one (reference)."""
     ref = cfg.run.fidelity == "reference"
+    texts = cfg.knowledge.caption_triples_from == "extracted" and getattr(domain or domain_of(cfg), "reextract_texts")
     return [j for j, c in enumerate(row.candidates)
-            if c.source == "generated" and not c.triples and (ref or c.image is not None)]
+            if c.source == "generated" and not c.triples and (ref or c.image is not None or (texts and c.text))]
 
 
 def needs_triples(row: Row, cfg) -> bool:
@@ -57,7 +60,7 @@ def needs_triples(row: Row, cfg) -> bool:
 async def candidate_knowledge(rows: list[Row], ctx) -> list[Row]:
     out = list(rows)
     for (turn,), idx in by_turn(rows).items():
-        items = [(i, j) for i in idx for j in _todo(rows[i], ctx.cfg)]
+        items = [(i, j) for i in idx for j in _todo(rows[i], ctx.cfg, ctx.domain)]
         owners = [rows[i].sample_id for i, _ in items]
         cands = [rows[i].candidates[j] for i, j in items]
         found, recs = await lmm_call(ctx, lambda c: ctx.domain.candidate_triples(c, ctx.cfg, owners, cands, turn))

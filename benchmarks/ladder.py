@@ -1,0 +1,120 @@
+"""``kbridge bench e2e --ladder``: one row per rung, each adding one change to the one before, on
+the same samples in one process, every row repeated in alternating order (benchmarks/e2e.py).
+
+Rungs: ``baseline`` (the reference's execution pattern), ``fast`` (kbridge's streaming engine,
+joint writing, caption triples extracted from the captions), ``+parallel`` (N prompts / captions
+as N parallel sequences), ``+onnx`` (compiled CPU runners; graphs exported before timing), then
+the rungs that change the method's outputs by design (``+refine-top-2``: only the two candidates
+whose base-latent previews score best are refined and fully decoded; ``+self-triples``: caption
+triples written by the caption writer, one LMM turn less). Each output-changing rung reports its gain over the
+best rung that keeps the method's outputs.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from kbridge.benchmarks.e2e import (COUNTED, STAGES, _split, bench_dataset, repeated, run_baseline, run_kbridge,
+                                    warm_up)
+from kbridge.benchmarks.harness import stamp
+from kbridge.engine.config import build_config
+
+RUNGS: tuple[tuple[str, dict, bool], ...] = (
+    ("fast", {"knowledge": {"write": "joint", "caption_triples_from": "extracted"}}, False),
+    ("+parallel", {"knowledge": {"write": "parallel"}}, False),
+    ("+onnx", {"runtime": {"backend": "onnx"}}, False),
+    ("+refine-top-2", {"generation": {"refine_top": 2, "preview": "linear"}}, True),
+    ("+self-triples", {"knowledge": {"caption_triples_from": "self"}}, True),
+)
+"""(name, overrides added to the previous rung's, changes the method's outputs)."""
+
+COLUMNS = ["name", "output_changing", "samples_per_s", "samples_per_s_min", "samples_per_s_max",
+           "s_per_sample_p50", "s_per_sample_p95", "critical_path_decode_tokens_per_sample",
+           "generated_tokens_per_sample", "lmm_calls_per_sample", "candidates_per_sample", "unet_evals_per_sample",
+           "vae_decodes_per_sample",
+           "preview_decodes_per_sample", "errors", "speedup_vs_baseline"]
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = {k: dict(v) for k, v in a.items()}
+    for k, v in b.items():
+        out.setdefault(k, {}).update(v)
+    return out
+
+
+def rung_overrides(threads: int = 0) -> list[tuple[str, dict, bool]]:
+    """Each rung's cumulative overrides."""
+    acc = {"run": {"threads": threads}} if threads else {}
+    out = []
+    for name, over, changes in RUNGS:
+        acc = _merge(acc, over)
+        out.append((name, acc, changes))
+    return out
+
+
+def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0,
+        repeats: int | None = None) -> dict:
+    n = 2 if quick else max(2, samples)
+    repeats = repeats or (1 if quick else 3)
+    rungs = rung_overrides(threads)
+    with tempfile.TemporaryDirectory(prefix="kbridge-ladder-") as tmp:
+        tmp = Path(tmp)
+        data = bench_dataset(tmp / "data", n)
+        cfgs, warmed = {}, set()
+        for name, over, _ in [("baseline", {"run": {"threads": threads}} if threads else {}, False), *rungs]:
+            backend = over.get("runtime", {}).get("backend", "torch")
+            if backend not in warmed:  # exports and kernel warm-up happen here, before any timing
+                warm_up(profile, over, tmp, backend)
+                warmed.add(backend)
+            cfgs[name] = build_config(profile, overrides=over)
+        runners = [("baseline", lambda rep: run_baseline(cfgs["baseline"], data, tmp / f"baseline-{rep}"))]
+        for name, _, _ in rungs:
+            runners.append((name, lambda rep, nm=name: run_kbridge(cfgs[nm], data, tmp / f"{nm.strip('+')}-{rep}")))
+        done = repeated(runners, repeats)
+    changes = {"baseline": False, **{name: c for name, _, c in rungs}}
+    base = done[0][0]
+    rows, splits = [], []
+    for row, counts, missing in done:
+        rows.append({**row, "output_changing": "yes" if changes[row["name"]] else "no",
+                     "speedup_vs_baseline": row["samples_per_s"] / base["samples_per_s"]})
+        splits += _split(row["name"], counts, missing)
+    return stamp({
+        "question": "e2e_ladder", "title": f"End to end, one change at a time ({profile} profile, {n} samples)",
+        "how": f"kbridge bench e2e --ladder --profile {profile} --samples {n} --repeats {repeats}"
+               + (" --quick" if quick else ""),
+        "profile": profile, "rungs": [{"name": nm, "overrides": o, "output_changing": c} for nm, o, c in rungs],
+        "columns": COLUMNS, "rows": rows, "plot": "benchmarks/results/e2e_ladder.png",
+        "tables": [{"title": "Per-stage busy time per rung, s (kbridge's stages overlap)",
+                    "columns": ["name", *STAGES], "rows": [{"name": r["name"], **r["stage_seconds"]} for r in rows]},
+                   {"title": "Counted figures per sample, by missing modality",
+                    "columns": ["name", "missing", "samples", *[f"{k}_per_sample" for k in COUNTED]],
+                    "rows": splits}],
+        "notes": notes(rows, splits),
+    })
+
+
+def notes(rows: list[dict], splits: list[dict]) -> list[str]:
+    base = rows[0]
+    exact = [r for r in rows[1:] if r["output_changing"] == "no"]
+    out = [f"samples/s: median of {base.get('repeats', 1)} repetition(s), rows in alternating order; ratios are "
+           "to the baseline row of the same run"]
+    if exact:
+        best = max(exact, key=lambda r: r["samples_per_s"])
+        out.append(f"best rung keeping the method's outputs: {best['name']}, {best['speedup_vs_baseline']:.2f}x "
+                   f"(target >= 3x{'' if best['speedup_vs_baseline'] >= 3 else ', missed by ' + format(3 - best['speedup_vs_baseline'], '.2f') + 'x'}); "
+                   f"latency p50 {best['s_per_sample_p50']:.1f} s vs baseline {base['s_per_sample_p50']:.1f} s")
+        for r in rows[1:]:
+            if r["output_changing"] == "yes":
+                out.append(f"{r['name']} (changes outputs): {r['samples_per_s'] / best['samples_per_s']:.2f}x over "
+                           f"{best['name']}")
+    img = {r["name"]: r for r in splits if r["missing"] == "image"}
+    if "baseline" in img:
+        b = img["baseline"]
+        for name, r in img.items():
+            if name != "baseline" and r["critical_path_decode_tokens_per_sample"]:
+                out.append(f"{name}: image-missing critical-path decode tokens {r['critical_path_decode_tokens_per_sample']:.0f} "
+                           f"vs baseline {b['critical_path_decode_tokens_per_sample']:.0f} "
+                           f"(1/{b['critical_path_decode_tokens_per_sample'] / r['critical_path_decode_tokens_per_sample']:.1f}; "
+                           f"target <= 1/6); generated tokens 1/{base['generated_tokens_per_sample'] / max(1, next(x for x in rows if x['name'] == name)['generated_tokens_per_sample']):.1f} "
+                           "of the baseline's per sample (target <= 1/4)")
+    return out
