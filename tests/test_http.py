@@ -208,9 +208,10 @@ def test_server_killed_mid_run_then_rerun_completes(cfg, engine, demo_run, hf, t
         return eng.run(out=tmp_path / "o", limit=4)
 
     with LMMServer(hf, port=port) as s:
-        # one sample at a time: demo:0 and demo:2 (image missing) take 1 extract + 1 prompt + 4
-        # candidate-triple answers each; then the server dies and demo:3, demo:4 fail
-        s.faults.die_after = 12
+        # one sample at a time: demo:0 and demo:2 (image missing) take 1 extract + 4 parallel
+        # prompt answers + 4 candidate-triple answers each; then the server dies and demo:3, demo:4 fail
+        n = cfg.generation.candidates
+        s.faults.die_after = 2 * (1 + 2 * n)
         first = run_once()
     assert first.completed == 2 and len(first.errors) == 2
     assert all("LMM server" in e["error"] for e in first.errors)

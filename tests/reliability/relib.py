@@ -15,9 +15,13 @@ KB = [sys.executable, "-m", "kbridge.cli"]
 
 
 def write_config(path: Path, url: str, candidates: int = 2, steps: int = 1, **run) -> Path:
-    """A run config: the fake LMM behind the loopback server, 2 candidates, 1 diffusion step."""
+    """A run config: the fake LMM behind the loopback server, 2 candidates, 1 diffusion step, and
+    the joint writing call with self-written caption triples (one answer per write: the fault
+    chain's call arithmetic counts on it; parallel writing and extracted caption triples, the
+    defaults, are covered by tests/perf and the run tests)."""
     run = {"rows_in_flight": 1, **run}
     lines = ["[lmm]", 'backend = "http"', f'url = "{url}"', "retries = 1", "backoff_s = 0.01",
+             "[knowledge]", 'write = "joint"', 'caption_triples_from = "self"',
              "[generation]", f"candidates = {candidates}", f"steps = {steps}", "[run]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in run.items()]
     path.write_text("\n".join(lines) + "\n")
