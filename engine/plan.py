@@ -207,31 +207,36 @@ def apply_plan(cfg: PipelineConfig, plan: dict) -> PipelineConfig:
     return replace(cfg, generation=gen, medical=med, lmm=lm, rank=rank, run=run)
 
 
-def placed(cfg: PipelineConfig) -> PipelineConfig:
-    """On a box with GPUs, a GPU profile runs where the plan for those GPUs puts it; elsewhere
-    (CPU profiles, no GPU) the configuration is unchanged."""
+def _present_plan(cfg: PipelineConfig) -> dict | None:
+    """The plan on the GPUs present for a GPU profile; None on CPU profiles or without a GPU.
+    Raises PlanError when the models cannot be placed there."""
     gpus = visible_gpus()
     on_gpu = any(d.startswith("cuda") for d in (cfg.lmm.device, cfg.generation.device, cfg.rank.device))
     if not gpus or not on_gpu or cfg.profile in ("tiny", "small"):
-        return cfg
+        return None
+    return make_plan(cfg, gpus)
+
+
+def placed(cfg: PipelineConfig) -> PipelineConfig:
+    """On a box with GPUs, a GPU profile runs where the plan for those GPUs puts it (the plan's
+    schedule included, for ``auto``); elsewhere (CPU profiles, no GPU) the configuration is unchanged."""
     try:
-        return apply_plan(cfg, make_plan(cfg, gpus))
+        plan = _present_plan(cfg)
     except PlanError:
         return cfg
+    return cfg if plan is None else apply_plan(cfg, plan)
 
 
 def resolve_schedule(cfg: PipelineConfig) -> str:
-    """``run.schedule``, or for ``auto`` the plan's choice on the GPUs present (CPU: fused)."""
+    """``run.schedule``, or for ``auto`` the plan's choice on the GPUs present (CPU: fused; a plan
+    that cannot place the models at all: phased)."""
     if cfg.run.schedule != "auto":
         return cfg.run.schedule
-    gpus = visible_gpus()
-    on_gpu = any(d.startswith("cuda") for d in (cfg.lmm.device, cfg.generation.device, cfg.rank.device))
-    if not gpus or not on_gpu or cfg.profile in ("tiny", "small"):
-        return "fused"
     try:
-        return make_plan(cfg, gpus)["schedule"]
+        plan = _present_plan(cfg)
     except PlanError:
         return "phased"
+    return "fused" if plan is None else plan["schedule"]
 
 
 def format_plan(plan: dict) -> str:
