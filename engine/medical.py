@@ -11,6 +11,7 @@ Literal quotes are already dropped by the iuxray text rule (data.text_of).
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -56,10 +57,21 @@ class FewShotError(KbridgeError, ValueError):
 
 
 def load_few_shot(path: str, count: int) -> list[dict]:
-    """The first ``count`` examples ``{"report", "record"}`` (bundled ones when ``path`` is empty)."""
+    """The first ``count`` examples ``{"report", "record"}`` (bundled ones when ``path`` is empty).
+    Parsed once per file version (every medical stage call asks for them)."""
     if count <= 0:
         return []
     p = Path(path) if path else XRAY_DEMO_DIR / "few_shot.json"
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise FewShotError(f"cannot read few-shot examples {p}: {e}") from e
+    return list(_parse_few_shot(str(p), st.st_mtime_ns, st.st_size)[:count])
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_few_shot(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    p = Path(path)
     try:
         items = json.loads(p.read_text())
         ok = isinstance(items, list) and all(isinstance(e, dict) and "report" in e and "record" in e for e in items)
@@ -67,7 +79,7 @@ def load_few_shot(path: str, count: int) -> list[dict]:
         raise FewShotError(f"cannot read few-shot examples {p}: {e}") from e
     if not ok:
         raise FewShotError(f"{p}: expected a JSON list of {{\"report\": str, \"record\": object}}")
-    return items[:count]
+    return tuple(items)
 
 
 def record_triples(record: dict) -> list[Triple]:
