@@ -36,10 +36,6 @@ from kbridge.engine.rank.score import combine
 from kbridge.engine.types import Knowledge, Sample, SampleError, derive_seed
 
 
-FIRST_DESCRIPTION = "From that scene, write the first description of the lost image as a picture: what is seen and where."
-"""The reference's separate first-prompt turn after its scene paragraph (our own wording)."""
-
-
 @dataclass
 class BaselineRun:
     wall_seconds: float = 0.0
@@ -151,7 +147,7 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
                     # then n - 1 variants, each seeing the ones before; turn 6+n: n compressions
                     msgs = P.chain_scene(k, s.text, kn)
                     r = _one(client, _req(cfg, msgs, None, s.sample_id, "generate", 5, "scene", free=True))
-                    msgs, descs = P.continue_chain(msgs, r.text, FIRST_DESCRIPTION), []
+                    msgs, descs = P.continue_chain(msgs, r.text, P.CHAIN_FIRST), []
                     for j in range(n):
                         r = _one(client, _req(cfg, msgs, None, s.sample_id, "generate", 6 + j, j, free=True))
                         descs.append(r.text)

@@ -107,14 +107,25 @@ def requests_from_demo(n: int, tag: str) -> list[dict]:
     return out
 
 
-async def _load(url: str, bodies: list[dict], rate: float, seed: int, timeout: float) -> tuple[list[dict], float]:
+def arrivals(n: int, rate: float, seed: int, duration_s: float | None = None) -> list[float]:
+    """Poisson arrival times (seconds from the first, which is at 0): at most ``n``, none later
+    than ``duration_s``."""
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    while len(out) < n and (duration_s is None or t <= duration_s):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+async def _load(url: str, bodies: list[dict], rate: float, seed: int, timeout: float,
+                duration_s: float | None = None) -> tuple[list[dict], float]:
+    """Open loop: each request is sent at its arrival time whatever the server is doing; bounded
+    by the count of ``bodies`` and by ``duration_s`` (later arrivals are not sent)."""
     import httpx2 as httpx
 
-    rng = random.Random(seed)
-    arrivals, t = [], 0.0
-    for _ in bodies:
-        arrivals.append(t)
-        t += rng.expovariate(rate)
+    at = arrivals(len(bodies), rate, seed, duration_s)
+    bodies = bodies[:len(at)]
     recs: list[dict] = []
     limits = httpx.Limits(max_connections=len(bodies) + 4, max_keepalive_connections=len(bodies) + 4)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
@@ -132,8 +143,8 @@ async def _load(url: str, bodies: list[dict], rate: float, seed: int, timeout: f
             recs.append({"missing": body["missing"], "code": code, "start": a - t0, "end": b - t0,
                          "latency": b - a, "timings": {k: v["seconds"] for k, v in data.get("timings", {}).items()}})
 
-        await asyncio.gather(*(one(at, b) for at, b in zip(arrivals, bodies)))
-    return recs, arrivals[0]
+        await asyncio.gather(*(one(a, b) for a, b in zip(at, bodies)))
+    return recs, at[0]
 
 
 def _free_port() -> int:
@@ -193,45 +204,61 @@ def _row(name: str, mult: float, rate: float, recs: list[dict], first: float) ->
     return row, stages
 
 
+DEFAULTS = {  # profile → (rate multiples, most requests per rate, seconds of arrivals per rate, candidates,
+    #            free-text cap or None: the profile's own)
+    "tiny": ((0.5, 1.0, 2.0), 6, 100.0, 2, 32),
+    "small": ((1.0,), 4, 300.0, 2, None),
+}
+"""What ``kbridge bench serve`` runs: on tiny a sweep up to and past the baseline's saturation
+(free-text turns capped at 32 tokens, so the sweep fits); on small one fixed-count run at
+saturation with the profile's own free-text cap (what it was calibrated with)."""
+
+
 def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ...] | None = None,
-        requests: int | None = None, candidates: int | None = None, free_text_tokens: int | None = None) -> dict:
+        requests: int | None = None, candidates: int | None = None, free_text_tokens: int | None = None,
+        duration_s: float | None = None) -> dict:
     """A sweep of rates (multiples of the baseline's saturation), or one fixed-count run at it
-    (``multipliers=(1.0,)``). ``candidates`` / ``free_text_tokens`` apply to both servers."""
-    if multipliers is None:
-        multipliers = (0.5, 1.0, 2.0) if quick else (0.25, 0.5, 1.0, 1.5, 2.0)
-    n = requests or (6 if quick else 12)
-    overrides = {}
-    if candidates:
-        overrides["generation"] = {"candidates": candidates}
+    (``multipliers=(1.0,)``); per rate at most ``requests`` arrivals and none after
+    ``duration_s``. ``candidates`` / ``free_text_tokens`` apply to both servers."""
+    d_mult, d_n, d_dur, d_cands, d_free = DEFAULTS.get(profile, DEFAULTS["small"])
+    multipliers = multipliers if multipliers is not None else d_mult
+    n = requests or (4 if quick else d_n)
+    duration_s = duration_s or d_dur
+    candidates, free_text_tokens = candidates or d_cands, free_text_tokens or d_free
+    overrides = {"generation": {"candidates": candidates}}
     if free_text_tokens:
         overrides["lmm"] = {"free_text_tokens": free_text_tokens}
     cfg_file = Path(tempfile.mkdtemp(prefix="kbridge-bench-serve-")) / "bench.toml"
     cfg_file.write_text(_toml(overrides))
-    warm, timed = requests_from_demo(2, "warm"), requests_from_demo(4, "calib")
+    # a first call (lazy initialisation: every model's first use) is not timed; then one image- and
+    # one text-missing request alone: their mean is the service time of the half-and-half mix
+    warm, timed = requests_from_demo(1, "warm"), requests_from_demo(2, "calib")
     t_start = time.time()
-    rows, stage_rows, calib = [], [], {}
+    rows, stage_rows, calib, alone = [], [], {}, {}
     servers = {"baseline": ["-m", "kbridge.benchmarks.serve", "baseline", profile, str(cfg_file), "{port}"],
                "kbridge": ["-m", "kbridge.cli", "serve", "--profile", profile, "--config", str(cfg_file), "--port", "{port}",
                            "--max-queue", "100000", "--request-timeout-s", "3600"]}
     for name in ("baseline", "kbridge"):
         srv = _Server(servers[name])
         try:
-            for b in warm:  # first calls: lazy initialisation, not timed
+            for b in warm:
                 asyncio.run(_load(srv.url, [b], 1e6, 0, 3600))
-            times = []
-            for b in timed:  # one at a time (two image-, two text-missing): the service time
+            times = {}
+            for b in timed:
                 t = time.perf_counter()
                 asyncio.run(_load(srv.url, [b], 1e6, 0, 3600))
-                times.append(time.perf_counter() - t)
-            calib[name] = statistics.median(times)  # a median: one slow call on a shared box must not set the rate
-            print(f"{name}: service time {calib[name]:.2f} s (median of {times})", file=sys.stderr, flush=True)
+                times[b["missing"]] = time.perf_counter() - t
+            alone[name] = times
+            calib[name] = statistics.mean(times.values())
+            print(f"{name}: service time {calib[name]:.2f} s ({times})", file=sys.stderr, flush=True)
             sat = 1.0 / calib["baseline"]
             for k, mult in enumerate(multipliers):
                 rate = sat * mult
                 bodies = requests_from_demo(n, f"bench{k}")
-                recs, first = asyncio.run(_load(srv.url, bodies, rate, seed=1000 + k, timeout=3600))
+                recs, first = asyncio.run(_load(srv.url, bodies, rate, seed=1000 + k, timeout=3600,
+                                                duration_s=duration_s))
                 row, st = _row(name, mult, rate, recs, first)
-                print(f"{name} {mult}x: p50 {row['p50_s']:.2f} s, {row['completed']}/{n} done", file=sys.stderr,
+                print(f"{name} {mult}x: p50 {row['p50_s']:.2f} s, {row['completed']}/{len(recs)} done", file=sys.stderr,
                       flush=True)
                 rows.append(row)
                 stage_rows += st
@@ -241,23 +268,27 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
     for r in rows:
         r["p50_vs_baseline"] = base[r["rate_x_sat"]] / r["p50_s"] if r["p50_s"] and r["p50_s"] == r["p50_s"] else None
     at_sat = [r for r in rows if r["name"] == "kbridge" and r["rate_x_sat"] == 1.0]
-    notes = [f"baseline service time {calib['baseline']:.2f} s per request (median of 4, warm, one at a time): saturation "
-             f"{1 / calib['baseline']:.3f} req/s; kbridge serve alone {calib['kbridge']:.2f} s per request",
-             f"{n} requests per rate (Poisson, seeded), half image- / half text-missing from the demo set; "
-             f"total {time.time() - t_start:.0f} s",
+    fmt_alone = lambda t: " / ".join(f"{t[k]:.2f}" for k in ("image", "text"))  # noqa: E731
+    notes = [f"service time alone (warm, one request at a time), image- / text-missing: baseline {fmt_alone(alone['baseline'])} s "
+             f"(mean {calib['baseline']:.2f} s: saturation {1 / calib['baseline']:.4f} req/s), kbridge serve "
+             f"{fmt_alone(alone['kbridge'])} s",
+             f"up to {n} requests per rate (Poisson, seeded; none sent after {duration_s:.0f} s), image- and "
+             f"text-missing alternating, from the demo set; total {time.time() - t_start:.0f} s",
              f"settings for both servers: profile {profile}" + "".join(
                  f", {sec}.{k} = {v}" for sec, kv in overrides.items() for k, v in kv.items())]
     if at_sat:
         notes.append(f"at the baseline's saturation rate kbridge's p50 is {at_sat[0]['p50_vs_baseline']:.2f}x lower "
                      f"(goal: >= 3x)")
+    question = "serve" if profile == "tiny" else f"serve_{profile}"
+    default = (multipliers, n, duration_s, candidates, free_text_tokens) == (d_mult, d_n, d_dur, d_cands, d_free)
     return stamp({
-        "question": "serve",
+        "question": question,
         "title": f"Serving: latency under Poisson load, kbridge serve vs one-at-a-time reference pattern ({profile})",
-        "how": f"kbridge bench serve --profile {profile}" + (" --quick" if quick else "")
-               + (f" --requests {n}" if requests else "") + (f" --candidates {candidates}" if candidates else "")
-               + (f" --free-text-tokens {free_text_tokens}" if free_text_tokens else "")
-               + (f" --rates {','.join(map(str, multipliers))}" if multipliers and not quick else ""),
-        "profile": profile, "columns": COLUMNS, "rows": rows, "plot": "benchmarks/results/serve_latency.png",
+        "how": f"kbridge bench serve --profile {profile}" + ("" if default else (
+            (" --quick" if quick else "") + (f" --requests {n}" if requests else "")
+            + f" --candidates {candidates}" + (f" --free-text-tokens {free_text_tokens}" if free_text_tokens else "")
+            + f" --rates {','.join(map(str, multipliers))} --duration {duration_s:g}")),
+        "profile": profile, "columns": COLUMNS, "rows": rows, "plot": f"benchmarks/results/{question}_latency.png",
         "plot_kind": "latency_throughput",
         "tables": [{"title": "Per-stage p50 seconds (server side) by missing modality",
                     "columns": ["name", "rate_x_sat", "missing", "requests", "p50_s", "p95_s",

@@ -149,26 +149,27 @@ def runners(profile: Optional[str] = typer.Option(None, "--profile", "-p",
 
 
 @bench_app.command("serve")
-def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile for both servers."),
-          quick: bool = typer.Option(False, "--quick", help="3 rates (0.5x, 1x, 2x the baseline's saturation), "
-                                     "6 requests each, 2 candidates, free-text turns capped at 32 tokens."),
-          rates: Optional[str] = typer.Option(None, "--rates", help="Multiples of the baseline's saturation rate, "
-                                              "e.g. 1.0 (small: one fixed-count run at saturation)."),
-          requests: Optional[int] = typer.Option(None, "--requests", help="Requests per rate (default 12; quick 6)."),
-          candidates: Optional[int] = typer.Option(None, "--candidates", help="Candidates (both servers)."),
+def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile for both servers: tiny (a sweep of "
+                                      "rates) or small (one fixed-count run at the baseline's saturation)."),
+          quick: bool = typer.Option(False, "--quick", help="4 requests per rate (a smoke check)."),
+          rates: Optional[str] = typer.Option(None, "--rates", help="Multiples of the baseline's saturation rate "
+                                              "(default: tiny 0.5,1,2; small 1)."),
+          requests: Optional[int] = typer.Option(None, "--requests", help="Most requests per rate (default: tiny 6, small 4)."),
+          duration: Optional[float] = typer.Option(None, "--duration", help="No request is sent later than this "
+                                                   "many seconds after a rate's first (default: tiny 100, small 300)."),
+          candidates: Optional[int] = typer.Option(None, "--candidates", help="Candidates, both servers (default 2)."),
           free_text_tokens: Optional[int] = typer.Option(None, "--free-text-tokens",
-                                                         help="Cap of the baseline's free-text turns (both servers)."),
+                                                         help="Cap of the baseline's free-text turns, both servers "
+                                                              "(default: tiny 32; small the profile's)."),
           json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
-          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/serve.json.")):
+          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/serve[_PROFILE].json.")):
     """Latency under open-loop Poisson load: kbridge serve vs a one-at-a-time reference-pattern server."""
     from kbridge.benchmarks import serve as q
     from kbridge.engine.models import quiet_libraries
 
     quiet_libraries()
     mult = tuple(float(x) for x in rates.split(",")) if rates else None
-    if quick:
-        candidates, free_text_tokens = candidates or 2, free_text_tokens or 32
-    _finish(q.run(profile, quick, mult, requests, candidates, free_text_tokens), json_path, save)
+    _finish(q.run(profile, quick, mult, requests, candidates, free_text_tokens, duration), json_path, save)
 
 
 @bench_app.command("gpu")

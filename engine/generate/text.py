@@ -43,19 +43,23 @@ async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sa
 
 
 async def _prompt_chain(client, cfg, samples, knowledge, turn) -> list[list[str] | SampleError]:
+    """Turn ``turn``: a scene paragraph (context only); turns ``turn + 1 .. turn + n``: the first
+    description, then n - 1 variants, each seeing the ones before; turn ``turn + n + 1``: n
+    independent compressions into prompts."""
     n, k = cfg.generation.candidates, cfg.knowledge
     msgs = [P.chain_scene(k, s.text, kn) for s, kn in zip(samples, knowledge)]
     descs: list[list[str]] = [[] for _ in samples]
     failed: dict[int, SampleError] = {}  # a failed free-text turn (server down) fails its sample
-    for j in range(n):  # 1 scene turn + (n - 1) serial variant turns, free text
+    for j in range(n + 1):  # free text: the scene, then the n descriptions
         reqs = [build_request(cfg, m, None, s.sample_id, "generate", turn + j, j, free=True) for s, m in zip(samples, msgs)]
         for i, r in enumerate(await client.complete(reqs)):
             if r.error and i not in failed:
                 failed[i] = SampleError(samples[i].sample_id, f"scene description turn {j + 1}: {r.error}")
-            descs[i].append(r.text)
-            msgs[i] = P.continue_chain(msgs[i], r.text, P.CHAIN_VARIANT)
+            if j:
+                descs[i].append(r.text)
+            msgs[i] = P.continue_chain(msgs[i], r.text, P.CHAIN_VARIANT if j else P.CHAIN_FIRST)
     # n independent compression calls per sample, all on the same (last) turn
-    reqs = [build_request(cfg, P.chain_compress(k, d), S.prompt(k), s.sample_id, "generate", turn + n, j)
+    reqs = [build_request(cfg, P.chain_compress(k, d), S.prompt(k), s.sample_id, "generate", turn + n + 1, j)
             for s, ds in zip(samples, descs) for j, d in enumerate(ds)]
     resps = await client.complete(reqs)
     out: list[list[str] | SampleError] = []
@@ -75,12 +79,29 @@ async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[S
                          knowledge: list[Knowledge], turn: int) -> list[list[Candidate] | SampleError]:
     n, k = cfg.generation.candidates, cfg.knowledge
     with_triples = cfg.run.fidelity == "fast" and k.caption_triples_from == "self"
-    if cfg.knowledge.write == "parallel" and cfg.run.fidelity == "fast":
+    if cfg.run.fidelity == "reference":
+        return await _caption_chain(client, cfg, samples, knowledge, turn)
+    if cfg.knowledge.write == "parallel":
         from kbridge.engine.generate import parallel
         return await parallel.write_captions(client, cfg, samples, knowledge, turn, with_triples)
     reqs = [build_request(cfg, P.captions_fast(k, n, s.image, kn, with_triples), S.captions(k, n, with_triples), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
+
+
+async def _caption_chain(client, cfg, samples, knowledge, turn) -> list[list[Candidate] | SampleError]:
+    """Turn ``turn``: a free-text description of the image; turn ``turn + 1``: the captions, after it
+    (their triples come later, from the candidates' own re-extraction)."""
+    n, k = cfg.generation.candidates, cfg.knowledge
+    msgs = [P.chain_describe(k, None, s.image) for s in samples]
+    reqs = [build_request(cfg, m, None, s.sample_id, "generate", turn, "describe", free=True) for s, m in zip(samples, msgs)]
+    described = await client.complete(reqs)
+    reqs = [build_request(cfg, P.continue_chain(m, d.text, P.captions_fast(k, n, s.image, kn, False)[-1]),
+                          S.captions(k, n, False), s.sample_id, "generate", turn + 1)
+            for s, kn, m, d in zip(samples, knowledge, msgs, described)]
+    out = await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
+    return [SampleError(s.sample_id, f"image description turn: {d.error}") if d.error else o
+            for s, d, o in zip(samples, described, out)]
 
 
 def text_candidates(items: list[dict], triples_of=lambda it: it.get("triples")) -> list[Candidate]:

@@ -105,6 +105,9 @@ def chain_scene(k: KnowledgeConfig, text: str, kn: Knowledge) -> list[dict]:
     return [_sys(), _user(ask, _knowledge_block(kn), f"Text: {text}")]
 
 
+CHAIN_FIRST = "From that scene, write the first description of the lost image as a picture: what is seen and where."
+"""Reference fidelity: the separate first-description turn after the scene paragraph."""
+
 CHAIN_VARIANT = "Describe the same scene once more, differently: another viewpoint, lighting or framing."
 
 
