@@ -183,23 +183,33 @@ class _Server:
             self.p.kill()
 
 
+def _pcts(xs: list[float]) -> dict:
+    return {q: percentile(xs, q) if xs else None for q in (50, 95, 99)}
+
+
 def _row(name: str, mult: float, rate: float, recs: list[dict], first: float) -> tuple[dict, list[dict]]:
+    """One sweep-table row (end to end, client side) and one per-modality row each with every
+    stage's server-side p50 / p95 / p99."""
+    from kbridge.benchmarks.harness import fmt
+
     ok = [r for r in recs if r["code"] == 200]
     lat = [r["latency"] for r in ok]
     span = max((r["end"] for r in ok), default=first) - first
     row = {"name": name, "rate_x_sat": mult, "offered_rps": rate, "requests": len(recs), "completed": len(ok),
            "rejected": sum(r["code"] == 429 for r in recs), "errors": sum(r["code"] not in (200, 429) for r in recs),
            "throughput_rps": len(ok) / span if span > 0 else float("nan"),
-           "p50_s": percentile(lat, 50), "p95_s": percentile(lat, 95), "p99_s": percentile(lat, 99)}
+           **{f"p{q}_s": v for q, v in _pcts(lat).items()}}
     stages = []
     for kind in ("image", "text"):
         mine = [r for r in ok if r["missing"] == kind]
-        row[f"p50_{kind}_s"] = percentile([r["latency"] for r in mine], 50)
+        e2e = _pcts([r["latency"] for r in mine])
+        row[f"p50_{kind}_s"] = e2e[50]
         srow = {"name": name, "rate_x_sat": mult, "missing": kind, "requests": len(mine),
-                "p50_s": row[f"p50_{kind}_s"], "p95_s": percentile([r["latency"] for r in mine], 95)}
+                **{f"p{q}_s": v for q, v in e2e.items()}}
         for st in STAGES:
-            xs = [r["timings"][st] for r in mine if st in r["timings"]]
-            srow[f"{st}_p50_s"] = percentile(xs, 50) if xs else None
+            ps = _pcts([r["timings"][st] for r in mine if st in r["timings"]])
+            srow.update({f"{st}_p{q}_s": v for q, v in ps.items()})
+            srow[f"{st}_s"] = " / ".join(fmt(v) for v in ps.values()) if ps[50] is not None else None
         stages.append(srow)
     return row, stages
 
@@ -234,7 +244,7 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
     # one text-missing request alone: their mean is the service time of the half-and-half mix
     warm, timed = requests_from_demo(1, "warm"), requests_from_demo(2, "calib")
     t_start = time.time()
-    rows, stage_rows, calib, alone = [], [], {}, {}
+    rows, stage_rows, calib, alone, records = [], [], {}, {}, []
     servers = {"baseline": ["-m", "kbridge.benchmarks.serve", "baseline", profile, str(cfg_file), "{port}"],
                "kbridge": ["-m", "kbridge.cli", "serve", "--profile", profile, "--config", str(cfg_file), "--port", "{port}",
                            "--max-queue", "100000", "--request-timeout-s", "3600"]}
@@ -258,6 +268,7 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
                 recs, first = asyncio.run(_load(srv.url, bodies, rate, seed=1000 + k, timeout=3600,
                                                 duration_s=duration_s))
                 row, st = _row(name, mult, rate, recs, first)
+                records += [{"name": name, "rate_x_sat": mult, **r} for r in recs]
                 print(f"{name} {mult}x: p50 {row['p50_s']:.2f} s, {row['completed']}/{len(recs)} done", file=sys.stderr,
                       flush=True)
                 rows.append(row)
@@ -290,9 +301,11 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
             + f" --rates {','.join(map(str, multipliers))} --duration {duration_s:g}")),
         "profile": profile, "columns": COLUMNS, "rows": rows, "plot": f"benchmarks/results/{question}_latency.png",
         "plot_kind": "latency_throughput",
-        "tables": [{"title": "Per-stage p50 seconds (server side) by missing modality",
-                    "columns": ["name", "rate_x_sat", "missing", "requests", "p50_s", "p95_s",
-                                *[f"{s}_p50_s" for s in STAGES]], "rows": stage_rows}],
+        "tables": [{"title": "By missing modality: end to end (client side) p50, p95, p99 s; per stage (server "
+                             "side) p50 / p95 / p99 s",
+                    "columns": ["name", "rate_x_sat", "missing", "requests", "p50_s", "p95_s", "p99_s",
+                                *[f"{s}_s" for s in STAGES]], "rows": stage_rows}],
+        "records": records,
         "notes": notes})
 
 
