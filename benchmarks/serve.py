@@ -216,7 +216,7 @@ def _row(name: str, mult: float, rate: float, recs: list[dict], first: float) ->
 
 DEFAULTS = {  # profile → (rate multiples, most requests per rate, seconds of arrivals per rate, candidates,
     #            free-text cap or None: the profile's own)
-    "tiny": ((0.5, 1.0, 2.0), 6, 100.0, 2, 32),
+    "tiny": ((0.5, 1.0, 2.0), 16, 100.0, 2, 32),
     "small": ((1.0,), 4, 300.0, 2, None),
 }
 """What ``kbridge bench serve`` runs: on tiny a sweep up to and past the baseline's saturation
@@ -240,9 +240,10 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
         overrides["lmm"] = {"free_text_tokens": free_text_tokens}
     cfg_file = Path(tempfile.mkdtemp(prefix="kbridge-bench-serve-")) / "bench.toml"
     cfg_file.write_text(_toml(overrides))
-    # a first call (lazy initialisation: every model's first use) is not timed; then one image- and
-    # one text-missing request alone: their mean is the service time of the half-and-half mix
-    warm, timed = requests_from_demo(1, "warm"), requests_from_demo(2, "calib")
+    # first calls (lazy initialisation: every model's and grammar's first use) are not timed; then
+    # one image- and one text-missing request alone: their mean is the service time of the
+    # half-and-half mix (the request's own latency, as in the rate runs: no client set-up)
+    warm, timed = requests_from_demo(2, "warm"), requests_from_demo(2, "calib")
     t_start = time.time()
     rows, stage_rows, calib, alone, records = [], [], {}, {}, []
     servers = {"baseline": ["-m", "kbridge.benchmarks.serve", "baseline", profile, str(cfg_file), "{port}"],
@@ -255,9 +256,10 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
                 asyncio.run(_load(srv.url, [b], 1e6, 0, 3600))
             times = {}
             for b in timed:
-                t = time.perf_counter()
-                asyncio.run(_load(srv.url, [b], 1e6, 0, 3600))
-                times[b["missing"]] = time.perf_counter() - t
+                (rec,), _ = asyncio.run(_load(srv.url, [b], 1e6, 0, 3600))
+                if rec["code"] != 200:
+                    raise RuntimeError(f"{name}: a calibration request failed ({rec['code']}): {srv.url}")
+                times[b["missing"]] = rec["latency"]
             alone[name] = times
             calib[name] = statistics.mean(times.values())
             print(f"{name}: service time {calib[name]:.2f} s ({times})", file=sys.stderr, flush=True)

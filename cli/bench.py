@@ -154,7 +154,7 @@ def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile f
           quick: bool = typer.Option(False, "--quick", help="4 requests per rate (a smoke check)."),
           rates: Optional[str] = typer.Option(None, "--rates", help="Multiples of the baseline's saturation rate "
                                               "(default: tiny 0.5,1,2; small 1)."),
-          requests: Optional[int] = typer.Option(None, "--requests", help="Most requests per rate (default: tiny 6, small 4)."),
+          requests: Optional[int] = typer.Option(None, "--requests", help="Most requests per rate (default: tiny 16, small 4)."),
           duration: Optional[float] = typer.Option(None, "--duration", help="No request is sent later than this "
                                                    "many seconds after a rate's first (default: tiny 100, small 300)."),
           candidates: Optional[int] = typer.Option(None, "--candidates", help="Candidates, both servers (default 2)."),
