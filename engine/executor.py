@@ -4,7 +4,9 @@
   waits for a free slot, so memory follows the rows in flight, never the dataset.
 - Each stage takes what is ready, up to its batch size, waiting at most ``run.batch_wait_ms`` for
   more (like continuous batching), and hands each row on as soon as its own call is done: a row
-  never waits for a batch-mate at another stage. LMM stages are async and keep taking rows while
+  never waits for a batch-mate at another stage. A row a stage does not apply to (a text-missing
+  row at render, a failed row) is passed on the moment it arrives, even while the stage's worker
+  is busy: it never queues behind another row's work. LMM stages are async and keep taking rows while
   earlier calls are in flight; with a continuously batching backend (HTTP, vLLM) each row's
   requests go out on their own, so a slow answer holds up only its own sample.
 - Dense stages run on one worker thread per device (render: one worker per generator replica, all
@@ -54,7 +56,7 @@ class Hooks:
     """Rows for which this is true fail as "cancelled" at the next stage they reach (a call in
     progress finishes first), so they reach the sink and free their slot without more work."""
     queues: dict = field(default_factory=dict)
-    """Filled by ``stream``: stage name → its input queue (for queue-depth gauges)."""
+    """Filled by ``stream``: stage name → the queue of rows waiting for its work (queue-depth gauges)."""
 
 
 def _by_cfg(rows: list[Row], wctx: Ctx) -> list[tuple[Ctx, list[Row]]]:
@@ -75,6 +77,9 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
     busy = busy if busy is not None else defaultdict(float)
     slots = asyncio.Semaphore(max(1, cfg.run.rows_in_flight))
     queues: list[asyncio.Queue] = [asyncio.Queue() for _ in range(len(stages) + 1)]
+    """queues[i]: rows arriving at stage i (the last: at the writer)."""
+    work: list[asyncio.Queue] = [asyncio.Queue() for _ in stages]
+    """work[i]: rows waiting for stage i's own work (those it applies to)."""
     pools: dict[str, ThreadPoolExecutor] = {}
     wait = cfg.run.batch_wait_ms / 1000.0
     state = {"admitted": 0, "written": 0, "fed": False}
@@ -107,9 +112,25 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         tasks.add(t)
         t.add_done_callback(tasks.discard)
 
+    def skip(st: Stage, r: Row) -> Row | None:
+        """``r`` failed (or cancelled, now failed) or not for this stage: None; else ``r``."""
+        if r.error is None and hooks.cancelled is not None and hooks.cancelled(r):
+            r = r.fail(st.name, "cancelled")
+        return r if r.error is not None or not st.applies(r, r.extra.get("cfg", cfg)) else None
+
+    async def route(i: int, st: Stage) -> None:
+        """Rows arriving at stage i: its own work to its workers, every other row straight on."""
+        while True:
+            r = await queues[i].get()
+            passed = skip(st, r)
+            if passed is not None:
+                queues[i + 1].put_nowait(passed)
+            else:
+                work[i].put_nowait(r)
+
     async def take(i: int, st: Stage, n: int) -> list[Row]:
-        """Up to ``n`` rows this stage applies to; others go straight on."""
-        q, nxt = queues[i], queues[i + 1]
+        """Up to ``n`` rows of this stage's work (a row cancelled while it waited goes on)."""
+        q, nxt = work[i], queues[i + 1]
         batch: list[Row] = []
         deadline = None
         while len(batch) < n:
@@ -124,10 +145,9 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
                         break
                     await asyncio.sleep(min(0.001, left))
                     continue
-            if r.error is None and hooks.cancelled is not None and hooks.cancelled(r):
-                r = r.fail(st.name, "cancelled")
-            if r.error is not None or not st.applies(r, r.extra.get("cfg", cfg)):
-                nxt.put_nowait(r)
+            passed = skip(st, r)
+            if passed is not None:
+                nxt.put_nowait(passed)
                 continue
             batch.append(r)
             if deadline is None:
@@ -213,8 +233,9 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         if state["written"] == state["admitted"]:
             finished.set()
 
-    hooks.queues.update({st.name: queues[i] for i, st in enumerate(stages)})
+    hooks.queues.update({st.name: work[i] for i, st in enumerate(stages)})
     for i, st in enumerate(stages):
+        spawn(route(i, st))
         if st.slot == "generators" and ctx.models.generators:
             for g in ctx.models.generators:
                 spawn(worker(i, st, ctx.on(g), f"dense-{_device(g)}"))

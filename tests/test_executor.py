@@ -99,6 +99,46 @@ def test_an_exception_inside_a_stage_fails_only_that_call(cfg):
     assert len(done) == 5
 
 
+def test_a_row_a_stage_skips_never_waits_behind_its_busy_worker(cfg):
+    """A text-missing row reaching render while an image-missing row is being rendered goes on at
+    once: it is written while the render call is still running (head-of-line blocking would hold
+    it until that call returned)."""
+    run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dense_rows=1, batch_wait_ms=0))
+    rendering, release = threading.Event(), threading.Event()
+    written: list[str] = []
+
+    def render(rows, ctx):
+        rendering.set()
+        assert release.wait(30), "the skipped row was never written while render was busy"
+        return rows
+
+    def sink(row):
+        written.append(row.sample_id)
+        if row.sample_id == "text:1":
+            release.set()  # only once the text row is out may the render call finish
+
+    image_only = Stage("render", render, "dense", None, lambda r, c: r.missing == "image", lambda c: 1)
+
+    async def main():
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def source():
+            while (r := await q.get()) is not None:
+                yield r
+
+        task = asyncio.ensure_future(stream(source(), [image_only], Ctx(cfg=run_cfg, domain=None, models=Models()),
+                                            sink))
+        q.put_nowait(Row(Sample("image:0", 0, "x", None, "image")))
+        while not rendering.is_set():
+            await asyncio.sleep(0.005)
+        q.put_nowait(Row(Sample("text:1", 1, None, None, "text")))
+        q.put_nowait(None)
+        return await asyncio.wait_for(task, 60)
+
+    assert asyncio.run(main()) == 2
+    assert written == ["text:1", "image:0"]
+
+
 def test_render_workers_pull_from_one_queue(cfg):
     """Data-parallel diffusion: every generator replica gets rows from the same queue."""
     from kbridge.engine.stages import STAGES
