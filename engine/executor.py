@@ -9,8 +9,9 @@
   is busy: it never queues behind another row's work. LMM stages are async and keep taking rows while
   earlier calls are in flight; with a continuously batching backend (HTTP, vLLM) each row's
   requests go out on their own, so a slow answer holds up only its own sample.
-- Dense stages run on one worker thread per device (render: one worker per generator replica, all
-  pulling from the same queue: data-parallel diffusion). The sink (results, PNGs, fsync) runs on
+- Dense stages run on one worker thread per model and device (render: one worker per generator
+  replica, all pulling from the same queue: data-parallel diffusion; retrieve and rank: the
+  scorer's own worker), so a short scoring call never waits for a long render on the same device. The sink (results, PNGs, fsync) runs on
   its own thread, off the event loop.
 - An unexpected exception inside a stage fails that call's rows (the traceback travels with the
   failure), never the run. An exception in the sink (disk full, …) stops the run: nothing
@@ -238,9 +239,9 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         spawn(route(i, st))
         if st.slot == "generators" and ctx.models.generators:
             for g in ctx.models.generators:
-                spawn(worker(i, st, ctx.on(g), f"dense-{_device(g)}"))
+                spawn(worker(i, st, ctx.on(g), f"generators-{_device(g)}"))
         else:
-            key = {"io": "io", "lmm": "lmm"}.get(st.kind, f"dense-{cfg.rank.device}")
+            key = {"io": "io", "lmm": "lmm"}.get(st.kind, f"{st.slot or 'dense'}-{cfg.rank.device}")
             spawn(worker(i, st, ctx, key))
     spawn(writer())
     spawn(feed())

@@ -99,25 +99,30 @@ def test_an_exception_inside_a_stage_fails_only_that_call(cfg):
     assert len(done) == 5
 
 
-def test_a_row_a_stage_skips_never_waits_behind_its_busy_worker(cfg):
+@pytest.mark.parametrize("scored", [False, True], ids=["skipped", "scored-beside-render"])
+def test_a_row_never_waits_behind_another_rows_render(cfg, scored):
     """A text-missing row reaching render while an image-missing row is being rendered goes on at
-    once: it is written while the render call is still running (head-of-line blocking would hold
-    it until that call returned)."""
+    once (head-of-line blocking would hold it until that call returned); with a scoring stage
+    after render on the same device, the text row is scored on the scorer's own worker while the
+    render call still runs. Either way it is written before the render call ends."""
     run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dense_rows=1, batch_wait_ms=0))
     rendering, release = threading.Event(), threading.Event()
-    written: list[str] = []
+    written: list[Row] = []
 
     def render(rows, ctx):
         rendering.set()
-        assert release.wait(30), "the skipped row was never written while render was busy"
+        assert release.wait(30), "the text row was never written while render was busy"
         return rows
 
     def sink(row):
-        written.append(row.sample_id)
+        written.append(row)
         if row.sample_id == "text:1":
             release.set()  # only once the text row is out may the render call finish
 
-    image_only = Stage("render", render, "dense", None, lambda r, c: r.missing == "image", lambda c: 1)
+    stages = [Stage("render", render, "dense", "generators", lambda r, c: r.missing == "image", lambda c: 1)]
+    if scored:
+        stages.append(Stage("rank", lambda rows, ctx: [r.replace(best="c0") for r in rows], "dense", "scorer",
+                            lambda r, c: True, lambda c: 1))
 
     async def main():
         q: asyncio.Queue = asyncio.Queue()
@@ -126,8 +131,7 @@ def test_a_row_a_stage_skips_never_waits_behind_its_busy_worker(cfg):
             while (r := await q.get()) is not None:
                 yield r
 
-        task = asyncio.ensure_future(stream(source(), [image_only], Ctx(cfg=run_cfg, domain=None, models=Models()),
-                                            sink))
+        task = asyncio.ensure_future(stream(source(), stages, Ctx(cfg=run_cfg, domain=None, models=Models()), sink))
         q.put_nowait(Row(Sample("image:0", 0, "x", None, "image")))
         while not rendering.is_set():
             await asyncio.sleep(0.005)
@@ -136,7 +140,8 @@ def test_a_row_a_stage_skips_never_waits_behind_its_busy_worker(cfg):
         return await asyncio.wait_for(task, 60)
 
     assert asyncio.run(main()) == 2
-    assert written == ["text:1", "image:0"]
+    assert [r.sample_id for r in written] == ["text:1", "image:0"]
+    assert [r.error for r in written] == [None, None]  # the render call was released, not timed out
 
 
 def test_render_workers_pull_from_one_queue(cfg):
