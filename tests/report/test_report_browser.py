@@ -84,9 +84,10 @@ def test_filters_sort_and_timeline(browser, decorated_run, tmp_path):
     assert len(shown) == sum(r["missing"] == "image" for r in results) < n
     assert {c.get_attribute("data-missing") for c in shown} == {"image"}
     browser.find_element(By.ID, "f-errors").click()
-    assert [c.get_attribute("data-sample") for c in cards(browser)] == [results[0]["sample_id"]]
+    failed = next(r for r in results if r["missing"] == "image")["sample_id"]  # its error line: decorated_run
+    assert [c.get_attribute("data-sample") for c in cards(browser)] == [failed]
     Select(browser.find_element(By.ID, "f-missing")).select_by_value("all")
-    assert sorted(c.get_attribute("data-sample") for c in cards(browser)) == sorted([results[0]["sample_id"], "demo:99"])
+    assert sorted(c.get_attribute("data-sample") for c in cards(browser)) == sorted([failed, "demo:99"])
     browser.find_element(By.ID, "f-errors").click()
     Select(browser.find_element(By.ID, "f-sort")).select_by_value("total-desc")
     best = {r["sample_id"]: max(c["scores"]["total"] for c in r["candidates"]) for r in results}
