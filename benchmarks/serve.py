@@ -26,7 +26,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from kbridge.benchmarks.harness import percentile, stamp
+from kbridge.benchmarks.harness import fmt, percentile, stamp
 
 STAGES = ["queue", "extract", "write", "render", "candidate_knowledge", "rank"]
 COLUMNS = ["name", "rate_x_sat", "offered_rps", "requests", "completed", "rejected", "throughput_rps",
@@ -190,8 +190,6 @@ def _pcts(xs: list[float]) -> dict:
 def _row(name: str, mult: float, rate: float, recs: list[dict], first: float) -> tuple[dict, list[dict]]:
     """One sweep-table row (end to end, client side) and one per-modality row each with every
     stage's server-side p50 / p95 / p99."""
-    from kbridge.benchmarks.harness import fmt
-
     ok = [r for r in recs if r["code"] == 200]
     lat = [r["latency"] for r in ok]
     span = max((r["end"] for r in ok), default=first) - first

@@ -6,13 +6,13 @@
   more (like continuous batching), and hands each row on as soon as its own call is done: a row
   never waits for a batch-mate at another stage. A row a stage does not apply to (a text-missing
   row at render, a failed row) is passed on the moment it arrives, even while the stage's worker
-  is busy: it never queues behind another row's work. LMM stages are async and keep taking rows while
-  earlier calls are in flight; with a continuously batching backend (HTTP, vLLM) each row's
-  requests go out on their own, so a slow answer holds up only its own sample.
+  is busy: it never queues behind another row's work. LMM stages are async and keep taking rows
+  while earlier calls are in flight; with a continuously batching backend (HTTP, vLLM) each
+  row's requests go out on their own, so a slow answer holds up only its own sample.
 - Dense stages run on one worker thread per model and device (render: one worker per generator
   replica, all pulling from the same queue: data-parallel diffusion; retrieve and rank: the
-  scorer's own worker), so a short scoring call never waits for a long render on the same device. The sink (results, PNGs, fsync) runs on
-  its own thread, off the event loop.
+  scorer's own worker), so a short scoring call never waits for a long render on the same
+  device. The sink (results, PNGs, fsync) runs on its own thread, off the event loop.
 - An unexpected exception inside a stage fails that call's rows (the traceback travels with the
   failure), never the run. An exception in the sink (disk full, …) stops the run: nothing
   computed afterwards could be kept.
