@@ -25,6 +25,10 @@ class ConfigError(KbridgeError, ValueError):
 class ModelsConfig:
     lmm: str = "tiny"
     """Qwen2-VL: "tiny" (random twin built on first use) or a local Hugging Face-layout directory."""
+    lmm_vllm_cpu: str = "tiny"
+    """The twin the vllm backend loads on a CPU-only box while ``lmm`` is a twin size: an Idefics3
+    (vLLM's Qwen2-VL path needs torchvision, which has no CPU build on PyPI). A directory is ignored:
+    a real checkpoint goes in ``lmm``."""
     sdxl_base: str = "tiny"
     """SDXL base pipeline directory (diffusers layout) or "tiny"."""
     sdxl_refiner: str = "tiny"
@@ -337,7 +341,7 @@ PROFILES: dict[str, dict] = {
                  knowledge=dict(max_objects=4, max_attributes=2, triples=5, caption_triples=3,
                                 prompt_words=(5, 12), caption_words=(4, 10), name_chars=16),
                  medical=dict(steps=4, batch_size=16, report_words=(4, 12), few_shot_count=1)),
-    "small": dict(models=dict(lmm="small", sdxl_base="small", sdxl_refiner="small", clip="small"),
+    "small": dict(models=dict(lmm="small", lmm_vllm_cpu="small", sdxl_base="small", sdxl_refiner="small", clip="small"),
                   generation=dict(height=128, width=128, steps=16, batch_size=7),
                   knowledge=dict(exact=True, name_chars=24), run=dict(batch_size=2)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),

@@ -36,6 +36,9 @@ class Scorer(Protocol):
 
 class LMMBackend(Protocol):
     model_id: str
+    continuous_batching: bool
+    """The engine batches requests as they arrive (vLLM in-process or over HTTP): each row's LMM
+    requests are sent on their own. False (hf): a stage's rows are decoded together."""
 
     async def generate(self, requests: Sequence) -> list: ...
 
@@ -91,7 +94,9 @@ def load_lmm(cfg: PipelineConfig):
     if backend == "vllm":
         from kbridge.engine.lmm.vllm_local import VLLMBackend
 
-        return VLLMBackend(zoo.resolve("lmm", cfg), cfg.lmm, cfg.profile)
+        from kbridge.engine.lmm.vllm_local import model_dir
+
+        return VLLMBackend(model_dir(cfg), cfg.lmm, cfg.profile)
     if backend == "hf":
         from kbridge.engine.lmm.hf import HFBackend
 
