@@ -122,7 +122,7 @@ def _supervise(proc: subprocess.Popen, base: str, wait_s: float) -> None:
     except KeyboardInterrupt:
         stop()
         raise typer.Exit(130)
-    out.print(f"LMM server healthy: {base}/v1   (kbridge run --lmm {base}/v1)", highlight=False)
+    out.print(f"LMM server healthy: {base}/v1   (kbridge run --lmm {base}/v1)", highlight=False, soft_wrap=True)
     try:
         raise typer.Exit(proc.wait())
     except KeyboardInterrupt:

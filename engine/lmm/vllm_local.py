@@ -144,7 +144,10 @@ class VLLMBackend:
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="kbridge-vllm", daemon=True).start()
-        args = AsyncEngineArgs(**llm_kwargs(Path(path), cfg, profile, cpu=platform == "cpu"))
+        from vllm.config import StructuredOutputsConfig
+
+        kw = llm_kwargs(Path(path), cfg, profile, cpu=platform == "cpu")
+        args = AsyncEngineArgs(**{**kw, "structured_outputs_config": StructuredOutputsConfig(**kw["structured_outputs_config"])})
 
         async def make():
             return AsyncLLM.from_engine_args(args)

