@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import promise
-from conftest import read_jsonl
 from kbridge.engine.lmm.vllm_http import HTTPBackend
 
-from .conftest import engine_on
+from vllm_helpers import engine_on, read_jsonl
 
 
 def _complete(out, rep):
