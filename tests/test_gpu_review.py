@@ -394,11 +394,14 @@ def _fake_vllm(monkeypatch, expect: int):
 
     seen = {"prompts": [], "params": [], "args": None}
     mods = {n: types.ModuleType(n) for n in ("vllm", "vllm.engine", "vllm.engine.arg_utils", "vllm.v1",
-                                              "vllm.v1.engine", "vllm.v1.engine.async_llm", "vllm.sampling_params")}
+                                              "vllm.v1.engine", "vllm.v1.engine.async_llm", "vllm.sampling_params",
+                                              "vllm.platforms", "vllm.config")}
     mods["vllm"].__spec__ = importlib.machinery.ModuleSpec("vllm", None)
     mods["vllm"].SamplingParams = lambda **kw: kw
     mods["vllm.sampling_params"].StructuredOutputsParams = lambda **kw: kw
     mods["vllm.engine.arg_utils"].AsyncEngineArgs = lambda **kw: kw
+    mods["vllm.platforms"].current_platform = types.SimpleNamespace(is_cuda=lambda: True, is_cpu=lambda: False)
+    mods["vllm.config"].StructuredOutputsConfig = lambda **kw: kw
 
     class AsyncLLM:
         def __init__(self):

@@ -38,7 +38,7 @@ class BackendUnavailable(Unavailable, RuntimeError):
 def vllm_installed() -> bool:
     """The vllm package (a directory named vllm on sys.path, e.g. tests/vllm, is not it)."""
     spec = importlib.util.find_spec("vllm")
-    return spec is not None and spec.origin is not None
+    return spec is not None and not (spec.origin is None and spec.submodule_search_locations is not None)
 
 
 def vllm_usable() -> bool:
