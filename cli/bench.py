@@ -125,8 +125,19 @@ def retrieve(docs: int = typer.Option(20_000, "--docs", help="Documents (token b
 @bench_app.command("lmm")
 def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 requests, 2 repeats."),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
-        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/lmm.json.")):
+        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/lmm.json."),
+        engines: bool = typer.Option(False, "--engines", help="Instead: hf vs vLLM in-process vs vLLM over HTTP "
+                                     "at 1/8/32 in flight (needs vLLM: .venv-vllm); writes lmm_engines.json.")):
     """LMM sequences, serial turns and tokens per sample (reference vs fast); throughput at 1/4/16 in flight."""
+    if engines:
+        from kbridge.benchmarks.lmm_engines import run as run_engines
+        from kbridge.engine.lmm.vllm_local import vllm_platform
+
+        if vllm_platform() not in ("cpu", "cuda"):
+            Console(stderr=True).print("error: kbridge bench lmm --engines needs vLLM (bash scripts/vllm_env.sh; "
+                                       "run it with .venv-vllm/bin/kbridge)", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        return _finish(run_engines(quick=quick), json_path, save)
     from kbridge.benchmarks.lmm import run
 
     _finish(run(quick=quick), json_path, save)
