@@ -26,9 +26,9 @@ class ModelsConfig:
     lmm: str = "tiny"
     """Qwen2-VL: "tiny" (random twin built on first use) or a local Hugging Face-layout directory."""
     lmm_vllm_cpu: str = "tiny"
-    """The twin the vllm backend loads on a CPU-only box while ``lmm`` is a twin size: an Idefics3
-    (vLLM's Qwen2-VL path needs torchvision, which has no CPU build on PyPI). A directory is ignored:
-    a real checkpoint goes in ``lmm``."""
+    """Size ("tiny" / "small") of the Idefics3 twin that the vllm backend and ``kbridge lmm serve``
+    load on vLLM's CPU platform while ``lmm`` is a twin (vLLM's Qwen2-VL needs torchvision, which has
+    no CPU build on PyPI). A real checkpoint goes in ``lmm``."""
     sdxl_base: str = "tiny"
     """SDXL base pipeline directory (diffusers layout) or "tiny"."""
     sdxl_refiner: str = "tiny"

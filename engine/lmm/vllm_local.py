@@ -67,7 +67,7 @@ def model_dir(cfg) -> Path:
     from kbridge.engine import zoo
 
     if cfg.models.lmm in zoo.SIZES and vllm_platform() == "cpu":
-        return zoo.ensure_tiny("lmm_vllm_cpu", cfg.cache_dir(), cfg.models.lmm)
+        return zoo.ensure_tiny("lmm_vllm_cpu", cfg.cache_dir(), cfg.models.lmm_vllm_cpu)
     return zoo.resolve("lmm", cfg)
 
 
@@ -153,7 +153,8 @@ class VLLMBackend:
         from vllm.config import StructuredOutputsConfig
 
         kw = llm_kwargs(Path(path), cfg, profile, cpu=platform == "cpu")
-        args = AsyncEngineArgs(**{**kw, "structured_outputs_config": StructuredOutputsConfig(**kw["structured_outputs_config"])})
+        kw["structured_outputs_config"] = StructuredOutputsConfig(**kw["structured_outputs_config"])
+        args = AsyncEngineArgs(**kw)
 
         async def make():
             return AsyncLLM.from_engine_args(args)
@@ -187,10 +188,6 @@ class VLLMBackend:
         o = final.outputs[0]
         return Generation(o.text, len(final.prompt_token_ids or []), len(o.token_ids), engine=engine_timings(final))
 
-    @property
-    def dead(self) -> bool:
-        return bool(getattr(self.engine, "errored", False))
-
     def close(self) -> None:
         shutdown = getattr(self.engine, "shutdown", None)
         if shutdown is not None:
@@ -200,9 +197,7 @@ class VLLMBackend:
 
 def error_message(e: BaseException) -> str:
     """vLLM's own message: an ``EngineGenerateError`` carries it in its cause; a dead engine says so."""
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    if isinstance(e, EngineDeadError):
+    if type(e).__name__ == "EngineDeadError":  # vllm.v1.engine.exceptions
         return "the engine died (see its log above); restart kbridge: a re-run resumes"
     parts = []
     while e is not None and len(parts) < 3:

@@ -127,3 +127,31 @@ def test_kbridge_serve_on_the_in_process_engine_agrees_with_kbridge_run(vcfg, en
     ties = promise.cross_settings(run_dir, _as_run_dir(served, tmp_path / "served"),
                                   only={r["sample_id"] for r in four})
     assert len(ties) <= 1, ties
+
+
+def test_zz_engine_death_is_one_clear_line_per_sample(vcfg, engine, vllm_backend, tmp_path):
+    """Last here (it kills the session's engine): the engine core process dies, as in an OOM kill
+    or a CPU-kernel crash; every request then fails with one clear message, a run records one
+    error line per sample and returns (nothing raised, nothing written half)."""
+    import os
+    import time
+
+    import psutil
+
+    cores = [p for p in psutil.Process(os.getpid()).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())
+             or "EngineCore" in p.name()]
+    assert cores, [p.name() for p in psutil.Process(os.getpid()).children(recursive=True)]
+    for p in cores:
+        p.kill()
+    deadline = time.monotonic() + 60
+    client = LMMClient(vllm_backend, RequestLog())
+    text = [{"type": "text", "text": "a cat"}]
+    while True:  # the engine's monitor notices the death within moments
+        out = asyncio.run(client.complete([_req("a", text, SHORT), _req("b", text, SHORT)]))
+        if out[0].error or time.monotonic() > deadline:
+            break
+    assert all(o.error and "the engine died" in o.error for o in out), [o.error for o in out]
+    rep = engine_on(vcfg, engine, vllm_backend).run(out=tmp_path / "dead", limit=2)
+    assert rep.completed == 0 and len(rep.errors) == 2
+    assert all("the engine died" in e["error"] for e in rep.errors), rep.errors
+    assert not (tmp_path / "dead" / "results.jsonl").exists() or not read_jsonl(tmp_path / "dead" / "results.jsonl")
