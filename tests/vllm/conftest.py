@@ -33,13 +33,6 @@ def _vllm_missing() -> str:
     return "" if p in ("cpu", "cuda") else f"vLLM's platform is {p!r}, not cpu or cuda"
 
 
-def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
-    for it in items:
-        if here in Path(str(it.fspath)).parents:
-            it.add_marker(pytest.mark.vllm)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _vllm_available():
     """Before any session fixture here starts an engine: skip (or, in CI, fail) without vLLM."""

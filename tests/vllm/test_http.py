@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import promise
 from kbridge.engine.lmm.vllm_http import HTTPBackend
-
 from vllm_helpers import engine_on, read_jsonl
+
+pytestmark = pytest.mark.vllm
 
 
 def _complete(out, rep):

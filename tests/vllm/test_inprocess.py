@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
+
 import promise
 from kbridge.engine.lmm import LMMClient, Request, RequestLog
-
 from vllm_helpers import engine_on, read_jsonl
+
+pytestmark = pytest.mark.vllm
 
 
 def _complete(out, rep):

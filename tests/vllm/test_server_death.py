@@ -10,8 +10,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import promise
 from vllm_helpers import LMMServer, read_jsonl
+
+pytestmark = pytest.mark.vllm
 
 
 def _lines(path):
