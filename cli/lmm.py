@@ -38,8 +38,7 @@ def serve(
                                          "(default: this one; scripts/vllm_env.sh makes .venv-vllm)."),
 ):
     """Start `vllm serve` with the profile's serving plan, wait until healthy, print the base URL."""
-    from kbridge.engine.lmm.serving import (CPU_PROFILES, SERVE_PROFILES, ServeError, serve_command, shell_line,
-                                            wait_healthy)
+    from kbridge.engine.lmm.serving import CPU_PROFILES, SERVE_PROFILES, serve_command, shell_line
 
     if profile in CPU_PROFILES:
         return _serve_cpu(profile, host, port, api_key_env, dry_run, wait_s, python)

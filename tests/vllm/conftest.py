@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,7 +70,6 @@ def http_cfg(cfg, lmm_server):
 @pytest.fixture(scope="session")
 def http_fast(http_cfg, engine, tmp_path_factory):
     """The demo set over HTTP, fast fidelity (several tests read it)."""
-    from kbridge.engine.api import Engine
     from kbridge.engine.lmm.vllm_http import HTTPBackend
 
     out = tmp_path_factory.mktemp("http-fast")
