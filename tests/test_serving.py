@@ -85,6 +85,12 @@ def test_cpu_engine_arguments_and_server_flags_agree(cfg, tmp_path):
     assert int(_flag(argv, "--max-num-batched-tokens")) >= int(_flag(argv, "--max-model-len"))
     assert json.loads(_flag(argv, "--structured-outputs-config")) == COMPACT_JSON
     assert _flag(argv, "--host") == "127.0.0.1" and env["VLLM_CPU_KVCACHE_SPACE"] == str(CPU_KV_CACHE_BYTES >> 30)
+    r = subprocess.run([sys.executable, "-m", "kbridge.cli", "lmm", "serve", "-p", "tiny", "--dry-run"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[0]
+    assert line.startswith(f"VLLM_CPU_KVCACHE_SPACE=1 {sys.executable} -m vllm.entrypoints.openai.api_server --model ")
+    assert "tiny-lmm_vllm_cpu-v1 --host 127.0.0.1 --port " in line
 
 
 def test_in_process_vllm_backend(cfg):
