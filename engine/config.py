@@ -324,6 +324,8 @@ class PipelineConfig:
         if d["rank"]["retriever"] == "faiss":  # without MIRe, runs keep the hashes they had before it
             d["rank"].pop("retriever")
             d["models"].pop("mire")
+        if d["lmm"]["backend"] != "vllm":  # only the vllm backend (on CPU) loads it: other runs keep their hashes
+            d["models"].pop("lmm_vllm_cpu")
         d.pop("profile")
         d.pop("serve")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
