@@ -67,17 +67,29 @@ class Hooks:
 
 
 def _by_cfg(rows: list[Row], wctx: Ctx) -> list[tuple[Ctx, list[Row]]]:
-    """Rows grouped by their own configuration (``extra["cfg"]``, default the stream's)."""
+    """Rows grouped by their own configuration (``extra["cfg"]``, default the stream's), and so that
+    no call holds two rows of one sample id (two served requests with the same id: stages attribute
+    LMM records by sample id, so each row must get only its own)."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault(r.extra.get("cfg", wctx.cfg), []).append(r)
-    return [(wctx if c is wctx.cfg else replace(wctx, cfg=c), g) for c, g in groups.items()]
+        waves = groups.setdefault(r.extra.get("cfg", wctx.cfg), [])
+        for w in waves:
+            if all(x.sample_id != r.sample_id for x in w):
+                w.append(r)
+                break
+        else:
+            waves.append([r])
+    return [(wctx if c is wctx.cfg else replace(wctx, cfg=c), w) for c, waves in groups.items() for w in waves]
+
+
+WATCHDOG = "(run.stage_timeout_s)"
+"""In the message of a row failed by the watchdog."""
 
 
 def _failure(stage: str, e: BaseException, watchdog: float) -> str:
     """One clear line for a failed stage call (no reprs, no addresses)."""
     if isinstance(e, asyncio.TimeoutError):
-        return f"{stage} did not return within {watchdog:g} s (run.stage_timeout_s); its rows were failed"
+        return f"{stage} did not return within {watchdog:g} s {WATCHDOG}; its rows were failed"
     return f"internal error in {stage}: {type(e).__name__}: {e}"
 
 
@@ -199,10 +211,15 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
             if lmm:
                 inner = asyncio.ensure_future(st.fn(rows, wctx))
                 inflight[inner] = rows
-                try:
-                    out = await asyncio.wait_for(inner, watchdog)
+                try:  # not wait_for: a call that ignores its cancellation must not hold the watchdog too
+                    await asyncio.wait({inner}, timeout=watchdog)
                 finally:
                     inflight.pop(inner, None)
+                    if not inner.done():
+                        inner.cancel()
+                if not inner.done():
+                    raise asyncio.TimeoutError
+                out = inner.result()
                 b = time.time()
             else:  # measured on the worker thread: queueing behind another stage is not busy time
                 fut = pool(key, 2 if st.kind == "io" else 1).submit(timed)
