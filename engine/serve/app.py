@@ -290,7 +290,8 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
         log.error("unexpected error on %s", request.url.path, exc_info=e)
         return _error(500, f"internal error: {type(e).__name__}", None)
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="Readiness: 200 when requests are admitted and the "
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health", summary="Readiness: 200 when requests are admitted and the "
                    "pipeline moves; 503 with the reason while loading, draining, or stuck.")
     async def health(request: Request):
         why = ("draining" if svc.draining else svc.load_error or ("loading models" if not svc.ready else None)
@@ -299,7 +300,8 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
             {"status": "unavailable", "reason": why}
         return JSONResponse(body if request.method == "GET" else None, status_code=200 if why is None else 503)
 
-    @app.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus text format; every name starts with "
+    @app.head("/metrics", include_in_schema=False)
+    @app.get("/metrics", summary="Prometheus text format; every name starts with "
                    "kbridge_.")
     async def prom(request: Request):
         data = metrics.render(svc)
