@@ -114,7 +114,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     return body
 
 
-def decode_image(data: bytes, max_pixels: int, max_aspect: float):
+def decode_image(data: bytes, max_pixels: int, max_aspect: float = float("inf")):
     """Fully decoded and checked here, at intake: a corrupt or truncated file, an image over the
     pixel limit or absurdly elongated is refused with the reason (never a 500 later)."""
     from kbridge.engine.data import normalize_image
@@ -482,6 +482,16 @@ class _Server:
         return Server(config)
 
 
+def uvicorn_config(app, host: str, port: int, limits, **kw):
+    """uvicorn settings of the service: h11 with the header deadline, quiet logs."""
+    import uvicorn
+
+    from kbridge.engine.serve.protocol import with_header_deadline
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          http=with_header_deadline(limits.header_timeout_s), **kw)
+
+
 def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           on_listen=None) -> Service:
     """Run the service until SIGTERM / SIGINT: admission stops (/health 503 "draining"), admitted
@@ -497,8 +507,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None
     lim = svc.limits
     grace = 10.0
     app = create_app(svc, api_key, drain_timeout_s=grace / 3)
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                    timeout_graceful_shutdown=int(grace / 3)), svc, grace)
+    server = _Server(uvicorn_config(app, host, port, lim, timeout_graceful_shutdown=int(grace / 3)), svc, grace)
     if on_listen:
         on_listen(host, port)
     if threading.current_thread() is threading.main_thread():

@@ -37,6 +37,9 @@ class ServeConfig:
     """How long generated images stay under /v1/files/… (``"images": "url"``) and jobs stay readable."""
     files_max_mb: float = 512.0
     """Total size of the generated images kept for /v1/files/ in MiB; the oldest go first."""
+    header_timeout_s: float = 10.0
+    """Request headers not complete this long after a connection's first byte (or its previous
+    answer): the connection is closed."""
     body_timeout_s: float = 30.0
     """A request body (JSON or upload) not fully received this long after the headers: 408, dropped."""
     drain_timeout_s: float = 60.0
@@ -49,6 +52,6 @@ def check(s: ServeConfig) -> None:
 
     if min(s.max_body_mb, s.max_image_pixels, s.max_text_chars, s.max_text_tokens, s.max_candidates, s.max_steps,
            s.max_queue, s.max_request_unet_evals, s.max_queued_unet_evals, s.max_queued_prompt_tokens,
-           s.request_timeout_s, s.files_ttl_s, s.files_max_mb, s.body_timeout_s, s.drain_timeout_s) <= 0 \
+           s.request_timeout_s, s.files_ttl_s, s.files_max_mb, s.header_timeout_s, s.body_timeout_s, s.drain_timeout_s) <= 0 \
             or s.max_aspect_ratio < 1:
         raise ConfigError("every [serve] limit must be positive")
