@@ -69,3 +69,31 @@ def test_the_image_placeholder_in_text_does_not_hang_the_hf_backend(engine):
     client = LMMClient(backend, RequestLog())
     out = asyncio.run(asyncio.wait_for(client.complete(reqs), 120))
     assert [r.error for r in out] == [None, None]
+
+
+def test_the_run_path_sends_no_special_token(cfg, engine, tmp_path):
+    """The run path goes through the same seam: a dataset caption carrying every special token
+    reaches the LMM backend broken (checked on every text part of every request sent)."""
+    import json
+
+    from PIL import Image
+
+    from conftest import read_jsonl
+    from fake_lmm import FakeLMM
+    from serve_helpers import serve_engine
+
+    root = tmp_path / "toy"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (20, 16), "blue").save(root / "images" / "ok.png")
+    evil = "a blue square " + "".join(QWEN_SPECIALS + IDEFICS3)
+    items = [{"file_name": "images/ok.png", "labels": [], "captions": [evil]}]
+    (root / "metadata.json").write_text(json.dumps(items))
+    (root / "missing.json").write_text(json.dumps({"missing_details": {"0": [1, 0]}}))
+    lmm = FakeLMM()
+    report = serve_engine(cfg, engine, lmm).run(data=root, fmt="coco", missing=root / "missing.json",
+                                                out=tmp_path / "out")
+    assert report.completed == 1 and read_jsonl(tmp_path / "out" / "results.jsonl")[0]["sample_id"] == "toy:0"
+    texts = [p["text"] for r in lmm.requests for m in r.messages for p in m["content"] if p["type"] == "text"]
+    assert any("a blue square" in t for t in texts)
+    for t in texts:
+        assert not any(tok in t for tok in QWEN_SPECIALS + IDEFICS3), t
