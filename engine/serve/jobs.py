@@ -3,10 +3,13 @@
 ``Service.start()`` loads the models once (``/health`` says 503 until then) and runs
 ``executor.stream`` over an async source fed by ``submit``; every request shares the stage
 queues, so rows of several requests are batched together at each stage. A ``Job`` follows one
-row: its stage events (in order), and its final row. Admission is bounded (``max_queue``: jobs
-admitted and not finished); a cancelled job (client gone, timeout) fails at the next stage its
-row reaches and frees its slot. ``drain()`` stops admission, lets admitted rows finish, returns.
-No JSON here: the HTTP layer (app.py) formats rows.
+row: its stage events (in order), and its final row. Admission is bounded by count
+(``max_queue``) and by estimated cost (UNet evaluations, prompt tokens: ``cost``); Retry-After is
+the queued work's estimated drain time. A cancelled job (client gone, timeout, DELETE) is
+interrupted where it is (``Hooks.interrupt``: LMM calls aborted, renders stopped between steps) and
+frees its slot. ``stuck()`` says why readiness is false; ``drain()`` stops admission, lets admitted
+rows finish, and abandons a stream that does not stop. No JSON here: the HTTP layer (app.py)
+formats rows.
 """
 from __future__ import annotations
 

@@ -80,34 +80,33 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+def _send(server, **kw) -> None:
+    url, svc, n = server
+    n["sent"] += 1
+    _check(httpx.post(f"{url}/v1/jobs", timeout=60, **kw))
+
+
+JSON = {"content-type": "application/json"}
+
+
 @SETTINGS
 @given(body=bodies)
 def test_json_bodies(server, body):
-    url, svc, n = server
-    r = httpx.post(f"{url}/v1/jobs", content=json.dumps(body).encode(), headers={"content-type": "application/json"},
-                   timeout=60)
-    n["sent"] += 1
-    _check(r)
+    _send(server, content=json.dumps(body).encode(), headers=JSON)
 
 
 @SETTINGS
 @given(raw=raw_bodies)
 def test_raw_bodies(server, raw):
-    url, svc, n = server
-    r = httpx.post(f"{url}/v1/jobs", content=raw, headers={"content-type": "application/json"}, timeout=60)
-    n["sent"] += 1
-    _check(r)
+    _send(server, content=raw, headers=JSON)
 
 
 @SETTINGS
 @given(up=uploads)
 def test_multipart_uploads(server, up):
-    url, svc, n = server
     data, form, twice = up
     files = [("image", ("a.png", data, "image/png"))] + ([("image", ("b.png", data, "image/png"))] if twice else [])
-    r = httpx.post(f"{url}/v1/jobs", files=files, data=form, timeout=60)
-    n["sent"] += 1
-    _check(r)
+    _send(server, files=files, data=form)
 
 
 def test_after_all_that_the_server_is_healthy_and_every_answer_counted(server):
