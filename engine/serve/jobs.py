@@ -122,8 +122,6 @@ class Service:
         self._mean_s = 1.0  # running mean request seconds, for Retry-After
         self._s_per_unet = 0.01  # running mean seconds per UNet evaluation, for Retry-After
         self.load_error: str | None = None
-        self.cfgs: dict = {}
-        """Per-request configuration copies; equal overrides share one object (their rows batch together)."""
         self._progress = time.time()
         """Last time the pipeline moved: a stage call returned (not failed by the watchdog), a job
         finished, or work arrived while idle."""
@@ -373,7 +371,7 @@ def job_extra(svc: Service, job: Job) -> dict:
         changes["run"] = dataclasses.replace(cfg.run, seed=ov.seed)
     if changes:
         new = dataclasses.replace(cfg, **changes)
-        extra["cfg"] = svc.cfgs.setdefault(new, new)
+        extra["cfg"] = new  # not kept: equal copies compare equal, so their rows still batch together
     if ov.steps is not None:
         extra["steps"] = ov.steps
     return extra
