@@ -16,8 +16,8 @@
 - Any exception inside a stage call (StopIteration, BaseException subclasses included) fails that
   call's rows (the traceback travels with the failure), never the run, and frees their slots. A
   call that has not returned after ``run.stage_timeout_s`` (the watchdog) fails its rows too; a
-  stuck worker thread is abandoned and the stage's later calls get a fresh one. An exception in the sink (disk full, …) stops the run: nothing
-  computed afterwards could be kept.
+  stuck worker thread is abandoned and the stage's later calls get a fresh one. An exception in
+  the sink (disk full, …) stops the run: nothing computed afterwards could be kept.
 - Long-lived use (``kbridge serve``): the source may be an async iterable (e.g. rows from an
   ``asyncio.Queue``, ended on shutdown: the stream then drains what was admitted and returns);
   ``Hooks`` report each stage call's rows, expose the stage queues, and drop cancelled rows at the
@@ -236,6 +236,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
             if asyncio.current_task().cancelling():  # the stream is stopping
                 raise
             failed = (e, traceback.format_exc())
+        except (KeyboardInterrupt, SystemExit):  # on the loop's own thread: the user stops the run
+            raise
         except BaseException as e:  # noqa: BLE001 — any failure of a call fails its rows, never the run
             failed = (e, traceback.format_exc())
         finally:

@@ -35,12 +35,16 @@ def tokenizer_of(backend):
 
 
 def special_tokens(tok) -> tuple[str, ...]:
-    """Every special or added token of a Hugging Face tokenizer (the strings user text must not contain)."""
+    """Every special token of a Hugging Face tokenizer, and its added tokens that are markup (the
+    strings user text must not contain)."""
     if tok is None:
         return ()
     found = set(getattr(tok, "all_special_tokens", []) or [])
     for t in (getattr(tok, "added_tokens_decoder", None) or {}).values():
-        found.add(getattr(t, "content", str(t)))
+        content = getattr(t, "content", str(t))
+        # added tokens: the special ones, and markup-looking ones (<think>, [IMG]); not added words
+        if getattr(t, "special", False) or any(c in content for c in "<>[]|{}"):
+            found.add(content)
     return tuple(sorted((t for t in found if t and t.strip() and len(t) > 1), key=len, reverse=True))
 
 

@@ -291,8 +291,8 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
         return _error(500, f"internal error: {type(e).__name__}", None)
 
     @app.head("/health", include_in_schema=False)
-    @app.get("/health", summary="Readiness: 200 when requests are admitted and the "
-                   "pipeline moves; 503 with the reason while loading, draining, or stuck.")
+    @app.get("/health", summary="Readiness: 200 when requests are admitted and the pipeline moves; 503 with "
+             "the reason while loading, draining, or stuck.")
     async def health(request: Request):
         why = ("draining" if svc.draining else svc.load_error or ("loading models" if not svc.ready else None)
                or svc.stuck())
@@ -301,8 +301,7 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
         return JSONResponse(body if request.method == "GET" else None, status_code=200 if why is None else 503)
 
     @app.head("/metrics", include_in_schema=False)
-    @app.get("/metrics", summary="Prometheus text format; every name starts with "
-                   "kbridge_.")
+    @app.get("/metrics", summary="Prometheus text format; every name starts with kbridge_.")
     async def prom(request: Request):
         data = metrics.render(svc)
         return Response(data if request.method == "GET" else b"", media_type="text/plain; version=0.0.4; charset=utf-8")
