@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import traceback
 from collections import defaultdict
@@ -90,7 +91,8 @@ def _failure(stage: str, e: BaseException, watchdog: float) -> str:
     """One clear line for a failed stage call (no reprs, no addresses)."""
     if isinstance(e, asyncio.TimeoutError):
         return f"{stage} did not return within {watchdog:g} s {WATCHDOG}; its rows were failed"
-    return f"internal error in {stage}: {type(e).__name__}: {e}"
+    msg = re.sub(r" (object )?at 0x[0-9a-fA-F]+", "", str(e).splitlines()[0] if str(e) else "")
+    return f"internal error in {stage}: {type(e).__name__}" + (f": {msg}" if msg else "")
 
 
 async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[Stage], ctx: Ctx,

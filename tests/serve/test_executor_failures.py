@@ -42,8 +42,9 @@ def _bad_on(ids: set[str], exc: BaseException):
     return fn
 
 
-@pytest.mark.parametrize("exc", [StopIteration(), Odd("odd"), KeyError("k"), GeneratorExit()],
-                         ids=["StopIteration", "BaseException", "KeyError", "GeneratorExit"])
+@pytest.mark.parametrize("exc", [StopIteration(), Odd("odd"), KeyError("k"), GeneratorExit(),
+                                 ValueError(f"cannot use {object()}\nsecond line")],
+                         ids=["StopIteration", "BaseException", "KeyError", "GeneratorExit", "repr"])
 def test_any_exception_on_a_worker_thread_fails_only_its_rows(cfg, exc):
     st = Stage("a", _bad_on({"s:1", "s:4"}, exc), "dense", None, lambda r, c: True, lambda c: 1)
     n, out = _run(cfg, [st], _rows(6))  # 6 rows through 2 slots: the failed rows released theirs
@@ -53,7 +54,7 @@ def test_any_exception_on_a_worker_thread_fails_only_its_rows(cfg, exc):
         if i in (1, 4):
             assert r.error is not None and r.error.stage == "a"
             assert r.error.message.startswith(f"internal error in a: {type(exc).__name__}")
-            assert "0x" not in r.error.message
+            assert "0x" not in r.error.message and "\n" not in r.error.message
         else:
             assert r.error is None and r.best == "ok"
 
