@@ -172,6 +172,8 @@ def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile f
           free_text_tokens: Optional[int] = typer.Option(None, "--free-text-tokens",
                                                          help="Cap of the baseline's free-text turns, both servers "
                                                               "(default: tiny 32; small the profile's)."),
+          soak: Optional[int] = typer.Option(None, "--soak", help="Instead: a bounded soak of kbridge serve alone, "
+                                             "this many requests (half large uploads), peak RSS per quarter."),
           json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
           save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/serve[_PROFILE].json.")):
     """Latency under open-loop Poisson load: kbridge serve vs a one-at-a-time reference-pattern server."""
@@ -179,6 +181,11 @@ def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile f
     from kbridge.engine.models import quiet_libraries
 
     quiet_libraries()
+    if soak:
+        from kbridge.benchmarks import serve_soak
+
+        _finish(serve_soak.run(profile, soak), json_path, save)
+        return
     mult = tuple(float(x) for x in rates.split(",")) if rates else None
     _finish(q.run(profile, quick, mult, requests, candidates, free_text_tokens, duration), json_path, save)
 

@@ -224,6 +224,9 @@ class RunConfig:
     several samples' candidates (worth it on a GPU); results then follow the cross-setting rule."""
     batch_wait_ms: float = 5.0
     """How long a stage with fewer ready rows than its batch size waits for more."""
+    stage_timeout_s: float = 1800.0
+    """Watchdog: a stage call that has not returned after this many seconds fails its rows (and
+    frees their slots) instead of holding the pipeline; generous, a call is normally seconds."""
     schedule: str = "auto"
     """"fused" (every stage's models resident, rows stream through), "phased" (LMM → diffusion →
     LMM → rank, one group at a time over the whole selection, models swapped between), or
@@ -319,7 +322,7 @@ class PipelineConfig:
         if d["run"]["domain"] == "general":  # general runs keep the hashes they had before the medical domain
             d.pop("medical")
             d["run"].pop("domain")
-        for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "schedule", "threads", "max_pixels"):
+        for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "stage_timeout_s", "schedule", "threads", "max_pixels"):
             d["run"].pop(k)
         if d["rank"]["retriever"] == "faiss":  # without MIRe, runs keep the hashes they had before it
             d["rank"].pop("retriever")

@@ -24,6 +24,7 @@ class Generator(Protocol):
     counters: object
 
     def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list: ...
+    # optional ``stop=`` (a callable asked between denoising steps): SDXLGenerator has it
 
 
 class Scorer(Protocol):

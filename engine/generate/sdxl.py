@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from kbridge.engine.config import GenerationConfig
+from kbridge.engine.errors import KbridgeError
 
 log = logging.getLogger("kbridge.generate.sdxl")
 
@@ -149,14 +150,18 @@ class SDXLGenerator:
         return [Image.fromarray(a) for a in arr]
 
     @torch.inference_mode()
-    def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list[Image.Image]:
+    def render(self, prompts: list[str], seeds: list[int], steps: int | None = None,
+               stop=None) -> list[Image.Image]:
         """One image per (prompt, seed), in order, in batches of ``cfg.batch_size``; ``steps``
-        overrides ``cfg.steps`` for this call."""
+        overrides ``cfg.steps`` for this call. ``stop()`` is asked after every denoising step
+        (diffusers' step-end callback): when true the call raises ``Interrupted`` there."""
         c = self.cfg if steps is None else replace(self.cfg, steps=steps)
         out: list[Image.Image] = []
         for i in range(0, len(prompts), max(1, c.batch_size)):
             p, s = prompts[i:i + c.batch_size], seeds[i:i + c.batch_size]
             common = dict(num_inference_steps=c.steps, guidance_scale=c.guidance)
+            if stop is not None:
+                common["callback_on_step_end"] = _stopper(stop)
             if self.refiner is not None and c.high_noise_frac < 1.0:
                 lat = self.base(prompt=p, height=c.height, width=c.width, denoising_end=c.high_noise_frac,
                                 generator=self._generators(s), output_type="latent", **common).images
@@ -169,3 +174,15 @@ class SDXLGenerator:
             self.counters.images += len(imgs)
             out.extend(imgs)
         return out
+
+
+class Interrupted(KbridgeError):
+    """A render stopped between denoising steps: every row it was for was cancelled."""
+
+
+def _stopper(stop):
+    def on_step_end(pipe, step, timestep, kwargs):
+        if stop():
+            raise Interrupted(f"stopped after denoising step {step + 1}")
+        return kwargs
+    return on_step_end

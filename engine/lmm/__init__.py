@@ -151,17 +151,26 @@ class LMMClient:
     """Cache, validation and retries, and the request log, over any backend."""
 
     def __init__(self, backend: Backend, request_log: RequestLog, cache=None, greedy: bool = False,
-                 retries: int = 2):
+                 retries: int = 2, special=None):
+        from kbridge.engine.lmm.special import pattern_for
+
         self.backend, self.log, self.cache = backend, request_log, cache
         self.greedy, self.retries = greedy, retries
+        self.special = special if special is not None else pattern_for(backend)
+        """The backend's special tokens: neutralised in every text part before a request goes out."""
 
     def using(self, request_log: RequestLog) -> "LMMClient":
         """The same backend, cache and settings, logging into ``request_log`` (one per stage call,
         so each row's requests are known without scanning a run-wide log)."""
-        return LMMClient(self.backend, request_log, self.cache, self.greedy, self.retries)
+        return LMMClient(self.backend, request_log, self.cache, self.greedy, self.retries, self.special)
 
     async def complete(self, requests: Sequence[Request]) -> list[Response]:
-        requests = list(requests)
+        from dataclasses import replace
+
+        from kbridge.engine.lmm.special import neutralise_messages
+
+        # user text can never inject the model's special tokens, whichever backend and path
+        requests = [replace(r, messages=neutralise_messages(r.messages, self.special)) for r in requests]
         now = time.time()
         out: list[Response | None] = [None] * len(requests)
         keys = [request_key(self.backend.model_id, r, self.greedy) for r in requests]

@@ -204,6 +204,9 @@ def _expand(text: str, token: str, counts) -> str:
     parts = text.split(token)
     out = [parts[0]]
     for p in parts[1:]:
-        out.append(token * next(counts))
+        n = next(counts, None)  # a StopIteration here would never resolve the awaiting future
+        if n is None:
+            raise ValueError(f"more {token} placeholders than images in the prompt")
+        out.append(token * n)
         out.append(p)
     return "".join(out)

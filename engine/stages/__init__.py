@@ -21,7 +21,8 @@ from kbridge.engine.rows import Row
 @dataclass(frozen=True)
 class Ctx:
     """What a stage call may use: the configuration, the domain entry, the loaded models, the LMM
-    client, the dataset (for loading), and the generator replica of this render worker."""
+    client, the dataset (for loading), the generator replica of this render worker, and
+    ``cancelled(row)`` (a served request given up: long work checks it between steps)."""
 
     cfg: PipelineConfig
     domain: object
@@ -29,6 +30,7 @@ class Ctx:
     client: object = None
     dataset: object = None
     generator: object = None
+    cancelled: Callable[[Row], bool] | None = None
 
     def on(self, generator) -> "Ctx":
         return replace(self, generator=generator)
