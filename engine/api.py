@@ -229,6 +229,8 @@ class Engine:
                 skip = files.done(k) | store.done()
                 source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
                 asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
+                # the next phase's release must find no other reference to this phase's models
+                ctx = client = models = source = None
             files.clear()
         finish.close(busy)
 
