@@ -77,6 +77,12 @@ class LMMConfig:
     """Model name sent to the server; empty: the first model the server lists under /models."""
     api_key_env: str = "KBRIDGE_LMM_API_KEY"
     """Environment variable holding the server's API key (sent as a Bearer token when set)."""
+    gpu_memory_utilization: float = 0.0
+    """In-process vLLM's memory fraction per GPU; 0: the serving profile's (engine/lmm/serving.py).
+    On a GPU box the memory plan sets it to what it booked (engine/plan.py)."""
+    manage_server: bool = False
+    """Backend "http" in a phased run: ``kbridge run`` starts the profile's ``vllm serve`` for each
+    LMM phase and stops it before render (engine/lmm/lifecycle.py), so the GPUs are free for SDXL."""
     concurrency: int = 16
     """Most HTTP requests in flight at once (the server batches them continuously)."""
     timeout_s: float = 120.0

@@ -46,12 +46,15 @@ def vllm_usable() -> bool:
 def llm_kwargs(path: Path, cfg: LMMConfig, profile: str) -> dict:
     """Engine arguments (``AsyncEngineArgs`` / ``vllm.LLM``) for a profile (pure: testable without vLLM)."""
     p = SERVE_PROFILES.get(profile, DEFAULT_LOCAL)
-    kw = dict(model=str(path), tensor_parallel_size=p.tensor_parallel, gpu_memory_utilization=p.gpu_memory_utilization,
+    kw = dict(model=str(path), tensor_parallel_size=p.tensor_parallel,
+              gpu_memory_utilization=cfg.gpu_memory_utilization or p.gpu_memory_utilization,  # the plan's, if set
               max_model_len=p.max_model_len, max_num_seqs=max(p.max_num_seqs, cfg.max_batch),
               limit_mm_per_prompt={"image": p.images_per_prompt, "video": 0},
               mm_processor_kwargs={"min_pixels": cfg.image_min_pixels, "max_pixels": cfg.image_max_pixels},
               dtype="auto" if p.quantization else cfg.dtype, enable_prefix_caching=True,
               generation_config="vllm", seed=0)
+    if p.data_parallel > 1:  # the plan's replicas (4090x4: GPUs 0 and 1), as `lmm serve` runs them
+        kw["data_parallel_size"] = p.data_parallel
     return kw  # no quantization=: vLLM detects GPTQ from the checkpoint and picks gptq_marlin
 
 
