@@ -355,8 +355,9 @@ PROFILES: dict[str, dict] = {
                                                  batch_size=2),
                    rank=dict(device="cuda:3"), medical=dict(device="cuda:2", dtype="float16"),
                    run=dict(dense_rows=2), runtime=dict(fp16=True, max_batch=2)),
-    # the 72B is served by `kbridge lmm serve -p 4090x4-72b` over all four GPUs; runs are phased
-    "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1"),
+    # the 72B is served by `vllm serve` over all four GPUs, which `kbridge run` starts for each LMM
+    # phase and stops before render (lmm.manage_server); runs are phased
+    "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1", manage_server=True),
                        generation=dict(_REFERENCE_SDXL, device="cuda:0", devices=("cuda:0", "cuda:1", "cuda:2",
                                                                                    "cuda:3"), batch_size=2),
                        rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"),

@@ -94,6 +94,10 @@ def quiet_libraries() -> None:
 def load_lmm(cfg: PipelineConfig):
     """The LMM backend (anything with ``model_id`` and ``async generate(requests)``)."""
     backend = cfg.lmm.backend
+    if backend == "http" and cfg.lmm.manage_server:  # this run starts the server, and a release stops it
+        from kbridge.engine.lmm.lifecycle import ServedBackend
+
+        return ServedBackend(cfg, str(zoo.resolve("lmm", cfg)))
     if backend == "http":  # no local weights: the server has them
         from kbridge.engine.lmm.vllm_http import HTTPBackend
 
