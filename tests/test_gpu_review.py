@@ -249,6 +249,9 @@ def test_gpu_review_C1_C3_C4_compile_settings_bind_device_and_cache(tmp_path):
     assert s["device"] == torch.device("cuda", 2)
     assert "enabled_precisions" not in s  # ignored on the dynamo path: precision is the module's dtype
     assert s["cache_built_engines"] and s["reuse_cached_engines"]
+    # torch-TensorRT 2.13 caches an engine only when it is refittable (immutable_weights=False):
+    # dynamo/conversion/_conversion.py, default IMMUTABLE_WEIGHTS = True in dynamo/_defaults.py
+    assert s["immutable_weights"] is False
     assert s["engine_cache_dir"] == str(tmp_path / "engines") and s["timing_cache_path"] == str(tmp_path / "timing.cache")
 
 

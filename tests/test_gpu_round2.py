@@ -250,3 +250,45 @@ def test_N1_phased_http_profile_starts_the_server_and_release_stops_it(tmp_path)
         os.killpg(pid, 0)  # nothing of its process group is left
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+# ------------------------------------------------------------------ A6 / N10: torch-TensorRT's copies
+
+
+def test_A6_torch_tensorrt_copies_on_the_cpu_and_releases_the_pipelines_weights(cfg, monkeypatch):
+    """The module torch-TensorRT compiles is copied without ``Tensor.__deepcopy__`` on any of its
+    weights (on a GPU that call allocates the copy there: torch's ``Tensor.__deepcopy__`` clones
+    on the tensor's own device, ``Parameter.__deepcopy__`` clones its data there), values equal, storage separate; and under the torch_tensorrt
+    backend swap_sdxl releases the pipeline's own UNets and text encoders (the real diffusers
+    pipeline, the runner faked at its boundary)."""
+    import copy
+    from dataclasses import replace
+
+    from diffusers import UNet2DConditionModel
+
+    from kbridge.engine import zoo
+    from kbridge.engine.generate.sdxl import SDXLGenerator
+    from kbridge.engine.runtime.swap import swap_sdxl
+    from kbridge.engine.runtime.torch_runner import torch_runner
+    from kbridge.engine.runtime.torch_trt import cpu_copy
+
+    unet = UNet2DConditionModel.from_pretrained(zoo.resolve("sdxl_base", cfg) / "unet")
+    cloned = []
+    for cls in (torch.Tensor, torch.nn.Parameter):  # Parameter has its own __deepcopy__ (data.clone())
+        monkeypatch.setattr(cls, "__deepcopy__", lambda self, memo, real=cls.__deepcopy__: cloned.append(1) or
+                            real(self, memo))
+    copy.deepcopy(torch.nn.BatchNorm1d(3))
+    assert len(cloned) == 5  # the probe sees a plain deepcopy's clones (2 parameters, 3 buffers)...
+    cloned.clear()
+    c = cpu_copy(unet)
+    monkeypatch.undo()
+    assert not cloned  # ...and none in ours: every weight came from the CPU copies
+    pairs = list(zip(unet.state_dict().values(), c.state_dict().values()))
+    assert pairs and all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in pairs)
+
+    base, refiner = zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg)
+    trt_cfg = replace(cfg, runtime=replace(cfg.runtime, backend="torch_tensorrt"))
+    make = lambda ex, c_, dev: torch_runner(ex.spec, copy.deepcopy(ex.module))  # noqa: E731 (holds its own copy)
+    gen = SDXLGenerator(base, refiner, cfg.generation, swap=lambda b, r: swap_sdxl(b, r, base, refiner, trt_cfg, make))
+    for m in (gen.base.unet, gen.base.text_encoder, gen.base.text_encoder_2, gen.refiner.unet):
+        assert m.released and all(p.device.type == "meta" for p in m.inner.parameters())

@@ -96,9 +96,9 @@ def _install(pipe, name: str, module: torch.nn.Module) -> None:
     pipe.__dict__[name] = module
 
 
-RELEASING_BACKENDS = ("onnx", "tensorrt")
-"""Backends whose runners hold no reference to the torch module (a graph file / an engine): the
-swapped modules' torch weights are released after the swap."""
+RELEASING_BACKENDS = ("onnx", "tensorrt", "torch_tensorrt")
+"""Backends whose runners hold no reference to the pipeline's torch module (a graph file, an engine,
+torch-tensorrt's compiled copy): the swapped modules' torch weights are released after the swap."""
 
 
 def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: PipelineConfig, make=None,
