@@ -528,17 +528,7 @@ def test_gpu_review_G1_faiss_searches_on_cpu_unless_asked_then_on_the_stage_gpu(
         EmbeddingIndex.build(x, "flat", use_gpu=True, device="cuda:7")
 
 
-def test_gpu_review_G2_ivfpq_goes_to_gpu_only_with_a_supported_m(monkeypatch):
-    import numpy as np
-
-    from kbridge.engine.rank.index import EmbeddingIndex
-
-    seen, _ = _fake_faiss(monkeypatch)
-    wide = np.zeros((50, 1536), np.float32)  # CLIP-L joint width: m = 192, unsupported on the GPU
-    assert EmbeddingIndex.build(wide, "ivfpq", use_gpu=True, device="cuda:1").kind == "ivfpq"
-    assert seen["clones"] == []  # stayed on the CPU
-    EmbeddingIndex.build(np.zeros((50, 512), np.float32), "ivfpq", use_gpu=True, device="cuda:1")  # m = 64
-    assert seen["clones"][-1][1:] == (1, True)  # float16 lookup tables for m > 48
+# G2: tests/test_gpu_round2.py (real faiss-cpu indexes against faiss-gpu's rule)
 
 
 # ------------------------------------------------------------------ I: SDXL GPU options

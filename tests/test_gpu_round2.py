@@ -292,3 +292,47 @@ def test_A6_torch_tensorrt_copies_on_the_cpu_and_releases_the_pipelines_weights(
     gen = SDXLGenerator(base, refiner, cfg.generation, swap=lambda b, r: swap_sdxl(b, r, base, refiner, trt_cfg, make))
     for m in (gen.base.unet, gen.base.text_encoder, gen.base.text_encoder_2, gen.refiner.unet):
         assert m.released and all(p.device.type == "meta" for p in m.inner.parameters())
+
+
+# ------------------------------------------------------------------ G2: faiss-gpu's IVF-PQ rule
+
+
+def test_G2_ivfpq_goes_to_the_gpu_only_as_faiss_gpu_accepts_it(monkeypatch):
+    """Real faiss-cpu IVF-PQ indexes (their ``pq.M`` / ``pq.nbits`` as faiss built them), the GPU
+    copy stubbed (faiss-cpu has none): faiss-gpu's ``IVFPQ::isSupportedPQCodeLength`` accepts code
+    sizes 1, 2, 3, 4, 8, 12, …, 48, 56, 64, 96 only (faiss/gpu/impl/IVFPQ.cu) and, without the
+    interleaved layout, 8 bits per code only (GpuIndexIVFPQ). Anything else stays on the CPU."""
+    import numpy as np
+
+    faiss = pytest.importorskip("faiss")
+    from kbridge.engine.rank import index as I
+
+    clones = []
+    monkeypatch.setattr(I, "gpu_count", lambda: 2)
+    monkeypatch.setattr(I, "_RESOURCES", {})
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: type("R", (), {"setTempMemory": lambda s, b: None})(),
+                        raising=False)
+    monkeypatch.setattr(faiss, "GpuClonerOptions", lambda: type("O", (), {})(), raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, idx, opts: clones.append(
+        (faiss.downcast_index(idx).pq.M, opts.useFloat16)) or idx, raising=False)
+    rng = np.random.default_rng(0)
+
+    def build(n, d):
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        return I.EmbeddingIndex.build(x / np.linalg.norm(x, axis=1, keepdims=True), "ivfpq", use_gpu=True,
+                                      device="cuda:1")
+
+    small = build(120, 16)  # 120 vectors: fewer than 8 bits per code (k-means' 39 points per centroid)
+    assert faiss.downcast_index(small.index).pq.nbits < 8 and clones == []
+
+    def made(d, m, bits):  # faiss' own IndexIVFPQ (untrained: only its shape is read)
+        return I.EmbeddingIndex(faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, 1, m, bits), "ivfpq", d)._to_gpu(
+            True, "cuda:1")
+
+    made(48, 6, 8)  # 6 bytes per code: not a size faiss-gpu supports
+    made(64, 8, 4)  # 4 bits per code
+    assert clones == []
+    made(64, 8, 8)
+    made(512, 64, 8)  # only with float16 lookup tables
+    assert clones == [(8, False), (64, True)]
+    assert I.gpu_ivfpq_refusal(6, 8) and I.gpu_ivfpq_refusal(8, 4) and I.gpu_ivfpq_refusal(96, 8) is None
