@@ -336,7 +336,9 @@ class PipelineConfig:
 
 _GPU_LMM = dict(device="cuda:0", dtype="bfloat16", image_max_pixels=448 * 448, max_batch=32, backend="auto",
                 http_max_pixels=448 * 448)  # the serving plans' max_pixels: no larger uploads than the server uses
-_REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16")
+# vae_slicing: the refiner's fp32 decode (force_upcast) one image at a time, the plan's per-image figure
+_REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16",
+                       vae_slicing=True)
 
 PROFILES: dict[str, dict] = {
     "tiny": dict(generation=dict(height=64, width=64, steps=4, candidates=4, batch_size=16),
