@@ -420,3 +420,47 @@ def test_N11_a_tiled_vae_stays_in_torch_under_a_compiled_backend(cfg):
     gen = SDXLGenerator(base, refiner, g, swap=lambda b, r: swap_sdxl(b, r, base, refiner, onnx, make))
     assert not isinstance(gen.base.vae, RunnerVae) and gen.base.vae.use_tiling and gen.refiner.vae is gen.base.vae
     assert "sdxl_base.vae_decoder" not in built and "sdxl_base.unet" in built
+
+
+# ------------------------------------------------------------------ N6: one TensorRT scratch per pipeline
+
+
+def test_N6_trt_engines_of_one_pipeline_share_one_scratch_sized_for_the_largest(monkeypatch):
+    """TensorRT's USER_MANAGED contexts run on whatever buffer ``set_device_memory`` gives them (at
+    least the engine's ``device_memory_size_v2``), which may be re-pointed before use; NVIDIA's
+    demoDiffusion (v11.0, diffusion_pipeline.py) gives every engine of the pipeline one buffer, the
+    max over them. Faked at TensorRT's API: the render engines share one buffer that grows to the
+    largest need until a graph captures it, the CLIP towers have their own, and dropping the
+    runners frees it."""
+    import gc
+    import types
+
+    from kbridge.engine.runtime import trt as T
+
+    class Ctx:
+        def set_device_memory(self, ptr, size):
+            self.mem = (ptr, size)
+
+    def runner(name, need, device="cuda:0"):
+        r = object.__new__(T.TrtRunner)
+        r.trt = types.SimpleNamespace(ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED=0))
+        r.engine = types.SimpleNamespace(create_execution_context=lambda strategy: Ctx())
+        r.spec, r.device, r.need, r.own = types.SimpleNamespace(name=name), torch.device(device), need, None
+        r.shared = T.shared_scratch(r.device, T.scratch_group(r.spec))
+        return r
+
+    monkeypatch.setattr(T, "_SHARED", __import__("weakref").WeakValueDictionary())
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: real_empty(*a, **k))  # CUDA buffers → CPU
+    te, unet, vae, clip = runner("sdxl_base.text_encoder", 100), runner("sdxl_base.unet", 4000), \
+        runner("sdxl_base.vae_decoder", 9000), runner("clip.vision", 300)
+    ctxs = [te._context(), unet._context(), vae._context(), te._context()]
+    assert {c.mem for c in ctxs} == {(te.shared.buf.data_ptr(), 9000)}  # one buffer, the largest need
+    assert clip._context().mem[1] == 300 and clip.shared is not te.shared
+    te.shared.frozen = True  # a graph captured the address: a bigger engine gets its own buffer
+    big = runner("sdxl_refiner.unet", 20000)
+    assert big._context().mem[1] == 20000 and big.own is not None and ctxs[0].mem[1] == 9000
+    ref = __import__("weakref").ref(te.shared)
+    del te, unet, vae, big, ctxs
+    gc.collect()
+    assert ref() is None and ("cuda:0", "render") not in T._SHARED
