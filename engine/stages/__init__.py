@@ -29,6 +29,9 @@ class Ctx:
     client: object = None
     dataset: object = None
     generator: object = None
+    pools: dict | None = None
+    """Worker threads kept across the executor calls of one run (the phased schedule's phases):
+    key → ThreadPoolExecutor, shut down by the run. None: each call makes and ends its own."""
 
     def on(self, generator) -> "Ctx":
         return replace(self, generator=generator)
