@@ -59,7 +59,7 @@ class Section:
     name: str
     seconds: float
     """What it needs on an H100 at most (a generous guess, only used to skip what cannot fit)."""
-    run: Callable[[Setup, dict], Iterator[dict]]
+    run: Callable[[Setup], Iterator[dict]]
 
 
 def _sync(device) -> None:
@@ -150,7 +150,7 @@ def _unet_calls(s: Setup, unet, fn, b: int, time_ids: int = 6):
     return (lambda: fn(**x, return_dict=False)), (lambda: unet(**x, return_dict=False))
 
 
-def env_section(s: Setup, state: dict) -> Iterator[dict]:
+def env_section(s: Setup) -> Iterator[dict]:
     """Versions, the GPU, TF32 state, and where kbridge was imported from."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -172,8 +172,8 @@ def env_section(s: Setup, state: dict) -> Iterator[dict]:
            "kbridge_from": kbridge.engine.__file__, "dry_run": s.dry}
 
 
-def unet_section(s: Setup, state: dict, batches=(1, 2)) -> Iterator[dict]:
-    unet = state["unet"] = model(s, "sdxl_base.unet", s.half)
+def unet_section(s: Setup, batches=(1, 2)) -> Iterator[dict]:
+    unet = model(s, "sdxl_base.unet", s.half)
     for b in batches:
         call, eager = _unet_calls(s, unet, unet, b)
         with torch.inference_mode():
@@ -183,10 +183,10 @@ def unet_section(s: Setup, state: dict, batches=(1, 2)) -> Iterator[dict]:
                    weights_gb=_weights_gb(unet))
 
 
-def compile_section(s: Setup, state: dict, b: int = 2) -> Iterator[dict]:
+def compile_section(s: Setup, b: int = 2) -> Iterator[dict]:
     """torch.compile, default mode, static shapes: the first call's seconds (compilation), then steps.
     The dry run compiles with the ``eager`` backend (Dynamo's tracing only: no C++ toolchain work)."""
-    unet = state.get("unet") or model(s, "sdxl_base.unet", s.half)
+    unet = model(s, "sdxl_base.unet", s.half)
     torch._dynamo.reset()
     fn = torch.compile(unet, dynamic=False, **({"backend": "eager"} if s.dry else {}))
     call, eager = _unet_calls(s, unet, fn, b)
@@ -199,11 +199,10 @@ def compile_section(s: Setup, state: dict, b: int = 2) -> Iterator[dict]:
         st = _timed(call, s.device, 1, s.repeat)
     yield _row("sdxl_base.unet step 1024², fp16, torch.compile default", b, st, s.device, flops, items=b,
                compile_s=compile_s, backend="eager" if s.dry else "inductor")
-    state.pop("unet", None)
     torch._dynamo.reset()
 
 
-def vae_section(s: Setup, state: dict) -> Iterator[dict]:
+def vae_section(s: Setup) -> Iterator[dict]:
     """One 1024² image decoded in fp32 (SDXL's force_upcast); the peak beside the plan's figure."""
     from kbridge.engine.plan import VAE_FP32_PEAK_GB_1024
 
@@ -231,7 +230,7 @@ class _StepClock:
         return scores
 
 
-def lmm_section(s: Setup, state: dict, batches=(1, 4), prompt: int = 512, new: int = 16) -> Iterator[dict]:
+def lmm_section(s: Setup, batches=(1, 4), prompt: int = 512, new: int = 16) -> Iterator[dict]:
     from transformers import LogitsProcessorList
 
     if s.dry:
@@ -259,7 +258,7 @@ def lmm_section(s: Setup, state: dict, batches=(1, 4), prompt: int = 512, new: i
     del lmm
 
 
-def clip_section(s: Setup, state: dict) -> Iterator[dict]:
+def clip_section(s: Setup) -> Iterator[dict]:
     clip = model(s, "clip", s.half)
     v, t = clip.config.vision_config, clip.config.text_config
     px = torch.randn(64, 3, v.image_size, v.image_size, device=s.device, dtype=next(clip.parameters()).dtype)
@@ -270,7 +269,7 @@ def clip_section(s: Setup, state: dict) -> Iterator[dict]:
             yield _row(f"{name}, fp16", 64, _timed(fn, s.device, 1, s.repeat), s.device, _flops(fn), items=64)
 
 
-def maxsim_section(s: Setup, state: dict) -> Iterator[dict]:
+def maxsim_section(s: Setup) -> Iterator[dict]:
     """Padded torch (bmm + amax) on the device vs the CUDA kernel vs the C++ kernel, each with its
     max |difference| from the numpy reference. The kernels are imported here, after the check's
     background build (``KBRIDGE_KERNEL_WAIT`` names a file the build writes when it is done)."""
@@ -306,7 +305,7 @@ def maxsim_section(s: Setup, state: dict) -> Iterator[dict]:
                    max_abs_diff=err)
 
 
-def refiner_section(s: Setup, state: dict, batches=(1, 2, 7)) -> Iterator[dict]:
+def refiner_section(s: Setup, batches=(1, 2, 7)) -> Iterator[dict]:
     refiner = model(s, "sdxl_refiner.unet", s.half)
     for b in batches:
         call, eager = _unet_calls(s, refiner, refiner, b, time_ids=5)
@@ -316,7 +315,7 @@ def refiner_section(s: Setup, state: dict, batches=(1, 2, 7)) -> Iterator[dict]:
         yield _row("sdxl_refiner.unet step 1024², fp16, eager", b, st, s.device, flops, items=b)
 
 
-def sample_section(s: Setup, state: dict, steps=(40, 10)) -> Iterator[dict]:
+def sample_section(s: Setup, steps=(40, 10)) -> Iterator[dict]:
     """One sample's diffusion as the reference settings run it: 7 candidates in one batch, 50 steps
     (40 base + 10 refiner) under CFG, then the fp32 decode of the 7 latents, one at a time."""
     if s.dry:
@@ -340,15 +339,16 @@ def sample_section(s: Setup, state: dict, steps=(40, 10)) -> Iterator[dict]:
 
 
 def sections(quick: bool = True) -> list[Section]:
-    """The check's sections in order (numbers that matter most first); the full mode adds batch 7,
-    the refiner and one whole sample."""
+    """The check's sections in order: the quick rows first, torch.compile (minutes of compilation on
+    the SDXL UNet) after them, so it can only cost itself; the full mode adds batch 7, the refiner
+    and one whole sample. Each section builds its own model and drops it (peaks are its own)."""
     out = [Section("env", 5, env_section),
-           Section("unet", 60, unet_section if quick else (lambda s, st: unet_section(s, st, (1, 2, 7)))),
-           Section("compile", 150, compile_section),
+           Section("unet", 60, unet_section if quick else (lambda s: unet_section(s, (1, 2, 7)))),
            Section("vae", 30, vae_section),
-           Section("lmm", 90, lmm_section if quick else (lambda s, st: lmm_section(s, st, (1, 4, 16), new=64))),
+           Section("lmm", 90, lmm_section if quick else (lambda s: lmm_section(s, (1, 4, 16), new=64))),
            Section("clip", 20, clip_section),
-           Section("maxsim", 20, maxsim_section)]
+           Section("maxsim", 20, maxsim_section),
+           Section("compile", 150, compile_section)]
     if not quick:
         out += [Section("refiner", 60, refiner_section), Section("sample", 120, sample_section)]
     return out
@@ -366,7 +366,6 @@ def stream(setup: Setup, emit: Callable[[dict], None], budget_s: float = 1e9,
     section). A section that raises emits one error row and the next one runs; a section whose
     estimate is more than the time left emits one skipped row."""
     t_end = time.monotonic() + budget_s
-    state: dict = {}
     for sec in only if only is not None else sections(setup.quick):
         left = t_end - time.monotonic()
         need = sec.seconds * (0.02 if setup.dry else 1.0)  # the tiny twins on a CPU: seconds
@@ -376,11 +375,10 @@ def stream(setup: Setup, emit: Callable[[dict], None], budget_s: float = 1e9,
             continue
         t0 = time.monotonic()
         try:
-            for row in sec.run(setup, state):
+            for row in sec.run(setup):
                 emit({"section": sec.name, "status": row.pop("status", "ok"), **row})
         except Exception as e:  # one section's failure must not cost the others' rows
             emit({"section": sec.name, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000]})
-            state.clear()
         finally:
             _free(setup.device)
         emit({"section": sec.name, "status": "done", "seconds": round(time.monotonic() - t0, 2)})
