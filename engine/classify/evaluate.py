@@ -69,7 +69,9 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
              task: str | None = None, backend: str = "torch", batch_size: int = 32, device: str = "cpu",
              cache_dir: Path | None = None) -> EvalReport:
     from kbridge.engine.classify.model import default_cache_dir, load, load_tokenizer
+    from kbridge.engine.published import check_device
 
+    check_device(device)
     model = load(model_dir, device="cpu")
     cfg = model.cfg
     if task is not None and task != cfg.task:

@@ -34,6 +34,9 @@ def train(model: MissingAwareClassifier, examples: list, tokenizer, steps: int =
           batch_size: int = 16, seed: int = 0, device: str = "cpu", log_every: int = 0, on_log=None) -> dict:
     """Adam over the reference's trainable set; BCE-with-logits for mmimdb, cross-entropy otherwise.
     Inputs are encoded once up front. Returns {"steps", "loss_first", "loss_last", "trainable"}."""
+    from kbridge.engine.published import check_device
+
+    check_device(device)
     cfg = model.cfg
     multilabel = cfg.task == "mmimdb"
     targets, keep, unmapped = label_targets(examples, cfg.class_names, multilabel)

@@ -205,8 +205,8 @@ def read_tokenizer(tdir: Path, vocab_size: int):
     if not tdir.is_dir():
         raise CheckpointError(f"{tdir}: tokenizer directory not found")
     if not ((tdir / "vocab.txt").exists() or (tdir / "tokenizer.json").exists()):
-        raise CheckpointError(f"{tdir}: no BERT tokenizer (vocab.txt) for the MIRe checkpoint; pass --tokenizer DIR "
-                              f"(the ColBERTv2 / bert-base-uncased tokenizer directory)")
+        raise CheckpointError(f"{tdir}: no BERT tokenizer (vocab.txt or tokenizer.json) for the MIRe checkpoint; pass "
+                              f"--tokenizer DIR (the ColBERTv2 / bert-base-uncased tokenizer directory)")
     try:
         tok = BertTokenizer.from_pretrained(tdir)
     except (OSError, ValueError, TypeError) as e:
