@@ -16,6 +16,7 @@ def recover(
                                 "repeatable), or a JSON file {sample id: [missing modalities]}. Default: every pattern."),
     split: str = typer.Option("test", "--split", help="train | valid | test."),
     batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """DiCMoR: recover missing modalities' features with normalising flows, predict sentiment, and
@@ -30,7 +31,7 @@ def recover(
 
     try:
         net, text_mode, path = load(model, build_config("tiny").cache_dir())
-        rep = evaluate(net, text_mode, path, data, missing, split, batch_size)
+        rep = evaluate(net, text_mode, path, data, missing, split, batch_size, device)
     except KbridgeError as e:
         _fail(str(e))
     if as_json:

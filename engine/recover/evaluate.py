@@ -35,14 +35,16 @@ class Report:
                              for r in self.rows]}
 
 
-def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path) -> np.ndarray:
+def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path, device: str = "cpu") -> np.ndarray:
     """[N, T, D_l] text features: BERT over ``text_bert`` (mode "bert") or the pickle's ``text``."""
     if text_mode == "bert":
         if split.text_bert is None:
             raise D.RecoverDataError(f"{path}: the model encodes text with BERT but the split has no 'text_bert'")
-        from kbridge.engine.recover.text import encode, load_bert
+        from kbridge.engine.recover.text import check_ids, encode, load_bert
 
-        return encode(load_bert(Path(model_dir) / "bert"), split.text_bert)
+        bert = load_bert(Path(model_dir) / "bert")
+        check_ids(bert, split.text_bert, split.ids, str(path))
+        return encode(bert, split.text_bert, device=device)
     if split.text is None:
         raise D.RecoverDataError(f"{path}: the model reads text features but the split has no 'text'")
     return split.text
@@ -50,13 +52,15 @@ def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path) -
 
 @torch.no_grad()
 def predict(model: DiCMoR, text: np.ndarray, audio: np.ndarray, vision: np.ndarray, missing: np.ndarray,
-            batch_size: int = 64) -> np.ndarray:
+            batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """Features [N, T, D_m] and missing [N, 3] bool → predictions [N]."""
     outs = []
+    model.to(device)
     for i in range(0, len(audio), batch_size):
         s = slice(i, i + batch_size)
-        pred, _ = model(*(torch.as_tensor(a[s]) for a in (text, audio, vision)), torch.as_tensor(missing[s]))
-        outs.append(pred.numpy())
+        pred, _ = model(*(torch.as_tensor(a[s]).to(device) for a in (text, audio, vision)),
+                        torch.as_tensor(missing[s]).to(device))
+        outs.append(pred.float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros(0, np.float32)
 
 
@@ -69,16 +73,19 @@ def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> Non
 
 
 def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing: list[str] | None = None,
-             split: str = "test", batch_size: int = 64) -> Report:
+             split: str = "test", batch_size: int = 64, device: str = "cpu") -> Report:
     """``missing``: pattern names (each applied to every sample), or one JSON pattern file; None:
     every pattern with at least one modality available."""
+    from kbridge.engine.published import check_device
+
+    check_device(device)
     s = D.load_split(data, split)
-    feats = (text_features(s, text_mode, model_dir, data), s.audio, s.vision)
+    feats = (text_features(s, text_mode, model_dir, data, device), s.audio, s.vision)
     _check_dims(model, feats, Path(data))
     rows = []
     if missing and len(missing) == 1 and (missing[0].endswith(".json") or Path(missing[0]).is_file()):
         per = D.read_pattern_file(Path(missing[0]), s.ids)
-        pred = predict(model, *feats, D.mask(per), batch_size)
+        pred = predict(model, *feats, D.mask(per), batch_size, device)
         for p in D.ALL_PATTERNS:
             sel = np.array([q == p for q in per], dtype=bool)
             if sel.any():
@@ -87,6 +94,6 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
     else:
         patterns = [D.parse_pattern(m) for m in missing] if missing else list(D.ALL_PATTERNS)
         for p in patterns:
-            pred = predict(model, *feats, D.mask([p] * len(s.ids)), batch_size)
+            pred = predict(model, *feats, D.mask([p] * len(s.ids)), batch_size, device)
             rows.append(PatternResult(D.pattern_name(p), len(s.ids), regression_metrics(pred, s.labels)))
     return Report(str(model_dir), str(data), split, rows)
