@@ -53,15 +53,19 @@ def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path, d
 @torch.no_grad()
 def predict(model: DiCMoR, text: np.ndarray, audio: np.ndarray, vision: np.ndarray, missing: np.ndarray,
             batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-    """Features [N, T, D_m] and missing [N, 3] bool → predictions [N]."""
-    outs = []
+    """Features [N, T, D_m] and missing [N, 3] bool → predictions [N]. Samples are grouped by
+    pattern and each group goes through ``predict_pattern``, which computes only the recoveries its
+    pattern needs (a prediction depends on its own sample only, so grouping changes nothing)."""
     model.to(device)
-    for i in range(0, len(audio), batch_size):
-        s = slice(i, i + batch_size)
-        pred, _ = model(*(torch.as_tensor(a[s]).to(device) for a in (text, audio, vision)),
-                        torch.as_tensor(missing[s]).to(device))
-        outs.append(pred.float().cpu().numpy())
-    return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+    out = np.zeros(len(audio), np.float32)
+    keys = [tuple(bool(v) for v in row) for row in np.asarray(missing)]
+    for pat in sorted(set(keys)):
+        idx = np.array([i for i, k in enumerate(keys) if k == pat])
+        for j in range(0, len(idx), batch_size):
+            s = idx[j:j + batch_size]
+            pred = model.predict_pattern(*(torch.as_tensor(a[s]).to(device) for a in (text, audio, vision)), pat)
+            out[s] = pred.float().cpu().numpy()
+    return out
 
 
 def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> None:
@@ -73,9 +77,11 @@ def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> Non
 
 
 def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing: list[str] | None = None,
-             split: str = "test", batch_size: int = 64, device: str = "cpu") -> Report:
+             split: str = "test", batch_size: int = 64, device: str = "cpu", missing_rate: float | None = None,
+             seeds: tuple[int, ...] = D.PUBLISHED_SEEDS, rate_batch: int = 32) -> Report:
     """``missing``: pattern names (each applied to every sample), or one JSON pattern file; None:
-    every pattern with at least one modality available."""
+    every pattern with at least one modality available. ``missing_rate``: the paper's protocol
+    instead (``rate_patterns`` per seed, batches of ``rate_batch``), one row per seed and the mean."""
     from kbridge.engine.published import check_device
 
     check_device(device)
@@ -83,7 +89,20 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
     feats = (text_features(s, text_mode, model_dir, data, device), s.audio, s.vision)
     _check_dims(model, feats, Path(data))
     rows = []
-    if missing and len(missing) == 1 and (missing[0].endswith(".json") or Path(missing[0]).is_file()):
+    if missing_rate is not None:
+        if missing:
+            raise D.RecoverDataError("--missing and --missing-rate are exclusive")
+        if not seeds:
+            raise D.RecoverDataError("--missing-rate needs at least one --seed")
+        per_seed = []
+        for seed in seeds:
+            per = D.rate_patterns(len(s.ids), rate_batch, missing_rate, seed)
+            pred = predict(model, *feats, D.mask(per), batch_size, device)
+            per_seed.append(regression_metrics(pred, s.labels))
+            rows.append(PatternResult(f"MR {missing_rate:g} seed {seed}", len(per), per_seed[-1]))
+        mean = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
+        rows.append(PatternResult(f"MR {missing_rate:g} mean of {len(seeds)}", len(s.ids), mean))
+    elif missing and len(missing) == 1 and (missing[0].endswith(".json") or Path(missing[0]).is_file()):
         per = D.read_pattern_file(Path(missing[0]), s.ids)
         pred = predict(model, *feats, D.mask(per), batch_size, device)
         for p in D.ALL_PATTERNS:

@@ -118,3 +118,15 @@ def test_device_errors_and_a_failed_conversion_leaves_nothing(pkl, tmp_path):
                   "--bert", str(tmp_path / "no-bert"), "--heads", "2"])
     assert r.exit_code == 2 and "no-bert: not a BERT directory" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dicmor.pth"]
+
+
+def test_missing_rate_rows_per_seed_and_their_mean(pkl):
+    r = run(app, ["recover", "--data", str(pkl), "--missing-rate", "0.3", "--seed", "1111", "--seed", "1112",
+                  "--rate-batch", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["patterns"]
+    assert [p["pattern"] for p in rows] == ["MR 0.3 seed 1111", "MR 0.3 seed 1112", "MR 0.3 mean of 2"]
+    for k in ("acc2", "acc2_has0", "f1_has0", "acc5", "acc7", "mae"):
+        assert rows[2][k] == pytest.approx((rows[0][k] + rows[1][k]) / 2, abs=1e-6)
+    r = run(app, ["recover", "--data", str(pkl), "--missing-rate", "0.3", "--missing", "text"])
+    assert r.exit_code == 2 and "exclusive" in r.stderr
