@@ -1,7 +1,8 @@
 """Every ``kbridge`` command of the README's "Downstream classifiers" section runs as written, in a
 directory holding the files it names: tiny-width checkpoints saved as Lightning 1.1 saves them,
 the tiny CLIP tokenizer as ``./clip-vit-base-patch16``, a small genre dataset ``DIR`` with its
-missing config, and a kbridge run over it in ``kbridge-out``."""
+missing config, a kbridge run over it in ``kbridge-out``, and reference-layout Arrow files in
+``arrows/``."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from classify.test_classify_tables import _arrow
 from publisher_pickles import lightning_ckpt
 from readme_examples import commands, invoke
 
@@ -68,6 +70,8 @@ def _missing_and_run(work: Path, n: int = 12) -> None:
 def workspace(tmp_path_factory, tiny_dcp):
     from transformers import CLIPTokenizer
 
+    from kbridge.engine.classify.missing_tables import write_tables
+
     work = tmp_path_factory.mktemp("readme-classify")
     tok = work / "clip-vit-base-patch16"
     CLIPTokenizer.from_pretrained(str(tiny_dcp)).save_pretrained(str(tok))
@@ -79,6 +83,11 @@ def workspace(tmp_path_factory, tiny_dcp):
     _dataset(work / "DIR")
     _missing_and_run(work)
     shutil.copytree(tiny_dcp, work / "models" / "dcp-mmimdb")   # what the first command writes
+    (work / "arrows").mkdir()
+    for split, rows in (("mmimdb_dev", 6), ("mmimdb_test", 12)):
+        _arrow(work / "arrows" / f"{split}.arrow", rows)
+    for kind in ("text", "image", "both"):   # what the missing-tables commands write
+        write_tables(work / "arrows", "mmimdb", kind, 0.7, work / "tables")
     return work
 
 
@@ -91,7 +100,9 @@ def test_readme_example_runs(command, workspace, monkeypatch):
         assert json.loads(r.stdout)["results"]["missing"]["all"]["n"] == 12
     if " eval " in command and "--completed" in command:
         assert "completed" in r.output and "4 missing modalities filled" in " ".join(r.output.split())
+    if command.count("--missing ") == 3:
+        assert "paper row (mmimdb F1-macro ×100, all samples): text 0.7:" in " ".join(r.output.split())
 
 
 def test_the_section_has_its_examples():
-    assert len(commands(SECTION)) >= 5
+    assert len(commands(SECTION)) >= 10
