@@ -250,9 +250,34 @@ def config_from_state(state: dict, bert_json: dict | None = None, **over) -> Mir
     return MireConfig(dim=dim, num_tokens=num_tokens, num_heads=num_heads, bert=bert, vision=vision, **over)
 
 
+MIRE_INFERENCE = {"query_maxlen": 64, "doc_maxlen": 384, "attend_to_mask_tokens": False, "pad_leak": True}
+"""MIRe's own indexing and search settings (runs/evaluate_retrieval.py: ColBERTConfig(doc_maxlen=384,
+query_maxlen=64); [MASK] positions masked; padded rows leak into the pooling). A converted model
+gets them (capped at BERT's positions); the tiny twin keeps training's (MireConfig's defaults)."""
+
+
+def with_settings(encoder: MireEncoder, **settings) -> MireEncoder:
+    """The encoder with inference settings overridden (``None`` values ignored): query_maxlen,
+    doc_maxlen, attend_to_mask_tokens, pad_leak."""
+    from dataclasses import replace
+
+    over = {k: v for k, v in settings.items() if v is not None}
+    unknown = set(over) - set(MIRE_INFERENCE)
+    if unknown:
+        raise CheckpointError(f"unknown MIRe setting(s) {sorted(unknown)}")
+    cfg = replace(encoder.model.cfg, **over)
+    limit = cfg.bert["max_position_embeddings"]
+    if cfg.query_maxlen > limit or cfg.doc_maxlen > limit or cfg.query_maxlen < 4 or cfg.doc_maxlen < 4:
+        raise CheckpointError(f"query / document length {cfg.query_maxlen} / {cfg.doc_maxlen}: must be 4 … {limit} "
+                              f"(the BERT's positions)")
+    encoder.model.cfg = cfg
+    return encoder
+
+
 def convert_published(ckpt: Path, out: Path, tokenizer_dir: Path | None = None, trust: bool = False) -> Path:
     """Published ``mire_*.pth`` (+ the tokenizer and HF config.json beside it) → our directory,
-    written all at once (a failed conversion leaves nothing at ``out``)."""
+    written all at once (a failed conversion leaves nothing at ``out``), with MIRe's inference
+    settings (``MIRE_INFERENCE``)."""
     from kbridge.engine.published import PublishedCheckpointError, output_dir
 
     ckpt = Path(ckpt)
@@ -260,6 +285,9 @@ def convert_published(ckpt: Path, out: Path, tokenizer_dir: Path | None = None, 
     hf = ckpt.parent / "config.json"
     bert_json = json.loads(hf.read_text()) if hf.exists() else None
     cfg = config_from_state(state, bert_json)
+    limit = cfg.bert["max_position_embeddings"]
+    cfg = config_from_state(state, bert_json, **{k: min(v, limit) if isinstance(v, int) and not isinstance(v, bool)
+                                                  else v for k, v in MIRE_INFERENCE.items()})
     tok = read_tokenizer(Path(tokenizer_dir) if tokenizer_dir else ckpt.parent, cfg.bert["vocab_size"])
     model = MireModel(cfg)
     load_state(model, state, str(ckpt))
