@@ -50,6 +50,7 @@ def test_readme_example_runs(command, workspace, monkeypatch):
         rows = [json.loads(x) for x in (workspace / "RUN_DIR" / "results.jsonl").read_text().splitlines()]
         mire = [c for row in rows for c in row.get("candidates", []) if c.get("retriever") == "mire"]
         assert rows and mire and all(c["source"] == "retrieved" for c in mire)
+        assert all(isinstance(c["scores"]["mire_maxsim"], float) and "total" in c["scores"] for c in mire)
     if command.startswith("kbridge index eval"):
         line = " ".join(r.output.split())
         assert line.startswith("2 queries: R@1 ") and "MRR@5" in line
