@@ -88,6 +88,8 @@ def train_cmd(
     model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] = TaskOpt,
     steps: int = typer.Option(200, "--steps"), lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(16, "--batch-size"), seed: int = typer.Option(0, "--seed"),
+    warmup: float = typer.Option(0.1, "--warmup", help="Fraction of the steps with a linear warm-up; then cosine decay."),
+    workers: int = typer.Option(0, "--workers", help="Data-loader processes decoding images beside the training."),
     device: str = DeviceOpt,
 ):
     """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
@@ -104,7 +106,8 @@ def train_cmd(
         names = _data_classes(data) or m.cfg.class_names
         m = with_classes(m, names, seed)
         ds = read_dataset(data, m.cfg.task, missing, m.cfg.class_names)
-        res = train(m, ds.examples, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device)
+        res = train(m, ds.examples, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                    warmup=warmup, workers=workers)
         M.save(m.cpu(), out_dir, d)
     except KbridgeError as e:
         _fail(str(e))
