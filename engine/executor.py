@@ -180,6 +180,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
             if lmm:
                 leave(st.name)
         out = [r.timed(st.name, a, b) for r in out]
+        if ctx.trace is not None:
+            ctx.trace.call(st.name, key, rows, out, a, b)
         if hooks.on_stage is not None:
             hooks.on_stage(st.name, out)
         for r in out:
@@ -218,6 +220,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         if abort:
             return False
         state["admitted"] += 1
+        if ctx.trace is not None:
+            ctx.trace.admitted(r)
         queues[0].put_nowait(r if r.admitted else r.replace(admitted=time.time()))
         return True
 
@@ -245,6 +249,10 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
             spawn(worker(i, st, ctx, key))
     spawn(writer())
     spawn(feed())
+    if ctx.trace is not None:
+        from kbridge.engine.trace.counters import sample
+
+        spawn(sample(ctx.trace, hooks.queues, lambda: state["admitted"] - state["written"]))
     try:
         await finished.wait()
     finally:

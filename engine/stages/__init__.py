@@ -29,6 +29,8 @@ class Ctx:
     client: object = None
     dataset: object = None
     generator: object = None
+    trace: object = None
+    """The run's ``engine.trace.Tracer`` with ``--trace`` (the executor records spans), else None."""
 
     def on(self, generator) -> "Ctx":
         return replace(self, generator=generator)
