@@ -304,16 +304,18 @@ class _Count:
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
-          on_listen=None) -> Service:
+          on_listen=None, trace=None) -> Service:
     """Run the service until SIGTERM / SIGINT: uvicorn stops accepting, open requests finish,
     then admitted jobs drain (cancelled after [serve] request_timeout_s). Returns the drained
-    service (its jobs say how each ended)."""
+    service (its jobs say how each ended). ``trace``: ``engine.trace.TraceOptions`` (``--trace``)."""
     import signal
     import threading
 
     import uvicorn
 
-    svc = Service(engine, Metrics())
+    from kbridge.engine.trace import Tracer
+
+    svc = Service(engine, Metrics(), Tracer(trace, {"serve": f"{host}:{port}"}) if trace else None)
     app = create_app(svc, api_key, drain_timeout_s=svc.limits.request_timeout_s)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=svc.limits.request_timeout_s))

@@ -28,7 +28,6 @@ is read from its first event, and the new run's tracks are new processes (``run 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -114,11 +113,10 @@ class Tracer:
                         "args": {"name": f"{suffix}{name}"}})
             self._emit({"ph": "M", "name": "process_sort_index", "pid": self.base + pid, "tid": 0,
                         "args": {"sort_index": self.base + pid}})
-        self.otel = None
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-            from kbridge.engine.trace.otel import OtelBridge
+        from kbridge.engine.trace import otel
 
-            self.otel = OtelBridge.create()
+        self.otel = otel.OtelBridge.create() if otel.enabled() else None
+        self.closed = False
 
     # ---- low level
     def ts(self, t: float) -> int:
@@ -249,6 +247,9 @@ class Tracer:
             self.file.flush()
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         if self.kernels is not None:
             self.kernels.stop()
         with self.lock:
@@ -288,6 +289,13 @@ def batch_args(rows_in, rows_out) -> dict:
     if size:
         args["wh"] = size
     return args
+
+
+def remote_call(stage: str, worker: str, rows_in, rows_out, a: float, b: float) -> list:
+    """A stage call made in another process (a Ray actor): recorded in each output row, drawn by
+    the driver's tracer when the row reaches the sink (once per call)."""
+    rec = [stage, worker, a, b, batch_args(rows_in, rows_out)]
+    return [r.replace(extra={**r.extra, "_trace_calls": [*r.extra.get("_trace_calls", ()), rec]}) for r in rows_out]
 
 
 def default_path(run_dir: Path) -> Path:

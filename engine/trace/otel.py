@@ -113,3 +113,9 @@ class OtelBridge:
     def close(self) -> None:
         self.provider.force_flush()
         self.provider.shutdown()
+
+
+def trace_headers(sample_id: str) -> dict | None:
+    """The ``traceparent`` header for an LMM request of ``sample_id`` when OTel export is on (the
+    HTTP backend sends it; a vLLM server with OTLP tracing continues the sample's trace)."""
+    return {"traceparent": traceparent(sample_id)} if enabled() else None
