@@ -1,0 +1,60 @@
+"""``kbridge profile``'s verdict follows the bottleneck: with one stage made slow on purpose (a
+fake delay in a trivial stage graph, no models) it names that stage and its knob; with another
+stage slow it names the other one. Checked by name, never by a timing threshold."""
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from kbridge.engine.executor import stream
+from kbridge.engine.models import Models
+from kbridge.engine.rows import Row
+from kbridge.engine.stages import Ctx, Stage
+from kbridge.engine.trace import TraceOptions, Tracer
+from kbridge.engine.trace.check import problems
+from kbridge.engine.trace.io import read_events
+from kbridge.engine.trace.profile import KNOBS, analyse, load
+from kbridge.engine.types import Sample
+
+
+def _run(cfg, path, slow: str) -> dict:
+    def stage(name, kind="dense", slot=None):
+        def fn(rows, ctx):
+            time.sleep(0.03 if name == slow else 0.001)
+            return rows
+        return Stage(name, fn, kind, slot, lambda r, c: True, lambda c: 1)
+
+    run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rows_in_flight=4, batch_wait_ms=1))
+    tr = Tracer(TraceOptions(path, counters_s=0.01))
+    ctx = Ctx(cfg=run_cfg, domain=None, models=Models(), trace=tr)
+    src = (Row(Sample(f"t:{i}", i, "x", None, "image" if i % 2 else "text")) for i in range(12))
+
+    def sink(row):
+        tr.row(row)
+
+    try:
+        asyncio.run(stream(src, [stage("load", "io"), stage("render", slot="generators"),
+                                           stage("rank", slot="scorer")], ctx, sink))
+    finally:
+        tr.close()
+    assert problems(list(read_events(path))) == []
+    return analyse(load(path))
+
+
+@pytest.mark.parametrize("slow", ["render", "rank"])
+def test_the_verdict_names_the_stage_made_slow(cfg, tmp_path, slow):
+    p = _run(cfg, tmp_path / "t.json.gz", slow)
+    assert next(iter(p["stages"])) == slow
+    assert p["verdict"][0].startswith(f"bottleneck: {slow} ")
+    assert p["verdict"][1] == f"knob: {KNOBS[slow]}" + ("; `kbridge plan` shows where another render replica fits"
+                                                        if slow == "render" else "")
+    assert p["samples"] == 12 and p["stages"][slow]["samples"] == 12
+    # its own work is the largest, and so is the queue wait the other rows spend behind it (4 in
+    # flight, one worker per stage: render on generators-cpu, rank on scorer-cpu)
+    for key in ("work_s", "wait_s"):
+        assert p["stages"][slow][key] > max(s[key] for n, s in p["stages"].items() if n != slow), key
+    worker = {"render": "generators-cpu", "rank": "scorer-cpu"}
+    assert p["devices"][worker[slow]]["busy_share"] > p["devices"][worker[({"render", "rank"} - {slow}).pop()]][
+        "busy_share"]
+    assert all(d["calls"] == 12 for d in p["devices"].values())
