@@ -130,3 +130,53 @@ def test_a_run_killed_mid_run_leaves_a_loadable_trace_and_the_resumed_run_append
     assert second["run"] == 2 and second["samples"] == 5
     names = {e["args"]["name"] for e in events if e.get("name") == "process_name"}
     assert {"devices", "run 2 · devices", "run 2 · samples"} <= names
+
+
+def test_the_report_has_the_profile_section(traced, tmp_path):
+    from kbridge.engine.report import build_report
+
+    out, _ = traced
+    page = build_report(out, tmp_path / "report.html").read_text()
+    assert "<section id='profile'>" in page and "bottleneck: " in page and "id='kb-timeline-data'" in page
+
+
+@pytest.mark.browser
+def test_the_profile_timeline_renders_and_zooms_in_headless_chromium(traced, tmp_path):
+    import os
+
+    from kbridge.engine.report import build_report
+    from kbridge.engine.report.browser import chromium, missing_reason
+
+    reason = missing_reason()
+    if reason and os.environ.get("KBRIDGE_REQUIRE_BROWSER"):
+        pytest.fail(f"KBRIDGE_REQUIRE_BROWSER is set but there is no headless browser: {reason}")
+    if reason:
+        pytest.skip(f"no headless browser: {reason}")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    out, _ = traced
+    page = build_report(out, tmp_path / "report.html")
+    with chromium() as driver:
+        driver.get(page.resolve().as_uri())
+        assert [m for m in driver.get_log("browser") if m["level"] == "SEVERE"] == []
+        verdict = driver.find_elements(By.CSS_SELECTOR, "#profile .verdict")
+        assert len(verdict) == 2 and verdict[0].text.startswith("bottleneck: ")
+        spans = driver.find_elements(By.CSS_SELECTOR, "#kb-timeline rect.tl-span")
+        names = {s.get_attribute("data-name") for s in spans}
+        assert {"render", "extract", "sample"} <= names
+        tracks = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#kb-timeline text.tl-track")]
+        assert "lmm" in tracks and "generators-cpu" in tracks
+        before = driver.execute_script("return document.getElementById('kb-timeline').kbView()")
+        svg = driver.find_element(By.CSS_SELECTOR, "#kb-timeline svg")
+        ActionChains(driver).scroll_to_element(svg).perform()
+        driver.execute_script("""var s = arguments[0], r = s.getBoundingClientRect();
+            s.dispatchEvent(new WheelEvent('wheel', {deltaY: -100, clientX: r.left + 600, clientY: r.top + 10,
+                                                     bubbles: true, cancelable: true}));""", svg)
+        after = driver.execute_script("return document.getElementById('kb-timeline').kbView()")
+        assert after[1] - after[0] < before[1] - before[0]  # zoomed in
+        ActionChains(driver).move_to_element(spans[0]).perform()
+        info = driver.find_element(By.CSS_SELECTOR, "#kb-timeline .tl-info").text
+        assert info  # the hovered span's stage and batch
+        driver.save_screenshot(str(tmp_path / "profile.png"))
+        assert (tmp_path / "profile.png").stat().st_size > 0
