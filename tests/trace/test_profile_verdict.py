@@ -58,3 +58,35 @@ def test_the_verdict_names_the_stage_made_slow(cfg, tmp_path, slow):
     assert p["devices"][worker[slow]]["busy_share"] > p["devices"][worker[({"render", "rank"} - {slow}).pop()]][
         "busy_share"]
     assert all(d["calls"] == 12 for d in p["devices"].values())
+
+
+def test_trace_kernels_merges_torch_profiler_ops_of_the_window_on_the_same_clock(cfg, tmp_path):
+    """--trace-kernels 2..3: torch ops run on the stage's worker thread are in the trace, inside
+    the device spans of the calls that ran them, and only around the window's samples."""
+    import torch
+
+    def mm(rows, ctx):
+        a = torch.ones(64, 64)
+        for _ in range(20):
+            a = a @ a / 64
+        return rows
+
+    run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rows_in_flight=1, batch_wait_ms=1))
+    path = tmp_path / "k.json.gz"
+    tr = Tracer(TraceOptions(path, kernels=(2, 3)))
+    ctx = Ctx(cfg=run_cfg, domain=None, models=Models(), trace=tr)
+    src = (Row(Sample(f"t:{i}", i, "x", None, "image")) for i in range(8))
+    try:
+        asyncio.run(stream(src, [Stage("render", mm, "dense", "generators", lambda r, c: True, lambda c: 1)],
+                           ctx, tr.row))
+    finally:
+        tr.close()
+    events = list(read_events(path))
+    assert problems(events) == []
+    ops = [e for e in events if e.get("ph") == "X" and e.get("name") == "aten::mm" and e["pid"] >= 100]
+    calls = [e for e in events if e.get("ph") == "X" and e.get("pid") == 1 and e.get("name") == "render"]
+    assert len(calls) == 8 and len(ops) >= 20
+    # every op lies inside a render call of sample 2 or 3 (1 ms tolerance for the clock marker)
+    inside = [c for c in calls if c["args"]["ids"][0] in ("t:2", "t:3")]
+    for op in ops:
+        assert any(c["ts"] - 1000 <= op["ts"] and op["ts"] + op["dur"] <= c["ts"] + c["dur"] + 1000 for c in inside)
