@@ -1,6 +1,6 @@
 """The report's profiling section (runs traced with ``kbridge run --trace``): the verdict, the
 per-device and per-stage tables of ``kbridge profile``, and an interactive timeline of the
-busiest window of the run (every worker's calls and the samples in it; wheel zooms, drag pans,
+run, or of its busiest window for a big one (every worker's calls and the samples in it; wheel zooms, drag pans,
 hovering shows the call's batch). Absent without a trace."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from kbridge.engine.trace import DEVICES, SAMPLES
 from kbridge.engine.trace.profile import ProfileError, analyse, load
 
 WINDOW_S = 20.0
-"""Longest stretch of the run drawn in the timeline (the busiest one)."""
+"""Stretch of the run drawn in the timeline (the busiest one) when the whole run has more than
+``MAX_SPANS`` spans; a smaller run is drawn whole."""
 MAX_SPANS = 4000
 """Spans embedded in the page at most (the densest first window wins; the rest is in the trace)."""
 
@@ -40,14 +41,17 @@ def busiest(spans: list[tuple[int, int]], width: int) -> tuple[int, int]:
 
 
 def timeline(tr: dict) -> dict:
-    """The timeline's data: tracks (workers, then sample lanes) and their spans in the busiest window."""
+    """The timeline's data: tracks (workers, then sample lanes) and their spans: the whole run, or
+    for a big one its busiest window."""
     dev = tr["spans"][DEVICES]
     every = [(e["ts"], e["ts"] + e["dur"]) for e in dev] + \
         [(e["ts"], e["ts"] + e["dur"]) for e in tr["spans"][SAMPLES] if e["name"] == "sample"]
     t0 = min((a for a, _ in every), default=0)
     t1 = max((b for _, b in every), default=0)
-    width = min(max(1, t1 - t0), int(WINDOW_S * 1e6))
-    a, b = busiest(sorted((s, e) for s, e in ((x["ts"], x["ts"] + x["dur"]) for x in dev)), width)
+    whole = len(dev) + len(tr["spans"][SAMPLES]) <= MAX_SPANS
+    width = max(1, t1 - t0) if whole else min(max(1, t1 - t0), int(WINDOW_S * 1e6))
+    a, b = (t0, t0 + width) if whole else \
+        busiest(sorted((s, e) for s, e in ((x["ts"], x["ts"] + x["dur"]) for x in dev)), width)
     tracks: dict[str, int] = {}
     spans = []
     for pid, evs in ((DEVICES, dev), (SAMPLES, tr["spans"][SAMPLES])):
@@ -55,11 +59,11 @@ def timeline(tr: dict) -> dict:
             if e["ts"] >= b or e["ts"] + e["dur"] <= a or len(spans) >= MAX_SPANS:
                 continue
             name = tr["names"].get((pid, e["tid"]), str(e["tid"]))
-            track = tracks.setdefault(("" if pid == DEVICES else "sample ") + name, len(tracks))
+            track = tracks.setdefault(name, len(tracks))
             args = e.get("args") or {}
             tip = e["name"] + "".join(f" · {k}={v}" for k, v in args.items())
             spans.append([track, round((e["ts"] - a) / 1e3, 3), round(e["dur"] / 1e3, 3), e["name"], tip[:300]])
-    return {"t0_ms": round((a - t0) / 1e3, 3), "ms": round((b - a) / 1e3, 3),
+    return {"t0_ms": round((a - t0) / 1e3, 3), "ms": round((b - a) / 1e3, 3), "whole": whole,
             "tracks": sorted(tracks, key=tracks.get), "spans": spans}
 
 
@@ -83,12 +87,14 @@ def section(root: Path, script_json) -> str:
                     + "</li>" for k, sh in p["kinds"].items())
     verdict = "".join(f"<p class='verdict'>{_esc(line)}</p>" for line in p["verdict"])
     js = (Path(__file__).parent / "timeline.js").read_text()
+    tl = timeline(tr)
     return ("<section id='profile'><h2>Profile</h2>" + verdict +
             "<div class='cols'><div><h3>Devices / workers</h3><table class='prof'><tr><th>worker</th><th>stages</th>"
             f"<th>busy</th><th>calls</th><th>mean batch</th><th>idle gaps</th></tr>{rows}</table></div>"
             "<div><h3>Stages</h3><table class='prof'><tr><th>stage</th><th>samples</th><th>per s</th>"
             f"<th>queue wait p50 / p95</th><th>critical path</th></tr>{stages}</table>"
             f"<h3>Critical path by sample kind</h3><ul>{kinds}</ul></div></div>"
-            f"<h3>Timeline of the busiest window</h3><div id='kb-timeline'></div>"
-            f"<script type='application/json' id='kb-timeline-data'>{script_json(timeline(tr))}</script>"
+            f"<h3>Timeline ({'the whole run' if tl['whole'] else f'its busiest {WINDOW_S:g} s'}; wheel zooms, "
+            "drag pans)</h3><div id='kb-timeline'></div>"
+            f"<script type='application/json' id='kb-timeline-data'>{script_json(tl)}</script>"
             f"<script>{js}</script></section>")

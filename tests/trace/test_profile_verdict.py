@@ -90,3 +90,11 @@ def test_trace_kernels_merges_torch_profiler_ops_of_the_window_on_the_same_clock
     inside = [c for c in calls if c["args"]["ids"][0] in ("t:2", "t:3")]
     for op in ops:
         assert any(c["ts"] - 1000 <= op["ts"] and op["ts"] + op["dur"] <= c["ts"] + c["dur"] + 1000 for c in inside)
+
+
+def test_the_busiest_window_holds_the_most_busy_time():
+    from kbridge.engine.report.profile import busiest
+
+    spans = [(0, 10), (100, 150), (120, 170), (180, 190), (300, 301)]
+    assert busiest(spans, 100) == (100, 200)
+    assert busiest(spans, 5) == (100, 105) and busiest([], 7) == (0, 7)
