@@ -243,6 +243,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         spawn(route(i, st))
         if st.slot == "generators" and ctx.models.generators:
             for g in ctx.models.generators:
+                if ctx.trace is not None:
+                    ctx.trace.instrument(g, f"generators-{_device(g)}")
                 spawn(worker(i, st, ctx.on(g), f"generators-{_device(g)}"))
         else:
             key = {"io": "io", "lmm": "lmm"}.get(st.kind, f"{st.slot or 'dense'}-{cfg.rank.device}")

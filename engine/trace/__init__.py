@@ -98,6 +98,11 @@ class Tracer:
         self.lanes = _Lanes()
         self.samples = 0
         self.events = 0
+        from kbridge.engine.trace.dense import DenseSpans
+
+        self.dense = DenseSpans()
+        """UNet / VAE spans inside render calls (hooks on the generators, removed on close)."""
+        self.last_counters: dict[str, dict] = {}
         self.remote: set[tuple] = set()
         """Ray workers' calls already drawn (every row of a call carries it)."""
         self.kernels = None
@@ -153,11 +158,20 @@ class Tracer:
             self._emit(ev)
 
     # ---- what the executors call
+    def instrument(self, generator, worker: str) -> None:
+        """UNet / VAE spans of ``generator``'s render calls on ``worker``'s track."""
+        self.dense.instrument(generator, worker)
+
     def call(self, stage: str, worker: str, rows_in, rows_out, a: float, b: float) -> None:
-        """One stage call on one worker (device span), its batch as args."""
+        """One stage call on one worker (device span), its batch as args, and the UNet / VAE
+        spans it ran (clamped into the call)."""
         args = batch_args(rows_in, rows_out)
+        sa, sb = self.ts(a), self.ts(b)
+        kids = [(n, min(max(self.ts(x), sa), sb), min(max(self.ts(y), sa), sb), k)
+                for n, x, y, k in self.dense.take(worker, b)]
+        kids = [(n, x, max(x, y), k) for n, x, y, k in kids]
         with self.lock:
-            self._span(DEVICES, worker, stage, self.ts(a), self.ts(b), args)
+            self._span(DEVICES, worker, stage, sa, sb, args, kids)
         if self.otel is not None:
             self.otel.span(f"{stage} call", a, b, {"kbridge.worker": worker, "kbridge.rows": args["n"]})
 
@@ -228,11 +242,13 @@ class Tracer:
         self._span(DEVICES, worker, stage, self.ts(a), self.ts(b), args)
 
     def counters(self, values: dict[str, dict]) -> None:
-        """Counter samples now: {counter name: {series: value}}."""
+        """Counter samples now: {counter name: {series: value}}; a counter is written only when it
+        changed (a viewer holds a counter's value until its next event)."""
         now = self.ts(time.time())
         with self.lock:
             for name, series in values.items():
-                if series:
+                if series and self.last_counters.get(name) != series:
+                    self.last_counters[name] = series
                     self._emit({"ph": "C", "name": name, "pid": self.base + DEVICES, "tid": 0, "ts": now,
                                 "args": series})
 
@@ -252,6 +268,7 @@ class Tracer:
         self.closed = True
         if self.kernels is not None:
             self.kernels.stop()
+        self.dense.remove()
         with self.lock:
             self.file.close()
         if self.otel is not None:

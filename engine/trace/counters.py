@@ -25,11 +25,11 @@ def _nvml_handles():
 def _rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
-            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
     except (OSError, ValueError, IndexError):
         import psutil
 
-        return round(psutil.Process().memory_info().rss / 2**20, 1)
+        return round(psutil.Process().memory_info().rss / 2**20)
 
 
 def process() -> dict[str, dict]:
@@ -37,8 +37,8 @@ def process() -> dict[str, dict]:
     torch = sys.modules.get("torch")  # never imports torch just to sample
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         for i in range(torch.cuda.device_count()):
-            out[f"cuda:{i} memory MB"] = {"allocated": round(torch.cuda.memory_allocated(i) / 2**20, 1),
-                                          "reserved": round(torch.cuda.memory_reserved(i) / 2**20, 1)}
+            out[f"cuda:{i} memory MB"] = {"allocated": round(torch.cuda.memory_allocated(i) / 2**20),
+                                          "reserved": round(torch.cuda.memory_reserved(i) / 2**20)}
     handles = _nvml_handles()
     if handles:
         import pynvml

@@ -45,6 +45,15 @@ def test_the_trace_validates_and_carries_every_sample_stage_and_request(traced):
         sum(r["counts"]["unet_evals"] for r in results), abs=0.01 * image_rows)
     counters = {e["name"] for e in events if e["ph"] == "C"}
     assert {"queue depth", "rows in flight", "memory MB"} <= counters
+    # UNet loops and VAE decodes nested in the render calls: their counts are the results' counts
+    unet = [e for e in events if e.get("pid") == 1 and "unet ×" in e.get("name", "")]
+    vae = [e for e in events if e.get("pid") == 1 and e.get("name") == "vae decode"]
+    assert sum(e["args"]["evals"] * e["args"]["batch"] for e in unet) == pytest.approx(
+        sum(r["counts"]["unet_evals"] for r in results), abs=1e-6)
+    assert sum(e["args"]["n"] for e in vae) == pytest.approx(sum(r["counts"]["vae_decodes"] for r in results))
+    for e in unet + vae:
+        assert any(c["tid"] == e["tid"] and c["ts"] <= e["ts"] and e["ts"] + e["dur"] <= c["ts"] + c["dur"]
+                   for c in renders)
 
 
 def test_per_sample_stage_spans_sum_to_the_results_timings_within_1ms(traced):
@@ -114,20 +123,20 @@ def test_a_killed_writer_leaves_a_loadable_gzip_and_json_array(tmp_path):
 
 def test_a_run_killed_mid_run_leaves_a_loadable_trace_and_the_resumed_run_appends(cfg, engine, tmp_path):
     out = tmp_path / "o"
-    env = {**os.environ, "KBRIDGE_FAULT": "result@4:kill"}
-    p = subprocess.run([sys.executable, "-m", "kbridge.cli", "run", "--out", str(out), "--trace"],
+    env = {**os.environ, "KBRIDGE_FAULT": "result@3:kill"}
+    p = subprocess.run([sys.executable, "-m", "kbridge.cli", "run", "--out", str(out), "--trace", "--limit", "4"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     first = list(read_events(out / "trace.json.gz"))
     assert problems(first) == [] and read_header(out / "trace.json.gz")["runs"] == 1
     done = {r["sample_id"] for r in read_jsonl(out / "results.jsonl")}
-    assert len(done) == 3
-    report = engine.run(out=out, trace=TraceOptions(out / "trace.json.gz"))  # resume
-    assert report.skipped == 3 and report.completed == 5
+    assert len(done) == 2
+    report = engine.run(out=out, limit=4, trace=TraceOptions(out / "trace.json.gz"))  # resume
+    assert report.skipped == 2 and report.completed == 2
     events = list(read_events(out / "trace.json.gz"))
     assert problems(events) == [] and read_header(out / "trace.json.gz")["runs"] == 2
     second = profile(out)
-    assert second["run"] == 2 and second["samples"] == 5
+    assert second["run"] == 2 and second["samples"] == 2
     names = {e["args"]["name"] for e in events if e.get("name") == "process_name"}
     assert {"devices", "run 2 · devices", "run 2 · samples"} <= names
 
