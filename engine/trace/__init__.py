@@ -9,14 +9,16 @@ Tracks (``pid`` / ``tid`` of the format; every name is set with ``process_name``
 
 - pid 1 *devices*: one track per worker (``generators-cuda:2``, ``scorer-cpu``, ``io``, ``lmm``),
   one span per stage call with its batch (sample ids, rows, candidates, UNet / VAE work, image
-  size) as args; overlapping calls of one worker (async LMM calls) go on lanes ``lmm #2`` …
+  size) as args, with ``unet ×N`` / ``vae decode`` spans nested in render calls (engine/trace/dense.py);
+  overlapping calls of one worker (async LMM calls) go on lanes ``lmm #2`` …
   Counters on the same process: queue depth per stage, rows in flight, RSS, CUDA memory, NVML use.
 - pid 2 *samples*: one span per sample (admitted → result written) with its stage spans and its
   ``wait <stage>`` gaps (queue waits) and the final ``sink`` (result written) nested inside. Samples go on lanes (a lane holds one sample
   at a time), so a 50k-sample run has as many sample tracks as rows in flight, not 50k.
-- pid 3 *LMM requests*: one span per request (sample, stage, turn, tokens); with the backend's
-  engine timings (``queued_s`` / ``prefill_s`` / ``decode_s`` on the request record) nested
-  ``queued`` / ``prefill`` / ``decode`` spans, else the client-side span alone.
+- pid 3 *LMM requests*: one span per request (sample, stage, turn, tokens); where the backend
+  reports the engine's figures (``LMMRecord.engine``: ``queue_s`` / ``prefill_s`` / ``decode_s``,
+  vLLM) nested ``queued`` / ``prefill`` / ``decode`` spans, laid back from the answer's arrival
+  (the client span also holds the network), else the client-side span alone.
 
 Writing (``io.TraceFile``): events are buffered and every flush appends one complete gzip member
 (one ``write``) holding JSON lines ``{...},``; the first member starts with ``[``. A gzip file may be
@@ -223,13 +225,14 @@ class Tracer:
         for (stage, turn, a, b), recs in sorted(calls.items(), key=lambda kv: kv[0][2]):
             for r in recs:
                 sa, sb = self.ts(a), self.ts(b)
-                kids, t = [], sa
-                for part in ("queued", "prefill", "decode"):  # engine timings, when the backend gave them
-                    sec = getattr(r, f"{part}_s", None)
+                kids, t = [], sb
+                eng = getattr(r, "engine", None) or {}
+                for part, key in (("decode", "decode_s"), ("prefill", "prefill_s"), ("queued", "queue_s")):
+                    sec = eng.get(key)  # the engine's own figures (vLLM), laid back from the answer's arrival
                     if isinstance(sec, (int, float)) and sec > 0:
-                        pe = min(sb, t + _us(sec))
-                        kids.append((part, t, pe, None))
-                        t = pe
+                        ps = max(sa, t - _us(sec))
+                        kids.insert(0, (part, ps, t, None))
+                        t = ps
                 self._span(LMM, "requests", stage, sa, sb,
                            {"id": row.sample_id, "turn": turn, "tok": [r.prompt_tokens, r.generated_tokens]}, kids)
 

@@ -98,3 +98,26 @@ def test_the_busiest_window_holds_the_most_busy_time():
     spans = [(0, 10), (100, 150), (120, 170), (180, 190), (300, 301)]
     assert busiest(spans, 100) == (100, 200)
     assert busiest(spans, 5) == (100, 105) and busiest([], 7) == (0, 7)
+
+
+def test_engine_timings_of_an_lmm_request_nest_inside_its_span(tmp_path):
+    """A request record with the engine's figures (vLLM's queue / prefill / decode seconds) gets
+    them as nested spans, laid back from the answer's arrival; one without keeps the client span."""
+    from types import SimpleNamespace
+
+    t = 1000.0
+    rec = lambda eng: SimpleNamespace(stage="extract", turn=1, prompt_tokens=50, generated_tokens=20,  # noqa: E731
+                                      cached=False, start=t, end=t + 1.0, engine=eng)
+    path = tmp_path / "t.json.gz"
+    tr = Tracer(TraceOptions(path))
+    tr.row(Row(Sample("s:0", 0, "x", None, "image"), lmm=(rec({"queue_s": 0.1, "prefill_s": 0.2, "decode_s": 0.5}),
+                                                         rec(None)), admitted=t, timings=(("extract", t, t + 1.0),)),
+           written=t + 1.5)
+    tr.close()
+    events = list(read_events(path))
+    assert problems(events) == []
+    req = [e for e in events if e.get("pid") == 3 and e["ph"] == "X"]
+    assert [e["name"] for e in req] == ["extract", "queued", "prefill", "decode", "extract"]
+    end = req[0]["ts"] + req[0]["dur"]
+    assert [e["dur"] for e in req[1:4]] == [100000, 200000, 500000] and req[3]["ts"] + req[3]["dur"] == end
+    assert req[4]["tid"] != req[0]["tid"] or req[4]["ts"] >= end  # the second request: its own lane
