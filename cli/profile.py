@@ -28,7 +28,7 @@ def profile(run_dir: Path = typer.Argument(..., help="A run directory written wi
             trace: Optional[Path] = typer.Option(None, "--trace", help="The trace file (default RUN_DIR/trace.json.gz)."),
             run: Optional[int] = typer.Option(None, "--run", min=1, help="Which run of a resumed directory (default: "
                                               "the last)."),
-            json_path: Optional[Path] = typer.Option(None, "--json", help="Write the profile here too (default "
+            json_path: Optional[Path] = typer.Option(None, "--json", help="Where to write the profile as JSON (default "
                                                      "RUN_DIR/profile.json)."),
             export: Optional[Path] = typer.Option(None, "--export", help="Also write the trace as one plain JSON "
                                                   "object (for viewers that do not read multi-member gzip).")):

@@ -194,3 +194,21 @@ def test_the_profile_timeline_renders_and_zooms_in_headless_chromium(traced, tmp
         assert after[1] - after[0] == pytest.approx(0.8 * (before[1] - before[0]))  # zoomed in
         driver.save_screenshot(str(tmp_path / "profile.png"))
         assert (tmp_path / "profile.png").stat().st_size > 0
+
+
+def test_kbridge_profile_cli_prints_the_verdict_writes_json_and_exports_plain_json(traced, tmp_path):
+    from typer.testing import CliRunner
+
+    from kbridge.cli.app import app
+
+    out, report = traced
+    res = CliRunner().invoke(app, ["profile", str(out), "--json", str(tmp_path / "p.json"),
+                                   "--export", str(tmp_path / "plain.json")])
+    assert res.exit_code == 0, res.output
+    assert "bottleneck: " in res.output and "knob: " in res.output
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["samples"] == report.completed and p["verdict"][0].split(" — ")[0] in res.output
+    plain = json.loads((tmp_path / "plain.json").read_text())  # one closed JSON object
+    assert len(plain["traceEvents"]) == len(list(read_events(out / "trace.json.gz")))
+    bad = CliRunner().invoke(app, ["profile", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "no trace" in bad.output
