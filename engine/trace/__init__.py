@@ -20,8 +20,9 @@ Tracks (``pid`` / ``tid`` of the format; every name is set with ``process_name``
   vLLM) nested ``queued`` / ``prefill`` / ``decode`` spans, laid back from the answer's arrival
   (the client span also holds the network), else the client-side span alone.
 
-Writing (``io.TraceFile``): events are buffered and every flush appends one complete gzip member
-(one ``write``) holding JSON lines ``{...},``; the first member starts with ``[``. A gzip file may be
+Writing (``io.TraceFile``): events are buffered and a background thread appends them every second
+(or 512 events) as one complete gzip member (one ``write``) holding JSON lines ``{...},``; the
+first member starts with ``[``. A gzip file may be
 a series of members (RFC 1952), and the Trace Event format allows the array's closing ``]`` to be
 missing, so a killed run leaves a file that loads up to its last flush (at most ``flush_s``
 seconds or ``flush_events`` events lost). A resumed run appends to the same file: the clock origin
@@ -262,8 +263,7 @@ class Tracer:
                 self._emit(ev)
 
     def flush(self) -> None:
-        with self.lock:
-            self.file.flush()
+        self.file.flush()
 
     def close(self) -> None:
         if self.closed:

@@ -15,7 +15,6 @@ import gzip
 import json
 import os
 import threading
-import time
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,10 @@ def _gz(path: Path) -> bool:
 
 
 class TraceFile:
+    """Appends events; a background thread compresses and writes them every ``flush_s`` seconds or
+    as soon as ``flush_events`` are waiting, so no caller (the executor's event loop) ever waits
+    for gzip or the disk."""
+
     def __init__(self, path: Path, flush_s: float = 1.0, flush_events: int = 512):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,37 +36,46 @@ class TraceFile:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.buf: list[str] = ["["] if fresh else []
-        self.pending = 0
-        self.last = time.monotonic()
         self.bytes = 0
         self.lock = threading.Lock()
+        self.io_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="kbridge-trace-writer", daemon=True)
+        self.thread.start()
 
     def add(self, line: str) -> None:
-        """One event (JSON text); flushed by count or age (the caller may hold its own lock)."""
+        """One event (JSON text); written by the background thread."""
         with self.lock:
             self.buf.append(line + ",")
-            self.pending += 1
-            if self.pending >= self.flush_events or time.monotonic() - self.last >= self.flush_s:
-                self._flush()
+            if len(self.buf) >= self.flush_events:
+                self.wake.set()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            self.wake.wait(self.flush_s)
+            self.wake.clear()
+            self.flush()
 
     def flush(self) -> None:
-        with self.lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        self.last = time.monotonic()
-        if not self.buf or self.fd is None:
-            return
-        data = ("\n".join(self.buf) + "\n").encode()
-        if _gz(self.path):
-            data = gzip.compress(data, compresslevel=6, mtime=0)
-        os.write(self.fd, data)  # one member, one write: a kill never leaves half a member from here
-        self.bytes += len(data)
-        self.buf, self.pending = [], 0
+        """Write what is buffered now, as one gzip member in one ``write``."""
+        with self.io_lock:
+            with self.lock:
+                buf, self.buf = self.buf, []
+            if not buf or self.fd is None:
+                return
+            data = ("\n".join(buf) + "\n").encode()
+            if _gz(self.path):
+                data = gzip.compress(data, compresslevel=6, mtime=0)
+            os.write(self.fd, data)  # one member, one write: a kill never leaves half a member from here
+            self.bytes += len(data)
 
     def close(self) -> None:
-        with self.lock:
-            self._flush()
+        self.stop.set()
+        self.wake.set()
+        self.thread.join()
+        self.flush()
+        with self.io_lock:
             if self.fd is not None:
                 os.fsync(self.fd)
                 os.close(self.fd)

@@ -3,9 +3,10 @@ memory where CUDA exists) while the samples admitted N-th to M-th are in the pip
 into the run's trace on its clock. Full kernel tracing of a whole dataset is far too heavy (MBs
 per sample, and the profiler slows every op); a window of a few samples is what it is for.
 
-Clock: a ``record_function`` marker is taken at a known ``time.time()`` inside the window; the
-profiler's timestamps are shifted so the marker lands there (error: the marker's own length,
-microseconds). Its processes are renumbered into the run's range (pid + 100) and prefixed
+Clock: an empty ``record_function`` marker is taken between two ``time.time()`` reads at the
+window's start; the profiler's timestamps are shifted so the marker's middle lands on theirs. The
+error bound, half the reads' distance (microseconds; more if the thread was preempted), is in the
+``kbridge_kernels`` metadata event. Its processes are renumbered into the run's range (pid + 100) and prefixed
 ``torch.profiler``.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ class KernelWindow:
         self.inside: set[str] = set()
         self.prof = None
         self.mark = 0.0
+        self.error = 0.0
+        """Half the time the marker took to take (a preempted thread widens it): the clock's bound."""
         self.done = False
         self.lock = threading.Lock()
 
@@ -64,8 +67,11 @@ class KernelWindow:
             pass
         self.prof = profile(activities=acts, record_shapes=True, profile_memory=True, **kw)
         self.prof.start()
+        a = time.time()
         with torch.profiler.record_function(MARK):
-            self.mark = time.time()
+            pass
+        b = time.time()
+        self.mark, self.error = (a + b) / 2, (b - a) / 2
 
     def _stop(self) -> None:
         prof, self.prof, self.done = self.prof, None, True
@@ -79,7 +85,11 @@ class KernelWindow:
         finally:
             os.unlink(path)
         events = data.get("traceEvents", data) if isinstance(data, dict) else data
-        self.tracer.merge(shift(events, self.tracer.ts(self.mark), self.tracer.base + 100))
+        merged = shift(events, self.tracer.ts(self.mark), self.tracer.base + 100)
+        if merged:
+            merged.insert(0, {"ph": "M", "name": "kbridge_kernels", "pid": self.tracer.base + 100, "tid": 0,
+                              "args": {"window": [self.first, self.last], "clock_error_us": round(self.error * 1e6)}})
+        self.tracer.merge(merged)
 
 
 def shift(events: list[dict], mark_us: int, pid0: int) -> list[dict]:
@@ -89,7 +99,7 @@ def shift(events: list[dict], mark_us: int, pid0: int) -> list[dict]:
     if marker is None:
         log.warning("--trace-kernels: the profiler recorded no clock marker; its events are not merged")
         return []
-    off = mark_us - marker["ts"]
+    off = mark_us - (marker["ts"] + marker.get("dur", 0) / 2)  # the marker's middle at the middle of its reads
     pids: dict = {}
     out = []
     for e in events:
