@@ -54,6 +54,9 @@ def _register_subapps() -> None:
     from kbridge.cli.report import report
 
     app.command("report")(report)
+    from kbridge.cli.profile import profile
+
+    app.command("profile")(profile)
 
 
 _register_subapps()
@@ -141,9 +144,19 @@ def run(
                                  "(the same stages as Ray Data operators; needs the ray extra)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="HOST:PORT of a Ray cluster to join "
                                               "(default: start a local instance sized to the machine)."),
+    trace: bool = typer.Option(False, "--trace", help="Write the run's timeline (Perfetto / chrome://tracing) to "
+                               "OUT/trace.json.gz; `kbridge profile OUT` reads it."),
+    trace_file: Optional[Path] = typer.Option(None, "--trace-file", help="Trace here instead (implies --trace)."),
+    trace_kernels: Optional[str] = typer.Option(None, "--trace-kernels", help="N..M: torch.profiler ops and kernels "
+                                                "while samples N..M run, in the same trace (implies --trace)."),
+    trace_every: int = typer.Option(1, "--trace-every", min=1, help="Per-sample spans for every N-th sample only "
+                                    "(big runs; device spans and counters are always kept)."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
     _setup_logging(verbose)
+    from kbridge.cli.profile import trace_options
+
+    topts = trace_options(out_dir, trace, trace_file, trace_kernels, trace_every)
     from kbridge.engine.store import RunInUse, check_free
 
     try:
@@ -167,7 +180,7 @@ def run(
             task = progress.add_task("samples", total=None)
             report = Engine(cfg).run(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
                                      export=export_completed, executor=executor, ray_address=ray_address,
-                                     metadata=metadata,
+                                     metadata=metadata, trace=topts,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except KbridgeError as e:  # the dataset, the run directory, a model, a backend, the configuration

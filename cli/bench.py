@@ -33,6 +33,20 @@ def report(path: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Where
     out.print(f"wrote {write(path)}")
 
 
+@bench_app.command("trace")
+def trace(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile of both rows."),
+          samples: int = typer.Option(8, "--samples", min=2, help="Incomplete samples (alternating kinds)."),
+          repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per row, alternating order."),
+          json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/trace.json.")):
+    """The cost of `kbridge run --trace`: wall time with and without, events and bytes per sample."""
+    from kbridge.benchmarks import trace as q
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    _finish(q.run(profile, samples, repeats), json_path, save)
+
+
 @bench_app.command("e2e")
 def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile for both rows."),
         samples: int = typer.Option(4, "--samples", help="Incomplete samples (half image-, half text-missing)."),

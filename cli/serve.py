@@ -39,6 +39,9 @@ def serve(
     body_timeout_s: Optional[float] = typer.Option(None, "--body-timeout-s", help="[serve] body_timeout_s (30)."),
     drain_timeout_s: Optional[float] = typer.Option(None, "--drain-timeout-s", help="[serve] drain_timeout_s (60)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write every request's timeline to this trace file "
+                                         "(e.g. serve-trace.json.gz; `kbridge profile DIR --trace FILE` reads it)."),
+    trace_every: int = typer.Option(1, "--trace-every", min=1, help="Per-sample spans for every N-th request only."),
 ):
     """Serve the engine over HTTP: POST /v1/complete, /v1/jobs (+ SSE events), /metrics, /health."""
     from kbridge.cli.app import _config, _fail, _line, _setup_logging
@@ -72,7 +75,10 @@ def serve(
 
     try:
         check(cfg.serve)
-        run(Engine(cfg), bind, port, key,
+        from kbridge.engine.trace import TraceOptions
+
+        topts = TraceOptions(trace, sample_every=trace_every) if trace else None
+        run(Engine(cfg), bind, port, key, trace=topts,
             on_listen=lambda h, p: _line("info", f"kbridge serve on http://{h}:{p} (profile {cfg.profile}; "
                                                  f"/health says 200 once the models are loaded; docs at /docs)"))
     except (KbridgeError, ConfigError) as e:

@@ -82,6 +82,8 @@ class Engine:
             "lmm": lambda: load_lmm(cfg), "scorer": lambda: load_scorer(cfg),
             "generators": lambda: [load_generator(cfg, d) for d in render_devices(cfg)]}
         """How each model slot is loaded (a test or an embedding application may replace one)."""
+        self.tracer = None
+        """The running ``engine.trace.Tracer`` during a traced ``run`` (else None)."""
         self.executor = stream
         """``async (source, stages, ctx, sink, busy)`` that moves rows through stages (the benchmark
         swaps in the v0.1 batch-barrier pattern to compare executors on the same stages)."""
@@ -105,13 +107,14 @@ class Engine:
             out: str | Path = "kbridge-out", limit: int | None = None,
             export: str | Path | None = None, on_start: Callable[[int], None] | None = None,
             on_sample: Callable[[str, str], None] | None = None, executor: str = "local",
-            ray_address: str | None = None, metadata: str | Path | None = None) -> RunReport:
+            ray_address: str | None = None, metadata: str | Path | None = None, trace=None) -> RunReport:
         """Complete every incomplete sample of a dataset (the domain's demo set when ``data`` is None).
 
         ``on_start(n)`` gets the number of samples left to do; ``on_sample(sample_id, status)`` is
         called as each finishes ("done" / "error"). ``executor``: "local" (the streaming executor
         in this process) or "ray" (the same stages as Ray Data operators, engine/ray_executor.py;
         ``ray_address`` joins a cluster, else a local instance is started and stopped).
+        ``trace``: an ``engine.trace.TraceOptions`` (``--trace``): the run's timeline is written there.
         Raises DataError for an unreadable dataset and RunConfigMismatch for a reused ``out``.
         """
         import torch
@@ -147,6 +150,12 @@ class Engine:
                      "missing": str(missing) if missing else None, "items": len(ds)}})
         t_start = time.time()
         report = RunReport(Path(out), 0, 0, 0)
+        self.tracer = None
+        if trace is not None:
+            from kbridge.engine.trace import Tracer
+
+            self.tracer = Tracer(trace, {"profile": cfg.profile, "executor": executor, "schedule": schedule,
+                                         "run_dir": str(Path(out).resolve())})
         try:
             indices = D.incomplete_indices(ds)
             if limit is not None:
@@ -176,6 +185,8 @@ class Engine:
             if export:
                 report.exported = export_completed(store.root, ds, Path(export))
         finally:
+            if self.tracer is not None:
+                self.tracer.close()
             store.close()
         return report
 
@@ -185,7 +196,7 @@ class Engine:
         busy: dict = defaultdict(float)
         files = PhaseFiles(store.root)
         any_image = any(ds.missing.get(i) == "image" for i in todo)
-        finish = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG))
+        finish = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG), self.tracer)
 
         def persist(k: int):
             def sink(row: Row) -> None:
@@ -207,7 +218,7 @@ class Engine:
                 need.discard("generators")
             return need
 
-        ctx_base = dict(cfg=cfg, domain=domain_of(cfg), dataset=ds)
+        ctx_base = dict(cfg=cfg, domain=domain_of(cfg), dataset=ds, trace=self.tracer)
         client_cache = store.cache if cfg.lmm.cache else None
         if schedule == "fused":
             models = self.ensure(slots(GRAPH))

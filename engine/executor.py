@@ -255,6 +255,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
             out = [r.fail(st.name, "cancelled" if gone else _failure(st.name, e, watchdog), "" if gone else tb)
                    for r in rows]
         out = [r.timed(st.name, a, b) for r in out]
+        if ctx.trace is not None:
+            ctx.trace.call(st.name, key, rows, out, a, b)
         if hooks.on_stage is not None:
             hooks.on_stage(st.name, out)
         for r in out:
@@ -293,6 +295,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         if abort:
             return False
         state["admitted"] += 1
+        if ctx.trace is not None:
+            ctx.trace.admitted(r)
         queues[0].put_nowait(r if r.admitted else r.replace(admitted=time.time()))
         return True
 
@@ -314,12 +318,18 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         spawn(route(i, st))
         if st.slot == "generators" and ctx.models.generators:
             for g in ctx.models.generators:
+                if ctx.trace is not None:
+                    ctx.trace.instrument(g, f"generators-{_device(g)}")
                 spawn(worker(i, st, ctx.on(g), f"generators-{_device(g)}"))
         else:
             key = {"io": "io", "lmm": "lmm"}.get(st.kind, f"{st.slot or 'dense'}-{cfg.rank.device}")
             spawn(worker(i, st, ctx, key))
     spawn(writer())
     spawn(feed())
+    if ctx.trace is not None:
+        from kbridge.engine.trace.counters import sample
+
+        spawn(sample(ctx.trace, hooks.queues, lambda: state["admitted"] - state["written"]))
     try:
         await finished.wait()
     finally:

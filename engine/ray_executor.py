@@ -101,6 +101,9 @@ class Spec:
     """Model loaders that differ from the engine's defaults (tests inject fakes here)."""
     cache: object = None
     """Handle of the cache actor, or None (``lmm.cache`` off)."""
+    trace: bool = False
+    """``--trace``: each stage call is recorded in its rows (``extra["_trace_calls"]``) for the
+    driver's trace (engine/trace: worker ``<slot> pid<N>@<node>``, the node's own clock)."""
 
 
 class _Cache:
@@ -137,6 +140,12 @@ class CacheProxy:
         import ray
 
         ray.get(self.h.put.remote(key, value))  # stored before the row moves on (a killed actor loses nothing)
+
+
+def _node() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def _on_gpu(cfg, slot: str):
@@ -215,7 +224,12 @@ class StageActor:
             out = [r.fail(st.name, f"internal error in {st.name}: {type(e).__name__}: {e}", traceback.format_exc())
                    for r in rows]
         b = time.time()
-        return [r.timed(st.name, a, b) for r in out]
+        out = [r.timed(st.name, a, b) for r in out]
+        if self.spec.trace:
+            from kbridge.engine.trace import remote_call
+
+            out = remote_call(st.name, f"{self.slot or 'io'} pid{os.getpid()}@{_node()}", rows, out, a, b)
+        return out
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -325,9 +339,9 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
 
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             cache = ray.remote(num_cpus=0, scheduling_strategy=here)(_Cache).remote(str(store.root / "cache.sqlite"))
-        spec = Spec(cfg, ds, str(store.root.resolve()), _default_loaders(eng), cache)
+        spec = Spec(cfg, ds, str(store.root.resolve()), _default_loaders(eng), cache, trace=eng.tracer is not None)
         rows = [Row(Sample(f"{ds.name}:{i}", i, None, None, ds.missing.get(i))) for i in todo]
-        sink = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG))
+        sink = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG), eng.tracer)
         timings: set[tuple] = set()  # one entry per stage call, not per row
         seen: set[str] = set()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))

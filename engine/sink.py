@@ -16,8 +16,8 @@ log = logging.getLogger("kbridge.engine")
 class ResultSink:
     """``sink(row)``: write one finished row into ``store`` and account it in ``report``."""
 
-    def __init__(self, store, report, t_start: float, on_sample=None, verbose: bool = False):
-        self.store, self.report, self.t_start = store, report, t_start
+    def __init__(self, store, report, t_start: float, on_sample=None, verbose: bool = False, trace=None):
+        self.store, self.report, self.t_start, self.trace = store, report, t_start, trace
         self.on_sample, self.verbose = on_sample, verbose
         self.lmm = {"lmm_calls": 0, "cache_hits": 0, "prompt_tokens": 0, "generated_tokens": 0}
         self.latencies: list[float] = []
@@ -39,8 +39,12 @@ class ResultSink:
         self.account(row)
         if row.error is not None:
             self.error(row.sample_id, row.error.message, row.error.stage, row.error.detail if self.verbose else "")
+            if self.trace is not None:
+                self.trace.row(row)
             return
         line = self.store.write_result(row, self.t_start)
+        if self.trace is not None:
+            self.trace.row(row)
         self.report.completed += 1
         self.report.candidates += len(row.candidates)
         self.latencies.append(line["timings"]["sample"]["seconds"])

@@ -62,6 +62,8 @@ class LMMServer:
         self.backend, self.max_batch, self.window_s = backend, max_batch, window_s
         self.faults = Faults()
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        """Each chat request's HTTP headers, lower-cased names (trace-context tests)."""
         self.answered = 0
         self.batches: list[int] = []
         self._q: queue.Queue = queue.Queue()
@@ -199,6 +201,7 @@ def _handler(server: LMMServer):
             f = server.faults
             with server._lock:
                 server.bodies.append(body)
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 fail = f.fail_next > 0
                 f.fail_next -= fail
                 malformed = not fail and f.malformed_next > 0

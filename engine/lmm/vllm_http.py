@@ -22,6 +22,7 @@ from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
 from kbridge.engine.lmm.openai_format import response_format, to_openai
 from kbridge.engine.errors import Unavailable
+from kbridge.engine.trace.otel import trace_headers
 
 log = logging.getLogger("kbridge.lmm.http")
 
@@ -116,7 +117,7 @@ class HTTPBackend:
         for attempt in range(self.cfg.retries + 1):
             try:
                 async with sem:
-                    return await self._post(client, body)
+                    return await self._post(client, body, trace_headers(req.sample_id))
             except _Retryable as e:
                 if attempt == self.cfg.retries:
                     return Generation("", 0, 0, error=f"LMM server: {e} (after {attempt + 1} attempts)")
@@ -128,9 +129,9 @@ class HTTPBackend:
             delay *= 2
         raise AssertionError("unreachable")
 
-    async def _post(self, client: httpx.AsyncClient, body: dict) -> Generation:
+    async def _post(self, client: httpx.AsyncClient, body: dict, headers: dict | None = None) -> Generation:
         try:
-            r = await client.post(f"{self.url}/chat/completions", json=body)
+            r = await client.post(f"{self.url}/chat/completions", json=body, headers=headers)
         except httpx.TimeoutException as e:
             raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s") from e
         except httpx.TransportError as e:

@@ -204,7 +204,9 @@ def summary(run: Run, cards_: list[dict]) -> str:
     parts.append("<h3>Scores</h3>" + (_png_img(sc, "score distributions") or "<p>no scores</p>"))
     parts.append("<h3>Stage timeline</h3>" + (_png_img(tl, "per-sample stage timeline")
                                               or "<p class='none'>no per-stage timings in this run</p>"))
-    return "".join(parts) + "</section>"
+    from kbridge.engine.report.profile import section  # kbridge run --trace: the profile and its timeline
+
+    return "".join(parts) + "</section>" + section(run.root, script_json)
 
 
 def render(run: Run, out_file: Path, embed: bool = False, title: str | None = None) -> str:

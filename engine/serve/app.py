@@ -492,17 +492,19 @@ def uvicorn_config(app, host: str, port: int, limits, **kw):
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
-          on_listen=None) -> Service:
+          on_listen=None, trace=None) -> Service:
     """Run the service until SIGTERM / SIGINT: admission stops (/health 503 "draining"), admitted
     jobs finish for up to [serve] drain_timeout_s (then they are cancelled), and the process exits,
     at the latest a few seconds after that deadline. Returns the drained service (its jobs say how
-    each ended)."""
+    each ended). ``trace``: ``engine.trace.TraceOptions`` (``--trace``)."""
     import signal
     import threading
 
     import uvicorn
 
-    svc = Service(engine, Metrics())
+    from kbridge.engine.trace import Tracer
+
+    svc = Service(engine, Metrics(), Tracer(trace, {"serve": f"{host}:{port}"}) if trace else None)
     lim = svc.limits
     grace = 10.0
     app = create_app(svc, api_key, drain_timeout_s=grace / 3)

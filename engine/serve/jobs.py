@@ -100,7 +100,7 @@ def sample_index(sample_id: str) -> int:
 
 
 class Service:
-    def __init__(self, engine, metrics=None):
+    def __init__(self, engine, metrics=None, trace=None):
         from kbridge.engine.domains import domain_of
         from kbridge.engine.plan import resolve_schedule
 
@@ -110,6 +110,8 @@ class Service:
                                "plan is phased: use a profile or --config whose models fit together")
         self.domain = domain_of(self.cfg)
         self.metrics = metrics
+        self.tracer = trace
+        """``kbridge serve --trace``: an ``engine.trace.Tracer`` (closed when the service drains)."""
         self.jobs: dict[str, Job] = {}
         self.active = 0
         """Jobs admitted and not finished (bounded by max_queue)."""
@@ -150,13 +152,15 @@ class Service:
         self._tok = copy.deepcopy(tok) if tok is not None else None  # intake's own: no sharing across threads
         models.retriever = None if not self.cfg.rank.index_dir else load_retriever(self.cfg, self.cfg.rank.index_dir)
         ctx = Ctx(cfg=self.cfg, domain=self.domain, models=models,
-                  client=LMMClient(models.lmm, RequestLog(), None, greedy=self.cfg.lmm.greedy))
+                  client=LMMClient(models.lmm, RequestLog(), None, greedy=self.cfg.lmm.greedy), trace=self.tracer)
         self._task = asyncio.ensure_future(stream(self._source(), GRAPH, ctx, self._sink, hooks=self.hooks))
         self._task.add_done_callback(self._stopped)
         self.ready = True
 
     def _stopped(self, task: asyncio.Task) -> None:
         self.ready = False
+        if self.tracer is not None:  # the stream is over: the trace file is complete
+            self.tracer.close()
         if not task.cancelled() and task.exception() is not None:
             e = task.exception()
             self.stopped = f"the pipeline stopped: {type(e).__name__}: {e}"
@@ -312,6 +316,8 @@ class Service:
 
     def _sink(self, row: Row) -> None:
         """Writer thread: hand the row back to the event loop."""
+        if self.tracer is not None:
+            self.tracer.row(row)
         self._loop.call_soon_threadsafe(self._finish, self._job(row), row)
 
     def _finish(self, job: Job, row: Row) -> None:

@@ -34,6 +34,8 @@ class Ctx:
     pools: dict | None = None
     """Worker threads kept across the executor calls of one run (the phased schedule's phases):
     key → ThreadPoolExecutor, shut down by the run. None: each call makes and ends its own."""
+    trace: object = None
+    """The run's ``engine.trace.Tracer`` with ``--trace`` (the executor records spans), else None."""
 
     def on(self, generator) -> "Ctx":
         return replace(self, generator=generator)
