@@ -135,6 +135,25 @@ def retrieve(docs: int = typer.Option(20_000, "--docs", help="Documents (token b
     _finish(stamp(run(docs=docs, dim=dim, queries=queries, repeat=repeat)), json_path, save)
 
 
+@bench_app.command("render")
+def render(profile: str = typer.Option("small", "--profile", "-p", help="Profile whose render settings are the reference."),
+           candidates: int = typer.Option(7, "--candidates", help="Candidates rendered per call."),
+           repeats: int = typer.Option(3, "--repeats", "--repeat", min=1, help="Timed repetitions, alternating order."),
+           compile: bool = typer.Option(True, "--compile/--no-compile", help="Include the torch.compile row."),
+           only: Optional[str] = typer.Option(None, "--only", help="Comma-separated variant names (substrings); "
+                                              "the profile row is always run."),
+           allow_loaded: bool = typer.Option(False, "--allow-loaded", help="Ratios even from loaded rows."),
+           json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+           save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/render.json.")):
+    """Render on CPU: micro-batch, channels-last, threads, torch.compile, onnxruntime; bf16 with its fidelity."""
+    from kbridge.benchmarks import render as q
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    _finish(q.run(profile, candidates, repeats, compile, tuple(o.strip() for o in (only or "").split(",") if o.strip()),
+                  allow_loaded), json_path, save)
+
+
 @bench_app.command("lmm")
 def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 requests, 2 repeats."),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),

@@ -1,5 +1,6 @@
 """Benchmarks that cannot mislead (issue 28 §1): every row's load record, the loaded rule, ratios
 only between quiet rows, BENCHMARKS.md without loaded or unrecorded rows, the Amdahl cap."""
+import numpy as np
 import pytest
 
 from kbridge.benchmarks import e2e as E
@@ -85,3 +86,18 @@ def test_stamp_gives_rows_without_a_record_the_commands_span(monkeypatch):
     rep = H.stamp({"question": "q", "columns": ["name"], "rows": [{"name": "a"}, {"name": "b", H.LOAD_KEY: "own"}]})
     assert rep["rows"][0][H.LOAD_KEY]["start"]["load1"] == 0.5 and rep["rows"][1][H.LOAD_KEY] == "own"
     assert "tables" not in rep and rep["git_sha"]
+
+
+def test_render_bench_rows_on_the_tiny_twin(monkeypatch):
+    """`kbridge bench render`: the profile row and a micro-batch row render the same candidates
+    within the cross-setting rule; ratios only from quiet rows."""
+    from kbridge.benchmarks import render as Q
+
+    monkeypatch.setattr(Q, "load_probe", lambda: _probe(0.0))
+    rep = Q.run("tiny", candidates=2, repeats=1, compile=False, only=("batch 1",))
+    rows = rep["rows"]
+    assert [r["name"] for r in rows] == ["profile settings (batch 16)", "batch 1"] and "tables" not in rep
+    assert rows[0]["max_grey_diff"] == 0 and rows[1]["max_grey_diff"] <= Q.GREY_LEVELS
+    assert rows[1]["within_cross_setting_rule"] == "yes" and rows[1]["speedup_vs_profile"] > 0
+    assert rows[0]["best_agreement"] == 1.0
+    assert Q.psnr(np.zeros((1, 2, 2, 3)), np.full((1, 2, 2, 3), 255.0)) == 0.0
