@@ -6,7 +6,9 @@ joint writing, caption triples extracted from the captions), ``+parallel`` (N pr
 as N parallel sequences), ``+onnx`` (compiled CPU runners; graphs exported before timing), then
 the rungs that change the method's outputs by design (``+refine-top-2``: only the two candidates
 whose base-latent previews score best are refined and fully decoded; ``+self-triples``: caption
-triples written by the caption writer, one LMM turn less). Each output-changing rung reports its gain over the
+triples written by the caption writer, one LMM turn less; ``+bf16 render``: the precision rung,
+UNets / VAE / text encoders in bfloat16 under torch, fast on CPUs with AVX512-BF16 or AMX; its
+fidelity is in ``kbridge bench render``). Each output-changing rung reports its gain over the
 best rung that keeps the method's outputs.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ RUNGS: tuple[tuple[str, dict, bool], ...] = (
     ("+onnx", {"runtime": {"backend": "onnx"}}, False),
     ("+refine-top-2", {"generation": {"refine_top": 2, "preview": "linear"}}, True),
     ("+self-triples", {"knowledge": {"caption_triples_from": "self"}}, True),
+    ("+bf16 render", {"runtime": {"backend": "torch"}, "generation": {"dtype": "bfloat16"}}, True),
 )
 """(name, overrides added to the previous rung's, changes the method's outputs)."""
 
@@ -64,9 +67,10 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
         cfgs, warmed = {}, set()
         for name, over, _ in [("baseline", {"run": {"threads": threads}} if threads else {}, False), *rungs]:
             backend = over.get("runtime", {}).get("backend", "torch")
-            if backend not in warmed:  # exports and kernel warm-up happen here, before any timing
-                warm_up(profile, over, tmp, backend)
-                warmed.add(backend)
+            key = f"{backend}-{over.get('generation', {}).get('dtype', 'float32')}"
+            if key not in warmed:  # exports and kernel warm-up happen here, before any timing
+                warm_up(profile, over, tmp, key)
+                warmed.add(key)
             cfgs[name] = build_config(profile, overrides=over)
         runners = [("baseline", lambda rep: run_baseline(cfgs["baseline"], data, tmp / f"baseline-{rep}"))]
         for name, _, _ in rungs:
