@@ -177,10 +177,18 @@ class HFBackend:
                     self._cv.wait()
                 if all(i.fut.done() for i in items):
                     return [i.fut.result() for i in items]
-                self._busy = True
                 batch, self._queue = self._queue[:n], self._queue[n:]
+                if not batch:  # cannot happen: an unanswered request is queued or in a running batch
+                    raise RuntimeError("hf backend: request lost between batches")
+                self._busy = True
             try:
                 self._run(batch)
+            except BaseException as e:  # interrupted: no caller of this batch may wait forever
+                with self._cv:
+                    for p in batch:
+                        if not p.fut.done():
+                            p.fut.set_exception(e)
+                raise
             finally:
                 with self._cv:
                     self._busy = False
