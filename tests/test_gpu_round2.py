@@ -41,7 +41,8 @@ def test_N2_N13_phased_release_drops_every_reference_and_closes_the_engine(cfg, 
     monkeypatch.setitem(STAGES, "load", dataclasses.replace(
         load, fn=lambda rows, ctx: threads.append(threading.current_thread()) or load.fn(rows, ctx)))
     log, refs, seen = [], [], []
-    eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, schedule="phased")))
+    eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, schedule="phased"),
+                                     generation=dataclasses.replace(cfg.generation, candidates=1)))  # one render
     loaded = engine.models()
 
     def lmm():
