@@ -280,6 +280,9 @@ def maxsim_section(s: Setup) -> Iterator[dict]:
         deadline = time.monotonic() + float(os.environ.get("KBRIDGE_KERNEL_WAIT_S", "60"))
         while not os.path.exists(wait) and time.monotonic() < deadline:
             time.sleep(0.5)
+        import importlib
+
+        importlib.invalidate_caches()  # the build copied the modules into the shim after kbridge was imported
     from kbridge.kernels.maxsim import cpu_available, cuda_status, maxsim_pairs
     from kbridge.kernels.maxsim_torch import maxsim_pairs_torch
 
