@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kbridge.benchmarks.harness import percentile, stamp
+from kbridge.benchmarks.harness import LOAD_KEY, load_probe, loaded, percentile, ratio, row_load, stamp
 from kbridge.engine import data as D
 from kbridge.engine.config import PipelineConfig, build_config
 from kbridge.engine.rows import LMMRecord, critical_path
@@ -33,7 +33,8 @@ COUNTED = ("candidates", "lmm_calls", "lmm_serial_turns", "prompt_tokens", "gene
 COLUMNS = ["name", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "s_per_sample_p50",
            "s_per_sample_p95", "lmm_calls_per_sample", "lmm_serial_turns_per_sample",
            "critical_path_decode_tokens_per_sample", "generated_tokens_per_sample", "unet_evals_per_sample",
-           "vae_decodes_per_sample", "errors", "speedup_vs_baseline"]
+           "vae_decodes_per_sample", "errors", "speedup_vs_baseline", "speedup_min", "speedup_max",
+           "amdahl_cap_lmm_only"]
 SPLIT_COLUMNS = ["name", "missing", "samples", *[f"{k}_per_sample" for k in COUNTED if k != "preview_decodes"]]
 
 
@@ -87,20 +88,53 @@ def repeated(runners: list[tuple[str, Callable[[int], tuple]]], repeats: int) ->
     """Run every row ``repeats`` times, in alternating order (A B C, C B A, A B C, ...), so load on
     the machine during one pass lands on every row. Per row: the repetition with the median
     throughput (its latency, counts and stage times), with ``samples_per_s`` the median over the
-    repetitions and ``samples_per_s_min`` / ``_max`` beside it; ``errors`` summed over them."""
+    repetitions and ``samples_per_s_min`` / ``_max`` beside it; ``errors`` summed over them;
+    ``samples_per_s_reps`` every repetition's throughput in run order, and the machine's load at
+    each repetition's start and end (``machine_load``, one record per repetition)."""
     got: dict[str, list[tuple]] = {name: [] for name, _ in runners}
     for rep in range(repeats):
         for name, fn in (runners if rep % 2 == 0 else runners[::-1]):
-            got[name].append(fn(rep))
+            start = load_probe()
+            row, per_sample, missing = fn(rep)
+            got[name].append(({**row, LOAD_KEY: row_load(start, load_probe())}, per_sample, missing))
     out = []
     for name, _ in runners:
-        runs = sorted(got[name], key=lambda t: t[0]["samples_per_s"])
+        reps = got[name]
+        runs = sorted(reps, key=lambda t: t[0]["samples_per_s"])
         row, per_sample, missing = runs[(len(runs) - 1) // 2]
         speeds = [t[0]["samples_per_s"] for t in runs]
         out.append(({**row, "name": name, "samples_per_s": statistics.median(speeds),
                      "samples_per_s_min": min(speeds), "samples_per_s_max": max(speeds), "repeats": len(runs),
+                     "samples_per_s_reps": [t[0]["samples_per_s"] for t in reps],
+                     LOAD_KEY: [t[0][LOAD_KEY] for t in reps],
                      "errors": sum(t[0]["errors"] for t in runs)}, per_sample, missing))
     return out
+
+
+def speedups(rows: list[dict], allow_loaded: bool = False) -> None:
+    """Set every row's ``speedup_vs_baseline`` (median throughput over the baseline's) and its
+    ``speedup_min`` / ``speedup_max``: the least and most of the per-repetition ratios, each
+    repetition against the baseline's repetition of the same pass. None where the row or the
+    baseline (the first row) is loaded, unless ``allow_loaded``."""
+    base = rows[0]
+    for r in rows:
+        r["speedup_vs_baseline"] = ratio(r, base, "samples_per_s", allow_loaded)
+        per = [a / b for a, b in zip(r.get("samples_per_s_reps", []), base.get("samples_per_s_reps", [])) if b]
+        ok = r["speedup_vs_baseline"] is not None and per
+        r["speedup_min"], r["speedup_max"] = (min(per), max(per)) if ok else (None, None)
+
+
+LMM_STAGES = ("extract", "write", "candidate_knowledge")
+
+
+def amdahl_cap(base: dict) -> float | None:
+    """The best end-to-end ratio over the baseline if only its LMM stages got faster (to zero):
+    its total stage time over its time outside the LMM stages (the baseline runs its stages one
+    after another, so their times add up to its wall time)."""
+    st = base.get("stage_seconds", {})
+    total = sum(st.values())
+    rest = total - sum(st.get(s, 0.0) for s in LMM_STAGES)
+    return total / rest if rest > 0 else None
 
 
 def run_kbridge(cfg: PipelineConfig, data: Path, out: Path, executor=None) -> tuple[dict, dict, dict]:
@@ -159,6 +193,7 @@ def single(profile_cfg: PipelineConfig, tmp: Path) -> list[dict]:
     eng.models(need_diffusion=True)
     rows = []
     for kind, i in (("image", 0), ("text", 1)):
+        start = load_probe()
         data = bench_dataset(tmp / f"single-{kind}", 2)
         keep = {str(i): [1, 0] if kind == "image" else [0, 1]}
         (data / "missing.json").write_text(json.dumps({"missing_details": keep}))
@@ -169,8 +204,9 @@ def single(profile_cfg: PipelineConfig, tmp: Path) -> list[dict]:
         line = json.loads((tmp / f"single-kb-{kind}" / "results.jsonl").read_text().splitlines()[0])
         kb = line["timings"]["sample"]["seconds"]
         b = base.sample_seconds[s.sample_id]
-        rows.append({"name": f"{kind}-missing sample alone", "baseline_s": b, "kbridge_s": kb,
-                     "speedup_vs_baseline": b / kb if kb else float("nan")})
+        load = row_load(start, load_probe())
+        rows.append({"name": f"{kind}-missing sample alone", "baseline_s": b, "kbridge_s": kb, LOAD_KEY: load,
+                     "speedup_vs_baseline": b / kb if kb and not load["loaded"] else None})
     return rows
 
 
@@ -184,10 +220,11 @@ def warm_up(profile: str, overrides: dict, tmp: Path, tag: str) -> None:
 
 
 def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0,
-        backends: tuple[str, ...] = ("torch",), repeats: int | None = None) -> dict:
+        backends: tuple[str, ...] = ("torch",), repeats: int | None = None, allow_loaded: bool = False) -> dict:
     """Baseline, kbridge's stages under the v0.1 scheduling, then one streaming kbridge row per
     dense-model runtime in ``backends`` (same models), each row ``repeats`` times in alternating
-    order (default 3; 1 with ``quick``); then the single-sample table."""
+    order (default 3; 1 with ``quick``); then the single-sample table. Ratios involving a loaded
+    row are None unless ``allow_loaded``."""
     from kbridge.benchmarks.barrier import barrier
 
     n = 2 if quick else max(2, samples)
@@ -208,13 +245,14 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
             runners.append(("kbridge" if backend == "torch" else f"kbridge --backend {backend}",
                             lambda rep, b=backend: run_kbridge(cfgs[b], data, tmp / f"kbridge-{b}-{rep}")))
         done = repeated(runners, repeats)
-        base = done[0][0]
-        rows, splits = [], []
+        rows, splits = [row for row, _, _ in done], []
+        speedups(rows, allow_loaded)
+        cap = amdahl_cap(rows[0])
         for row, counts, missing in done:
-            row["speedup_vs_baseline"] = row["samples_per_s"] / base["samples_per_s"]
-            rows.append(row)
+            if row is not rows[0]:
+                row["amdahl_cap_lmm_only"] = cap
             if "v0.1" not in row["name"]:
-                splits += _split(row["name"], counts, missing)
+                splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in _split(row["name"], counts, missing)]
         alone = single(build_config(profile, overrides=overrides), tmp)
     return stamp({
         "question": "e2e", "title": f"End to end: reference pattern vs kbridge ({profile} profile, {n} samples)",
@@ -223,7 +261,8 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
         "profile": profile, "config": build_config(profile).to_dict(), "columns": COLUMNS, "rows": rows,
         "plot": "benchmarks/results/e2e_stages.png",
         "tables": [{"title": "Per-stage busy time, s (kbridge's stages overlap, so they can sum past its wall time)",
-                    "columns": ["name", *STAGES], "rows": [{"name": r["name"], **r["stage_seconds"]} for r in rows]},
+                    "columns": ["name", *STAGES],
+                    "rows": [{"name": r["name"], **r["stage_seconds"], LOAD_KEY: r[LOAD_KEY]} for r in rows]},
                    {"title": "Counted figures per sample, by missing modality", "columns": SPLIT_COLUMNS,
                     "rows": splits},
                    {"title": "One sample alone: seconds from its start to its result (kbridge: models resident; "
@@ -236,11 +275,17 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
 def _notes(rows: list[dict]) -> list[str]:
     base = rows[0]
     bs = base["stage_seconds"]
-    lmm = bs["extract"] + bs["write"] + bs["candidate_knowledge"]
-    notes = [f"baseline LMM share: {100 * lmm / sum(bs.values()):.0f}% of its time (calibration target 50-70%)"]
+    lmm = sum(bs[s] for s in LMM_STAGES)
+    cap = amdahl_cap(base)
+    notes = [f"baseline LMM share: {100 * lmm / sum(bs.values()):.0f}% of its time (calibration target 50-70%); "
+             f"Amdahl cap: {cap:.2f}x end to end if only the LMM stages got faster (to zero), with render "
+             "and the rest as the baseline's" if cap else "no Amdahl cap: the baseline has no non-LMM time"]
+    if any(loaded(r) for r in rows):
+        notes.append("LOADED: " + ", ".join(r["name"] for r in rows if loaded(r)) + " ran on a loaded machine "
+                     "(harness.is_loaded); their ratios are left out")
     old = next((r for r in rows if "v0.1" in r["name"]), None)
     new = next((r for r in rows if r["name"] == "kbridge"), None)
-    if old and new:
+    if old and new and not (loaded(old) or loaded(new)):
         notes.append(f"streaming vs v0.1 executor (same stages, same run): throughput "
                      f"{new['samples_per_s'] / old['samples_per_s']:.2f}x, latency p50 {new['s_per_sample_p50']:.1f} s "
                      f"vs {old['s_per_sample_p50']:.1f} s")
@@ -248,7 +293,11 @@ def _notes(rows: list[dict]) -> list[str]:
                  f"samples/s: median of {base.get('repeats', 1)} repetitions in alternating order (min / max beside "
                  "it); throughput counts completed samples only, errors are counted per row")
     for kb in rows[1:]:
-        notes.append(f"{kb['name']}: speed-up {kb['speedup_vs_baseline']:.2f}x (target >= 3x); LMM sequences per "
+        if kb["speedup_vs_baseline"] is None:
+            continue
+        notes.append(f"{kb['name']}: speed-up {kb['speedup_vs_baseline']:.2f}x (min {kb['speedup_min']:.2f}x, max "
+                     f"{kb['speedup_max']:.2f}x over {kb.get('repeats', 1)} alternating repetitions; Amdahl cap "
+                     f"{cap or float('nan'):.2f}x; target >= 3x); LMM sequences per "
                      f"sample {kb['lmm_calls_per_sample']:.1f} vs {base['lmm_calls_per_sample']:.1f}; serial LMM "
                      f"turns {kb['lmm_serial_turns_per_sample']:.1f} vs {base['lmm_serial_turns_per_sample']:.1f}")
     return notes

@@ -10,6 +10,11 @@ Every question (``e2e``, ``maxsim``, ``runners``, ``lmm``) is one module in this
 Reports live in ``benchmarks/results/<question>.json``; ``kbridge bench report`` renders all of
 them into BENCHMARKS.md (see ``report.py``). Times are medians over repeats after warm-up; the
 spread is reported beside them; ratios are taken between rows of the same run.
+
+Load: every row carries a ``machine_load`` record (``row_load``): the machine's load at its start and end
+and whether it was ``loaded`` by the rule of ``is_loaded``. A loaded row, or one with no record
+(everything measured before the record existed), takes part in no ratio and is left out of
+BENCHMARKS.md unless ``--allow-loaded`` (and then it is marked loaded wherever it appears).
 """
 from __future__ import annotations
 
@@ -67,6 +72,95 @@ def time_it(fn: Callable[[], object], warmup: int = 1, repeat: int = 5, min_seco
     return summarize(times)
 
 
+LOAD_KEY = "machine_load"
+"""The row field holding its load record (``row_load``), or a list of them for a row that
+aggregates repetitions."""
+LOADED_PER_CORE = 0.5
+"""A row is ``loaded`` when, at its start or its end, either the 1-minute load average minus the
+benchmark's own threads, or the CPU that other processes used in the probe window (in cores),
+exceeds ``LOADED_PER_CORE`` x the machine's cores (on 2 cores: more than 1.0 core's worth)."""
+BUSY_SHARE = 0.1
+"""A process counts as busy when it used more than this share of one core in the probe window."""
+
+_started: dict | None = None
+"""The probe taken when a ``kbridge bench`` command started (``begin``): the start of the load
+record of rows that do not record their own."""
+
+
+def load_probe(window: float = 0.25) -> dict:
+    """The machine's load now: 1-minute load average, and the other processes (not this one, not
+    its children) that used CPU during a ``window``-second probe: how many were busy, and how many
+    cores they used together."""
+    import psutil
+
+    me = psutil.Process()
+    mine = {me.pid, *(c.pid for c in me.children(recursive=True))}
+
+    def times() -> dict[int, float]:
+        out = {}
+        for p in psutil.process_iter(["pid", "cpu_times"]):
+            t = p.info.get("cpu_times")
+            if p.info["pid"] not in mine and t is not None:
+                out[p.info["pid"]] = t.user + t.system
+        return out
+
+    a, t0 = times(), time.perf_counter()
+    time.sleep(window)
+    b, dt = times(), time.perf_counter() - t0
+    used = [(b[pid] - a[pid]) / dt for pid in b.keys() & a.keys()]
+    return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "load1": round(os.getloadavg()[0], 2),
+            "busy_other": sum(u > BUSY_SHARE for u in used), "other_cores": round(sum(u for u in used if u > 0), 2)}
+
+
+def own_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def is_loaded(load: dict | None) -> bool:
+    """The rule of ``LOADED_PER_CORE``; a row with no load record counts as loaded (unknown)."""
+    if not load or "start" not in load or "end" not in load:
+        return True
+    limit = LOADED_PER_CORE * load["cores"]
+    return any(p["load1"] - load["own_threads"] > limit or p["other_cores"] > limit
+               for p in (load["start"], load["end"]))
+
+
+def row_load(start: dict, end: dict, threads: int | None = None) -> dict:
+    rec = {"start": start, "end": end, "own_threads": own_threads() if threads is None else threads,
+           "cores": os.cpu_count() or 1}
+    return {**rec, "loaded": is_loaded(rec)}
+
+
+def loaded(row: dict) -> bool:
+    """Whether a row is loaded (or unknown); a row aggregating repetitions is loaded if any is."""
+    load = row.get(LOAD_KEY)
+    if isinstance(load, list):
+        return not load or any(is_loaded(x) for x in load)
+    return is_loaded(load)
+
+
+def measured(fn: Callable[[], dict]) -> dict:
+    """Run ``fn`` (which returns one row) between two load probes; the row gets its ``load``."""
+    start = load_probe()
+    row = fn()
+    return {**row, LOAD_KEY: row_load(start, load_probe())}
+
+
+def begin() -> None:
+    """Record the load at the start of a ``kbridge bench`` command (see ``stamp``)."""
+    global _started
+    _started = load_probe()
+
+
+def ratio(a: dict, b: dict, key: str, allow_loaded: bool = False) -> float | None:
+    """``a[key] / b[key]``, or None when either row is loaded (unless ``allow_loaded``)."""
+    if not allow_loaded and (loaded(a) or loaded(b)):
+        return None
+    return a[key] / b[key] if b.get(key) else None
+
+
 def git_sha() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
@@ -118,9 +212,18 @@ def cpu_vector(cpuinfo: str | None = None) -> str:
 
 
 def stamp(report: dict) -> dict:
-    """Add machine, versions, git SHA and time to a report."""
+    """Add machine, versions, git SHA and time to a report. Rows (of the main table and the extra
+    tables) without their own load record get one spanning the whole command: from ``begin`` (or
+    now, if the command did not call it) to now."""
     from kbridge.engine.api import versions
 
+    end = load_probe()
+    whole = row_load(_started or end, end)
+    fill = lambda rows: [r if LOAD_KEY in r else {**r, LOAD_KEY: whole} for r in rows]  # noqa: E731
+    report = {**report, "rows": fill(report.get("rows", [])),
+              "tables": [{**t, "rows": fill(t.get("rows", []))} for t in report.get("tables", [])]}
+    if not report["tables"]:
+        report.pop("tables")
     return {**report, "machine": machine(), "versions": versions(), "git_sha": git_sha(),
             "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
@@ -146,10 +249,18 @@ def fmt(v) -> str:
     return "–" if v is None else str(v)
 
 
+def shown_name(row: dict) -> str | None:
+    """A row's name as tables print it: marked when it ran loaded or has no load record."""
+    name = row.get("name")
+    if name is None or not loaded(row):
+        return name
+    return f"{name} [loaded]" if row.get(LOAD_KEY) else f"{name} [load unknown]"
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        out.append("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |")
+        out.append("| " + " | ".join(fmt(shown_name(r) if c == "name" else r.get(c)) for c in columns) + " |")
     return "\n".join(out)
 
 
@@ -160,5 +271,5 @@ def rich_table(report: dict):
     for c in report["columns"]:
         t.add_column(c, justify="left" if c == "name" else "right")
     for r in report["rows"]:
-        t.add_row(*(fmt(r.get(c)) for c in report["columns"]))
+        t.add_row(*(fmt(shown_name(r) if c == "name" else r.get(c)) for c in report["columns"]))
     return t

@@ -6,7 +6,9 @@ joint writing, caption triples extracted from the captions), ``+parallel`` (N pr
 as N parallel sequences), ``+onnx`` (compiled CPU runners; graphs exported before timing), then
 the rungs that change the method's outputs by design (``+refine-top-2``: only the two candidates
 whose base-latent previews score best are refined and fully decoded; ``+self-triples``: caption
-triples written by the caption writer, one LMM turn less). Each output-changing rung reports its gain over the
+triples written by the caption writer, one LMM turn less; ``+bf16 render``: the precision rung,
+UNets / VAE / text encoders in bfloat16 under torch, fast on CPUs with AVX512-BF16 or AMX; its
+fidelity is in ``kbridge bench render``). Each output-changing rung reports its gain over the
 best rung that keeps the method's outputs.
 """
 from __future__ import annotations
@@ -14,9 +16,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from kbridge.benchmarks.e2e import (COUNTED, STAGES, _split, bench_dataset, repeated, run_baseline, run_kbridge,
-                                    warm_up)
-from kbridge.benchmarks.harness import stamp
+from kbridge.benchmarks.e2e import (COUNTED, STAGES, _split, amdahl_cap, bench_dataset, repeated, run_baseline,
+                                    run_kbridge, speedups, warm_up)
+from kbridge.benchmarks.harness import LOAD_KEY, loaded, stamp
 from kbridge.engine.config import build_config
 
 RUNGS: tuple[tuple[str, dict, bool], ...] = (
@@ -25,6 +27,7 @@ RUNGS: tuple[tuple[str, dict, bool], ...] = (
     ("+onnx", {"runtime": {"backend": "onnx"}}, False),
     ("+refine-top-2", {"generation": {"refine_top": 2, "preview": "linear"}}, True),
     ("+self-triples", {"knowledge": {"caption_triples_from": "self"}}, True),
+    ("+bf16 render", {"runtime": {"backend": "torch"}, "generation": {"dtype": "bfloat16"}}, True),
 )
 """(name, overrides added to the previous rung's, changes the method's outputs)."""
 
@@ -32,7 +35,8 @@ COLUMNS = ["name", "output_changing", "samples_per_s", "samples_per_s_min", "sam
            "s_per_sample_p50", "s_per_sample_p95", "critical_path_decode_tokens_per_sample",
            "generated_tokens_per_sample", "lmm_calls_per_sample", "candidates_per_sample", "unet_evals_per_sample",
            "vae_decodes_per_sample",
-           "preview_decodes_per_sample", "errors", "speedup_vs_baseline"]
+           "preview_decodes_per_sample", "errors", "speedup_vs_baseline", "speedup_min", "speedup_max",
+           "gain_over_previous_rung"]
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -53,7 +57,7 @@ def rung_overrides(threads: int = 0) -> list[tuple[str, dict, bool]]:
 
 
 def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0,
-        repeats: int | None = None) -> dict:
+        repeats: int | None = None, allow_loaded: bool = False) -> dict:
     n = 2 if quick else max(2, samples)
     repeats = repeats or (1 if quick else 3)
     rungs = rung_overrides(threads)
@@ -63,21 +67,24 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
         cfgs, warmed = {}, set()
         for name, over, _ in [("baseline", {"run": {"threads": threads}} if threads else {}, False), *rungs]:
             backend = over.get("runtime", {}).get("backend", "torch")
-            if backend not in warmed:  # exports and kernel warm-up happen here, before any timing
-                warm_up(profile, over, tmp, backend)
-                warmed.add(backend)
+            key = f"{backend}-{over.get('generation', {}).get('dtype', 'float32')}"
+            if key not in warmed:  # exports and kernel warm-up happen here, before any timing
+                warm_up(profile, over, tmp, key)
+                warmed.add(key)
             cfgs[name] = build_config(profile, overrides=over)
         runners = [("baseline", lambda rep: run_baseline(cfgs["baseline"], data, tmp / f"baseline-{rep}"))]
         for name, _, _ in rungs:
             runners.append((name, lambda rep, nm=name: run_kbridge(cfgs[nm], data, tmp / f"{nm.strip('+')}-{rep}")))
         done = repeated(runners, repeats)
     changes = {"baseline": False, **{name: c for name, _, c in rungs}}
-    base = done[0][0]
     rows, splits = [], []
     for row, counts, missing in done:
-        rows.append({**row, "output_changing": "yes" if changes[row["name"]] else "no",
-                     "speedup_vs_baseline": row["samples_per_s"] / base["samples_per_s"]})
-        splits += _split(row["name"], counts, missing)
+        rows.append({**row, "output_changing": "yes" if changes[row["name"]] else "no"})
+        splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in _split(row["name"], counts, missing)]
+    speedups(rows, allow_loaded)
+    for prev, r in zip(rows, rows[1:]):  # each change's share: its rung over the one before
+        r["gain_over_previous_rung"] = (r["speedup_vs_baseline"] / prev["speedup_vs_baseline"]
+                                        if r["speedup_vs_baseline"] and prev["speedup_vs_baseline"] else None)
     return stamp({
         "question": "e2e_ladder", "title": f"End to end, one change at a time ({profile} profile, {n} samples)",
         "how": f"kbridge bench e2e --ladder --profile {profile} --samples {n} --repeats {repeats}"
@@ -85,7 +92,8 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
         "profile": profile, "rungs": [{"name": nm, "overrides": o, "output_changing": c} for nm, o, c in rungs],
         "columns": COLUMNS, "rows": rows, "plot": "benchmarks/results/e2e_ladder.png",
         "tables": [{"title": "Per-stage busy time per rung, s (kbridge's stages overlap)",
-                    "columns": ["name", *STAGES], "rows": [{"name": r["name"], **r["stage_seconds"]} for r in rows]},
+                    "columns": ["name", *STAGES],
+                    "rows": [{"name": r["name"], **r["stage_seconds"], LOAD_KEY: r[LOAD_KEY]} for r in rows]},
                    {"title": "Counted figures per sample, by missing modality",
                     "columns": ["name", "missing", "samples", *[f"{k}_per_sample" for k in COUNTED]],
                     "rows": splits}],
@@ -95,16 +103,22 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
 
 def notes(rows: list[dict], splits: list[dict]) -> list[str]:
     base = rows[0]
-    exact = [r for r in rows[1:] if r["output_changing"] == "no"]
+    cap = amdahl_cap(base)
     out = [f"samples/s: median of {base.get('repeats', 1)} repetition(s), rows in alternating order; ratios are "
-           "to the baseline row of the same run"]
+           "to the baseline row of the same run; gain_over_previous_rung is each change's share"]
+    if cap:
+        out.append(f"Amdahl cap: {cap:.2f}x end to end if only the LMM stages got faster (to zero)")
+    if any(loaded(r) for r in rows):
+        out.append("LOADED: " + ", ".join(r["name"] for r in rows if loaded(r)) + " ran on a loaded machine "
+                   "(harness.is_loaded); their ratios are left out")
+    exact = [r for r in rows[1:] if r["output_changing"] == "no" and r["speedup_vs_baseline"] is not None]
     if exact:
         best = max(exact, key=lambda r: r["samples_per_s"])
         out.append(f"best rung keeping the method's outputs: {best['name']}, {best['speedup_vs_baseline']:.2f}x "
                    f"(target >= 3x{'' if best['speedup_vs_baseline'] >= 3 else ', missed by ' + format(3 - best['speedup_vs_baseline'], '.2f') + 'x'}); "
                    f"latency p50 {best['s_per_sample_p50']:.1f} s vs baseline {base['s_per_sample_p50']:.1f} s")
         for r in rows[1:]:
-            if r["output_changing"] == "yes":
+            if r["output_changing"] == "yes" and r["speedup_vs_baseline"] is not None:
                 out.append(f"{r['name']} (changes outputs): {r['samples_per_s'] / best['samples_per_s']:.2f}x over "
                            f"{best['name']}")
     img = {r["name"]: r for r in splits if r["missing"] == "image"}

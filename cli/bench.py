@@ -11,6 +11,14 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: baseline vs kbri
 out = Console(width=160)
 
 
+@bench_app.callback()
+def _start() -> None:
+    """Every command records the machine's load at its start (rows without their own record get it)."""
+    from kbridge.benchmarks.harness import begin
+
+    begin()
+
+
 def _finish(report: dict, json_path: Optional[Path], save_default: bool) -> None:
     from kbridge.benchmarks.harness import rich_table, save
 
@@ -26,11 +34,13 @@ def _finish(report: dict, json_path: Optional[Path], save_default: bool) -> None
 
 
 @bench_app.command("report")
-def report(path: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Where to write the markdown.")):
-    """Regenerate BENCHMARKS.md from benchmarks/results/*.json."""
+def report(path: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Where to write the markdown."),
+           allow_loaded: bool = typer.Option(False, "--allow-loaded",
+                                             help="Include rows measured on a loaded machine (marked [loaded]).")):
+    """Regenerate BENCHMARKS.md from benchmarks/results/*.json (rows measured under load left out)."""
     from kbridge.benchmarks.report import write
 
-    out.print(f"wrote {write(path)}")
+    out.print(f"wrote {write(path, allow_loaded=allow_loaded)}")
 
 
 @bench_app.command("trace")
@@ -57,10 +67,13 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
                                   help="Write benchmarks/results/e2e.json (e2e_ladder.json with --ladder)."),
         backends: str = typer.Option("torch", "--backends",
                                      help="kbridge rows, one per dense-model runtime: e.g. torch,onnx."),
-        repeats: Optional[int] = typer.Option(None, "--repeats", min=1,
-                                              help="Repetitions per row, alternating order (default 3; --quick 1)."),
+        repeats: Optional[int] = typer.Option(None, "--repeats", "--repeat", min=1,
+                                              help="Repetitions per row, alternating order (default 3; --quick 1; BENCHMARKS.md shows "
+                                                   "only rows with >= 3)."),
         ladder: bool = typer.Option(False, "--ladder",
-                                    help="One cumulative row per rung: baseline, fast, +parallel, +onnx, ...")):
+                                    help="One cumulative row per rung: baseline, fast, +parallel, +onnx, ..."),
+        allow_loaded: bool = typer.Option(False, "--allow-loaded",
+                                          help="Compute ratios even from rows measured on a loaded machine.")):
     """Reference execution pattern vs kbridge, end to end, on the same samples in one process."""
     from kbridge.benchmarks import e2e as q
     from kbridge.benchmarks import ladder as lad
@@ -68,10 +81,10 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
 
     quiet_libraries()
     if ladder:
-        _finish(lad.run(profile, samples, quick, threads, repeats), json_path, save)
+        _finish(lad.run(profile, samples, quick, threads, repeats, allow_loaded), json_path, save)
         return
     _finish(q.run(profile, samples, quick, threads, tuple(b.strip() for b in backends.split(",") if b.strip()),
-                  repeats), json_path, save)
+                  repeats, allow_loaded), json_path, save)
 
 
 @bench_app.command("scale")
@@ -136,11 +149,41 @@ def retrieve(docs: int = typer.Option(20_000, "--docs", help="Documents (token b
     _finish(stamp(run(docs=docs, dim=dim, queries=queries, repeat=repeat)), json_path, save)
 
 
+@bench_app.command("render")
+def render(profile: str = typer.Option("small", "--profile", "-p", help="Profile whose render settings are the reference."),
+           candidates: int = typer.Option(7, "--candidates", help="Candidates rendered per call."),
+           repeats: int = typer.Option(3, "--repeats", "--repeat", min=1, help="Timed repetitions, alternating order."),
+           compile: bool = typer.Option(True, "--compile/--no-compile", help="Include the torch.compile row."),
+           only: Optional[str] = typer.Option(None, "--only", help="Comma-separated variant names (substrings); "
+                                              "the profile row is always run."),
+           allow_loaded: bool = typer.Option(False, "--allow-loaded", help="Ratios even from loaded rows."),
+           json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+           save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/render.json.")):
+    """Render on CPU: micro-batch, channels-last, threads, torch.compile, onnxruntime; bf16 with its fidelity."""
+    from kbridge.benchmarks import render as q
+    from kbridge.engine.models import quiet_libraries
+
+    quiet_libraries()
+    _finish(q.run(profile, candidates, repeats, compile, tuple(o.strip() for o in (only or "").split(",") if o.strip()),
+                  allow_loaded), json_path, save)
+
+
 @bench_app.command("lmm")
 def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 requests, 2 repeats."),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
-        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/lmm.json.")):
+        save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/lmm.json."),
+        engines: bool = typer.Option(False, "--engines", help="Instead: hf vs vLLM in-process vs vLLM over HTTP "
+                                     "at 1/8/32 in flight (needs vLLM: .venv-vllm); writes lmm_engines.json.")):
     """LMM sequences, serial turns and tokens per sample (reference vs fast); throughput at 1/4/16 in flight."""
+    if engines:
+        from kbridge.benchmarks.lmm_engines import run as run_engines
+        from kbridge.engine.lmm.vllm_local import vllm_platform
+
+        if vllm_platform() not in ("cpu", "cuda"):
+            Console(stderr=True).print("error: kbridge bench lmm --engines needs vLLM (bash scripts/vllm_env.sh; "
+                                       "run it with .venv-vllm/bin/kbridge)", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        return _finish(run_engines(quick=quick), json_path, save)
     from kbridge.benchmarks.lmm import run
 
     _finish(run(quick=quick), json_path, save)
@@ -175,6 +218,8 @@ def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile f
           free_text_tokens: Optional[int] = typer.Option(None, "--free-text-tokens",
                                                          help="Cap of the baseline's free-text turns, both servers "
                                                               "(default: tiny 32; small the profile's)."),
+          soak: Optional[int] = typer.Option(None, "--soak", help="Instead: a bounded soak of kbridge serve alone, "
+                                             "this many requests (half large uploads), peak RSS per quarter."),
           json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
           save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/serve[_PROFILE].json.")):
     """Latency under open-loop Poisson load: kbridge serve vs a one-at-a-time reference-pattern server."""
@@ -182,14 +227,22 @@ def serve(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile f
     from kbridge.engine.models import quiet_libraries
 
     quiet_libraries()
+    if soak:
+        from kbridge.benchmarks import serve_soak
+
+        _finish(serve_soak.run(profile, soak), json_path, save)
+        return
     mult = tuple(float(x) for x in rates.split(",")) if rates else None
     _finish(q.run(profile, quick, mult, requests, candidates, free_text_tokens, duration), json_path, save)
 
 
 @bench_app.command("gpu")
-def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no compile / refiner / whole-sample rows."),
+def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, torch.compile at batch 2, no refiner / whole-sample rows."),
         device: str = typer.Option("cuda:0", "--device", help="The GPU to measure."),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
+        rows: Optional[Path] = typer.Option(None, "--rows", help="Append each row to this JSON-lines file the "
+                                            "moment it is measured."),
+        budget: float = typer.Option(1e9, "--budget", help="Seconds for all sections; what will not fit is skipped."),
         save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/gpu.json.")):
     """Per-stage GPU speed on full-size random twins (SDXL, Qwen2-VL-7B, CLIP ViT-L/14, MaxSim)."""
     from kbridge.cli.app import _fail
@@ -200,7 +253,7 @@ def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, no com
     try:
         from kbridge.benchmarks.gpu import run
 
-        report = run(quick=quick, device=device)
+        report = run(quick=quick, device=device, rows_path=rows, budget_s=budget)
     except Unavailable as e:
         _fail(str(e))
     _finish(report, json_path, save)

@@ -30,7 +30,10 @@ def _fmt(v) -> str:
 
 @classify_app.command("eval")
 def eval_cmd(
-    model: str = ModelOpt, data: Path = DataOpt, missing: Optional[Path] = MissingOpt,
+    model: str = ModelOpt, data: Path = DataOpt,
+    missing: Optional[list[Path]] = typer.Option(
+        None, "--missing", help="Missing config (reference JSON) or missing table (.pt); repeat it with the "
+                                "reference's text / image / both tables to get the papers' row."),
     completed: Optional[Path] = typer.Option(None, "--completed",
                                              help="A kbridge run directory (results.jsonl) or an --export-completed directory."),
     task: Optional[str] = TaskOpt, kind: str = KindOpt,
@@ -44,33 +47,38 @@ def eval_cmd(
 
     from kbridge.cli.app import _fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.classify.evaluate import GROUPS, evaluate
+    from kbridge.engine.classify.evaluate import GROUPS, evaluate, paper_row
 
     try:
         d = _model_dir(model, kind, task)
-        r = evaluate(d, data, missing, completed, task=task, backend=backend, batch_size=batch_size, device=device)
+        reps = [evaluate(d, data, m, completed, task=task, backend=backend, batch_size=batch_size, device=device)
+                for m in (missing or [None])]
     except KbridgeError as e:
         _fail(str(e))
-    js = r.to_json()
+    js = reps[0].to_json() if len(reps) == 1 else [dict(r.to_json(), missing=str(m)) for r, m in zip(reps, missing)]
     if report:
         report.write_text(json.dumps(js, indent=1) + "\n")
     if as_json:
         print(json.dumps(js, indent=1))
         return
-    t = Table(title=f"kbridge classify eval ({r.task}, {r.backend}) — {r.primary} ×100", title_justify="left")
-    t.add_column("condition")
-    for g in GROUPS:
-        t.add_column(g, justify="right")
-    for cond, groups in r.results.items():
-        t.add_row(cond, *(f"{_fmt(groups[g][r.primary])} (n={groups[g]['n']})" for g in GROUPS))
-    out.print(t)
-    for note in r.notes:
-        out.print(f"note: {note}")
-    if r.unmapped_labels:
-        out.print("unmapped labels (not among the head's classes): "
-                  + ", ".join(f"{k} ×{v}" for k, v in sorted(r.unmapped_labels.items())))
-    if r.unscored:
-        out.print(f"unscored samples (no single mapped label): {r.unscored}")
+    for r, m in zip(reps, missing or [None]):
+        t = Table(title=f"kbridge classify eval ({r.task}, {r.backend}{', ' + Path(m).name if m else ''}) — "
+                        f"{r.primary} ×100", title_justify="left")
+        t.add_column("condition")
+        for g in GROUPS:
+            t.add_column(g, justify="right")
+        for cond, groups in r.results.items():
+            t.add_row(cond, *(f"{_fmt(groups[g][r.primary])} (n={groups[g]['n']})" for g in GROUPS))
+        out.print(t)
+        for note in r.notes:
+            out.print(f"note: {note}")
+        if r.unmapped_labels:
+            out.print("unmapped labels (not among the head's classes): "
+                      + ", ".join(f"{k} ×{v}" for k, v in sorted(r.unmapped_labels.items())))
+        if r.unscored:
+            out.print(f"unscored samples (no single mapped label): {r.unscored}")
+    if missing and len(missing) > 1:
+        out.print(paper_row(reps, missing), markup=False)
 
 
 @classify_app.command("train")
@@ -80,6 +88,8 @@ def train_cmd(
     model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] = TaskOpt,
     steps: int = typer.Option(200, "--steps"), lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(16, "--batch-size"), seed: int = typer.Option(0, "--seed"),
+    warmup: float = typer.Option(0.1, "--warmup", help="Fraction of the steps with a linear warm-up; then cosine decay."),
+    workers: int = typer.Option(0, "--workers", help="Data-loader processes decoding images beside the training."),
     device: str = DeviceOpt,
 ):
     """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
@@ -96,7 +106,8 @@ def train_cmd(
         names = _data_classes(data) or m.cfg.class_names
         m = with_classes(m, names, seed)
         ds = read_dataset(data, m.cfg.task, missing, m.cfg.class_names)
-        res = train(m, ds.examples, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device)
+        res = train(m, ds.examples, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                    warmup=warmup, workers=workers)
         M.save(m.cpu(), out_dir, d)
     except KbridgeError as e:
         _fail(str(e))
@@ -110,6 +121,28 @@ def _data_classes(data: Path) -> Optional[tuple]:
         names = json.loads(cat.read_text()).get("label_name")
         return tuple(names) if names else None
     return None
+
+
+@classify_app.command("missing-tables")
+def missing_tables_cmd(
+    data: Path = typer.Option(..., "--data", help="Directory of the reference's <task>_{train,dev|val,test}.arrow."),
+    task: str = typer.Option("mmimdb", "--task", help="mmimdb | food101 | hatememes."),
+    missing_type: str = typer.Option("both", "--type", help="text | image | both."),
+    ratio: float = typer.Option(0.7, "--ratio", help="Missing ratio (the papers: 0.5, 0.7, 0.9)."),
+    seed: int = typer.Option(0, "--seed", help="The training run's seed (the reference's seed=0)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the .pt tables (the reference's missing_table_root)."),
+):
+    """Write the reference's missing tables (<split>_missing_<type>_<ratio>.pt) for a dataset's splits."""
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.classify.missing_tables import write_tables
+    from kbridge.engine.errors import KbridgeError
+
+    try:
+        files = write_tables(data, task, missing_type, ratio, out_dir, seed)
+    except KbridgeError as e:
+        _fail(str(e))
+    for f in files:
+        out.print(f"wrote {f}", markup=False)
 
 
 @classify_app.command("export")

@@ -25,6 +25,8 @@ def build(
     retriever: str = typer.Option("faiss", "--retriever",
                                   help="faiss | mire | both: mire / both add the MIRe late-interaction index "
                                        "(<index>/mire) over the corpus texts; set [rank] retriever to use it."),
+    doc_maxlen: Optional[int] = typer.Option(None, "--doc-maxlen", help="MIRe document length (default: the "
+                                             "model's; a converted MIRe model: 384, as MIRe indexes)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Embed every complete sample (image, text, knowledge graph) and save the index with the run;
@@ -52,7 +54,86 @@ def build(
         from kbridge.engine.mire.retriever import build_mire_index
 
         try:
-            m = build_mire_index(cfg, Path(summary["path"]))
+            from kbridge.engine.mire.checkpoint import with_settings
+            from kbridge.engine.mire.retriever import load_encoder
+
+            m = build_mire_index(cfg, Path(summary["path"]), with_settings(load_encoder(cfg), doc_maxlen=doc_maxlen))
         except KbridgeError as e:
             _fail(str(e))
         out.print(f"MIRe index: {m['documents']} texts, {m['tokens']} tokens in {m['cells']} cells → {m['path']}")
+
+
+def _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak):
+    from kbridge.cli.app import _config
+    from kbridge.engine.mire.checkpoint import with_settings
+    from kbridge.engine.mire.retriever import MireRetriever
+
+    cfg = _config(profile, config)
+    r = MireRetriever.load(cfg, Path(out_dir) / "index")
+    with_settings(r.encoder, query_maxlen=query_maxlen, attend_to_mask_tokens=attend_mask, pad_leak=pad_leak)
+    return r
+
+
+QueryMaxlen = typer.Option(None, "--query-maxlen", help="MIRe query length (default: the model's; converted: 64).")
+AttendMask = typer.Option(None, "--attend-mask/--no-attend-mask",
+                          help="Attend to the query's [MASK] padding (training) or not (MIRe's search).")
+PadLeak = typer.Option(None, "--pad-leak/--no-pad-leak", help="Reproduce MIRe's leak of padded rows into the pooling.")
+
+
+@index_app.command("query")
+def query(
+    text: str = typer.Option(..., "--text", help="The question or query text (e.g. an OK-VQA question)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="The query's image (MIRe's queries are image + text)."),
+    out_dir: Path = typer.Option(Path("kbridge-out"), "--out", help="Run directory with <out>/index/mire."),
+    k: int = typer.Option(5, "--k", help="How many corpus texts to return."),
+    profile: str = typer.Option("tiny", "--profile", "-p"), config: Optional[Path] = typer.Option(None, "--config"),
+    query_maxlen: Optional[int] = QueryMaxlen, attend_mask: Optional[bool] = AttendMask,
+    pad_leak: Optional[bool] = PadLeak,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """MIRe: retrieve corpus texts for your own question (and image) from the late-interaction index."""
+    import json
+
+    from PIL import Image
+
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.errors import KbridgeError
+
+    try:
+        r = _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak)
+        hits = r.query([text], [Image.open(image)] if image else None, k)[0]
+    except (KbridgeError, OSError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(hits, indent=1))
+        return
+    for i, h in enumerate(hits, 1):
+        out.print(f"{i}. {h['maxsim']:.4f} {h['sample_id']}: {h['text']}", markup=False)
+
+
+@index_app.command("eval")
+def eval_retrieval(
+    queries: Path = typer.Option(..., "--queries", help='JSONL: {"id", "text", "image"?, "relevant": [corpus ids]}.'),
+    out_dir: Path = typer.Option(Path("kbridge-out"), "--out", help="Run directory with <out>/index/mire."),
+    profile: str = typer.Option("tiny", "--profile", "-p"), config: Optional[Path] = typer.Option(None, "--config"),
+    query_maxlen: Optional[int] = QueryMaxlen, attend_mask: Optional[bool] = AttendMask,
+    pad_leak: Optional[bool] = PadLeak,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """MIRe retrieval against relevance labels: R@1/5/10/20/50/100, P@1, P@5, MRR@5 (as MIRe reports)."""
+    import json
+
+    from kbridge.cli.app import _fail, out
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.mire.evaluate import evaluate, read_queries
+
+    try:
+        r = _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak)
+        m = evaluate(r, read_queries(queries))
+    except KbridgeError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(m, indent=1))
+        return
+    out.print(f"{m['queries']} queries: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items() if k != "queries"),
+              markup=False)

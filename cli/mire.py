@@ -13,8 +13,8 @@ def convert_mire(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
                                              help="BERT tokenizer directory (default: the checkpoint's directory)."),
     trust: bool = typer.Option(False, "--trust-checkpoint",
-                               help="Unpickle fully when weights_only loading refuses the file "
-                                    "(only for trusted files)."),
+                               help="Unpickle fully (can run code; only for trusted files). Not needed "
+                                    "for the published checkpoint: its OmegaConf config loads as stand-ins."),
 ):
     """Convert a MIRe training checkpoint (ColBERTv2 BERT + projection, CLIP vision tower, pooling)."""
     from kbridge.cli.app import _fail, out
@@ -24,4 +24,4 @@ def convert_mire(
         p = convert_published(ckpt, out_dir, tokenizer, trust)
     except CheckpointError as e:
         _fail(str(e))
-    out.print(f"wrote {p}: set [models] mire = \"{p}\" and [rank] retriever = \"mire\" (or \"both\")")
+    out.print(f"wrote {p}: set [models] mire = \"{p}\" and [rank] retriever = \"mire\" (or \"both\")", markup=False)

@@ -26,6 +26,18 @@ def serve(
     max_queue: Optional[int] = typer.Option(None, "--max-queue", help="[serve] max_queue (64): more get 429."),
     request_timeout_s: Optional[float] = typer.Option(None, "--request-timeout-s", help="[serve] request_timeout_s."),
     files_ttl_s: Optional[float] = typer.Option(None, "--files-ttl-s", help="[serve] files_ttl_s (3600)."),
+    max_text_tokens: Optional[int] = typer.Option(None, "--max-text-tokens", help="[serve] max_text_tokens (2048)."),
+    max_aspect_ratio: Optional[float] = typer.Option(None, "--max-aspect-ratio", help="[serve] max_aspect_ratio (20)."),
+    max_request_unet_evals: Optional[int] = typer.Option(None, "--max-request-unet-evals",
+                                                         help="[serve] max_request_unet_evals (3200)."),
+    max_queued_unet_evals: Optional[int] = typer.Option(None, "--max-queued-unet-evals",
+                                                        help="[serve] max_queued_unet_evals (50000)."),
+    max_queued_prompt_tokens: Optional[int] = typer.Option(None, "--max-queued-prompt-tokens",
+                                                           help="[serve] max_queued_prompt_tokens (200000)."),
+    files_max_mb: Optional[float] = typer.Option(None, "--files-max-mb", help="[serve] files_max_mb (512)."),
+    header_timeout_s: Optional[float] = typer.Option(None, "--header-timeout-s", help="[serve] header_timeout_s (10)."),
+    body_timeout_s: Optional[float] = typer.Option(None, "--body-timeout-s", help="[serve] body_timeout_s (30)."),
+    drain_timeout_s: Optional[float] = typer.Option(None, "--drain-timeout-s", help="[serve] drain_timeout_s (60)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write every request's timeline to this trace file "
                                          "(e.g. serve-trace.json.gz; `kbridge profile DIR --trace FILE` reads it)."),
@@ -41,7 +53,13 @@ def serve(
     cfg = _config(profile, config, lmm=dict(backend="http" if lmm else None, url=lmm),
                   serve=dict(max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, max_text_chars=max_text_chars,
                              max_candidates=max_candidates, max_steps=max_steps, max_queue=max_queue,
-                             request_timeout_s=request_timeout_s, files_ttl_s=files_ttl_s))
+                             request_timeout_s=request_timeout_s, files_ttl_s=files_ttl_s,
+                             max_text_tokens=max_text_tokens, max_aspect_ratio=max_aspect_ratio,
+                             max_request_unet_evals=max_request_unet_evals,
+                             max_queued_unet_evals=max_queued_unet_evals,
+                             max_queued_prompt_tokens=max_queued_prompt_tokens, files_max_mb=files_max_mb,
+                             header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+                             drain_timeout_s=drain_timeout_s))
     key = None
     if api_key_env:
         key = os.environ.get(api_key_env) or None

@@ -228,18 +228,26 @@ class Engine:
             asyncio.run(self.executor(fresh(set()), GRAPH, ctx, finish, busy))
         else:
             last = len(PHASES) - 1
-            for k, names in enumerate(PHASES):
-                stages = tuple(STAGES[n] for n in names)
-                need = slots(stages)
-                if self._models is not None:  # what this phase does not use gives its memory back
-                    self._models.release(*({"lmm", "scorer", "generators"} - need))
-                models = self.ensure(need)
-                models.retriever = load_retriever(cfg, store.root) if "retrieve" in names else None
-                client = LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy) if models.lmm else None
-                ctx = Ctx(models=models, client=client, **ctx_base)
-                skip = files.done(k) | store.done()
-                source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
-                asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
+            pools: dict = {}  # one worker thread per device and model for the whole run, not per phase
+            try:
+                for k, names in enumerate(PHASES):
+                    stages = tuple(STAGES[n] for n in names)
+                    need = slots(stages)
+                    if self._models is not None:  # what this phase does not use gives its memory back
+                        self._models.release(*({"lmm", "scorer", "generators"} - need))
+                    models = self.ensure(need)
+                    models.retriever = load_retriever(cfg, store.root) if "retrieve" in names else None
+                    client = LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy) \
+                        if models.lmm else None
+                    ctx = Ctx(models=models, client=client, pools=pools, **ctx_base)
+                    skip = files.done(k) | store.done()
+                    source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
+                    asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
+                    # the next phase's release must find no other reference to this phase's models
+                    ctx = client = models = source = None
+            finally:
+                for p in pools.values():
+                    p.shutdown(wait=True)
             files.clear()
         finish.close(busy)
 

@@ -25,6 +25,10 @@ class ConfigError(KbridgeError, ValueError):
 class ModelsConfig:
     lmm: str = "tiny"
     """Qwen2-VL: "tiny" (random twin built on first use) or a local Hugging Face-layout directory."""
+    lmm_vllm_cpu: str = "tiny"
+    """Size ("tiny" / "small") of the Idefics3 twin that the vllm backend and ``kbridge lmm serve``
+    load on vLLM's CPU platform while ``lmm`` is a twin (vLLM's Qwen2-VL needs torchvision, which has
+    no CPU build on PyPI). A real checkpoint goes in ``lmm``."""
     sdxl_base: str = "tiny"
     """SDXL base pipeline directory (diffusers layout) or "tiny"."""
     sdxl_refiner: str = "tiny"
@@ -77,6 +81,12 @@ class LMMConfig:
     """Model name sent to the server; empty: the first model the server lists under /models."""
     api_key_env: str = "KBRIDGE_LMM_API_KEY"
     """Environment variable holding the server's API key (sent as a Bearer token when set)."""
+    gpu_memory_utilization: float = 0.0
+    """In-process vLLM's memory fraction per GPU; 0: the serving profile's (engine/lmm/serving.py).
+    On a GPU box the memory plan sets it to what it booked (engine/plan.py)."""
+    manage_server: bool = False
+    """Backend "http" in a phased run: ``kbridge run`` starts the profile's ``vllm serve`` for each
+    LMM phase and stops it before render (engine/lmm/lifecycle.py), so the GPUs are free for SDXL."""
     concurrency: int = 16
     """Most HTTP requests in flight at once (the server batches them continuously)."""
     timeout_s: float = 120.0
@@ -220,6 +230,9 @@ class RunConfig:
     several samples' candidates (worth it on a GPU); results then follow the cross-setting rule."""
     batch_wait_ms: float = 5.0
     """How long a stage with fewer ready rows than its batch size waits for more."""
+    stage_timeout_s: float = 1800.0
+    """Watchdog: a stage call that has not returned after this many seconds fails its rows (and
+    frees their slots) instead of holding the pipeline; generous, a call is normally seconds."""
     schedule: str = "auto"
     """"fused" (every stage's models resident, rows stream through), "phased" (LMM → diffusion →
     LMM → rank, one group at a time over the whole selection, models swapped between), or
@@ -315,11 +328,13 @@ class PipelineConfig:
         if d["run"]["domain"] == "general":  # general runs keep the hashes they had before the medical domain
             d.pop("medical")
             d["run"].pop("domain")
-        for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "schedule", "threads", "max_pixels"):
+        for k in ("batch_size", "rows_in_flight", "dense_rows", "batch_wait_ms", "stage_timeout_s", "schedule", "threads", "max_pixels"):
             d["run"].pop(k)
         if d["rank"]["retriever"] == "faiss":  # without MIRe, runs keep the hashes they had before it
             d["rank"].pop("retriever")
             d["models"].pop("mire")
+        if d["lmm"]["backend"] != "vllm":  # only the vllm backend (on CPU) loads it: other runs keep their hashes
+            d["models"].pop("lmm_vllm_cpu")
         d.pop("profile")
         d.pop("serve")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -330,14 +345,16 @@ class PipelineConfig:
 
 _GPU_LMM = dict(device="cuda:0", dtype="bfloat16", image_max_pixels=448 * 448, max_batch=32, backend="auto",
                 http_max_pixels=448 * 448)  # the serving plans' max_pixels: no larger uploads than the server uses
-_REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16")
+# vae_slicing: the refiner's fp32 decode (force_upcast) one image at a time, the plan's per-image figure
+_REFERENCE_SDXL = dict(height=1024, width=1024, steps=50, high_noise_frac=0.8, guidance=5.0, dtype="float16",
+                       vae_slicing=True)
 
 PROFILES: dict[str, dict] = {
     "tiny": dict(generation=dict(height=64, width=64, steps=4, candidates=4, batch_size=16),
                  knowledge=dict(max_objects=4, max_attributes=2, triples=5, caption_triples=3,
                                 prompt_words=(5, 12), caption_words=(4, 10), name_chars=16),
                  medical=dict(steps=4, batch_size=16, report_words=(4, 12), few_shot_count=1)),
-    "small": dict(models=dict(lmm="small", sdxl_base="small", sdxl_refiner="small", clip="small"),
+    "small": dict(models=dict(lmm="small", lmm_vllm_cpu="small", sdxl_base="small", sdxl_refiner="small", clip="small"),
                   generation=dict(height=128, width=128, steps=16, batch_size=7),
                   knowledge=dict(exact=True, name_chars=24), run=dict(batch_size=2)),
     "h100": dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
@@ -349,8 +366,9 @@ PROFILES: dict[str, dict] = {
                                                  batch_size=2),
                    rank=dict(device="cuda:3"), medical=dict(device="cuda:2", dtype="float16"),
                    run=dict(dense_rows=2), runtime=dict(fp16=True, max_batch=2)),
-    # the 72B is served by `kbridge lmm serve -p 4090x4-72b` over all four GPUs; runs are phased
-    "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1"),
+    # the 72B is served by `vllm serve` over all four GPUs, which `kbridge run` starts for each LMM
+    # phase and stops before render (lmm.manage_server); runs are phased
+    "4090x4-72b": dict(lmm=dict(_GPU_LMM, backend="http", url="http://127.0.0.1:8000/v1", manage_server=True),
                        generation=dict(_REFERENCE_SDXL, device="cuda:0", devices=("cuda:0", "cuda:1", "cuda:2",
                                                                                    "cuda:3"), batch_size=2),
                        rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"),

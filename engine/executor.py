@@ -13,9 +13,11 @@
   replica, all pulling from the same queue: data-parallel diffusion; retrieve and rank: the
   scorer's own worker), so a short scoring call never waits for a long render on the same
   device. The sink (results, PNGs, fsync) runs on its own thread, off the event loop.
-- An unexpected exception inside a stage fails that call's rows (the traceback travels with the
-  failure), never the run. An exception in the sink (disk full, …) stops the run: nothing
-  computed afterwards could be kept.
+- Any exception inside a stage call (StopIteration, BaseException subclasses included) fails that
+  call's rows (the traceback travels with the failure), never the run, and frees their slots. A
+  call that has not returned after ``run.stage_timeout_s`` (the watchdog) fails its rows too; a
+  stuck worker thread is abandoned and the stage's later calls get a fresh one. An exception in
+  the sink (disk full, …) stops the run: nothing computed afterwards could be kept.
 - Long-lived use (``kbridge serve``): the source may be an async iterable (e.g. rows from an
   ``asyncio.Queue``, ended on shutdown: the stream then drains what was admitted and returns);
   ``Hooks`` report each stage call's rows, expose the stage queues, and drop cancelled rows at the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import traceback
 from collections import defaultdict
@@ -58,14 +61,38 @@ class Hooks:
     progress finishes first), so they reach the sink and free their slot without more work."""
     queues: dict = field(default_factory=dict)
     """Filled by ``stream``: stage name → the queue of rows waiting for its work (queue-depth gauges)."""
+    interrupt: Callable[[], None] | None = None
+    """Filled by ``stream``: call it after rows were cancelled; in-flight LMM calls whose rows are
+    all cancelled are cancelled now (the backend aborts them: vLLM's abort, a closed HTTP request).
+    Renders check ``cancelled`` themselves between denoising steps."""
 
 
 def _by_cfg(rows: list[Row], wctx: Ctx) -> list[tuple[Ctx, list[Row]]]:
-    """Rows grouped by their own configuration (``extra["cfg"]``, default the stream's)."""
+    """Rows grouped by their own configuration (``extra["cfg"]``, default the stream's), and so that
+    no call holds two rows of one sample id (two served requests with the same id: stages attribute
+    LMM records by sample id, so each row must get only its own)."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault(r.extra.get("cfg", wctx.cfg), []).append(r)
-    return [(wctx if c is wctx.cfg else replace(wctx, cfg=c), g) for c, g in groups.items()]
+        waves = groups.setdefault(r.extra.get("cfg", wctx.cfg), [])
+        for w in waves:
+            if all(x.sample_id != r.sample_id for x in w):
+                w.append(r)
+                break
+        else:
+            waves.append([r])
+    return [(wctx if c is wctx.cfg else replace(wctx, cfg=c), w) for c, waves in groups.items() for w in waves]
+
+
+WATCHDOG = "(run.stage_timeout_s)"
+"""In the message of a row failed by the watchdog."""
+
+
+def _failure(stage: str, e: BaseException, watchdog: float) -> str:
+    """One clear line for a failed stage call (no reprs, no addresses)."""
+    if isinstance(e, asyncio.TimeoutError):
+        return f"{stage} did not return within {watchdog:g} s {WATCHDOG}; its rows were failed"
+    msg = re.sub(r" (object )?at 0x[0-9a-fA-F]+", "", str(e).splitlines()[0] if str(e) else "")
+    return f"internal error in {stage}: {type(e).__name__}" + (f": {msg}" if msg else "")
 
 
 async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[Stage], ctx: Ctx,
@@ -81,8 +108,22 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
     """queues[i]: rows arriving at stage i (the last: at the writer)."""
     work: list[asyncio.Queue] = [asyncio.Queue() for _ in stages]
     """work[i]: rows waiting for stage i's own work (those it applies to)."""
-    pools: dict[str, ThreadPoolExecutor] = {}
+    # a run's long-lived pools (ctx.pools): a device's dense stage keeps its thread across phases, so
+    # thread-local state (cudagraph trees of compile_mode=reduce-overhead) is recorded once per run
+    pools: dict[str, ThreadPoolExecutor] = ctx.pools if ctx.pools is not None else {}
     wait = cfg.run.batch_wait_ms / 1000.0
+    watchdog = cfg.run.stage_timeout_s
+    inflight: dict[asyncio.Task, list[Row]] = {}
+    """LMM calls in flight and their rows (``hooks.interrupt`` cancels those whose rows are all cancelled)."""
+    if hooks.cancelled is not None:
+        ctx = replace(ctx, cancelled=hooks.cancelled)
+
+    def interrupt() -> None:
+        for t, rows in list(inflight.items()):
+            if all(hooks.cancelled(r) for r in rows):
+                t.cancel()
+
+    hooks.interrupt = interrupt if hooks.cancelled is not None else (lambda: None)
     state = {"admitted": 0, "written": 0, "fed": False}
     finished = asyncio.Event()
     abort: list[BaseException] = []
@@ -157,28 +198,62 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
 
     async def call(st: Stage, rows: list[Row], wctx: Ctx, key: str, nxt: asyncio.Queue) -> None:
         def timed():
+            # on the worker thread: every exception comes back as a value (a StopIteration or a
+            # BaseException could not travel through the future, and its call would never resolve)
             a = time.time()
-            return st.fn(rows, wctx), a, time.time()
+            try:
+                return st.fn(rows, wctx), a, time.time(), None
+            except BaseException as e:  # noqa: BLE001
+                return None, a, time.time(), (e, traceback.format_exc())
 
         lmm = st.kind == "lmm"
         if lmm:
             enter(st.name)
+        failed = None
+        a = time.time()
         try:
             if lmm:
-                a = time.time()
-                out = await st.fn(rows, wctx)
+                inner = asyncio.ensure_future(st.fn(rows, wctx))
+                inflight[inner] = rows
+                try:  # not wait_for: a call that ignores its cancellation must not hold the watchdog too
+                    await asyncio.wait({inner}, timeout=watchdog)
+                finally:
+                    inflight.pop(inner, None)
+                    if not inner.done():
+                        inner.cancel()
+                if not inner.done():
+                    raise asyncio.TimeoutError
+                out = inner.result()
                 b = time.time()
             else:  # measured on the worker thread: queueing behind another stage is not busy time
-                out, a, b = await loop.run_in_executor(pool(key, 2 if st.kind == "io" else 1), timed)
+                fut = pool(key, 2 if st.kind == "io" else 1).submit(timed)
+                try:
+                    out, a, b, failed = await asyncio.wait_for(asyncio.wrap_future(fut), watchdog)
+                except asyncio.TimeoutError:
+                    # the thread cannot be stopped: it is abandoned, later calls get a fresh one
+                    stuck = pools.pop(key, None)
+                    if stuck is not None:
+                        stuck.shutdown(wait=False)
+                    raise
                 busy[st.name] += b - a
-        except Exception as e:  # an unexpected bug or library failure: these rows fail, the run goes on
-            log.debug("stage %s failed", st.name, exc_info=True)
-            a = b = time.time()
-            out = [r.fail(st.name, f"internal error in {st.name}: {type(e).__name__}: {e}", traceback.format_exc())
-                   for r in rows]
+        except asyncio.CancelledError as e:
+            if asyncio.current_task().cancelling():  # the stream is stopping
+                raise
+            failed = (e, traceback.format_exc())
+        except (KeyboardInterrupt, SystemExit):  # on the loop's own thread: the user stops the run
+            raise
+        except BaseException as e:  # noqa: BLE001 — any failure of a call fails its rows, never the run
+            failed = (e, traceback.format_exc())
         finally:
             if lmm:
                 leave(st.name)
+        if failed is not None:
+            e, tb = failed
+            log.debug("stage %s failed: %s", st.name, tb)
+            a = b = time.time()
+            gone = hooks.cancelled is not None and all(hooks.cancelled(r) for r in rows)
+            out = [r.fail(st.name, "cancelled" if gone else _failure(st.name, e, watchdog), "" if gone else tb)
+                   for r in rows]
         out = [r.timed(st.name, a, b) for r in out]
         if ctx.trace is not None:
             ctx.trace.call(st.name, key, rows, out, a, b)
@@ -261,8 +336,9 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         for t in list(tasks):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for p in pools.values():
-            p.shutdown(wait=True)
+        if ctx.pools is None:
+            for p in pools.values():
+                p.shutdown(wait=True)
     if abort:
         raise abort[0]
     return state["admitted"]

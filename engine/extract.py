@@ -14,10 +14,12 @@ from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, Sampl
 
 
 def parse_triples(items) -> list[Triple]:
-    """Triples from an answer, with duplicates (after normalisation) dropped, order kept."""
+    """Triples from an answer, ``[head, relation, tail]`` tuples (schemas.triple) or objects with
+    those keys, with duplicates (after normalisation) dropped, order kept."""
     out, seen = [], set()
     for t in items or []:
-        tr = Triple(str(t["head"]).strip(), str(t["relation"]).strip(), str(t["tail"]).strip())
+        h, r, tl = t if isinstance(t, (list, tuple)) else (t["head"], t["relation"], t["tail"])
+        tr = Triple(str(h).strip(), str(r).strip(), str(tl).strip())
         key = (normalize_entity(tr.head), tr.relation.lower(), normalize_entity(tr.tail))
         if key not in seen:
             seen.add(key)

@@ -24,6 +24,7 @@ class Generator(Protocol):
     counters: object
 
     def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list: ...
+    # optional ``stop=`` (a callable asked between denoising steps): SDXLGenerator has it
 
 
 class Scorer(Protocol):
@@ -36,6 +37,9 @@ class Scorer(Protocol):
 
 class LMMBackend(Protocol):
     model_id: str
+    continuous_batching: bool
+    """The engine batches requests as they arrive (vLLM in-process or over HTTP): each row's LMM
+    requests are sent on their own. False (hf): a stage's rows are decoded together."""
 
     async def generate(self, requests: Sequence) -> list: ...
 
@@ -53,8 +57,11 @@ class Models:
     """The run's corpus index (rank/retrieve.py), or None: retrieved candidates join the ranking."""
 
     def release(self, *slots: str) -> None:
-        """Drop the named slots and give their memory back (GPU caches included)."""
+        """Drop the named slots, close what they held (an in-process vLLM engine shuts down, a server
+        ``kbridge run`` started stops) and give the memory back (GPU caches included). The caller
+        must hold no other reference (a phase's client and context are dropped before this)."""
         for s in slots:
+            _close(getattr(self, s))
             setattr(self, s, [] if s == "generators" else None)
         gc.collect()
         try:
@@ -64,6 +71,17 @@ class Models:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _close(held) -> None:
+    """``close()`` each object of a slot that has one (a failure is logged: the release goes on)."""
+    for obj in held if isinstance(held, list) else [held]:
+        close = getattr(obj, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - a failed shutdown must not stop the run
+                log.warning("closing %s failed: %s: %s", type(obj).__name__, type(e).__name__, e)
 
 
 def quiet_libraries() -> None:
@@ -80,6 +98,10 @@ def quiet_libraries() -> None:
 def load_lmm(cfg: PipelineConfig):
     """The LMM backend (anything with ``model_id`` and ``async generate(requests)``)."""
     backend = cfg.lmm.backend
+    if backend == "http" and cfg.lmm.manage_server:  # this run starts the server, and a release stops it
+        from kbridge.engine.lmm.lifecycle import ServedBackend
+
+        return ServedBackend(cfg, str(zoo.resolve("lmm", cfg)))
     if backend == "http":  # no local weights: the server has them
         from kbridge.engine.lmm.vllm_http import HTTPBackend
 
@@ -91,7 +113,9 @@ def load_lmm(cfg: PipelineConfig):
     if backend == "vllm":
         from kbridge.engine.lmm.vllm_local import VLLMBackend
 
-        return VLLMBackend(zoo.resolve("lmm", cfg), cfg.lmm, cfg.profile)
+        from kbridge.engine.lmm.vllm_local import model_dir
+
+        return VLLMBackend(model_dir(cfg), cfg.lmm, cfg.profile)
     if backend == "hf":
         from kbridge.engine.lmm.hf import HFBackend
 

@@ -6,7 +6,10 @@ come from the model directories' safetensors headers when given, otherwise from 
 sizes below. The rules, in order:
 
 1. The LMM needs, per GPU it spans, weights / TP + activations and CUDA graphs + a minimum KV cache
-   (``max_num_seqs`` sequences of a fast knowledge call) / TP + the CUDA context.
+   (``max_num_seqs`` sequences of a fast knowledge call) / TP + the CUDA context. vLLM reserves
+   ``gpu_memory_utilization`` × the card's total memory per GPU, whatever it needs, and refuses to
+   start when less is free (vLLM 0.32 ``v1/worker/utils.py``, ``config/cache.py``): the plan books
+   that reservation, and raises the utilisation (applied to the run) when the need is larger.
 2. One diffusion worker needs SDXL base + refiner (shared text encoder 2 and VAE), the activations of
    its batch (classifier-free guidance doubles the UNet rows), the fp32 VAE decode peak of one image
    (decoded one at a time), and a CUDA context. The scorer (CLIP-L) goes beside the last worker.
@@ -15,6 +18,9 @@ sizes below. The rules, in order:
    recipes#30) on half of them and diffusion takes the rest, one worker per GPU.
 4. Otherwise phased: the LMM gets every GPU (smallest TP that fits) while it runs, then one diffusion
    worker per GPU, then the scorer.
+
+Sizes are GB (10⁹ bytes); ``--gpus 24GB`` means what the card reports, GiB (24 × 2³⁰ bytes = 25.8 GB).
+What the plan cannot count (allocator fragmentation, cuDNN workspaces) is the printed headroom.
 """
 from __future__ import annotations
 
@@ -27,12 +33,16 @@ from kbridge.engine.config import ConfigError, PipelineConfig
 from kbridge.engine.errors import KbridgeError
 
 GB = 1e9
-LMM_GB = {  # weights as stored (README, *GPU memory plans*: parameter counts × bytes, embeddings in bf16)
+GIB = 2 ** 30
+LMM_GB = {  # weights as stored (README, *GPU memory plans*: parameter counts × bytes, embeddings in bf16;
+    # GPTQ: int8/int4 weights + an fp16 scale and a packed zero per 128 inputs of each output, the vision
+    # tower, embeddings and LM head in bf16 — 72B Int8: 70.2 + 1.1 + 0.55 + 4.98 + 1.35 = 78.2 GB)
     "Qwen2-VL-7B-Instruct": 16.6, "Qwen2-VL-7B-Instruct-GPTQ-Int8": 10.1, "Qwen2-VL-7B-Instruct-GPTQ-Int4": 7.0,
-    "Qwen2-VL-72B-Instruct-GPTQ-Int8": 77.0, "Qwen2-VL-72B-Instruct-GPTQ-Int4": 41.0,
+    "Qwen2-VL-72B-Instruct-GPTQ-Int8": 78.5, "Qwen2-VL-72B-Instruct-GPTQ-Int4": 41.0,
 }
 KV_KIB_PER_TOKEN = {"7B": 56, "72B": 320}  # layers × KV heads × head dim × (K, V) × 2 bytes
-SDXL_BASE_GB, SDXL_REFINER_GB, CLIP_L_GB = 7.0, 4.5, 0.9
+SDXL_BASE_GB, SDXL_REFINER_GB = 7.0, 4.5
+CLIP_L_GB = 1.8  # CLIP ViT-L/14 as the scorer loads it: fp32, 427.6M × 4 B = 1.71 GB + activations
 ACT_GB_PER_IMAGE_1024 = 2.0  # UNet activations per image at 1024² with guidance (two UNet rows)
 VAE_FP32_PEAK_GB_1024 = 2.5  # the fp32 decode of one 1024² image (the SDXL VAE overflows in fp16)
 CONTEXT_GB = 0.5  # CUDA context and allocator slack per process per GPU
@@ -52,14 +62,16 @@ class GPU:
 
 
 def parse_gpus(spec: str) -> list[GPU]:
-    """``4x24GB`` / ``1x80GB,2x24GB`` → GPUs ``cuda:0…`` (all free)."""
+    """``4x24GB`` / ``1x80GB,2x24GB`` → GPUs ``cuda:0…`` (all free). A card's size is what it
+    reports, GiB: ``24GB`` is 24 × 2³⁰ bytes (25.8 GB), like ``torch.cuda.mem_get_info``."""
     out: list[GPU] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         m = re.fullmatch(r"(\d+)\s*[xX×]\s*(\d+(?:\.\d+)?)\s*(?:GB|G)?", part)
         if not m:
             raise ConfigError(f"--gpus: {part!r} is not COUNTxSIZE (e.g. 4x24GB)")
         for _ in range(int(m.group(1))):
-            out.append(GPU(f"cuda:{len(out)}", float(m.group(2)), float(m.group(2))))
+            size = round(float(m.group(2)) * GIB / GB, 2)
+            out.append(GPU(f"cuda:{len(out)}", size, size))
     if not out:
         raise ConfigError("--gpus: no GPUs given")
     return out
@@ -113,45 +125,58 @@ def needs(cfg: PipelineConfig) -> dict:
     diffusion = base + refiner + batch * ACT_GB_PER_IMAGE_1024 * scale + VAE_FP32_PEAK_GB_1024 * scale + CONTEXT_GB
     return {"lmm_weights": lmm, "lmm_source": lmm_src, "lmm_act": LMM_ACT_GB, "kv_min": kv, "model": sp.model,
             "diffusion": diffusion, "sdxl": base + refiner, "batch": batch, "scale": scale,
-            "scorer": CLIP_L_GB, "max_num_seqs": sp.max_num_seqs}
+            "scorer": CLIP_L_GB, "max_num_seqs": sp.max_num_seqs, "util": sp.gpu_memory_utilization}
 
 
 def _lmm_per_gpu(n: dict, tp: int) -> float:
     return n["lmm_weights"] / tp + n["lmm_act"] + n["kv_min"] / tp + CONTEXT_GB
 
 
+def lmm_utilization(n: dict, tp: int, total_gb: float) -> float:
+    """vLLM's ``gpu_memory_utilization`` for the LMM on a card of ``total_gb``: the profile's, or
+    the smallest fraction (in hundredths) that holds what the LMM needs when that is more."""
+    need = -(-_lmm_per_gpu(n, tp) * 100 // total_gb) / 100
+    return round(max(n["util"], need), 2)
+
+
+def _lmm_booked(n: dict, tp: int, g: GPU) -> float:
+    """What vLLM takes on ``g``: utilisation × the card's total (never less than the need)."""
+    return max(_lmm_per_gpu(n, tp), lmm_utilization(n, tp, g.total_gb) * g.total_gb)
+
+
 def make_plan(cfg: PipelineConfig, gpus: list[GPU]) -> dict:
     n = needs(cfg)
     why = [f"LMM {n['model']}: {n['lmm_weights']:.1f} GB weights ({n['lmm_source']}) + {LMM_ACT_GB:.1f} activations/"
            f"graphs + {n['kv_min']:.1f} GB KV minimum ({n['max_num_seqs']} seqs × {TOKENS_PER_SEQ} tokens) + "
-           f"{CONTEXT_GB} context",
+           f"{CONTEXT_GB} context; vLLM reserves gpu_memory_utilization × the card's total on each of its GPUs",
            f"diffusion worker: SDXL {n['sdxl']:.1f} GB + {n['batch']} × {ACT_GB_PER_IMAGE_1024 * n['scale']:.2f} GB "
-           f"activations + {VAE_FP32_PEAK_GB_1024 * n['scale']:.2f} GB fp32 VAE decode + {CONTEXT_GB} context "
-           f"= {n['diffusion']:.1f} GB; scorer CLIP-L {n['scorer']} GB"]
+           f"activations + {VAE_FP32_PEAK_GB_1024 * n['scale']:.2f} GB fp32 VAE decode (one image at a time) + "
+           f"{CONTEXT_GB} context = {n['diffusion']:.1f} GB; scorer CLIP-L (fp32) {n['scorer']} GB"]
     place: dict[str, list[dict]] = {g.device: [] for g in gpus}
     G = len(gpus)
 
     def put(dev, model, role, gb, in_phases=(1, 2, 3, 4)):
         place[dev].append({"model": model, "role": role, "gb": round(gb, 2), "phases": list(in_phases)})
 
-    fits_one = [g for g in gpus if _lmm_per_gpu(n, 1) <= g.free_gb]
-    schedule, phases = "phased", []
-    if G == 1 and _lmm_per_gpu(n, 1) + n["diffusion"] + n["scorer"] <= gpus[0].free_gb:
+    def lmm_fits(g: GPU, tp: int, beside: float = 0.0) -> bool:
+        return _lmm_per_gpu(n, tp) <= g.total_gb and _lmm_booked(n, tp, g) + beside <= g.free_gb
+
+    schedule, phases, tp = "phased", [], 1
+    if G == 1 and lmm_fits(gpus[0], 1, n["diffusion"] + n["scorer"]):
         d = gpus[0].device
-        put(d, n["model"], "lmm", _lmm_per_gpu(n, 1))
+        put(d, n["model"], "lmm", _lmm_booked(n, 1, gpus[0]))
         put(d, "sdxl", "diffusion", n["diffusion"])
         put(d, "clip", "scorer", n["scorer"])
         schedule = "fused"
-        why.append(f"one GPU: {_lmm_per_gpu(n, 1):.1f} + {n['diffusion']:.1f} + {n['scorer']} ≤ {gpus[0].free_gb:g} GB"
-                   " → fused")
-    elif G >= 2 and len(fits_one) >= 1:
+        why.append(f"one GPU: vLLM {_lmm_booked(n, 1, gpus[0]):.1f} + {n['diffusion']:.1f} + {n['scorer']} ≤ "
+                   f"{gpus[0].free_gb:g} GB → fused")
+    elif G >= 2:
         k = max(1, G // 2)  # LMM replicas on the first half, diffusion workers on the rest
         lmm_gpus, diff_gpus = gpus[:k], gpus[k:]
-        if all(_lmm_per_gpu(n, 1) <= g.free_gb for g in lmm_gpus) and \
-                all(n["diffusion"] <= g.free_gb for g in diff_gpus) and \
+        if all(lmm_fits(g, 1) for g in lmm_gpus) and all(n["diffusion"] <= g.free_gb for g in diff_gpus) and \
                 n["diffusion"] + n["scorer"] <= diff_gpus[-1].free_gb:
             for g in lmm_gpus:
-                put(g.device, n["model"], "lmm", _lmm_per_gpu(n, 1))
+                put(g.device, n["model"], "lmm", _lmm_booked(n, 1, g))
             for g in diff_gpus:
                 put(g.device, "sdxl", "diffusion", n["diffusion"])
             put(diff_gpus[-1].device, "clip", "scorer", n["scorer"])
@@ -160,7 +185,7 @@ def make_plan(cfg: PipelineConfig, gpus: list[GPU]) -> dict:
                        f"{', '.join(g.device for g in lmm_gpus)} (replicas beat tensor parallel over PCIe), "
                        f"{len(diff_gpus)} diffusion worker(s) on {', '.join(g.device for g in diff_gpus)} → fused")
     if schedule == "phased":
-        tp = next((t for t in (1, 2, 4, 8) if t <= G and all(_lmm_per_gpu(n, t) <= g.free_gb for g in gpus[:t])), 0)
+        tp = next((t for t in (1, 2, 4, 8) if t <= G and all(lmm_fits(g, t) for g in gpus[:t])), 0)
         if not tp:
             raise PlanError(f"the LMM ({n['lmm_weights']:.1f} GB) does not fit {G} GPU(s) even alone: "
                             f"{_lmm_per_gpu(n, G):.1f} GB per GPU at TP {G}")
@@ -172,20 +197,27 @@ def make_plan(cfg: PipelineConfig, gpus: list[GPU]) -> dict:
                   {"phase": "lmm", "stages": ["load", "candidate_knowledge"], "devices": [g.device for g in gpus[:tp]]},
                   {"phase": "rank", "stages": ["load", "retrieve", "rank"], "devices": [gpus[0].device]}]
         for g in gpus[:tp]:
-            put(g.device, n["model"], "lmm", _lmm_per_gpu(n, tp), (1, 3))
+            put(g.device, n["model"], "lmm", _lmm_booked(n, tp, g), (1, 3))
         for g in diff:
             put(g.device, "sdxl", "diffusion", n["diffusion"], (2,))
         put(gpus[0].device, "clip", "scorer", n["scorer"], (4,))
-        why.append(f"LMM and diffusion do not fit together ({_lmm_per_gpu(n, tp):.1f} GB per GPU at TP {tp} + "
-                   f"{n['diffusion']:.1f} GB) → phased: the LMM at TP {tp}, then {len(diff)} diffusion worker(s), "
-                   "then the scorer; models are released between phases")
+        why.append(f"LMM and diffusion do not fit together (vLLM {_lmm_booked(n, tp, gpus[0]):.1f} GB per GPU at TP "
+                   f"{tp} + {n['diffusion']:.1f} GB) → phased: the LMM at TP {tp}, then {len(diff)} diffusion "
+                   "worker(s), then the scorer; models are released between phases")
+    util = lmm_utilization(n, tp, min(g.total_gb for g in gpus[:tp]))
+    why.append(f"vLLM gpu_memory_utilization {util:.2f}" + (f" (raised from the profile's {n['util']:.2f}: "
+               f"{_lmm_per_gpu(n, tp):.1f} GB per GPU does not fit less)" if util > n["util"] else " (the profile's)"))
+    if schedule == "phased" and cfg.lmm.backend == "http":
+        why.append("the LMM is an HTTP server: `kbridge run` starts it for each LMM phase and stops it before "
+                   "render (lmm.manage_server), or the server must be stopped by hand")
     out_gpus = []
     for g in gpus:
         used = max(sum(p["gb"] for p in place[g.device] if k in p["phases"]) for k in (1, 2, 3, 4))
         out_gpus.append({"device": g.device, "total_gb": g.total_gb, "free_gb": g.free_gb,
                          "placements": place[g.device], "peak_gb": round(used, 2),
                          "headroom_gb": round(g.free_gb - used, 2)})
-    return {"schedule": schedule, "gpus": out_gpus, "phases": phases, "reasoning": why}
+    return {"schedule": schedule, "gpus": out_gpus, "phases": phases, "reasoning": why,
+            "lmm_gpu_memory_utilization": util}
 
 
 def devices_of(plan: dict, role: str) -> list[str]:
@@ -203,6 +235,8 @@ def apply_plan(cfg: PipelineConfig, plan: dict) -> PipelineConfig:
     med = replace(cfg.medical, device=diff[0], devices=tuple(diff)) if diff else cfg.medical
     lm = replace(cfg.lmm, device=lmm[0]) if lmm and cfg.lmm.backend != "http" else cfg.lmm
     rank = replace(cfg.rank, device=scorer[0]) if scorer else cfg.rank
+    if cfg.lmm.backend != "http" and "lmm_gpu_memory_utilization" in plan:  # what the plan booked for vLLM
+        lm = replace(lm, gpu_memory_utilization=plan["lmm_gpu_memory_utilization"])
     run = replace(cfg.run, schedule=plan["schedule"]) if cfg.run.schedule == "auto" else cfg.run
     return replace(cfg, generation=gen, medical=med, lmm=lm, rank=rank, run=run)
 
@@ -242,8 +276,9 @@ def resolve_schedule(cfg: PipelineConfig) -> str:
 def format_plan(plan: dict) -> str:
     lines = [f"schedule: {plan['schedule']}"]
     for g in plan["gpus"]:
-        lines.append(f"{g['device']}  {g['total_gb']:g} GB (free {g['free_gb']:g}), peak {g['peak_gb']:.1f} GB, "
-                     f"headroom {g['headroom_gb']:.1f} GB")
+        lines.append(f"{g['device']}  {g['total_gb']:g} GB ({g['total_gb'] * GB / GIB:.0f} GiB, free {g['free_gb']:g}), "
+                     f"peak {g['peak_gb']:.1f} GB, headroom {g['headroom_gb']:.1f} GB (the margin for what the "
+                     "plan does not count)")
         for p in g["placements"]:
             when = "" if len(p["phases"]) == 4 else f"  (phase {', '.join(map(str, p['phases']))})"
             lines.append(f"    {p['role']:<10} {p['model']:<34} {p['gb']:6.1f} GB{when}")

@@ -34,6 +34,9 @@ class LMMRecord:
     start: float
     end: float
     """``time.time()`` when the call holding this request was sent and answered."""
+    engine: dict | None = None
+    """The engine's own figures for this request when it reports them (vLLM): queue_s,
+    prefill_s, decode_s, cached_prompt_tokens (``Generation.engine``)."""
 
 
 def critical_path(records) -> tuple[int, int]:

@@ -30,6 +30,9 @@ class ResultSink:
                 self.lmm["lmm_calls"] += 1
                 self.lmm["prompt_tokens"] += r.prompt_tokens
                 self.lmm["generated_tokens"] += r.generated_tokens
+                if r.engine:  # the engine's prefix-cache hits (vLLM), in prompt tokens
+                    self.lmm["prefix_cached_tokens"] = (self.lmm.get("prefix_cached_tokens", 0)
+                                                        + int(r.engine.get("cached_prompt_tokens", 0)))
 
     def __call__(self, row: Row) -> None:
         """A result line, or the row's error (the traceback only with -v)."""

@@ -254,6 +254,9 @@ class RunStore:
         timings["sample"] = {"start": round(row.admitted - t0, 4), "end": round(end - t0, 4),
                              "seconds": round(end - row.admitted, 4)}
         line["timings"] = timings
+        engine = lmm_engine(row)
+        if engine:
+            line["lmm_engine"] = engine
         _append_line(self.results_path, line)
         self.finished.add(s.sample_id)
         return line
@@ -314,3 +317,17 @@ def export_completed(run_dir: Path, dataset, out: Path) -> dict:
     if cat.exists():
         shutil.copyfile(cat, out / "category.json")
     return {"samples": len(meta), "skipped": skipped, "path": str(out)}
+
+
+ENGINE_TIMES = ("queue_s", "prefill_s", "decode_s")
+
+
+def lmm_engine(row: Row) -> dict | None:
+    """Where the row's LMM time went, by the engine's own account (vLLM): per fresh request its
+    stage, turn, queue / prefill / decode seconds and prompt tokens served from the prefix cache,
+    and their sums. None when the backend reports nothing (hf)."""
+    reqs = [{"stage": r.stage, "turn": r.turn, **r.engine} for r in row.lmm if r.engine and not r.cached]
+    if not reqs:
+        return None
+    sums = {k: round(sum(q.get(k, 0.0) for q in reqs), 6) for k in ENGINE_TIMES if any(k in q for q in reqs)}
+    return {**sums, "cached_prompt_tokens": sum(q.get("cached_prompt_tokens", 0) for q in reqs), "requests": reqs}

@@ -24,6 +24,7 @@ ZOO_VERSION = 1
 
 MODELS = {
     "lmm": ("Qwen2-VL", "Qwen2-VL-7B-Instruct (or -72B-Instruct-GPTQ-Int8 under vLLM)"),
+    "lmm_vllm_cpu": ("Idefics3", "the VL twin vLLM serves on CPU (Qwen2-VL under vLLM needs a GPU box)"),
     "sdxl_base": ("SDXL base", "stable-diffusion-xl-base-1.0"),
     "sdxl_refiner": ("SDXL refiner", "stable-diffusion-xl-refiner-1.0"),
     "clip": ("CLIP", "clip-vit-large-patch14"),
@@ -225,12 +226,15 @@ DIMS = {
         lmm=dict(hidden=64, inter=128, layers=2, heads=4, kv=2, mrope=[2, 3, 3], vis_depth=2, vis_embed=32),
         text_enc=dict(hidden=32, inter=37, layers=2), unet=dict(blocks=(32, 64), layers=1, heads=(2, 4),
                                                                  tlayers=(1, 1)),
-        vae=(16, 32), clip=dict(hidden=32, inter=37, layers=2, image=32, patch=8, proj=32)),
+        vae=(16, 32), clip=dict(hidden=32, inter=37, layers=2, image=32, patch=8, proj=32),
+        # vLLM's CPU attention kernel needs a text head size that is a multiple of 32 (>= 32)
+        idefics3=dict(hidden=128, inter=256, layers=2, heads=4, kv=2, vis_hidden=64, vis_inter=128, vis_layers=2)),
     "small": dict(
         lmm=dict(hidden=256, inter=688, layers=4, heads=8, kv=4, mrope=[4, 6, 6], vis_depth=2, vis_embed=64),
         text_enc=dict(hidden=64, inter=128, layers=3), unet=dict(blocks=(64, 128), layers=2, heads=(4, 8),
                                                                   tlayers=(1, 2)),
-        vae=(32, 64), clip=dict(hidden=64, inter=128, layers=3, image=64, patch=8, proj=64)),
+        vae=(32, 64), clip=dict(hidden=64, inter=128, layers=3, image=64, patch=8, proj=64),
+        idefics3=dict(hidden=256, inter=688, layers=4, heads=8, kv=4, vis_hidden=64, vis_inter=128, vis_layers=2)),
 }
 """Model dimensions per twin size (tiny is the default profile's and the tests')."""
 
@@ -272,6 +276,47 @@ def build_tiny_lmm(out: Path, size: str = "tiny") -> None:
     model.save_pretrained(out)
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(out)
     del torch
+
+
+IDEFICS3_SPECIALS = (["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+                     + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)])
+"""The tokens Idefics3's processor looks up (image wrapper, image placeholder, tile tags)."""
+
+
+def build_tiny_idefics3(out: Path, size: str = "tiny") -> None:
+    """The VL twin for vLLM on CPU: Idefics3 (a Llama text tower, a small SigLIP-style vision tower,
+    a PIL image processor: no torchvision), with the Qwen twin's tokenizer and chat layout. One
+    56-pixel image, no tiling: 4 image tokens after the pixel-shuffle connector (scale 2)."""
+    from transformers import (AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration,
+                              Idefics3ImageProcessorPil, Idefics3Processor)
+
+    write_qwen_tokenizer(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.add_special_tokens({"additional_special_tokens": IDEFICS3_SPECIALS})
+    tok.chat_template = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>")
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS + IDEFICS3_SPECIALS}
+    d = DIMS[size]["idefics3"]
+    image, patch, scale = 56, 14, 2
+    cfg = Idefics3Config(
+        text_config=dict(model_type="llama", vocab_size=((len(tok) + 63) // 64) * 64, hidden_size=d["hidden"],
+                         intermediate_size=d["inter"], num_hidden_layers=d["layers"],
+                         num_attention_heads=d["heads"], num_key_value_heads=d["kv"],
+                         max_position_embeddings=8192, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(hidden_size=d["vis_hidden"], intermediate_size=d["vis_inter"],
+                           num_hidden_layers=d["vis_layers"], num_attention_heads=2, image_size=image,
+                           patch_size=patch),
+        scale_factor=scale, image_token_id=ids["<image>"], pad_token_id=ids["<|endoftext|>"])
+    _seeded(21)
+    model = Idefics3ForConditionalGeneration(cfg).eval()
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.save_pretrained(out)
+    proc = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": image},
+                                     max_image_size={"longest_edge": image})
+    Idefics3Processor(proc, tok, image_seq_len=(image // patch) ** 2 // scale**2,
+                      chat_template=tok.chat_template).save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def _tiny_text_encoder(cls, vocab: int, eos: int, seed: int, size: str = "tiny"):
@@ -415,6 +460,6 @@ def build_tiny_blip(out: Path) -> None:
     BlipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(out)
 
 
-_BUILDERS = {"lmm": build_tiny_lmm, "sdxl_base": build_tiny_sdxl_base,
+_BUILDERS = {"lmm": build_tiny_lmm, "lmm_vllm_cpu": build_tiny_idefics3, "sdxl_base": build_tiny_sdxl_base,
              "sdxl_refiner": build_tiny_sdxl_refiner, "clip": build_tiny_clip, "blip": build_tiny_blip,
              "cheff": build_tiny_cheff, "med_clip": build_tiny_med_clip, "mire": build_tiny_mire}

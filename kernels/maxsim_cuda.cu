@@ -45,9 +45,25 @@ __global__ void maxsim_kernel(const float *q, const int64_t *q_off, const float 
     }
 }
 
-// Stream-ordered buffers on one device: cudaMallocAsync / cudaFreeAsync draw on the device's memory
-// pool (cached across calls, no device-wide synchronisation as cudaMalloc / cudaFree would), on a
-// private non-blocking stream, so a call never waits for (or stalls) other streams on the GPU.
+// Stream-ordered buffers on one device: cudaMallocAsync / cudaFreeAsync draw on the device's default
+// memory pool (no device-wide synchronisation as cudaMalloc / cudaFree would), on a private
+// non-blocking stream, so a call never waits for (or stalls) other streams on the GPU. The default
+// pool's release threshold is 0 (CUDA runtime API, cudaMemPoolAttrReleaseThreshold): its memory would
+// go back to the driver at every synchronisation, so keep_pool raises it to 256 MiB (never lowers it:
+// another user of the pool may keep more) and the buffers really are cached across calls.
+constexpr uint64_t POOL_KEEP = 256ull << 20;
+
+void keep_pool(int device) {
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess) return;
+    uint64_t cur = 0;
+    if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &cur) != cudaSuccess) return;
+    if (cur < POOL_KEEP) {
+        uint64_t want = POOL_KEEP;
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &want);
+    }
+}
+
 struct Call {
     int prev_device = -1;
     cudaStream_t stream = nullptr;
@@ -85,6 +101,7 @@ std::string maxsim_pairs_cuda(const float *q, int64_t q_rows, const int64_t *q_o
     Call b;
     cudaError_t e = cudaGetDevice(&b.prev_device);
     if (e == cudaSuccess) e = cudaSetDevice(device);
+    if (e == cudaSuccess) keep_pool(device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) return cudaGetErrorString(e);
     const size_t sizes[7] = {size_t(q_rows * dim) * 4, size_t(nq + 1) * 8, size_t(x_rows * dim) * 4,

@@ -25,6 +25,8 @@ def instance(schema: dict, rng: random.Random, depth: int = 0):
     t = schema.get("type")
     if t == "object":
         return {k: instance(v, rng, depth + 1) for k, v in schema.get("properties", {}).items()}
+    if t == "array" and "prefixItems" in schema:
+        return [instance(v, rng, depth + 1) for v in schema["prefixItems"]]
     if t == "array":
         lo = schema.get("minItems", 1)
         hi = max(lo, min(schema.get("maxItems", lo + 2), lo + 2))

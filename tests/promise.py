@@ -18,7 +18,8 @@ from PIL import Image
 
 GREY_LEVELS = 2
 SCORE_TOL = 1e-3
-TIMING_FIELDS = ("timings",)
+TIMING_FIELDS = ("timings", "lmm_engine")
+"""Measured per run, not computed: the stage timings and the engine's own request figures (vLLM)."""
 
 
 def rows(run: Path) -> dict[str, dict]:

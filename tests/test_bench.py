@@ -25,8 +25,12 @@ def test_time_it_warms_up_and_repeats():
 
 
 def test_markdown_table_formats_numbers():
-    t = H.markdown_table([{"name": "a", "x": 12.345, "y": 0.000123, "z": None}], ["name", "x", "y", "z"])
+    quiet = {"start": {"load1": 0.0, "other_cores": 0.0}, "end": {"load1": 0.0, "other_cores": 0.0},
+             "own_threads": 1, "cores": 2}
+    t = H.markdown_table([{"name": "a", "x": 12.345, "y": 0.000123, "z": None, H.LOAD_KEY: quiet},
+                          {"name": "b"}], ["name", "x", "y", "z"])
     assert t.splitlines()[2] == "| a | 12.3 | 1.23e-04 | – |"
+    assert t.splitlines()[3] == "| b [load unknown] | – | – | – |"  # no load record: never shown as a result
 
 
 def test_benchmarks_md_is_regenerated_from_json():

@@ -67,6 +67,32 @@ def test_llm_kwargs_follow_the_profile(cfg, tmp_path):
     assert llm_kwargs(tmp_path, cfg.lmm, "tiny")["tensor_parallel_size"] == 1
 
 
+def test_cpu_engine_arguments_and_server_flags_agree(cfg, tmp_path):
+    """vLLM's CPU platform: eager, an explicit KV cache, compact JSON, no chunked prefill with a step
+    budget that holds a whole prompt: the same settings in-process and on the server."""
+    from kbridge.engine.lmm.serving import cpu_serve_command
+    from kbridge.engine.lmm.vllm_local import COMPACT_JSON, CPU_KV_CACHE_BYTES
+
+    kw = llm_kwargs(tmp_path, cfg.lmm, "tiny", cpu=True)
+    assert kw["enforce_eager"] and kw["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    assert "gpu_memory_utilization" not in kw and kw["enable_chunked_prefill"] is False
+    assert kw["max_num_batched_tokens"] >= kw["max_model_len"]
+    assert kw["structured_outputs_config"] == COMPACT_JSON == {"backend": "xgrammar", "disable_any_whitespace": True}
+    assert llm_kwargs(tmp_path, cfg.lmm, "h100")["structured_outputs_config"] == COMPACT_JSON
+    argv, env = cpu_serve_command(str(tmp_path / "twin"), port=8123, max_model_len=kw["max_model_len"], python="py")
+    assert argv[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]  # not the broken `vllm` command
+    assert "--enforce-eager" in argv and "--no-enable-chunked-prefill" in argv
+    assert int(_flag(argv, "--max-num-batched-tokens")) >= int(_flag(argv, "--max-model-len"))
+    assert json.loads(_flag(argv, "--structured-outputs-config")) == COMPACT_JSON
+    assert _flag(argv, "--host") == "127.0.0.1" and env["VLLM_CPU_KVCACHE_SPACE"] == str(CPU_KV_CACHE_BYTES >> 30)
+    r = subprocess.run([sys.executable, "-m", "kbridge.cli", "lmm", "serve", "-p", "tiny", "--dry-run"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[0]
+    assert line.startswith(f"VLLM_CPU_KVCACHE_SPACE=1 {sys.executable} -m vllm.entrypoints.openai.api_server --model ")
+    assert "tiny-lmm_vllm_cpu-v1 --host 127.0.0.1 --port " in line
+
+
 def test_in_process_vllm_backend(cfg):
     if not vllm_usable():
         pytest.skip("needs a CUDA GPU and the vllm extra: in-process vLLM (pip install 'kbridge[vllm]')")

@@ -51,3 +51,26 @@ def test_list_models_reports_every_slot(cfg):
     rows = {m.name: m for m in zoo.list_models(cfg)}
     assert set(rows) == set(zoo.MODELS)
     assert all(m.source == "tiny" for m in rows.values())
+
+
+def test_the_vllm_cpu_twin_is_a_deterministic_idefics3_with_vllm_cpu_head_size(tmp_path):
+    """vLLM's CPU attention needs a text head size that is a multiple of 32; one 56-px image is
+    4 tokens after the connector; the chat layout is the Qwen twin's with ``<image>``."""
+    import json
+
+    from transformers import AutoProcessor
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    zoo.build_tiny_idefics3(a)
+    zoo.build_tiny_idefics3(b)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    c = json.loads((a / "config.json").read_text())
+    t = c["text_config"]
+    assert c["architectures"] == ["Idefics3ForConditionalGeneration"]
+    assert t["hidden_size"] // t["num_attention_heads"] == 32
+    proc = AutoProcessor.from_pretrained(a)
+    assert proc.image_seq_len == 4
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
+                                    add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\n<image>x<|im_end|>\n<|im_start|>assistant\n"
+    assert proc.tokenizer.convert_tokens_to_ids("<image>") == c["image_token_id"] < t["vocab_size"]

@@ -8,9 +8,7 @@ geometry, drives both directions, so nothing can be silently left over or left o
 """
 from __future__ import annotations
 
-import argparse
 import math
-import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -24,40 +22,17 @@ class CheckpointError(ClassifyError):
     """A checkpoint cannot be read, is refused by the safe loader, or does not fit the layout."""
 
 
-# ---------------------------------------------------------------- safe loading
-
-SAFE_GLOBALS = [
-    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),
-    (dict, "lightning_fabric.utilities.data.AttributeDict"),
-    (dict, "lightning.fabric.utilities.data.AttributeDict"),
-    (dict, "sacred.config.custom_containers.ReadOnlyDict"),
-    (list, "sacred.config.custom_containers.ReadOnlyList"),
-    argparse.Namespace,
-]
-"""Harmless containers a Lightning 1.x checkpoint pickles into ``hyper_parameters`` (dict and list
-subclasses, restored as plain dicts and lists, so neither package is imported); anything else is
-refused unless the caller trusts the file."""
-
+# ---------------------------------------------------------------- loading
 
 def load_checkpoint(path: Path, trust: bool = False) -> dict:
-    """The checkpoint's state dict (``ckpt["state_dict"]``, or the file itself if it is one)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    """The checkpoint's state dict (``ckpt["state_dict"]``, or the file itself if it is one). The
+    Lightning / sacred classes a published ``.ckpt`` pickles load as stand-ins (engine.published)."""
+    from kbridge.engine.published import PublishedCheckpointError, load
+
     try:
-        if trust:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        else:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        what = re.search(r"GLOBAL (\S+)", str(e))
-        raise CheckpointError(
-            f"{path}: refused by the safe loader: it pickles {what.group(1) if what else 'an object'} "
-            f"outside the allow-list; if you trust the file, pass --trust-checkpoint (full unpickling can run code)"
-        ) from None
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+        obj = load(path, trust)
+    except PublishedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: no state_dict of tensors in the checkpoint")
@@ -218,13 +193,49 @@ def read_class_names(path: Path) -> tuple:
     return tuple(d)
 
 
+def read_tokenizer(tokenizer: Path | None, vocab_size: int):
+    """The CLIP tokenizer at ``tokenizer``, checked to be this model's: the files are there and its
+    vocabulary is the checkpoint's text-embedding size (a directory without them would otherwise
+    give a near-empty tokenizer that turns every text into unknown tokens)."""
+    from transformers import CLIPTokenizer
+
+    if tokenizer is None:
+        raise CheckpointError("no tokenizer: pass --tokenizer DIR (a local CLIP tokenizer directory, e.g. "
+                              "openai/clip-vit-base-patch16's tokenizer.json or vocab.json + merges.txt)")
+    p = Path(tokenizer)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: tokenizer directory not found")
+    if not ((p / "tokenizer.json").exists() or ((p / "vocab.json").exists() and (p / "merges.txt").exists())):
+        raise CheckpointError(f"{p}: no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+    try:
+        tok = CLIPTokenizer.from_pretrained(str(p))
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{p}: not a readable CLIP tokenizer ({str(e).splitlines()[0][:200]})") from None
+    if len(tok) != vocab_size:
+        raise CheckpointError(f"{p}: the tokenizer has {len(tok)} tokens but the checkpoint's text embedding has "
+                              f"{vocab_size}: not this model's tokenizer")
+    return tok
+
+
+def _check_shapes(sd: dict, cfg: ClassifierConfig) -> None:
+    from kbridge.engine.classify.model import build_meta
+
+    want = build_meta(cfg).state_dict()
+    bad = [f"{k} {tuple(v.shape)} (expected {tuple(want[k].shape)})" for k, v in sd.items()
+           if k in want and tuple(v.shape) != tuple(want[k].shape)]
+    if bad:
+        raise CheckpointError(f"checkpoint does not fit the {cfg.kind} layout: {len(bad)} wrong-shaped tensors: "
+                              + "; ".join(bad[:3]))
+
+
 def convert(ckpt: Path, out: Path, kind: str, tokenizer: Path | None, trust: bool = False, seed: int = 0,
             vision_heads: int | None = None, text_heads: int | None = None,
             class_names: tuple | None = None) -> dict:
     """Convert once; writes config.json, model.safetensors (with the rebuilt dynamic queries) and
-    the tokenizer. Returns a small report."""
+    the tokenizer, all at once (a failed conversion leaves nothing at ``out``). Returns a small report."""
     from kbridge.engine.classify.clip_backbone import rebuild_dynamic_queries
     from kbridge.engine.classify.model import MissingAwareClassifier, save
+    from kbridge.engine.published import PublishedCheckpointError, output_dir
 
     if kind not in _LEARNER:
         raise CheckpointError(f"unknown classifier kind {kind!r}")
@@ -234,10 +245,17 @@ def convert(ckpt: Path, out: Path, kind: str, tokenizer: Path | None, trust: boo
         if len(class_names) != cfg.num_classes:
             raise CheckpointError(f"{len(class_names)} class names for a head with {cfg.num_classes} outputs")
         cfg = replace(cfg, class_names=tuple(class_names))
+    tok = read_tokenizer(tokenizer, cfg.vocab_size)
     sd = to_ours({k: v.float() for k, v in ref.items()}, cfg)
+    _check_shapes(sd, cfg)
     sd["backbone.vision_dyn_queries"], sd["backbone.text_dyn_queries"] = rebuild_dynamic_queries(cfg)
     model = MissingAwareClassifier(cfg)
     model.load_state_dict(sd, strict=True)
-    save(model, out, tokenizer)
+    try:
+        with output_dir(out) as tmp:
+            save(model, tmp)
+            tok.save_pretrained(str(tmp))
+    except PublishedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     return {"kind": kind, "task": cfg.task, "keys": len(ref), "classes": cfg.num_classes, "path": str(out),
             "prompt_length": cfg.prompt_length, "prompt_depth": cfg.prompt_depth}

@@ -66,6 +66,13 @@ def _missing_table(path: Path, n: int) -> dict:
     from kbridge.engine.data import DataError, read_missing_config
 
     try:
+        total = json.loads(path.read_text()).get("total")
+    except (OSError, ValueError, AttributeError):
+        total = None  # read_missing_config names the problem
+    if isinstance(total, int) and total != n:
+        raise ClassifyError(f"{path}: the missing config was made for {total} samples but the dataset has {n} "
+                            f"rows: not this dataset's missing config")
+    try:
         return read_missing_config(path, n)
     except DataError as e:
         raise ClassifyError(str(e)) from None

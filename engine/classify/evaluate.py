@@ -69,7 +69,9 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
              task: str | None = None, backend: str = "torch", batch_size: int = 32, device: str = "cpu",
              cache_dir: Path | None = None) -> EvalReport:
     from kbridge.engine.classify.model import default_cache_dir, load, load_tokenizer
+    from kbridge.engine.published import check_device
 
+    check_device(device)
     model = load(model_dir, device="cpu")
     cfg = model.cfg
     if task is not None and task != cfg.task:
@@ -91,3 +93,21 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
         notes += d.notes
     return EvalReport(cfg.task, str(model_dir), backend, PRIMARY[cfg.task], results, dict(unmapped),
                       len(given.examples) - len(keep), notes)
+
+
+PAPER_METRIC = {"mmimdb": "F1-macro", "food101": "accuracy", "hatememes": "AUROC"}
+
+
+def paper_row(reports: list, missing: list) -> str:
+    """One line in the papers' layout (REP's Table 1): the "all" column ×100 of each missing
+    table, labelled by the type in its file name (``…_missing_<type>_<ratio>.pt``)."""
+    import re
+
+    cells = []
+    for r, m in zip(reports, missing):
+        t = re.search(r"_missing_(text|image|both)_(\d+)", Path(m).name)
+        label = f"{t.group(1)} {t.group(2)[0]}.{t.group(2)[1:]}" if t else Path(m).name
+        v = r.results["missing"]["all"][r.primary]
+        cells.append(f"{label}: {'n/a' if v is None else f'{100 * v:.2f}'}")
+    r = reports[0]
+    return f"paper row ({r.task} {PAPER_METRIC.get(r.task, r.primary)} ×100, all samples): " + " / ".join(cells)

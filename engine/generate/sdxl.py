@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from kbridge.engine.config import GenerationConfig
+from kbridge.engine.errors import KbridgeError
 
 log = logging.getLogger("kbridge.generate.sdxl")
 
@@ -60,6 +61,22 @@ def gpu_options(pipe, cfg: GenerationConfig) -> list[str]:
             vae.enable_tiling()
             done.append("vae_tiling")
     return done
+
+
+def decode_upcast(vae, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z / scaling)`` as float32 the way diffusers' SDXL pipelines decode: an fp16 VAE
+    whose config says ``force_upcast`` (the stock SDXL VAE overflows to NaN in fp16) runs in fp32
+    for the call. A compiled runner's static spec fits only full-size latents, so a wrapped VAE
+    (runtime/swap.py ``RunnerVae``) decodes with its torch module."""
+    vae = getattr(vae, "inner", vae)
+    upcast = vae.dtype == torch.float16 and bool(vae.config.force_upcast)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0].float()
+    finally:
+        if upcast:
+            vae.to(torch.float16)
 
 
 class SDXLGenerator:
@@ -135,10 +152,8 @@ class SDXLGenerator:
         if not len(latents):
             return []
         if mode == "vae":
-            vae = self.base.vae
             z = torch.nn.functional.interpolate(latents.float(), scale_factor=0.5, mode="bilinear")
-            rgb = vae.decode(z.to(next(iter(vae.parameters())).dtype) / vae.config.scaling_factor,
-                             return_dict=False)[0].float()
+            rgb = decode_upcast(self.base.vae, z)
         else:
             w = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)  # [4, 3]
             b = torch.tensor(LATENT_RGB_BIAS, dtype=torch.float32, device=latents.device)
@@ -149,14 +164,18 @@ class SDXLGenerator:
         return [Image.fromarray(a) for a in arr]
 
     @torch.inference_mode()
-    def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list[Image.Image]:
+    def render(self, prompts: list[str], seeds: list[int], steps: int | None = None,
+               stop=None) -> list[Image.Image]:
         """One image per (prompt, seed), in order, in batches of ``cfg.batch_size``; ``steps``
-        overrides ``cfg.steps`` for this call."""
+        overrides ``cfg.steps`` for this call. ``stop()`` is asked after every denoising step
+        (diffusers' step-end callback): when true the call raises ``Interrupted`` there."""
         c = self.cfg if steps is None else replace(self.cfg, steps=steps)
         out: list[Image.Image] = []
         for i in range(0, len(prompts), max(1, c.batch_size)):
             p, s = prompts[i:i + c.batch_size], seeds[i:i + c.batch_size]
             common = dict(num_inference_steps=c.steps, guidance_scale=c.guidance)
+            if stop is not None:
+                common["callback_on_step_end"] = _stopper(stop)
             if self.refiner is not None and c.high_noise_frac < 1.0:
                 lat = self.base(prompt=p, height=c.height, width=c.width, denoising_end=c.high_noise_frac,
                                 generator=self._generators(s), output_type="latent", **common).images
@@ -169,3 +188,15 @@ class SDXLGenerator:
             self.counters.images += len(imgs)
             out.extend(imgs)
         return out
+
+
+class Interrupted(KbridgeError):
+    """A render stopped between denoising steps: every row it was for was cancelled."""
+
+
+def _stopper(stop):
+    def on_step_end(pipe, step, timestep, kwargs):
+        if stop():
+            raise Interrupted(f"stopped after denoising step {step + 1}")
+        return kwargs
+    return on_step_end

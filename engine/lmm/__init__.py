@@ -40,6 +40,10 @@ class Generation:
     generated_tokens: int
     error: str | None = None
     """Set by a backend when the request failed for good (server down after retries, HTTP 4xx)."""
+    engine: dict | None = None
+    """What the engine reports about this request, when it does (vLLM): ``queue_s``, ``prefill_s``
+    (to the first token), ``decode_s`` (first to last token), ``cached_prompt_tokens`` (prompt
+    tokens served from the prefix cache)."""
 
 
 @dataclass
@@ -55,6 +59,9 @@ class Response:
 
 class Backend(Protocol):
     model_id: str
+    continuous_batching: bool
+    """True when the engine batches requests as they arrive (vLLM, an OpenAI server): the executor
+    then sends each row's requests on their own, so one slow answer holds up only its own sample."""
 
     async def generate(self, requests: Sequence[Request]) -> list[Generation]: ...
 
@@ -66,10 +73,10 @@ class RequestLog:
     records: list[dict] = field(default_factory=list)
 
     def add(self, req: Request, model: str, prompt_tokens: int, generated_tokens: int, cached: bool,
-            start: float = 0.0, end: float = 0.0) -> None:
+            start: float = 0.0, end: float = 0.0, engine: dict | None = None) -> None:
         self.records.append({"model": model, "sample_id": req.sample_id, "stage": req.stage, "turn": req.turn,
                              "prompt_tokens": prompt_tokens, "generated_tokens": generated_tokens,
-                             "cached": cached, "start": start, "end": end})
+                             "cached": cached, "start": start, "end": end, "engine": engine or {}})
 
     def per_sample(self) -> dict[str, dict]:
         """Counted figures per sample: sequences decoded, serial turns, prompt/generated tokens."""
@@ -144,17 +151,26 @@ class LMMClient:
     """Cache, validation and retries, and the request log, over any backend."""
 
     def __init__(self, backend: Backend, request_log: RequestLog, cache=None, greedy: bool = False,
-                 retries: int = 2):
+                 retries: int = 2, special=None):
+        from kbridge.engine.lmm.special import pattern_for
+
         self.backend, self.log, self.cache = backend, request_log, cache
         self.greedy, self.retries = greedy, retries
+        self.special = special if special is not None else pattern_for(backend)
+        """The backend's special tokens: neutralised in every text part before a request goes out."""
 
     def using(self, request_log: RequestLog) -> "LMMClient":
         """The same backend, cache and settings, logging into ``request_log`` (one per stage call,
         so each row's requests are known without scanning a run-wide log)."""
-        return LMMClient(self.backend, request_log, self.cache, self.greedy, self.retries)
+        return LMMClient(self.backend, request_log, self.cache, self.greedy, self.retries, self.special)
 
     async def complete(self, requests: Sequence[Request]) -> list[Response]:
-        requests = list(requests)
+        from dataclasses import replace
+
+        from kbridge.engine.lmm.special import neutralise_messages
+
+        # user text can never inject the model's special tokens, whichever backend and path
+        requests = [replace(r, messages=neutralise_messages(r.messages, self.special)) for r in requests]
         now = time.time()
         out: list[Response | None] = [None] * len(requests)
         keys = [request_key(self.backend.model_id, r, self.greedy) for r in requests]
@@ -177,7 +193,8 @@ class LMMClient:
                 if gen.error is not None:  # the backend already retried; nothing was decoded
                     out[i] = Response("", None, 0, 0, False, gen.error)
                     continue
-                self.log.add(req, self.backend.model_id, gen.prompt_tokens, gen.generated_tokens, False, t0, t1)
+                self.log.add(req, self.backend.model_id, gen.prompt_tokens, gen.generated_tokens, False, t0, t1,
+                             gen.engine)
                 parsed, err = None, None
                 if req.schema is not None:
                     try:

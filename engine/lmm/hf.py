@@ -3,11 +3,17 @@
 Sampling is per request and independent of batching: each row draws Gumbel noise from its own
 generator seeded by the request (on the model's device), and greedy argmax over
 ``logits / T + Gumbel`` is an exact sample from ``softmax(logits / T)``. A row's tokens therefore
-depend on its own seed only.
+depend on its own seed only (up to float rounding of padded batches: the cross-setting rule).
+
+Concurrent callers share batches: requests wait in one queue; whichever caller finds the model
+free takes up to ``max_batch`` of them, its own or others', into one padded ``generate()``. A
+row's answer is handed to its caller the step its end token is drawn (per-row stopping), not when
+the batch's longest row ends; rows that have ended only ride along as padding until then.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -41,7 +47,10 @@ class _GuidedSampler:
     banned ids are moved once, and the Gumbel noise is drawn by one generator per row on that device
     (seeded by the request, so a row still depends on its own seed only)."""
 
-    def __init__(self, matchers, seeds, temps, caps, eos: int, banned: list[int], vocab: int, greedy: bool):
+    def __init__(self, matchers, seeds, temps, caps, eos: int, banned: list[int], vocab: int, greedy: bool,
+                 on_end=None):
+        """``on_end(row, input_ids_row)``: called once per row, the step after its end token was
+        drawn, with that row's ids so far (prompt and generated, the end token last)."""
         import xgrammar as xgr
 
         self.xgr = xgr
@@ -54,6 +63,7 @@ class _GuidedSampler:
         self.device: torch.device | None = None
         self.done = [False] * len(matchers)
         self.step = 0
+        self.on_end = on_end
 
     def _to(self, device: torch.device) -> None:
         """Move the per-call state to the logits' device, once (the first call sees the device)."""
@@ -79,6 +89,8 @@ class _GuidedSampler:
                 tok = int(last[i])
                 if tok == self.eos:
                     self.done[i] = True
+                    if self.on_end is not None:
+                        self.on_end(i, input_ids[i])
                 elif m is not None and not m.accept_token(tok):
                     log.warning("grammar rejected token %d in row %d", tok, i)
                     self.done[i] = True
@@ -102,8 +114,17 @@ class _GuidedSampler:
         return scores
 
 
+class _Pending:
+    """One request waiting for, or in, a batch; ``fut`` gets its Generation or its error."""
+
+    def __init__(self, req: Request):
+        self.req = req
+        self.fut: concurrent.futures.Future = concurrent.futures.Future()
+
+
 class HFBackend:
-    """The transformers backend. One generate() at a time; concurrent callers queue on a lock."""
+    """The transformers backend. One generate() at a time, over the requests of every concurrent
+    caller (module docstring); ``batches`` counts the generate() calls, ``batch_rows`` their rows."""
 
     def __init__(self, path: Path, cfg: LMMConfig):
         import xgrammar as xgr
@@ -128,7 +149,11 @@ class HFBackend:
         info = xgr.TokenizerInfo.from_huggingface(self.tok, vocab_size=vocab, stop_token_ids=[self.eos])
         self.compiler = xgr.GrammarCompiler(info)
         self._grammars: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
+        self.batches = 0
+        self.batch_rows = 0
 
     def _grammar(self, schema: dict):
         key = json.dumps(schema)  # key order kept: the model writes fields in schema order
@@ -137,19 +162,59 @@ class HFBackend:
         return self._grammars[key]
 
     async def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        # One generate() per call, serialised by the lock. Merging concurrent callers into one
-        # generate() was measured 2.5x slower end to end here: a short request merged with long
-        # ones is only returned when the longest finishes (no continuous batching in HF), which
-        # stalls the pipeline behind it.
-        return await asyncio.to_thread(self._generate_all, list(requests))
+        items = [_Pending(r) for r in requests]
+        with self._cv:
+            self._queue.extend(items)
+        return await asyncio.to_thread(self._serve, items)
 
-    def _generate_all(self, requests: list[Request]) -> list[Generation]:
-        out: list[Generation] = []
+    def _serve(self, items: list[_Pending]) -> list[Generation]:
+        """Until every one of ``items`` has its answer: wait while another caller's batch runs (it
+        may hold some of them), else run the queue's first ``max_batch`` requests as one batch."""
         n = max(1, self.cfg.max_batch)
-        with self._lock:
-            for i in range(0, len(requests), n):
-                out.extend(self._generate_batch(requests[i:i + n]))
-        return out
+        while True:
+            with self._cv:
+                while self._busy and not all(i.fut.done() for i in items):
+                    self._cv.wait()
+                if all(i.fut.done() for i in items):
+                    return [i.fut.result() for i in items]
+                batch, self._queue = self._queue[:n], self._queue[n:]
+                if not batch:  # cannot happen: an unanswered request is queued or in a running batch
+                    raise RuntimeError("hf backend: request lost between batches")
+                self._busy = True
+            try:
+                self._run(batch)
+            except BaseException as e:  # interrupted: no caller of this batch may wait forever
+                with self._cv:
+                    for p in batch:
+                        if not p.fut.done():
+                            p.fut.set_exception(e)
+                raise
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _run(self, batch: list[_Pending]) -> None:
+        """One batch; if it fails as a whole, each request alone, so one caller's bad request
+        (an unreadable image, say) fails only that caller."""
+        def answer(i: int, gen: Generation) -> None:
+            with self._cv:
+                if not batch[i].fut.done():
+                    batch[i].fut.set_result(gen)
+                self._cv.notify_all()
+
+        try:
+            for i, gen in enumerate(self._generate_batch([p.req for p in batch], answer)):
+                answer(i, gen)
+        except Exception as e:  # noqa: BLE001 — handed to the callers, not swallowed
+            if len(batch) == 1:
+                with self._cv:
+                    batch[0].fut.set_exception(e)
+                    self._cv.notify_all()
+                return
+            for p in batch:
+                if not p.fut.done():
+                    self._run([p])
 
     def _render(self, req: Request) -> tuple[str, list]:
         images = [p["image"] for m in req.messages for p in m["content"] if p["type"] == "image"]
@@ -160,7 +225,9 @@ class HFBackend:
         return text, images
 
     @torch.inference_mode()
-    def _generate_batch(self, reqs: list[Request]) -> list[Generation]:
+    def _generate_batch(self, reqs: list[Request], on_answer=None) -> list[Generation]:
+        """One padded generate() over ``reqs``; ``on_answer(row, Generation)`` gets a row's answer
+        as soon as the row has ended (the returned list has every row's, the same ones)."""
         import xgrammar as xgr
 
         texts, images = [], []
@@ -181,29 +248,41 @@ class HFBackend:
         ids = enc["input_ids"].to(self.cfg.device)
         mask = enc["attention_mask"].to(self.cfg.device)
         matchers = [xgr.GrammarMatcher(self._grammar(r.schema)) if r.schema is not None else None for r in reqs]
+        prompt_tokens = mask.sum(-1).tolist()
+        width = ids.shape[1]
+
+        def ended(row: int, row_ids: torch.Tensor) -> None:
+            if on_answer is not None:
+                on_answer(row, self._answer(row_ids[width:].tolist(), prompt_tokens[row]))
+
         sampler = _GuidedSampler(matchers, [r.seed for r in reqs],
                                  [r.temperature for r in reqs], [r.max_new_tokens for r in reqs],
-                                 self.eos, self.banned, self.vocab, self.cfg.greedy)
+                                 self.eos, self.banned, self.vocab, self.cfg.greedy, on_end=ended)
         # an explicit config: the checkpoint's own sampling defaults must not apply (the sampler
         # above does the sampling, greedy argmax over its perturbed scores picks the token)
         gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max(r.max_new_tokens for r in reqs),
                                    eos_token_id=self.eos, pad_token_id=self.pad)
+        self.batches += 1
+        self.batch_rows += len(reqs)
         seq = self.model.generate(input_ids=ids, attention_mask=mask, **extra, generation_config=gen_cfg,
                                   logits_processor=[sampler])
-        new = seq[:, ids.shape[1]:].cpu()
-        out = []
-        for row, m in zip(range(len(reqs)), mask.sum(-1).tolist()):
-            toks = new[row].tolist()
-            n = toks.index(self.eos) + 1 if self.eos in toks else len(toks)
-            text = self.tok.decode(toks[:n], skip_special_tokens=True)
-            out.append(Generation(text=text, prompt_tokens=int(m), generated_tokens=n))
-        return out
+        new = seq[:, width:].cpu()
+        return [self._answer(new[row].tolist(), m) for row, m in enumerate(prompt_tokens)]
+
+    def _answer(self, toks: list[int], prompt_tokens: int) -> Generation:
+        """A row's Generation from its generated ids: up to and including the first end token."""
+        n = toks.index(self.eos) + 1 if self.eos in toks else len(toks)
+        return Generation(text=self.tok.decode(toks[:n], skip_special_tokens=True),
+                          prompt_tokens=int(prompt_tokens), generated_tokens=n)
 
 
 def _expand(text: str, token: str, counts) -> str:
     parts = text.split(token)
     out = [parts[0]]
     for p in parts[1:]:
-        out.append(token * next(counts))
+        n = next(counts, None)  # a StopIteration here would never resolve the awaiting future
+        if n is None:
+            raise ValueError(f"more {token} placeholders than images in the prompt")
+        out.append(token * n)
         out.append(p)
     return "".join(out)

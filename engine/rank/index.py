@@ -59,8 +59,19 @@ def ivfpq_shape(n: int, dim: int) -> tuple[int, int, int]:
     return lists, m, bits
 
 
-GPU_PQ_M = frozenset(list(range(1, 49)) + [56, 64, 96])
-"""Sub-quantiser counts faiss-gpu's IVF-PQ supports (56 / 64 / 96 need float16 lookup tables)."""
+GPU_PQ_M = frozenset((1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96))
+"""Code sizes (bytes per vector = sub-quantisers at 8 bits) faiss-gpu's IVF-PQ supports
+(``IVFPQ::isSupportedPQCodeLength``, faiss/gpu/impl/IVFPQ.cu; 56 / 64 / 96 only with float16 lookup
+tables). Without the interleaved layout (GpuClonerOptions' default) it also needs 8 bits per code."""
+
+
+def gpu_ivfpq_refusal(m: int, bits: int) -> str | None:
+    """Why faiss-gpu cannot hold an IVF-PQ index of ``m`` sub-quantisers × ``bits``, or None."""
+    if bits != 8:
+        return f"{bits} bits per code (faiss-gpu's IVF-PQ needs 8)"
+    if m not in GPU_PQ_M:
+        return f"{m} sub-quantisers (faiss-gpu's IVF-PQ supports {', '.join(map(str, sorted(GPU_PQ_M)))})"
+    return None
 GPU_TEMP_BYTES = 64 << 20
 """faiss temp memory per GPU resource (its default is up to 1.5 GiB; small searches need little)."""
 _RESOURCES: dict[int, object] = {}
@@ -124,9 +135,10 @@ class EmbeddingIndex:
         faiss = faiss_module()
         opts = faiss.GpuClonerOptions()
         if self.kind == "ivfpq":
-            m = int(faiss.downcast_index(self.index).pq.M)
-            if m not in GPU_PQ_M:
-                log.warning("IVF-PQ with %d sub-quantisers is not supported by faiss-gpu; searching on the CPU", m)
+            pq = faiss.downcast_index(self.index).pq
+            m, why = int(pq.M), gpu_ivfpq_refusal(int(pq.M), int(pq.nbits))
+            if why:
+                log.warning("IVF-PQ with %s is not supported on the GPU; searching on the CPU", why)
                 return self
             opts.useFloat16 = m > 48  # 56 / 64 / 96 need float16 lookup tables
         self.index = faiss.index_cpu_to_gpu(gpu_resources(faiss, dev), dev, self.index, opts)

@@ -37,7 +37,7 @@ def rank_batch(scorer: Scorer, cfg: RankConfig, samples: list[Sample], knowledge
         mine = []
         for c, sv in zip(cands, sem):
             g = next(graph)
-            mine.append(replace(c, scores={"semantic": float(sv), "graph": float(g),
+            mine.append(replace(c, scores={**c.scores, "semantic": float(sv), "graph": float(g),  # keeps e.g. mire_maxsim
                                            "total": combine(float(sv), g, cfg)}))
         scored.append(mine)
         best.append(best_of(mine) if mine else "")

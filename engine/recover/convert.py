@@ -166,14 +166,14 @@ def load_dir(path: Path) -> tuple[DiCMoR, str]:
 
 
 def load_checkpoint(ckpt: Path, trust: bool = False) -> dict[str, torch.Tensor]:
-    """A reference .pth → its state dict; ``weights_only`` unless ``trust``."""
+    """A reference .pth → its state dict (read by engine.published: tensors and known publisher
+    classes only, unless ``trust``)."""
+    from kbridge.engine.published import PublishedCheckpointError, load
+
     try:
-        obj = torch.load(str(ckpt), map_location="cpu", weights_only=not trust)
-    except FileNotFoundError:
-        raise ConversionError(f"{ckpt}: no such checkpoint") from None
-    except Exception as e:  # unpickling refusals come in several types
-        hint = "" if trust else " (if you trust the file, pass --trust-checkpoint)"
-        raise ConversionError(f"{ckpt}: cannot load: {type(e).__name__}: {str(e).splitlines()[0][:200]}{hint}") from None
+        obj = load(Path(ckpt), trust)
+    except PublishedCheckpointError as e:
+        raise ConversionError(str(e)) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -184,7 +184,9 @@ def load_checkpoint(ckpt: Path, trust: bool = False) -> dict[str, torch.Tensor]:
 def convert(ckpt: Path, out: Path, bert: Path | None = None, heads: int = 8, trust: bool = False) -> Path:
     """``kbridge models convert-dicmor``. ``bert``: a local BERT directory (bert-base-uncased), used
     for its config and tokenizer (and its weights when the checkpoint has none); ``"tiny"`` for the
-    tiny BERT twin. Without it the model reads the pickle's precomputed ``text`` features."""
+    tiny BERT twin. Without it the model reads the pickle's precomputed ``text`` features. Written
+    all at once: a failed conversion leaves nothing at ``out``."""
+    from kbridge.engine.published import PublishedCheckpointError, output_dir
     from kbridge.engine.recover import text as text_enc
 
     sd = unprefix(load_checkpoint(Path(ckpt), trust))
@@ -192,13 +194,14 @@ def convert(ckpt: Path, out: Path, bert: Path | None = None, heads: int = 8, tru
     ours, bert_sd, dead = split_reference(sd, cfg)
     model = DiCMoR(cfg)
     model.load_state_dict(ours, strict=True)
-    out = Path(out)
-    bert_out = None
-    if bert is not None:
-        bert_out = text_enc.write_bert(out / "bert", bert, bert_sd or None, cfg.dims[0])
-    elif bert_sd:
+    if bert is None and bert_sd:
         raise ConversionError(f"{ckpt}: holds BERT weights (text_model.model.*); pass --bert DIR with the "
                               f"bert-base-uncased config and tokenizer")
-    save_dir(out, model, bert_out, source=Path(ckpt).name)
-    (out / "dropped.txt").write_text("".join(k + "\n" for k in dead))
-    return out
+    try:
+        with output_dir(out) as tmp:
+            bert_out = text_enc.write_bert(tmp / "bert", bert, bert_sd or None, cfg.dims[0]) if bert is not None else None
+            save_dir(tmp, model, bert_out, source=Path(ckpt).name)
+            (tmp / "dropped.txt").write_text("".join(k + "\n" for k in dead))
+    except PublishedCheckpointError as e:
+        raise ConversionError(str(e)) from None
+    return Path(out)

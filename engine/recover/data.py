@@ -147,3 +147,42 @@ def read_pattern_file(path: Path, ids: list[str]) -> list[frozenset[str]]:
 def mask(patterns: list[frozenset[str]]) -> np.ndarray:
     """Patterns → the model's [N, 3] bool input (columns text, audio, vision)."""
     return np.array([[m in p for m in MODALITIES] for p in patterns], dtype=bool).reshape(len(patterns), 3)
+
+
+# ---------------------------------------------------------------- the paper's missing-rate protocol
+
+RATE_SCHEDULE = {1: (0.1, 0.1), 2: (0.2, 0.2), 3: (0.3, 0.3), 4: (0.5, 0.2), 5: (0.7, 0.1), 6: (0.9, 0.0), 7: (1.0, 0.0)}
+"""Missing rate ×10 → (fraction of batches with two modalities missing, fraction with one missing),
+counted against round(batches / 10) × 10 (REFERENCE.md §4.4); the rest of the batches are
+complete. The mean per-modality missing fraction is the rate, capped at 2/3 (0.7: every batch has
+exactly one modality)."""
+PUBLISHED_SEEDS = tuple(range(1111, 1120))
+"""The reference's train.py seeds, 1111–1119; the paper reports the mean over them."""
+
+
+def rate_patterns(n: int, batch_size: int, rate: float, seed: int) -> list[frozenset[str]]:
+    """One pattern per sample (in data order) under the paper's protocol: the samples are shuffled
+    into batches of ``batch_size``; the first batches lack two modalities, the next ones one, the
+    rest none, as ``RATE_SCHEDULE`` says; each batch's missing modalities are drawn uniformly. The
+    draws are ours (numpy, seeded): the same protocol as the reference, not its random stream."""
+    k = round(rate * 10)
+    if k not in RATE_SCHEDULE or abs(rate * 10 - k) > 1e-9:
+        raise RecoverDataError(f"--missing-rate {rate}: the paper's protocol has rates 0.1, 0.2, … 0.7")
+    two, one = RATE_SCHEDULE[k]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    denom = float(np.round(len(batches) / 10) * 10) or float(len(batches))  # under 5 batches: their count
+    out: list = [frozenset()] * n
+    n_two = n_one = 0
+    for b in batches:
+        if n_two / denom < two:
+            missing, n_two = 2, n_two + 1
+        elif n_one / denom < one:
+            missing, n_one = 1, n_one + 1
+        else:
+            missing = 0
+        pat = frozenset(MODALITIES[i] for i in rng.choice(3, missing, replace=False))
+        for i in b:
+            out[int(i)] = pat
+    return out

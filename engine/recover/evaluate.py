@@ -35,14 +35,16 @@ class Report:
                              for r in self.rows]}
 
 
-def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path) -> np.ndarray:
+def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path, device: str = "cpu") -> np.ndarray:
     """[N, T, D_l] text features: BERT over ``text_bert`` (mode "bert") or the pickle's ``text``."""
     if text_mode == "bert":
         if split.text_bert is None:
             raise D.RecoverDataError(f"{path}: the model encodes text with BERT but the split has no 'text_bert'")
-        from kbridge.engine.recover.text import encode, load_bert
+        from kbridge.engine.recover.text import check_ids, encode, load_bert
 
-        return encode(load_bert(Path(model_dir) / "bert"), split.text_bert)
+        bert = load_bert(Path(model_dir) / "bert")
+        check_ids(bert, split.text_bert, split.ids, str(path))
+        return encode(bert, split.text_bert, device=device)
     if split.text is None:
         raise D.RecoverDataError(f"{path}: the model reads text features but the split has no 'text'")
     return split.text
@@ -50,14 +52,20 @@ def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path) -
 
 @torch.no_grad()
 def predict(model: DiCMoR, text: np.ndarray, audio: np.ndarray, vision: np.ndarray, missing: np.ndarray,
-            batch_size: int = 64) -> np.ndarray:
-    """Features [N, T, D_m] and missing [N, 3] bool → predictions [N]."""
-    outs = []
-    for i in range(0, len(audio), batch_size):
-        s = slice(i, i + batch_size)
-        pred, _ = model(*(torch.as_tensor(a[s]) for a in (text, audio, vision)), torch.as_tensor(missing[s]))
-        outs.append(pred.numpy())
-    return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+            batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """Features [N, T, D_m] and missing [N, 3] bool → predictions [N]. Samples are grouped by
+    pattern and each group goes through ``predict_pattern``, which computes only the recoveries its
+    pattern needs (a prediction depends on its own sample only, so grouping changes nothing)."""
+    model.to(device)
+    out = np.zeros(len(audio), np.float32)
+    keys = [tuple(bool(v) for v in row) for row in np.asarray(missing)]
+    for pat in sorted(set(keys)):
+        idx = np.array([i for i, k in enumerate(keys) if k == pat])
+        for j in range(0, len(idx), batch_size):
+            s = idx[j:j + batch_size]
+            pred = model.predict_pattern(*(torch.as_tensor(a[s]).to(device) for a in (text, audio, vision)), pat)
+            out[s] = pred.float().cpu().numpy()
+    return out
 
 
 def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> None:
@@ -69,16 +77,34 @@ def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> Non
 
 
 def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing: list[str] | None = None,
-             split: str = "test", batch_size: int = 64) -> Report:
+             split: str = "test", batch_size: int = 64, device: str = "cpu", missing_rate: float | None = None,
+             seeds: tuple[int, ...] = D.PUBLISHED_SEEDS, rate_batch: int = 32) -> Report:
     """``missing``: pattern names (each applied to every sample), or one JSON pattern file; None:
-    every pattern with at least one modality available."""
+    every pattern with at least one modality available. ``missing_rate``: the paper's protocol
+    instead (``rate_patterns`` per seed, batches of ``rate_batch``), one row per seed and the mean."""
+    from kbridge.engine.published import check_device
+
+    check_device(device)
     s = D.load_split(data, split)
-    feats = (text_features(s, text_mode, model_dir, data), s.audio, s.vision)
+    feats = (text_features(s, text_mode, model_dir, data, device), s.audio, s.vision)
     _check_dims(model, feats, Path(data))
     rows = []
-    if missing and len(missing) == 1 and (missing[0].endswith(".json") or Path(missing[0]).is_file()):
+    if missing_rate is not None:
+        if missing:
+            raise D.RecoverDataError("--missing and --missing-rate are exclusive")
+        if not seeds:
+            raise D.RecoverDataError("--missing-rate needs at least one --seed")
+        per_seed = []
+        for seed in seeds:
+            per = D.rate_patterns(len(s.ids), rate_batch, missing_rate, seed)
+            pred = predict(model, *feats, D.mask(per), batch_size, device)
+            per_seed.append(regression_metrics(pred, s.labels))
+            rows.append(PatternResult(f"MR {missing_rate:g} seed {seed}", len(per), per_seed[-1]))
+        mean = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
+        rows.append(PatternResult(f"MR {missing_rate:g} mean of {len(seeds)}", len(s.ids), mean))
+    elif missing and len(missing) == 1 and (missing[0].endswith(".json") or Path(missing[0]).is_file()):
         per = D.read_pattern_file(Path(missing[0]), s.ids)
-        pred = predict(model, *feats, D.mask(per), batch_size)
+        pred = predict(model, *feats, D.mask(per), batch_size, device)
         for p in D.ALL_PATTERNS:
             sel = np.array([q == p for q in per], dtype=bool)
             if sel.any():
@@ -87,6 +113,6 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
     else:
         patterns = [D.parse_pattern(m) for m in missing] if missing else list(D.ALL_PATTERNS)
         for p in patterns:
-            pred = predict(model, *feats, D.mask([p] * len(s.ids)), batch_size)
+            pred = predict(model, *feats, D.mask([p] * len(s.ids)), batch_size, device)
             rows.append(PatternResult(D.pattern_name(p), len(s.ids), regression_metrics(pred, s.labels)))
     return Report(str(model_dir), str(data), split, rows)

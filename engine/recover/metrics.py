@@ -6,6 +6,8 @@
 - ``acc7``: round(clip(·, −3, 3)) equality, over all samples (numpy rounding: half to even);
 - ``mae``: mean absolute error; ``corr``: Pearson correlation, over all samples.
   (The reference computes Corr but does not report it; we do.)
+- MMSA's "Has0" pair over all samples: ``acc2_has0`` / ``f1_has0``, (pred ≥ 0) against
+  (truth ≥ 0), accuracy and weighted F1; ``acc5``: round(clip(·, −2, 2)) equality (Mult_acc_5).
 Undefined values (no non-zero truth, constant predictions) are NaN.
 """
 from __future__ import annotations
@@ -40,7 +42,12 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     f1 = weighted_f1(truth[nz] > 0, pred[nz] > 0) if nz.any() else math.nan
     acc7 = float(np.mean(np.round(np.clip(pred, -3, 3)) == np.round(np.clip(truth, -3, 3)))) if pred.size else math.nan
     mae = float(np.mean(np.abs(pred - truth))) if pred.size else math.nan
+    has0_t, has0_p = truth >= 0, pred >= 0
+    acc2_has0 = float(np.mean(has0_p == has0_t)) if pred.size else math.nan
+    f1_has0 = weighted_f1(has0_t, has0_p) if pred.size else math.nan
+    acc5 = float(np.mean(np.round(np.clip(pred, -2, 2)) == np.round(np.clip(truth, -2, 2)))) if pred.size else math.nan
     corr = math.nan
     if pred.size >= 2 and pred.std() > 0 and truth.std() > 0:
         corr = float(np.corrcoef(pred, truth)[0, 1])
-    return {"acc2": acc2, "f1": f1, "acc7": acc7, "mae": mae, "corr": corr}
+    return {"acc2": acc2, "f1": f1, "acc2_has0": acc2_has0, "f1_has0": f1_has0, "acc5": acc5, "acc7": acc7,
+            "mae": mae, "corr": corr}

@@ -171,6 +171,27 @@ class DiCMoR(nn.Module):
             out[m] = torch.where(miss[m], recovered, conv[m])
         return out, z, logdet
 
+    def complete_one_pattern(self, feats: tuple[torch.Tensor, ...], missing: tuple[bool, bool, bool],
+                             ) -> dict[str, torch.Tensor]:
+        """``complete`` for a batch that shares one pattern, computing only what the pattern needs:
+        no projection, flow or reverse for a modality nobody reads, one refiner pass per missing
+        modality (``complete`` runs 3 flows, 6 reverses and 9 refiner passes whatever the pattern)."""
+        miss = dict(zip(SHORT, missing))
+        avail = [m for m in SHORT if not miss[m]]
+        conv = {m: getattr(self, f"proj_{m}")(feats[SHORT.index(m)].transpose(1, 2)) for m in avail}
+        z = {m: getattr(self, f"flow_{m}")(conv[m])[0] for m in avail} if len(avail) < 3 else {}
+        out = dict(conv)
+        for m in SHORT:
+            if not miss[m]:
+                continue
+            x, y = (o for o in _REF_ORDER if o != m)
+            flow, rec = getattr(self, f"flow_{m}"), getattr(self, f"rec_{m}")
+            if miss[x] or miss[y]:
+                out[m] = rec(flow.reverse(z[y] if miss[x] else z[x]))
+            else:
+                out[m] = rec(getattr(self, f"cat_{m}")(torch.cat([flow.reverse(z[x]), flow.reverse(z[y])], 1)))
+        return out
+
     def bits_per_dim(self, z: dict[str, torch.Tensor], logdet: dict[str, torch.Tensor],
                      labels: torch.Tensor) -> torch.Tensor:
         """Per-sample NLL in bits per dimension under the label's class prior → [B, 3] (l, a, v).
@@ -190,6 +211,17 @@ class DiCMoR(nn.Module):
         """text [B, T, D_l], audio [B, T, D_a], vision [B, T, D_v], missing [B, 3] bool, labels [B]
         or None → (prediction [B], bits per dim [B, 3] or None). The prediction never reads labels."""
         feats, z, logdet = self.complete(text, audio, vision, missing)
+        return self.fuse(feats), None if labels is None else self.bits_per_dim(z, logdet, labels)
+
+    @torch.no_grad()
+    def predict_pattern(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
+                        missing: tuple[bool, bool, bool]) -> torch.Tensor:
+        """The prediction [B] of ``forward`` for a batch sharing one pattern (text, audio, vision
+        missing), through ``complete_one_pattern``."""
+        return self.fuse(self.complete_one_pattern((text, audio, vision), missing))
+
+    def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Completed features (l/a/v: [B, d, T']) → the MulT-style fusion's prediction [B]."""
         seq = {m: f.permute(2, 0, 1) for m, f in feats.items()}  # [T', B, d]
         last = []
         for m in SHORT:
@@ -198,8 +230,7 @@ class DiCMoR(nn.Module):
                            getattr(self, f"trans_{m}_with_{y}")(seq[m], seq[y])], -1)  # [T', B, 2d]
             last.append(getattr(self, f"trans_{m}_mem")(h)[-1])
         h = torch.cat(last, -1)  # [B, 6d]
-        pred = self.out_layer(self.proj2(torch.relu(self.proj1(h))) + h).squeeze(-1)
-        return pred, None if labels is None else self.bits_per_dim(z, logdet, labels)
+        return self.out_layer(self.proj2(torch.relu(self.proj1(h))) + h).squeeze(-1)
 
 
 def onnx_spec(cfg: RecoverConfig, steps: int = 50, max_batch: int = 64):

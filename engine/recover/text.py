@@ -31,8 +31,14 @@ def _quiet() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def tiny_bert(out: Path, hidden: int = 32, seed: int = 23):
-    """A two-layer BERT twin with the zoo's WordPiece vocabulary, written to ``out``."""
+BERT_BASE_VOCAB = 30522
+"""bert-base-uncased's vocabulary size: MMSA's ``text_bert`` ids range over it."""
+
+
+def tiny_bert(out: Path, hidden: int = 32, seed: int = 23, vocab_size: int = BERT_BASE_VOCAB):
+    """A two-layer BERT twin with the zoo's WordPiece tokenizer, written to ``out``. Its embedding
+    table has bert-base's 30,522 rows (not just the tokenizer's words), so MMSA pickles, whose
+    ``text_bert`` holds bert-base ids, run on the twin as they are."""
     from transformers import BertConfig, BertModel
 
     _quiet()
@@ -40,7 +46,7 @@ def tiny_bert(out: Path, hidden: int = 32, seed: int = 23):
     from kbridge.engine.zoo import write_bert_tokenizer
 
     write_bert_tokenizer(out, max_length=64)
-    vocab = len((out / "vocab.txt").read_text().splitlines())
+    vocab = max(vocab_size, len((out / "vocab.txt").read_text().splitlines()))
     cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=2 * hidden, max_position_embeddings=64)
     torch.manual_seed(seed)
@@ -95,12 +101,26 @@ def load_bert(path: Path):
         raise TextEncoderError(f"{path}: cannot load BERT: {str(e).splitlines()[0][:200]}") from None
 
 
+def check_ids(bert, text_bert: np.ndarray, ids: list, source: str) -> None:
+    """Every token id inside BERT's vocabulary (else one line naming the first sample and id)."""
+    vocab = bert.config.vocab_size
+    tok = np.asarray(text_bert)[:, 0]
+    bad = np.nonzero((tok < 0) | (tok >= vocab))[0]
+    if len(bad):
+        i = int(bad[0])
+        worst = int(tok[i][(tok[i] < 0) | (tok[i] >= vocab)][0])
+        raise TextEncoderError(f"{source}: sample {ids[i]}: text_bert token id {worst} is outside the model's BERT "
+                               f"vocabulary of {vocab} ({len(set(bad.tolist()))} samples affected); the pickle was "
+                               f"tokenized for another BERT")
+
+
 @torch.no_grad()
-def encode(bert, text_bert: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def encode(bert, text_bert: np.ndarray, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """text_bert [N, 3, T] (ids, mask, segments) → last hidden states [N, T, H] float32."""
     outs = []
+    bert.to(device)
     for i in range(0, len(text_bert), batch_size):
-        t = torch.as_tensor(np.asarray(text_bert[i:i + batch_size]), dtype=torch.long)
+        t = torch.as_tensor(np.asarray(text_bert[i:i + batch_size]), dtype=torch.long).to(device)
         h = bert(input_ids=t[:, 0], attention_mask=t[:, 1], token_type_ids=t[:, 2]).last_hidden_state
-        outs.append(h.float().numpy())
+        outs.append(h.float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, text_bert.shape[-1], bert.config.hidden_size), np.float32)

@@ -10,7 +10,8 @@ from kbridge.engine.recover.convert import load_dir, save_dir
 from kbridge.engine.recover.flows import ZeroConv
 from kbridge.engine.recover.model import TINY, DiCMoR, RecoverConfig
 
-TWIN = "dicmor"
+TWIN = "dicmor-v2"
+"""v2: the tiny BERT's embedding covers bert-base's vocabulary (MMSA ids)."""
 
 
 def randomize(model: DiCMoR, seed: int = 0, std: float = 0.05) -> DiCMoR:

@@ -66,10 +66,13 @@ class RunnerUNet(_Delegating):
 
 
 class RunnerVae(_Delegating):
-    """Only ``decode`` runs through the runner; ``encode`` (img2img from pixels) stays in torch."""
+    """Only ``decode`` runs through the runner; ``encode`` (img2img from pixels) stays in torch.
+    With slicing on (``enable_slicing``, the GPU profiles) it decodes one image at a time, as
+    diffusers' AutoencoderKL does: the fp32 decode's peak is one image's."""
 
     def decode(self, z, return_dict=True, generator=None, **_):
-        img = self.runner({"latents": z})["image"].to(z.device, z.dtype)
+        parts = z.split(1) if getattr(self.inner, "use_slicing", False) and z.shape[0] > 1 else (z,)
+        img = torch.cat([self.runner({"latents": p})["image"] for p in parts]).to(z.device, z.dtype)
         if return_dict:
             from diffusers.models.autoencoders.vae import DecoderOutput
 
@@ -96,9 +99,9 @@ def _install(pipe, name: str, module: torch.nn.Module) -> None:
     pipe.__dict__[name] = module
 
 
-RELEASING_BACKENDS = ("onnx", "tensorrt")
-"""Backends whose runners hold no reference to the torch module (a graph file / an engine): the
-swapped modules' torch weights are released after the swap."""
+RELEASING_BACKENDS = ("onnx", "tensorrt", "torch_tensorrt")
+"""Backends whose runners hold no reference to the pipeline's torch module (a graph file, an engine,
+torch-tensorrt's compiled copy): the swapped modules' torch weights are released after the swap."""
 
 
 def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: PipelineConfig, make=None,
@@ -114,8 +117,11 @@ def swap_sdxl(base, refiner, base_dir: Path, refiner_dir: Path | None, cfg: Pipe
     # generation.device): one device per stage, never GPU 0 by accident
     dev = str(base.unet.device)
     parts = sdxl_parts(base, base_dir, "sdxl_base", cfg)
-    runners = {n: make(parts[n], cfg, dev) for n in parts if n != "sdxl_base.vae_encoder"}
-    vae = RunnerVae(base.vae, runners["sdxl_base.vae_decoder"])
+    # a tiled decode (generation.vae_tiling, edge) stays in torch: a compiled decoder is full-frame
+    tiled = bool(getattr(base.vae, "use_tiling", False))
+    skip = {"sdxl_base.vae_encoder"} | ({"sdxl_base.vae_decoder"} if tiled else set())
+    runners = {n: make(parts[n], cfg, dev) for n in parts if n not in skip}
+    vae = base.vae if tiled else RunnerVae(base.vae, runners["sdxl_base.vae_decoder"])
     te2 = RunnerTextEncoder(base.text_encoder_2, runners["sdxl_base.text_encoder_2"])
     _install(base, "unet", RunnerUNet(base.unet, runners["sdxl_base.unet"]))
     _install(base, "text_encoder", RunnerTextEncoder(base.text_encoder, runners["sdxl_base.text_encoder"]))

@@ -5,15 +5,19 @@ that device current (a TensorRT engine / context belongs to the device current a
 
 Per input-shape signature (up to ``max_graphs`` of them) one execution context, static
 input / output buffers and a CUDA graph captured after one warm-up launch: a graph replays its own
-context's state, so a later signature cannot rewrite what an earlier graph reads. The contexts
-share one activation buffer (``USER_MANAGED`` allocation, sized for the engine's profile max):
-replays are serialised on one stream, so they never use it at the same time. Signatures beyond
+context's state, so a later signature cannot rewrite what an earlier graph reads. Every context
+of every engine of one pipeline on one GPU shares one activation buffer (``USER_MANAGED``
+allocation, sized for the largest profile max among them), as NVIDIA's demoDiffusion does: the
+pipeline's engines run one after another on its render thread, so they never use it at the same
+time (the CLIP towers, called from the scorer's thread, share another). The buffer grows while no
+graph has captured its address; an engine that needs more after that gets its own. Signatures beyond
 ``max_graphs`` (e.g. many CLIP text lengths) run ungraphed on one more context. A call copies
 inputs into the static buffers, replays and returns copies of the outputs.
 """
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 
 import torch
@@ -38,6 +42,51 @@ def _activation_bytes(engine) -> int:
     raise RuntimeUnavailable("this TensorRT reports no device memory size")
 
 
+def _point(ctx, buf: torch.Tensor) -> None:
+    if hasattr(ctx, "set_device_memory"):
+        ctx.set_device_memory(buf.data_ptr(), buf.numel())
+    else:  # TensorRT 10.0
+        ctx.device_memory = buf.data_ptr()
+
+
+class SharedScratch:
+    """One activation buffer for the contexts of the engines that never run at the same time."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.buf, self.contexts, self.frozen = device, None, [], False
+
+    def attach(self, ctx, nbytes: int) -> torch.Tensor | None:
+        """Point ``ctx`` at the shared buffer, growing it (and re-pointing the others) while no graph
+        holds its address; None when it is too small and frozen (the caller allocates its own)."""
+        if self.buf is None or self.buf.numel() < nbytes:
+            if self.frozen:
+                return None
+            self.buf = None  # the old one goes before the new one is allocated
+            self.buf = torch.empty(max(1, nbytes), dtype=torch.uint8, device=self.device)
+            for c in self.contexts:
+                _point(c, self.buf)
+        self.contexts.append(ctx)
+        _point(ctx, self.buf)
+        return self.buf
+
+
+_SHARED: "weakref.WeakValueDictionary[tuple, SharedScratch]" = weakref.WeakValueDictionary()
+"""(device, group) → its scratch, alive while a runner holds it (a released pipeline frees it)."""
+
+
+def shared_scratch(device: torch.device, group: str) -> SharedScratch:
+    key = (str(device), group)
+    s = _SHARED.get(key)
+    if s is None:
+        s = _SHARED[key] = SharedScratch(device)
+    return s
+
+
+def scratch_group(spec: ExportSpec) -> str:
+    """SDXL base and refiner engines share one buffer (the render thread), the CLIP towers another."""
+    return "scorer" if spec.name.startswith("clip") else "render"
+
+
 class TrtRunner:
     def __init__(self, engine_path: Path, spec: ExportSpec, device: str = "cuda:0", fp16: bool = False,
                  cuda_graph: bool = True, max_graphs: int = 8):
@@ -55,7 +104,9 @@ class TrtRunner:
             self.engine = rt.deserialize_cuda_engine(Path(engine_path).read_bytes())
             if self.engine is None:
                 raise RuntimeUnavailable(f"{engine_path}: cannot deserialize (built by another TensorRT or GPU?)")
-            self.scratch = torch.empty(max(1, _activation_bytes(self.engine)), dtype=torch.uint8, device=self.device)
+            self.need = _activation_bytes(self.engine)
+            self.shared = shared_scratch(self.device, scratch_group(spec))
+            self.own: torch.Tensor | None = None  # only when the shared one is frozen and too small
             self.stream = torch.cuda.Stream(self.device)
             self.eager = self._context()  # signatures without a graph of their own
         self._slots: dict[tuple, tuple[dict, dict, object, torch.cuda.CUDAGraph | None]] = {}
@@ -64,10 +115,12 @@ class TrtRunner:
         ctx = self.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if ctx is None:
             raise RuntimeUnavailable(f"{self.spec.name}: TensorRT could not create an execution context")
-        if hasattr(ctx, "set_device_memory"):
-            ctx.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
-        else:  # TensorRT 10.0
-            ctx.device_memory = self.scratch.data_ptr()
+        if self.own is None and self.shared.attach(ctx, self.need) is None:
+            log.warning("%s: the shared activation buffer is already captured by CUDA graphs and too small; "
+                        "this engine gets its own (%d MB)", self.spec.name, self.need >> 20)
+            self.own = torch.empty(max(1, self.need), dtype=torch.uint8, device=self.device)
+        if self.own is not None:
+            _point(ctx, self.own)
         return ctx
 
     def _enqueue(self, ctx) -> None:
@@ -92,6 +145,8 @@ class TrtRunner:
                 with torch.cuda.stream(self.stream):
                     self._bind(ctx, ins, outs)
                     self._enqueue(ctx)  # warm-up: lazy allocations happen here
+                    if self.own is None:
+                        self.shared.frozen = True  # the graph holds the buffer's address from now on
                     graph = torch.cuda.CUDAGraph()
                     # thread_local: other threads (the LMM on another GPU) keep launching meanwhile
                     with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):

@@ -3,8 +3,11 @@
 Routes: ``GET /health`` (503 until the models are loaded), ``GET /metrics`` (Prometheus text),
 ``POST /v1/complete`` (wait for the result), ``POST /v1/jobs`` + ``GET /v1/jobs/{id}`` +
 ``GET /v1/jobs/{id}/events`` (server-sent events, one per finished stage), ``GET /v1/files/…``
-(generated images when ``"images": "url"``). Everything under /v1 needs the API key when one is
-set (Bearer token, compared in constant time). Bodies are read with a size cap before parsing.
+(generated images when ``"images": "url"``), ``DELETE /v1/jobs/{id}`` (cancel: its render stops
+at the next denoising step, its LMM requests are aborted). Everything under /v1 needs the API key
+when one is set (Bearer token, compared in constant time). Bodies are read with a size cap and a
+deadline before parsing; texts are limited in the LMM's tokens, images fully decoded at intake.
+Every error, whatever its status, is ``{"error": {"message", "type", "code"}}`` (``ERROR_TYPES``).
 """
 from __future__ import annotations
 
@@ -14,20 +17,25 @@ import binascii
 import hmac
 import io
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from kbridge.engine.serve.formats import Files, event_of, failure_of, result_of
 from kbridge.engine.serve.jobs import BadRequest, Job, NotReady, Overrides, QueueFull, Service, content_id, sample_index
 from kbridge.engine.serve.metrics import Metrics
 from kbridge.engine.types import Sample
+
+log = logging.getLogger("kbridge.serve")
 
 
 class CompleteRequest(BaseModel):
@@ -40,9 +48,10 @@ class CompleteRequest(BaseModel):
                               "a multipart upload field 'image' works too.")
     sample_id: str | None = Field(None, max_length=256, description="Seeds derive from it, as in a run; default: "
                                   "a hash of the content, so the same request gives the same answer.")
-    candidates: int | None = Field(None, ge=1, description="Candidates (at most [serve] max_candidates).")
-    seed: int | None = Field(None, ge=0, description="Root seed (default: the profile's run.seed).")
-    steps: int | None = Field(None, ge=1, description="Denoising steps (at most [serve] max_steps).")
+    candidates: int | None = Field(None, ge=1, strict=True, description="Candidates (at most [serve] max_candidates).")
+    seed: int | None = Field(None, ge=0, lt=2**63, strict=True, description="Root seed (default: the profile's "
+                             "run.seed).")
+    steps: int | None = Field(None, ge=1, strict=True, description="Denoising steps (at most [serve] max_steps).")
     images: Literal["inline", "url"] = Field("inline", description="Generated images as base64 PNG data URIs, "
                                              "or as URLs under /v1/files/ kept for [serve] files_ttl_s.")
 
@@ -56,150 +65,254 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {
         "images": {"type": "string", "enum": ["inline", "url"]}}, "required": ["missing"]}}}}}
 
 
-def _error(status: int, message: str, **headers) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+ERROR_TYPES = {400: "invalid_request", 401: "authentication", 404: "not_found", 405: "method_not_allowed",
+               408: "request_timeout", 413: "too_large", 422: "invalid_value", 429: "rate_limited",
+               499: "cancelled", 500: "internal_error", 503: "unavailable", 504: "timeout"}
+"""The error body's ``type`` for each status kbridge serve answers with."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it passes ``limit`` bytes (Content-Length or streamed)."""
+def error_body(status: int, message: str, code: str | None = None, **more) -> dict:
+    """The one error shape: ``{"error": {"message", "type", "code", ...}}``."""
+    kind = ERROR_TYPES.get(status, "invalid_request" if status < 500 else "internal_error")
+    return {"error": {"message": message, "type": kind, "code": code or kind, **more}}
+
+
+def _error(status: int, message: str, code: str | None = None, **headers) -> JSONResponse:
+    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers or None)
+
+
+def _name(s: str, n: int = 64) -> str:
+    """A client-given name in a message: quoted, printable, cut (never a repr)."""
+    s = "".join(c if c.isprintable() else "?" for c in s[:n])
+    return f'"{s}"' + ("…" if len(s) >= n else "")
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused (413) as soon as it passes ``limit`` bytes (Content-Length or streamed),
+    and dropped (408) when it is not all in ``timeout`` seconds after the headers (a stalled upload)."""
     n = request.headers.get("content-length")
     if n is not None and n.isdigit() and int(n) > limit:
-        raise BadRequest(f"request body of {int(n)} bytes is over the limit of {limit} bytes", 413)
+        raise BadRequest(f"request body of {int(n)} bytes is over the limit of {limit} bytes (max_body_mb)", 413,
+                         "max_body_mb")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"request body is over the limit of {limit} bytes", 413)
-        chunks.append(chunk)
+
+    async def receive():
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"request body is over the limit of {limit} bytes (max_body_mb)", 413, "max_body_mb")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError:
+        raise BadRequest(f"request body not received within {timeout:g} s (body_timeout_s)", 408,
+                         "body_timeout_s") from None
     body = b"".join(chunks)
     request._body = body  # starlette re-reads a consumed body from here (form parsing)
     return body
 
 
-def decode_image(data: bytes, max_pixels: int):
+def decode_image(data: bytes, max_pixels: int, max_aspect: float = float("inf")):
+    """Fully decoded and checked here, at intake: a corrupt or truncated file, an image over the
+    pixel limit or absurdly elongated is refused with the reason (never a 500 later)."""
     from kbridge.engine.data import normalize_image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > max_pixels:
-                raise BadRequest(f"image of {im.width}x{im.height} pixels is over the limit of {max_pixels}", 413)
+            if im.format not in ("PNG", "JPEG"):
+                raise BadRequest(f"image: {im.format or 'unknown'} is not accepted (PNG or JPEG)", 400, "image")
+            w, h = im.size
+            if w * h > max_pixels:
+                raise BadRequest(f"image of {w}x{h} pixels is over the limit of {max_pixels} (max_image_pixels)",
+                                 413, "max_image_pixels")
+            if min(w, h) < 1 or max(w, h) / min(w, h) > max_aspect:
+                raise BadRequest(f"image of {w}x{h} pixels is more elongated than {max_aspect:g}:1 "
+                                 "(max_aspect_ratio)", 400, "max_aspect_ratio")
             im.load()
             return normalize_image(im)
-    except Image.DecompressionBombError as e:
-        raise BadRequest(f"image is over the pixel limit: {e}", 413) from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise BadRequest(f"image is not a readable PNG/JPEG: {e}") from None
+    except BadRequest:
+        raise
+    except Image.DecompressionBombError:
+        raise BadRequest("image is over the pixel limit (max_image_pixels)", 413, "max_image_pixels") from None
+    except Exception as e:  # noqa: BLE001 — any decoder failure is the upload's fault
+        raise BadRequest(f"image is not a readable PNG/JPEG: {_plain(e)}", 400, "image") from None
 
 
-async def parse(request: Request, svc: Service) -> tuple[Sample, Overrides, str]:
+def _plain(e: BaseException) -> str:
+    """An exception as one plain line (no reprs or addresses)."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return msg if " at 0x" not in msg else type(e).__name__
+
+
+_INTS = ("candidates", "seed", "steps")
+
+
+def _check_text(name: str, value: str) -> None:
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise BadRequest(f"{name}: contains a lone surrogate (not valid Unicode text)", 400, name)
+
+
+async def parse(request: Request, svc: Service) -> tuple[Sample, Overrides, str, dict]:
+    """The request as a Sample and its overrides, checked against every [serve] limit; also its
+    estimated cost (UNet evaluations, prompt tokens) for admission."""
     lim = svc.limits
-    body = await read_body(request, int(lim.max_body_mb * 1024 * 1024))
+    body = await read_body(request, int(lim.max_body_mb * 1024 * 1024), lim.body_timeout_s)
     ctype = request.headers.get("content-type", "")
     upload = None
     if ctype.startswith("multipart/form-data"):
-        form = await request.form(max_part_size=len(body) + 1)
+        try:
+            form = await request.form(max_part_size=len(body) + 1)
+        except Exception as e:  # noqa: BLE001 — a malformed multipart body
+            raise BadRequest(f"malformed multipart body: {_plain(e)}", 400, "body") from None
         fields = {}
         for k, v in form.multi_items():
+            if k in fields or (k == "image" and upload is not None):
+                raise BadRequest(f"field {_name(k)} given twice", 400, k if k.isidentifier() else "body")
             if k == "image" and hasattr(v, "read"):
                 upload = await v.read()
+            elif k in _INTS and isinstance(v, str) and v.strip().isdigit():
+                fields[k] = int(v)
             else:
                 fields[k] = v
     else:
         try:
             fields = json.loads(body)
+        except RecursionError:
+            raise BadRequest("malformed JSON: nested too deeply", 400, "body") from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"malformed JSON: {e}") from None
+            raise BadRequest(f"malformed JSON: {_plain(e)}", 400, "body") from None
         if not isinstance(fields, dict):
-            raise BadRequest("the body must be a JSON object")
+            raise BadRequest("the body must be a JSON object", 400, "body")
     try:
         req = CompleteRequest.model_validate(fields)
     except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(map(str, first["loc"])) or "body"
         raise BadRequest("; ".join(f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors()),
-                         422) from None
+                         422, loc if loc.isidentifier() else "body") from None
+    for name in ("text", "sample_id"):
+        if getattr(req, name) is not None:
+            _check_text(name, getattr(req, name))
+    if req.sample_id is not None and (not req.sample_id.strip() or not req.sample_id.isprintable()):
+        raise BadRequest("sample_id: must be printable text (no control characters)", 422, "sample_id")
     if req.image is not None:
+        if upload is not None:
+            raise BadRequest("image given twice (a JSON field and an upload)", 400, "image")
+        raw = req.image.split(",", 1)[-1] if req.image.startswith("data:") else req.image
+        raw = "".join(raw.split())  # wrapped base64 (line breaks, MIME style) is accepted
         try:
-            upload = base64.b64decode(req.image.split(",", 1)[-1] if req.image.startswith("data:") else req.image,
-                                      validate=True)
+            upload = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise BadRequest(f"image: not valid base64 ({e})") from None
+            raise BadRequest(f"image: not valid base64 ({_plain(e)})", 400, "image") from None
+    tokens = 0
     if req.missing == "image":
         if not req.text or not req.text.strip():
-            raise BadRequest("missing=image needs the available text in 'text'")
+            raise BadRequest("missing=image needs the available text in 'text'", 400, "text")
         if upload is not None:
-            raise BadRequest("missing=image: send the text only (the image is what is missing)")
+            raise BadRequest("missing=image: send the text only (the image is what is missing)", 400, "image")
         if len(req.text) > lim.max_text_chars:
-            raise BadRequest(f"text of {len(req.text)} characters is over the limit of {lim.max_text_chars}", 413)
+            raise BadRequest(f"text of {len(req.text)} characters is over the limit of {lim.max_text_chars} "
+                             "(max_text_chars)", 413, "max_text_chars")
+        tokens = await asyncio.to_thread(svc.count_tokens, req.text)
+        if tokens > lim.max_text_tokens:
+            raise BadRequest(f"text of {tokens} tokens is over the limit of {lim.max_text_tokens} (max_text_tokens)",
+                             413, "max_text_tokens")
         text, image = req.text.strip(), None
     else:
         if upload is None:
-            raise BadRequest("missing=text needs the available image ('image' base64 or a multipart upload)")
+            raise BadRequest("missing=text needs the available image ('image' base64 or a multipart upload)",
+                             400, "image")
         if req.text is not None:
-            raise BadRequest("missing=text: send the image only (the text is what is missing)")
-        text, image = None, await asyncio.to_thread(decode_image, upload, lim.max_image_pixels)
+            raise BadRequest("missing=text: send the image only (the text is what is missing)", 400, "text")
+        text, image = None, await asyncio.to_thread(decode_image, upload, lim.max_image_pixels, lim.max_aspect_ratio)
     sid = req.sample_id or content_id(req.missing, text, upload)
     return (Sample(sid, sample_index(sid), text, image, req.missing), Overrides(req.candidates, req.seed, req.steps),
-            req.images)
+            req.images, {"prompt_tokens": tokens})
 
 
 def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float | None = None) -> FastAPI:
     metrics: Metrics = svc.metrics
-    files = Files(svc.limits.files_ttl_s)
+    files = Files(svc.limits.files_ttl_s, int(svc.limits.files_max_mb * 1024 * 1024))
 
     @asynccontextmanager
     async def lifespan(app):
         # models load in the background, so /health answers 503 while they do
         starting = asyncio.ensure_future(svc.start())
+        sweeper = asyncio.ensure_future(_sweep(svc, files))
         yield
+        sweeper.cancel()
         await starting
         await svc.drain(drain_timeout_s)
 
     app = FastAPI(title="kbridge serve", lifespan=lifespan,
                   description="Missing-modality completion as a service. /health and /metrics need no key; "
-                              "every /v1 route needs `Authorization: Bearer <key>` when the server has one.")
-
+                              "every /v1 route needs `Authorization: Bearer <key>` when the server has one. "
+                              'Every error is {"error": {"message", "type", "code"}}.')
 
     async def auth(request: Request) -> None:
         if api_key is None:
             return
         h = request.headers.get("authorization", "")
         token = h[7:] if h[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise BadRequest("missing or wrong API key (Authorization: Bearer <key>)", 401)
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), api_key.encode()):
+            raise BadRequest("missing or wrong API key (Authorization: Bearer <key>)", 401, "api_key")
 
     @app.exception_handler(BadRequest)
     async def bad(request, e: BadRequest):
-        return _error(e.status, str(e), **({"WWW-Authenticate": "Bearer"} if e.status == 401 else {}))
+        return _error(e.status, str(e), e.code, **({"WWW-Authenticate": "Bearer"} if e.status == 401 else {}))
 
     @app.exception_handler(QueueFull)
     async def full(request, e: QueueFull):
-        return _error(429, str(e), **{"Retry-After": str(e.retry_after)})
+        return _error(429, str(e), e.code, **{"Retry-After": str(e.retry_after)})
 
     @app.exception_handler(NotReady)
     async def not_ready(request, e: NotReady):
-        return _error(503, str(e), **{"Retry-After": "5"})
+        return _error(503, str(e), "draining" if svc.draining else "not_ready", **{"Retry-After": "5"})
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request, e):
-        return Response(status_code=499)
+        return _error(499, "the client closed the connection", "client_gone")
 
-    @app.get("/health", summary="503 until the models are loaded (and while shutting down), then 200.")
-    async def health():
-        if svc.ready and not svc.draining:
-            return {"status": "ok", "profile": svc.cfg.profile, "active": svc.active}
-        why = "shutting down" if svc.draining else svc.load_error or "loading models"
-        return JSONResponse({"status": why}, status_code=503)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        msg = {404: "no such route", 405: f"method {request.method} is not allowed here"}.get(
+            e.status_code, str(e.detail) if isinstance(e.detail, str) else "HTTP error")
+        return _error(e.status_code, msg, None, **(e.headers or {}))
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e: RequestValidationError):
+        return _error(422, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()), None)
+
+    @app.exception_handler(Exception)
+    async def crashed(request, e: Exception):
+        log.error("unexpected error on %s", request.url.path, exc_info=e)
+        return _error(500, f"internal error: {type(e).__name__}", None)
+
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health", summary="Readiness: 200 when requests are admitted and the pipeline moves; 503 with "
+             "the reason while loading, draining, or stuck.")
+    async def health(request: Request):
+        why = ("draining" if svc.draining else svc.load_error or ("loading models" if not svc.ready else None)
+               or svc.stuck())
+        body = {"status": "ok", "profile": svc.cfg.profile, "active": svc.active} if why is None else \
+            {"status": "unavailable", "reason": why}
+        return JSONResponse(body if request.method == "GET" else None, status_code=200 if why is None else 503)
+
+    @app.head("/metrics", include_in_schema=False)
     @app.get("/metrics", summary="Prometheus text format; every name starts with kbridge_.")
-    async def prom():
-        return Response(metrics.render(svc), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prom(request: Request):
+        data = metrics.render(svc)
+        return Response(data if request.method == "GET" else b"", media_type="text/plain; version=0.0.4; charset=utf-8")
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
 
     @v1.post("/complete", openapi_extra=_BODY_DOC, summary="Complete one sample and wait for the result.",
              responses={400: {}, 401: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}})
     async def complete(request: Request):
-        sample, ov, images = await parse(request, svc)
-        job = svc.submit(sample, ov, images)
+        sample, ov, images, cost = await parse(request, svc)
+        job = svc.submit(sample, ov, images, cost)
         deadline = time.monotonic() + svc.limits.request_timeout_s
         while job.row is None:
             try:
@@ -208,12 +321,13 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
                 pass
             if job.row is not None:
                 break
-            if await request.is_disconnected():  # the client is gone: its work stops at the next stage
+            if await request.is_disconnected():  # the client is gone: its work stops now (render: next step)
                 svc.cancel(job)
-                return Response(status_code=499)
+                return _error(499, "the client closed the connection", "client_gone")
             if time.monotonic() > deadline:
                 svc.cancel(job)
-                return _error(504, f"request timed out after {svc.limits.request_timeout_s} s")
+                return _error(504, f"request timed out after {svc.limits.request_timeout_s:g} s (request_timeout_s)",
+                              "request_timeout_s")
         if job.row.error is not None:
             status, body = failure_of(job.row)
             return JSONResponse(body, status_code=status)
@@ -221,15 +335,15 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
 
     @v1.post("/jobs", status_code=202, openapi_extra=_BODY_DOC, summary="Start a job; follow it with /events.")
     async def submit(request: Request):
-        sample, ov, images = await parse(request, svc)
-        job = svc.submit(sample, ov, images)
+        sample, ov, images, cost = await parse(request, svc)
+        job = svc.submit(sample, ov, images, cost)
         return JSONResponse({"id": job.id, "status": job.status, "sample_id": sample.sample_id,
                              "events": f"/v1/jobs/{job.id}/events"}, status_code=202)
 
     def _job(job_id: str) -> Job:
         job = svc.get(job_id)
         if job is None:
-            raise BadRequest(f"no job {job_id!r} (unknown or expired)", 404)
+            raise BadRequest(f"no job {_name(job_id)} (unknown or expired)", 404, "job")
         return job
 
     @v1.get("/jobs/{job_id}", summary="A job's status, and its result once done.")
@@ -243,6 +357,13 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
             else:
                 out["error"] = failure_of(job.row)[1]
         return out
+
+    @v1.delete("/jobs/{job_id}", summary="Cancel a job: its render stops at the next denoising step, its LMM "
+               "requests are aborted, its slot is freed.")
+    async def job_cancel(job_id: str):
+        job = _job(job_id)
+        svc.cancel(job)
+        return {"id": job.id, "status": "cancelled" if job.cancelled else job.status}
 
     @v1.get("/jobs/{job_id}/events", summary="Server-sent events: one per finished stage, then result or error.")
     async def job_events(job_id: str, request: Request):
@@ -273,7 +394,7 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
     async def file(job_id: str, name: str):
         data = files.get(f"{job_id}/{name}")
         if data is None:
-            raise BadRequest(f"no file {job_id}/{name} (unknown or expired)", 404)
+            raise BadRequest(f"no file {_name(job_id)}/{_name(name)} (unknown or expired)", 404, "file")
         return Response(data, media_type="image/png")
 
     app.include_router(v1)
@@ -281,9 +402,19 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
     return app
 
 
+async def _sweep(svc: Service, files: Files) -> None:
+    """Evicts expired files and finished jobs on a timer (not only when a request looks)."""
+    period = max(1.0, min(60.0, svc.limits.files_ttl_s / 4))
+    while True:
+        await asyncio.sleep(period)
+        files.evict()
+        svc.prune()
+
+
 class _Count:
-    """HTTP answers by route and code (plain ASGI: a BaseHTTPMiddleware would hide client
-    disconnects from the handlers)."""
+    """HTTP answers by route and code, every answer counted (an exception that escapes the app is
+    counted as the 500 it becomes). Plain ASGI: a BaseHTTPMiddleware would hide client disconnects
+    from the handlers."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -298,16 +429,74 @@ class _Count:
                 code.append(message["status"])
             await send(message)
 
-        await self.app(scope, receive, sending)
-        route = getattr(scope.get("route"), "path", "other")
-        self.metrics.http.labels(route=route, code=str(code[0] if code else 0)).inc()
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException:
+            code.append(500)
+            raise
+        finally:
+            route = getattr(scope.get("route"), "path", "other")
+            self.metrics.http.labels(route=route, code=str(code[0] if code else 499)).inc()
+
+
+class _Server:
+    """uvicorn's server with a drain: the first SIGTERM / SIGINT stops admission (/health: 503
+    "draining") while it keeps listening; it exits once the admitted work is done or at
+    ``drain_timeout_s``, and a timer ends the process ``grace`` seconds after that whatever is
+    still running (a stuck render thread cannot hold it). A second signal exits at once."""
+
+    def __new__(cls, config, svc: Service, grace: float = 10.0):
+        import os
+        import signal
+        import threading
+
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            drain_from: float | None = None
+
+            def handle_exit(self, sig, frame):
+                if self.drain_from is not None or sig not in (signal.SIGTERM, signal.SIGINT):
+                    return super().handle_exit(sig, frame)
+                self._captured_signals.append(sig)
+                self.drain_from = time.monotonic()
+                svc.draining = True
+                limit = svc.limits.drain_timeout_s
+                log.warning("draining: %d requests admitted; exiting within %g s", svc.active, limit)
+                t = threading.Timer(limit + grace, lambda: (log.error("drain deadline passed: exiting"),
+                                                            os._exit(1)))
+                t.daemon = True
+                t.start()
+
+            async def on_tick(self, counter: int) -> bool:
+                if self.drain_from is not None and not self.should_exit:
+                    late = time.monotonic() - self.drain_from > svc.limits.drain_timeout_s
+                    if late:  # what is left is cancelled: waiting requests get their answer now
+                        for job in list(svc.jobs.values()):
+                            svc.cancel(job)
+                    if late or svc.active == 0:
+                        self.should_exit = True
+                return await super().on_tick(counter)
+
+        return Server(config)
+
+
+def uvicorn_config(app, host: str, port: int, limits, **kw):
+    """uvicorn settings of the service: h11 with the header deadline, quiet logs."""
+    import uvicorn
+
+    from kbridge.engine.serve.protocol import with_header_deadline
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          http=with_header_deadline(limits.header_timeout_s), **kw)
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           on_listen=None, trace=None) -> Service:
-    """Run the service until SIGTERM / SIGINT: uvicorn stops accepting, open requests finish,
-    then admitted jobs drain (cancelled after [serve] request_timeout_s). Returns the drained
-    service (its jobs say how each ended). ``trace``: ``engine.trace.TraceOptions`` (``--trace``)."""
+    """Run the service until SIGTERM / SIGINT: admission stops (/health 503 "draining"), admitted
+    jobs finish for up to [serve] drain_timeout_s (then they are cancelled), and the process exits,
+    at the latest a few seconds after that deadline. Returns the drained service (its jobs say how
+    each ended). ``trace``: ``engine.trace.TraceOptions`` (``--trace``)."""
     import signal
     import threading
 
@@ -316,9 +505,10 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8080, api_key: str | None
     from kbridge.engine.trace import Tracer
 
     svc = Service(engine, Metrics(), Tracer(trace, {"serve": f"{host}:{port}"}) if trace else None)
-    app = create_app(svc, api_key, drain_timeout_s=svc.limits.request_timeout_s)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=svc.limits.request_timeout_s))
+    lim = svc.limits
+    grace = 10.0
+    app = create_app(svc, api_key, drain_timeout_s=grace / 3)
+    server = _Server(uvicorn_config(app, host, port, lim, timeout_graceful_shutdown=int(grace / 3)), svc, grace)
     if on_listen:
         on_listen(host, port)
     if threading.current_thread() is threading.main_thread():

@@ -11,18 +11,32 @@ from kbridge.engine.store import candidate_dict
 
 
 class Files:
-    """Generated PNGs served under /v1/files/{job}/{candidate}.png, dropped after ``ttl`` seconds."""
+    """Generated PNGs served under /v1/files/{job}/{candidate}.png: dropped after ``ttl`` seconds
+    (``evict``, on a timer and on every access) and, oldest first, beyond ``max_bytes`` in all."""
 
-    def __init__(self, ttl: float):
-        self.ttl, self.items = ttl, {}
+    def __init__(self, ttl: float, max_bytes: int = 512 * 1024 * 1024):
+        self.ttl, self.max_bytes, self.items, self.bytes = ttl, max_bytes, {}, 0
 
     def put(self, key: str, data: bytes) -> None:
-        self.items[key] = (data, time.time() + self.ttl)
+        self._drop(key)
+        self.items[key] = (data, time.time() + self.ttl)  # dicts keep insertion order: oldest first
+        self.bytes += len(data)
+        self.evict()
 
-    def get(self, key: str) -> bytes | None:
+    def _drop(self, key: str) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old[0])
+
+    def evict(self) -> None:
         now = time.time()
         for k in [k for k, (_, exp) in self.items.items() if exp < now]:
-            del self.items[k]
+            self._drop(k)
+        while self.bytes > self.max_bytes and self.items:
+            self._drop(next(iter(self.items)))
+
+    def get(self, key: str) -> bytes | None:
+        self.evict()
         hit = self.items.get(key)
         return hit[0] if hit else None
 
@@ -59,9 +73,13 @@ def result_of(job: Job, row, files: Files) -> dict:
 
 
 def failure_of(row) -> tuple[int, dict]:
+    """A failed row as (status, the one error body): 499 cancelled, else 500 naming the stage."""
+    from kbridge.engine.serve.app import error_body
+
     e = row.error
     status = 499 if e.message == "cancelled" else 500
-    return status, {"error": e.message, "stage": e.stage, "sample_id": row.sample_id}
+    return status, error_body(status, e.message, "cancelled" if status == 499 else "stage_failed",
+                              stage=e.stage, sample_id=row.sample_id)
 
 
 def event_of(stage: str, row, job: Job) -> list[tuple[str, dict]]:

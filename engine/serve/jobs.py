@@ -3,17 +3,22 @@
 ``Service.start()`` loads the models once (``/health`` says 503 until then) and runs
 ``executor.stream`` over an async source fed by ``submit``; every request shares the stage
 queues, so rows of several requests are batched together at each stage. A ``Job`` follows one
-row: its stage events (in order), and its final row. Admission is bounded (``max_queue``: jobs
-admitted and not finished); a cancelled job (client gone, timeout) fails at the next stage its
-row reaches and frees its slot. ``drain()`` stops admission, lets admitted rows finish, returns.
-No JSON here: the HTTP layer (app.py) formats rows.
+row: its stage events (in order), and its final row. Admission is bounded by count
+(``max_queue``) and by estimated cost (UNet evaluations, prompt tokens: ``cost``); Retry-After is
+the queued work's estimated drain time. A cancelled job (client gone, timeout, DELETE) is
+interrupted where it is (``Hooks.interrupt``: LMM calls aborted, renders stopped between steps) and
+frees its slot. ``stuck()`` says why readiness is false; ``drain()`` stops admission, lets admitted
+rows finish, and abandons a stream that does not stop. No JSON here: the HTTP layer (app.py)
+formats rows.
 """
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,11 +32,11 @@ log = logging.getLogger("kbridge.serve")
 
 
 class QueueFull(KbridgeError):
-    """The admission queue is full (HTTP 429)."""
+    """The admission queue is full, by count or by cost (HTTP 429); ``code`` names the limit."""
 
-    def __init__(self, retry_after: int):
-        super().__init__(f"the admission queue is full; retry in {retry_after} s")
-        self.retry_after = retry_after
+    def __init__(self, retry_after: int, code: str = "max_queue", what: str = "the admission queue is full"):
+        super().__init__(f"{what} ({code}); retry in {retry_after} s")
+        self.retry_after, self.code = retry_after, code
 
 
 class NotReady(KbridgeError):
@@ -39,11 +44,12 @@ class NotReady(KbridgeError):
 
 
 class BadRequest(KbridgeError):
-    """A request field cannot be used (HTTP 400, 413 or 422, as ``status`` says)."""
+    """A request cannot be used (HTTP 400, 401, 404, 413 or 422, as ``status`` says); ``code``
+    names the field or limit at fault (the error body's ``code``)."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, code: str | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.code = status, code
 
 
 @dataclass
@@ -71,6 +77,8 @@ class Job:
     """queued → running → done | error | cancelled."""
     cancelled: bool = False
     finished: float = 0.0
+    cost: dict = field(default_factory=dict)
+    """Estimated work (``Service.cost``): admission limits and Retry-After."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -114,9 +122,14 @@ class Service:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._mean_s = 1.0  # running mean request seconds, for Retry-After
+        self._s_per_unet = 0.01  # running mean seconds per UNet evaluation, for Retry-After
         self.load_error: str | None = None
-        self.cfgs: dict = {}
-        """Per-request configuration copies; equal overrides share one object (their rows batch together)."""
+        self._progress = time.time()
+        """Last time the pipeline moved: a stage call returned (not failed by the watchdog), a job
+        finished, or work arrived while idle."""
+        self._tok = None
+        self.stopped: str | None = None
+        """Why the stream stopped, when it did (readiness then says so)."""
 
     # ---- lifecycle
     async def start(self) -> None:
@@ -133,6 +146,10 @@ class Service:
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("models failed to load: %s", self.load_error)
             return
+        from kbridge.engine.lmm.special import tokenizer_of
+
+        tok = tokenizer_of(models.lmm)
+        self._tok = copy.deepcopy(tok) if tok is not None else None  # intake's own: no sharing across threads
         models.retriever = None if not self.cfg.rank.index_dir else load_retriever(self.cfg, self.cfg.rank.index_dir)
         ctx = Ctx(cfg=self.cfg, domain=self.domain, models=models,
                   client=LMMClient(models.lmm, RequestLog(), None, greedy=self.cfg.lmm.greedy), trace=self.tracer)
@@ -145,10 +162,24 @@ class Service:
         if self.tracer is not None:  # the stream is over: the trace file is complete
             self.tracer.close()
         if not task.cancelled() and task.exception() is not None:
-            log.error("the stream stopped: %s", task.exception())
+            e = task.exception()
+            self.stopped = f"the pipeline stopped: {type(e).__name__}: {e}"
+            log.error("%s", self.stopped)
+
+    def stuck(self) -> str | None:
+        """Why the service cannot make progress now (readiness 503), or None."""
+        if self.stopped:
+            return self.stopped
+        idle = time.time() - self._progress
+        limit = self.cfg.run.stage_timeout_s
+        if self.active and idle > limit:
+            return (f"stuck: no stage progress for {idle:.0f} s (run.stage_timeout_s = {limit:g}) "
+                    f"with {self.active} requests admitted")  # e.g. a wedged device: calls time out one by one
+        return None
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Stop admission; finish admitted work (cancel what is left after ``timeout``)."""
+        """Stop admission; finish admitted work. After ``timeout`` what is left is cancelled and
+        waited for as long again; a stream still not done then (a stuck call) is abandoned."""
         self.draining = True
         if self._task is None:
             return
@@ -156,10 +187,13 @@ class Service:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except asyncio.TimeoutError:
-            for j in self.jobs.values():
-                if j.row is None:
-                    j.cancelled = True
-            await self._task
+            for j in list(self.jobs.values()):
+                self.cancel(j)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                log.error("drain: the pipeline did not stop; abandoning %d requests", self.active)
+                self._task.cancel()
 
     async def _source(self):
         while True:
@@ -176,26 +210,80 @@ class Service:
         return Row(job.sample, extra={**job_extra(self, job), "job": job.id})
 
     # ---- requests
-    def submit(self, sample: Sample, overrides: Overrides | None = None, images: str = "inline") -> Job:
+    def cost(self, sample: Sample, ov: Overrides, tokens: int = 0) -> dict:
+        """A request's estimated work: UNet evaluations (candidates × steps, × 2 with classifier-free
+        guidance) and prompt tokens of its text."""
+        g = self.cfg.generation
+        unet = 0
+        if sample.missing == "image":
+            unet = (ov.candidates or g.candidates) * (ov.steps or g.steps) * (2 if g.guidance > 1 else 1)
+        return {"unet_evals": unet, "prompt_tokens": tokens}
+
+    def queued(self) -> dict:
+        """Estimated work admitted and not finished."""
+        out = {"unet_evals": 0, "prompt_tokens": 0}
+        for j in self.jobs.values():
+            if j.row is None:
+                for k in out:
+                    out[k] += j.cost.get(k, 0)
+        return out
+
+    def retry_after(self, extra_unet: int = 0) -> int:
+        """Seconds until the queue has drained enough: the work queued (UNet evaluations at the
+        measured rate, plus a request-time share per job), at least 1."""
+        q = self.queued()["unet_evals"] + extra_unet
+        s = q * self._s_per_unet + self._mean_s * self.active / max(1, self.cfg.run.rows_in_flight)
+        return max(1, math.ceil(s))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for the LMM's tokenizer; UTF-8 bytes when it is remote (an upper bound
+        for byte-level BPE)."""
+        tok = self._tok
+        if tok is None:
+            return len(text.encode("utf-8", "replace"))
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    def submit(self, sample: Sample, overrides: Overrides | None = None, images: str = "inline",
+               cost: dict | None = None) -> Job:
         if self.draining or not self.ready:
-            raise NotReady("shutting down" if self.draining else
+            raise NotReady("draining: shutting down" if self.draining else
                            f"models failed to load: {self.load_error}" if self.load_error else "models are loading")
-        self._prune()
-        if self.active >= self.limits.max_queue:
-            if self.metrics:
-                self.metrics.requests.labels(status="rejected").inc()
-            raise QueueFull(max(1, round(self._mean_s * self.active / max(1, self.cfg.run.rows_in_flight))))
+        self.prune()
         ov = overrides or Overrides()
         check_overrides(self, ov)
-        job = Job(uuid.uuid4().hex[:16], sample, time.time(), ov, images)
+        lim = self.limits
+        c = self.cost(sample, ov, (cost or {}).get("prompt_tokens", 0))
+        if c["unet_evals"] > lim.max_request_unet_evals:
+            raise BadRequest(f"the request costs {c['unet_evals']} UNet evaluations (candidates × steps × 2), over "
+                             f"the limit of {lim.max_request_unet_evals} (max_request_unet_evals)", 422,
+                             "max_request_unet_evals")
+        q = self.queued()
+        full = None
+        if self.active >= lim.max_queue:
+            full = ("max_queue", "the admission queue is full")
+        elif q["unet_evals"] and q["unet_evals"] + c["unet_evals"] > lim.max_queued_unet_evals:
+            full = ("max_queued_unet_evals", "the queued render work is at its limit")
+        elif q["prompt_tokens"] and q["prompt_tokens"] + c["prompt_tokens"] > lim.max_queued_prompt_tokens:
+            full = ("max_queued_prompt_tokens", "the queued LMM work is at its limit")
+        if full:
+            if self.metrics:
+                self.metrics.requests.labels(status="rejected").inc()
+            raise QueueFull(self.retry_after(), *full)
+        job = Job(uuid.uuid4().hex[:16], sample, time.time(), ov, images, cost=c)
         self.jobs[job.id] = job
+        if not self.active:
+            self._progress = time.time()
         self.active += 1
         self._inbox.put_nowait(job)
         return job
 
     def cancel(self, job: Job) -> None:
-        if job.row is None:
+        """Give the job up: its queued work is skipped, a render in progress stops at the next
+        denoising step, its LMM requests in flight are aborted; its slot is freed."""
+        if job.row is None and not job.cancelled:
             job.cancelled = True
+            if self.hooks.interrupt is not None:
+                self.hooks.interrupt()
 
     async def wait(self, job: Job) -> Row:
         while job.row is None:
@@ -203,7 +291,7 @@ class Service:
         return job.row
 
     def get(self, job_id: str) -> Job | None:
-        self._prune()
+        self.prune()
         return self.jobs.get(job_id)
 
     def queue_depths(self) -> dict[str, int]:
@@ -216,6 +304,8 @@ class Service:
         return self.jobs[row.extra["job"]]
 
     def _on_stage(self, stage: str, rows: list[Row]) -> None:
+        if not all(_timed_out(r) for r in rows):  # a call failed by the watchdog is not progress
+            self._progress = time.time()
         if self.metrics:
             self.metrics.stage_call(stage, rows)
         for r in rows:
@@ -234,18 +324,36 @@ class Service:
         if job.row is not None:
             return
         job.row, job.finished = row, time.time()
-        job.status = "done" if row.error is None else "cancelled" if row.error.message == "cancelled" else "error"
+        if not _timed_out(row):
+            self._progress = job.finished
+        # a finished job keeps its answer, not its decoded input (bounded memory)
+        job.sample = dataclasses.replace(job.sample, image=None)
+        job.row = row.replace(sample=job.sample, extra={k: v for k, v in row.extra.items() if k != "cfg"})
+        job.events = [(st, r.replace(sample=job.sample, extra={k: v for k, v in r.extra.items() if k != "cfg"}))
+                      for st, r in job.events]
+        job.status = "done" if row.error is None else "cancelled" if job.cancelled or row.error.message == "cancelled" \
+            else "error"
         self.active -= 1
         self._mean_s = 0.8 * self._mean_s + 0.2 * (job.finished - job.created)
+        unet = row.counts().get("unet_evals", 0)
+        if unet and row.error is None:
+            busy = sum(b - a for st, a, b in row.timings if st == "render")
+            self._s_per_unet = 0.8 * self._s_per_unet + 0.2 * busy / unet
         if self.metrics:
             self.metrics.finished(job, row)
         job.notify()
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
         """Finished jobs are kept readable for files_ttl_s."""
         old = time.time() - self.limits.files_ttl_s
         for jid in [j for j, job in self.jobs.items() if job.row is not None and job.finished < old]:
             del self.jobs[jid]
+
+
+def _timed_out(row: Row) -> bool:
+    from kbridge.engine.executor import WATCHDOG
+
+    return row.error is not None and WATCHDOG in row.error.message
 
 
 def check_overrides(svc: Service, ov: Overrides) -> None:
@@ -269,7 +377,7 @@ def job_extra(svc: Service, job: Job) -> dict:
         changes["run"] = dataclasses.replace(cfg.run, seed=ov.seed)
     if changes:
         new = dataclasses.replace(cfg, **changes)
-        extra["cfg"] = svc.cfgs.setdefault(new, new)
+        extra["cfg"] = new  # not kept: equal copies compare equal, so their rows still batch together
     if ov.steps is not None:
         extra["steps"] = ov.steps
     return extra

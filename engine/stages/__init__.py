@@ -21,7 +21,8 @@ from kbridge.engine.rows import Row
 @dataclass(frozen=True)
 class Ctx:
     """What a stage call may use: the configuration, the domain entry, the loaded models, the LMM
-    client, the dataset (for loading), and the generator replica of this render worker."""
+    client, the dataset (for loading), the generator replica of this render worker, and
+    ``cancelled(row)`` (a served request given up: long work checks it between steps)."""
 
     cfg: PipelineConfig
     domain: object
@@ -29,6 +30,10 @@ class Ctx:
     client: object = None
     dataset: object = None
     generator: object = None
+    cancelled: Callable[[Row], bool] | None = None
+    pools: dict | None = None
+    """Worker threads kept across the executor calls of one run (the phased schedule's phases):
+    key → ThreadPoolExecutor, shut down by the run. None: each call makes and ends its own."""
     trace: object = None
     """The run's ``engine.trace.Tracer`` with ``--trace`` (the executor records spans), else None."""
 

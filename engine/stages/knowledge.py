@@ -22,7 +22,7 @@ async def lmm_call(ctx, call):
     recs: dict[str, list[LMMRecord]] = defaultdict(list)
     for r in log.records:
         recs[r["sample_id"]].append(LMMRecord(r["stage"], r["turn"], r["prompt_tokens"], r["generated_tokens"],
-                                              r["cached"], r["start"], r["end"]))
+                                              r["cached"], r["start"], r["end"], r.get("engine") or None))
     return result, recs
 
 

@@ -22,6 +22,12 @@ def needs_render(row: Row, cfg=None) -> bool:
     return row.missing == "image" and any(c.source == "generated" and c.image is None for c in row.candidates)
 
 
+def _stoppable(gen) -> bool:
+    import inspect
+
+    return "stop" in inspect.signature(gen.render).parameters
+
+
 def _pending(rows: list[Row]) -> list[tuple[int, int]]:
     return [(i, j) for i, r in enumerate(rows) for j, c in enumerate(r.candidates)
             if c.source == "generated" and c.image is None]
@@ -45,6 +51,9 @@ def render(rows: list[Row], ctx) -> list[Row]:
         by_steps.setdefault(rows[i].extra.get("steps"), []).append(n)
     for steps, ns in by_steps.items():
         kw = {} if steps is None else {"steps": steps}
+        if ctx.cancelled is not None and _stoppable(gen):  # all rows cancelled: stop between denoising steps
+            mine = [rows[i] for i in {flat[n][0] for n in ns}]
+            kw["stop"] = lambda mine=mine: all(ctx.cancelled(r) for r in mine)
         done = gen.render([rows[flat[n][0]].candidates[flat[n][1]].prompt for n in ns],
                           [rows[flat[n][0]].candidates[flat[n][1]].seed for n in ns], **kw)
         for n, im in zip(ns, done):

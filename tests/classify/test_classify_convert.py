@@ -1,8 +1,9 @@
-"""Checkpoint conversion against the reference key lists, the value round trip, the safe loader."""
+"""Checkpoint conversion against the reference key lists, the value round trip, the safe loader,
+and the one-line refusals (tokenizer, shapes, non-checkpoints), on Lightning checkpoints saved the
+way the publishers save them (tests/publisher_pickles.py)."""
 from __future__ import annotations
 
-import sys
-import types
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,15 +15,13 @@ from kbridge.engine.classify.convert import (CheckpointError, convert, infer_con
                                              to_reference)
 from kbridge.engine.classify.model import build_meta, load
 
-KEYS = Path("/work/shared/design/peers/keys")
-if not KEYS.exists():  # the design docs beside the checkout
-    KEYS = Path(__file__).resolve().parents[3] / "shared" / "design" / "peers" / "keys"
+from publisher_pickles import lightning_ckpt
+
+KEYS = Path(__file__).parent / "data"   # the reference key lists (design notes, peers/keys)
 
 
 def _tsv(kind: str) -> dict:
     p = KEYS / f"{kind}_mmimdb_state_dict.tsv"
-    if not p.exists():
-        pytest.skip(f"reference key list {p} not available")
     rows = [line.split("\t") for line in p.read_text().splitlines() if line.strip()]
     return {k: (shape, dtype) for k, shape, dtype in rows}
 
@@ -47,39 +46,8 @@ def test_full_size_layout_is_exactly_the_reference_key_list(kind, n):
     assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(ours[k].shape) for k in back}
 
 
-def _fake_containers():
-    """Pickle-time stand-ins for Lightning's AttributeDict and sacred's ReadOnlyDict (the test must
-    not need those packages, and neither may the loader)."""
-    mods = {}
-    for name in ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing",
-                 "sacred", "sacred.config", "sacred.config.custom_containers"):
-        mods[name] = types.ModuleType(name)
-
-    class AttributeDict(dict):
-        pass
-
-    class ReadOnlyDict(dict):
-        def __reduce__(self):
-            return ReadOnlyDict, (dict(self),)
-
-    AttributeDict.__module__, AttributeDict.__qualname__ = "pytorch_lightning.utilities.parsing", "AttributeDict"
-    ReadOnlyDict.__module__, ReadOnlyDict.__qualname__ = "sacred.config.custom_containers", "ReadOnlyDict"
-    mods["pytorch_lightning.utilities.parsing"].AttributeDict = AttributeDict
-    mods["sacred.config.custom_containers"].ReadOnlyDict = ReadOnlyDict
-    return mods, AttributeDict, ReadOnlyDict
-
-
 def _lightning_ckpt(path: Path, state_dict: dict) -> Path:
-    mods, AttributeDict, ReadOnlyDict = _fake_containers()
-    sys.modules.update(mods)
-    try:
-        hp = AttributeDict(config=ReadOnlyDict(prompt_length=6, loss_names={"mmimdb": 1}, seed=0))
-        torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "1.1.4", "state_dict": state_dict,
-                    "callbacks": {}, "optimizer_states": [], "lr_schedulers": [], "hyper_parameters": hp}, path)
-    finally:
-        for name in mods:
-            sys.modules.pop(name, None)
-    return path
+    return lightning_ckpt(path, state_dict)
 
 
 class Evil:
@@ -124,7 +92,7 @@ def test_safe_loader_refuses_unknown_globals_unless_trusted(tiny_ref, tmp_path):
     assert set(load_checkpoint(ckpt)) == set(ref)          # Lightning + sacred containers: allowed
     bad = tmp_path / "evil.ckpt"
     torch.save({"state_dict": ref, "hyper_parameters": Evil()}, bad)
-    with pytest.raises(CheckpointError, match=r"Evil outside the allow-list.*--trust-checkpoint"):
+    with pytest.raises(CheckpointError, match=r"refused: it pickles \S*Evil, which is not one of the known.*--trust"):
         load_checkpoint(bad)
     assert set(load_checkpoint(bad, trust=True)) == set(ref)
 
@@ -135,8 +103,6 @@ def test_cli_convert_dcp(tiny_ref, tiny_dcp, tmp_path):
     from kbridge.cli.app import app
 
     _, _, ckpt = tiny_ref
-    import json
-
     names = [f"genre{i}" for i in range(23)]
     (tmp_path / "class_idx.json").write_text(json.dumps({n: i for i, n in reversed(list(enumerate(names)))}))
     r = CliRunner().invoke(app, ["models", "convert-dcp", "--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
@@ -148,3 +114,89 @@ def test_cli_convert_dcp(tiny_ref, tiny_dcp, tmp_path):
     r = CliRunner().invoke(app, ["models", "convert-rep", "--ckpt", str(ckpt), "--out", str(tmp_path / "p"),
                                  "--tokenizer", str(tiny_dcp)])
     assert r.exit_code == 2 and "error:" in r.output and "not a REP checkpoint" in r.output
+
+
+def test_lightning_callbacks_keyed_by_class_load_without_lightning(tiny_ref):
+    """PL < 1.5 keys ``callbacks`` by the ModelCheckpoint class: loads without pytorch_lightning
+    installed and without --trust-checkpoint; the class is an inert stand-in."""
+    import sys
+
+    from kbridge.engine.published import Inert, load
+
+    _, ref, ckpt = tiny_ref
+    assert "pytorch_lightning" not in sys.modules
+    obj = load(ckpt)
+    (cb, state), = obj["callbacks"].items()
+    assert issubclass(cb, Inert) and cb.published_as == "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+    assert state["monitor"] == "val/the_metric" and obj["hyper_parameters"]["config"]["seed"] == 0
+    assert type(obj["hyper_parameters"]["config"]) is dict
+    assert set(load_checkpoint(ckpt)) == set(ref)
+
+
+def _one_error_line(r) -> str:
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+    return lines[0]
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from kbridge.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_convert_refuses_a_tokenizer_that_is_not_the_models(tiny_ref, tiny_dcp, tmp_path):
+    """No tokenizer files, a path that does not exist, a vocabulary of the wrong size: one line each,
+    and no output directory (a 2-token tokenizer used to be written and reported as success)."""
+    _, _, ckpt = tiny_ref
+    conv = ["models", "convert-dcp", "--ckpt", ckpt, "--vision-heads", 4, "--text-heads", 4]
+    (tmp_path / "empty").mkdir()
+    line = _one_error_line(_cli(*conv, "--out", tmp_path / "o1", "--tokenizer", tmp_path / "empty"))
+    assert "no CLIP tokenizer files" in line and not (tmp_path / "o1").exists()
+    line = _one_error_line(_cli(*conv, "--out", tmp_path / "o2", "--tokenizer", tmp_path / "nowhere"))
+    assert "tokenizer directory not found" in line and not (tmp_path / "o2").exists()
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate("abcdef")}))
+    (small / "merges.txt").write_text("#version: 0.2\n")
+    line = _one_error_line(_cli(*conv, "--out", tmp_path / "o3", "--tokenizer", small))
+    assert "the tokenizer has 8 tokens but the checkpoint's text embedding has 1060" in line and not (tmp_path / "o3").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary left
+
+
+def test_wrong_shaped_tensor_and_non_checkpoints_are_one_line(tiny_ref, tiny_dcp, tmp_path):
+    _, ref, _ = tiny_ref
+    bad = dict(ref)
+    k = "model.prompt_learner.visual_prompt_complete"
+    bad[k] = torch.zeros(bad[k].shape[0], bad[k].shape[1] + 1)
+    args = ["--out", tmp_path / "o", "--tokenizer", tiny_dcp, "--vision-heads", 4, "--text-heads", 4]
+    line = _one_error_line(_cli("models", "convert-dcp", "--ckpt", _lightning_ckpt(tmp_path / "s.ckpt", bad), *args))
+    assert "1 wrong-shaped tensors" in line
+    assert "learner.visual_prompt_complete" in line and not (tmp_path / "o").exists()
+    (tmp_path / "notes.txt").write_text("hello\n")
+    line = _one_error_line(_cli("models", "convert-dcp", "--ckpt", tmp_path / "notes.txt", *args))
+    assert "not a torch checkpoint" in line
+    line = _one_error_line(_cli("models", "convert-dcp", "--ckpt", tmp_path / "absent.ckpt", *args))
+    assert "absent.ckpt: no such file" in line
+
+
+def test_output_dir_is_written_aside_and_renamed(tmp_path):
+    from kbridge.engine.published import PublishedCheckpointError, output_dir
+
+    with pytest.raises(RuntimeError):
+        with output_dir(tmp_path / "m") as tmp:
+            (tmp / "config.json").write_text("{}")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with output_dir(tmp_path / "m") as tmp:
+        (tmp / "config.json").write_text("{}")
+    with output_dir(tmp_path / "m") as tmp:   # a previous model directory is replaced
+        (tmp / "config.json").write_text('{"v": 2}')
+    assert [p.name for p in tmp_path.iterdir()] == ["m"] and (tmp_path / "m" / "config.json").read_text() == '{"v": 2}'
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    with pytest.raises(PublishedCheckpointError, match="exists and is not a model directory"):
+        with output_dir(tmp_path / "docs"):
+            pass

@@ -217,3 +217,27 @@ def test_unreadable_image_names_the_sample(tiny_dcp, tmp_path):
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: mm:2: unreadable image")
+
+
+def _one_line(r) -> str:
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+    return lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_devices_paths_and_a_foreign_missing_config_are_one_line(tiny_dcp, tmp_path):
+    """--device cuda without a GPU, an unknown device, a dataset that does not exist, and a missing
+    config made for another dataset size (its ``total``) each give one error line."""
+    data, missing = _mmimdb_set(tmp_path / "mm")
+    base = ("classify", "eval", "--model", "tiny", "--data", data)
+    assert "no CUDA GPU is available" in _one_line(_cli(*base, "--device", "cuda"))
+    assert "unknown device 'bogus'" in _one_line(_cli(*base, "--device", "bogus"))
+    assert "no CUDA GPU" in _one_line(_cli("classify", "train", "--model", "tiny", "--data", data, "--out",
+                                           tmp_path / "t", "--steps", 1, "--device", "cuda:1"))
+    assert "dataset not found" in _one_line(_cli("classify", "eval", "--model", "tiny", "--data", tmp_path / "no"))
+    cfg = json.loads(Path(missing).read_text())
+    n = len(json.loads((Path(data) / "metadata.json").read_text()))
+    (tmp_path / "other.json").write_text(json.dumps(dict(cfg, total=n + 18)))
+    line = _one_line(_cli(*base, "--missing", tmp_path / "other.json"))
+    assert f"made for {n + 18} samples but the dataset has {n} rows" in line

@@ -86,3 +86,47 @@ def test_wrong_feature_width_names_the_file(tmp_path):
     pkl = write_mmsa(tmp_path / "w.pkl", dims=(32, 7, 20))
     r = run(app, ["recover", "--data", str(pkl)])
     assert r.exit_code == 2 and "w.pkl: audio features have shape (10, 12, 7)" in r.stderr
+
+
+def test_bert_base_ids_run_on_the_twin_and_a_smaller_vocabulary_is_one_line(tmp_path):
+    """MMSA's text_bert holds bert-base ids (up to 30,521): the twin's BERT covers them (the README's
+    first example); a converted model whose BERT has fewer rows names the sample instead of an
+    IndexError traceback."""
+    from kbridge.engine.recover.text import tiny_bert
+
+    real = write_mmsa(tmp_path / "aligned_50.pkl", n=6, vocab=30522, seed=4)
+    r = run(app, ["recover", "--data", str(real), "--missing", "text", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["patterns"][0]["n"] == 6
+    small = tmp_path / "small"
+    tiny_bert(small / "bert", hidden=TINY.dims[0], vocab_size=0)   # rows for the tokenizer's 346 words only
+    save_dir(small, build(TINY), small / "bert", source="test")
+    r = run(app, ["recover", "--model", str(small), "--data", str(real)])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert "sample vid0$_$0: text_bert token id" in lines[0] and "outside the model's BERT vocabulary of 346" in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_errors_and_a_failed_conversion_leaves_nothing(pkl, tmp_path):
+    for dev, msg in (("cuda", "no CUDA GPU is available"), ("tpu", "unknown device 'tpu'")):
+        r = run(app, ["recover", "--data", str(pkl), "--device", dev])
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], r.output
+    torch.save(reference_state(TINY, seed=8), tmp_path / "dicmor.pth")
+    r = run(app, ["models", "convert-dicmor", "--ckpt", str(tmp_path / "dicmor.pth"), "--out", str(tmp_path / "m"),
+                  "--bert", str(tmp_path / "no-bert"), "--heads", "2"])
+    assert r.exit_code == 2 and "no-bert: not a BERT directory" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicmor.pth"]
+
+
+def test_missing_rate_rows_per_seed_and_their_mean(pkl):
+    r = run(app, ["recover", "--data", str(pkl), "--missing-rate", "0.3", "--seed", "1111", "--seed", "1112",
+                  "--rate-batch", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["patterns"]
+    assert [p["pattern"] for p in rows] == ["MR 0.3 seed 1111", "MR 0.3 seed 1112", "MR 0.3 mean of 2"]
+    for k in ("acc2", "acc2_has0", "f1_has0", "acc5", "acc7", "mae"):
+        assert rows[2][k] == pytest.approx((rows[0][k] + rows[1][k]) / 2, abs=1e-6)
+    r = run(app, ["recover", "--data", str(pkl), "--missing-rate", "0.3", "--missing", "text"])
+    assert r.exit_code == 2 and "exclusive" in r.stderr

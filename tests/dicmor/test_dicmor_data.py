@@ -76,3 +76,34 @@ def test_pattern_file(tmp_path):
     f.write_text(json.dumps({"b": ["text", "audio", "vision"]}))
     with pytest.raises(D.RecoverDataError, match="sample 'b': .*at least one"):
         D.read_pattern_file(f, ids)
+
+
+def test_mmsa_has0_and_acc5_by_hand():
+    """MMSA's metricsTop: Has0 = (pred >= 0) vs (truth >= 0) over all samples, weighted F1 of the
+    same; Mult_acc_5 = round(clip(., -2, 2)) equality."""
+    pred = np.array([1.2, -0.4, 0.7, 2.6, -2.4, 0.3, -0.6, 1.5])
+    truth = np.array([1.0, -1.0, 0.0, 3.0, 0.5, -0.2, -0.6, 2.0])
+    m = regression_metrics(pred, truth)
+    # truth >= 0: [T, F, T, T, T, F, F, T]; pred >= 0: [T, F, T, T, F, T, F, T] → 6/8 agree
+    assert m["acc2_has0"] == pytest.approx(6 / 8)
+    # class T (support 5): tp 4, fp 1, fn 1 → 8/10; class F (3): tp 2, fp 1, fn 1 → 4/6
+    assert m["f1_has0"] == pytest.approx((5 * 8 / 10 + 3 * 4 / 6) / 8)
+    # clipped to ±2 and rounded: pred [1, -0, 1, 2, -2, 0, -1, 2] vs truth [1, -1, 0, 2, 0, -0, -1, 2] → 5/8
+    assert m["acc5"] == pytest.approx(5 / 8)
+
+
+@pytest.mark.parametrize("rate,two,one", [(0.1, 10, 10), (0.3, 30, 30), (0.4, 50, 20), (0.7, 100, 0)])
+def test_missing_rate_protocol_fractions(rate, two, one):
+    """100 batches of 4: the schedule's batch counts, one pattern per batch, and the mean missing
+    fraction per modality equal to the rate (capped at 2/3 for 0.7)."""
+    per = D.rate_patterns(400, 4, rate, seed=1111)
+    order = np.random.default_rng(1111).permutation(400)
+    batches = [frozenset(per[int(i)] for i in order[b:b + 4]) for b in range(0, 400, 4)]
+    assert all(len(b) == 1 for b in batches)                       # one pattern per batch
+    sizes = [len(next(iter(b))) for b in batches]
+    assert sizes == [2] * two + [1] * one + [0] * (100 - two - one)
+    frac = np.mean([len(p) for p in per]) / 3
+    assert frac == pytest.approx(min(rate, 2 / 3))
+    assert per == D.rate_patterns(400, 4, rate, seed=1111) and per != D.rate_patterns(400, 4, rate, seed=1112)
+    with pytest.raises(D.RecoverDataError, match="rates 0.1, 0.2"):
+        D.rate_patterns(400, 4, 0.75, seed=1)

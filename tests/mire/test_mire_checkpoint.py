@@ -1,8 +1,10 @@
-"""The published MIRe checkpoint layout → our directory, and back to the same outputs."""
+"""The published MIRe checkpoint layout → our directory, and back to the same outputs. Checkpoints
+are saved as train_retrieval.py saves them, OmegaConf config included (tests/publisher_pickles.py)."""
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +14,14 @@ from PIL import Image
 from kbridge.engine.mire.checkpoint import (CheckpointError, config_from_state, convert_published,
                                             full_size_config, load_dir, meta_model, published_state, read_published,
                                             resolve)
+from publisher_pickles import mire_pth
+
+
+class Unknown:
+    """A class no publisher of ours pickles."""
+
+    def __init__(self, lr):
+        self.lr = lr
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +41,10 @@ def _published(enc, path, config=None, drop=None, reshape=None):
         del sd[drop]
     if reshape:
         sd[reshape] = torch.zeros(3, 3)
-    obj = {"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 14, "scaler": {"scale": 65536.0}}
-    if config is not None:
-        obj["config"] = config
-    torch.save(obj, path)
+    if config is None:
+        mire_pth(path, sd)
+    else:
+        torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 14, "config": config}, path)
     enc.tokenizer.save_pretrained(path.parent)
     (path.parent / "config.json").write_text(json.dumps({"num_attention_heads": 1, "model_type": "bert"}))
     return path
@@ -51,7 +61,10 @@ def test_round_trip_through_the_published_layout(enc, tmp_path):
     ckpt = _published(enc, tmp_path / "ckpt" / "mire_epoch_14.pth")
     out = convert_published(ckpt, tmp_path / "ours")
     back = load_dir(tmp_path / "ours")
-    assert back.model.cfg == enc.model.cfg
+    # a converted model carries MIRe's own search settings (lengths capped at the twin's 192 positions)
+    assert back.model.cfg == replace(enc.model.cfg, query_maxlen=64, doc_maxlen=192, attend_to_mask_tokens=False,
+                                     pad_leak=True)
+    back.model.cfg = enc.model.cfg
     for k, v in enc.model.state_dict().items():
         torch.testing.assert_close(back.model.state_dict()[k], v, rtol=0, atol=0)
     for a, b in zip(_outputs(enc), _outputs(back)):
@@ -59,13 +72,34 @@ def test_round_trip_through_the_published_layout(enc, tmp_path):
     assert (out / "model.safetensors").exists() and (out / "preprocessor_config.json").exists()
 
 
-def test_pickled_config_objects_need_trust(enc, tmp_path):
+def test_the_omegaconf_config_loads_without_omegaconf_and_unknown_classes_need_trust(enc, tmp_path):
+    from kbridge.engine.published import load, plain
+
     (tmp_path / "c").mkdir()
-    ckpt = _published(enc, tmp_path / "c" / "mire.pth", config=argparse.Namespace(lr=1e-5))
-    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
-        read_published(ckpt)
-    state = read_published(ckpt, trust=True)
-    assert "query_fusion.k_state.weight" in state
+    ckpt = _published(enc, tmp_path / "c" / "mire_epoch_14.pth")
+    assert "omegaconf" not in sys.modules
+    assert plain(load(ckpt)["config"])["model"] == {"doc_maxlen": 384, "query_maxlen": 64, "n_tokens": [16, 12]}
+    assert "query_fusion.k_state.weight" in read_published(ckpt)
+    odd = _published(enc, tmp_path / "c" / "odd.pth", config=Unknown(1e-5))
+    with pytest.raises(CheckpointError, match=r"refused: it pickles \S*Unknown.*--trust-checkpoint"):
+        read_published(odd)
+    assert "query_fusion.k_state.weight" in read_published(odd, trust=True)
+
+
+def test_a_tokenizer_that_is_not_the_checkpoints_is_refused(enc, tmp_path):
+    """Without vocab.txt beside the checkpoint transformers builds a 5-token vocabulary (every word
+    [UNK]); conversion refuses it in one line and writes nothing."""
+    (tmp_path / "c").mkdir()
+    ckpt = _published(enc, tmp_path / "c" / "mire_epoch_14.pth")
+    for f in ("vocab.txt", "tokenizer.json"):
+        (tmp_path / "c" / f).unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match=r"no BERT tokenizer \(vocab.txt or tokenizer.json\).*--tokenizer DIR"):
+        convert_published(ckpt, tmp_path / "o")
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+    with pytest.raises(CheckpointError, match=r"has 6 tokens but the checkpoint's word embedding has \d+"):
+        convert_published(ckpt, tmp_path / "o", tokenizer_dir=tmp_path / "v")
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_checkpoint_that_does_not_fit_names_the_key(enc, tmp_path):

@@ -1,38 +1,37 @@
 """The MIRe commands: convert-mire, index build --retriever, bench retrieve, bench report."""
 from __future__ import annotations
 
-import argparse
 import json
 
-import torch
+from publisher_pickles import mire_pth
 from typer.testing import CliRunner
 
 from kbridge.cli.app import app
 from kbridge.engine.mire.checkpoint import published_state, resolve
 
 
-def _ckpt(cfg, path, config=None):
+def _ckpt(cfg, path):
     enc = resolve("tiny", cfg.cache_dir())
-    obj = {"model": published_state(enc.model), "epoch": 1}
-    if config is not None:
-        obj["config"] = config
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, path)
+    mire_pth(path, published_state(enc.model))
     enc.tokenizer.save_pretrained(path.parent)
     return path
 
 
 def test_convert_mire_and_its_one_line_errors(cfg, tmp_path):
+    """The published layout (OmegaConf config pickled) converts without --trust-checkpoint; the
+    success line keeps its [models] / [rank] names; a missing file is one line."""
     ok = _ckpt(cfg, tmp_path / "a" / "mire_epoch_1.pth")
     r = CliRunner().invoke(app, ["models", "convert-mire", "--ckpt", str(ok), "--out", str(tmp_path / "ours")])
     assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())   # rich wraps long lines
+    assert "[models] mire =" in text and "[rank] retriever = \"mire\"" in text
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["kbridge_model"] == "mire"
-    pickled = _ckpt(cfg, tmp_path / "b" / "mire.pth", config=argparse.Namespace(lr=1))
-    r = CliRunner().invoke(app, ["models", "convert-mire", "--ckpt", str(pickled), "--out", str(tmp_path / "o2")])
-    assert r.exit_code == 2 and "--trust-checkpoint" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(app, ["models", "convert-mire", "--ckpt", str(pickled), "--out", str(tmp_path / "o2"),
-                                 "--trust-checkpoint"])
-    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["models", "convert-mire", "--ckpt", str(tmp_path / "none.pth"),
+                                 "--out", str(tmp_path / "o2")])
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "none.pth: no such file" in lines[0]
+    assert not (tmp_path / "o2").exists()
 
 
 def test_index_build_refuses_an_unknown_retriever(tmp_path):

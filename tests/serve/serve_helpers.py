@@ -34,14 +34,13 @@ def serve_engine(cfg, engine, lmm=None, run: dict | None = None, **limits):
 def running(eng, api_key=None, ready=True):
     import uvicorn
 
-    from kbridge.engine.serve.app import create_app
+    from kbridge.engine.serve.app import create_app, uvicorn_config
     from kbridge.engine.serve.jobs import Service
     from kbridge.engine.serve.metrics import Metrics
 
     svc = Service(eng, Metrics())
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(svc, api_key), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(svc, api_key), "127.0.0.1", port, svc.limits))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     url = f"http://127.0.0.1:{port}"

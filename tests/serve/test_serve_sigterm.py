@@ -26,24 +26,31 @@ def _metric(url: str, name: str) -> float:
     return -1.0
 
 
-@pytest.mark.slow  # a subprocess: imports torch and loads the tiny dense models again
-def test_sigterm_drains_and_exits_0(engine):  # engine: the tiny twins are built (cached) before the subprocess starts
+def _start(*args: str) -> tuple[subprocess.Popen, str]:
+    """serve_main.py in a subprocess on a free port, once /health says 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen([sys.executable, str(HERE / "serve_main.py"), str(port)], env=env,
+    p = subprocess.Popen([sys.executable, str(HERE / "serve_main.py"), str(port), *args], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return p, url
+        except httpx.HTTPError:
+            pass
+        if p.poll() is not None or time.time() > end:
+            p.kill()
+            raise AssertionError(f"server did not become ready: {p.stderr.read()}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # a subprocess: imports torch and loads the tiny dense models again
+def test_sigterm_drains_and_exits_0(engine):  # engine: the tiny twins are built (cached) before the subprocess starts
+    p, url = _start()
     try:
         end = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert p.poll() is None, p.stderr.read()
-            assert time.time() < end, "server did not become ready"
-            time.sleep(0.05)
         job = httpx.post(f"{url}/v1/jobs", json={"text": "a cat", "missing": "image", "sample_id": "slow:1"})
         assert job.status_code == 202
         answer = {}
@@ -67,3 +74,31 @@ def test_sigterm_drains_and_exits_0(engine):  # engine: the tiny twins are built
         raise AssertionError("still listening after SIGTERM")
     except httpx.ConnectError:
         pass
+
+
+@pytest.mark.slow  # a subprocess, as above
+def test_sigterm_with_a_wedged_request_exits_after_the_drain_deadline(engine):
+    """A request whose LMM call blocks a thread for good: during the drain /health says 503
+    "draining" (still listening), and the process exits by the deadline anyway (on main it never did)."""
+    drain = 3.0
+    p, url = _start(str(drain))
+    try:
+        end = time.time() + 180
+        assert httpx.post(f"{url}/v1/jobs", json={"text": "a cat", "missing": "image",
+                                                   "sample_id": "hang:1"}).status_code == 202
+        while _metric(url, "kbridge_requests_active") < 1:
+            assert time.time() < end
+            time.sleep(0.02)
+        p.send_signal(signal.SIGTERM)
+        t0 = time.time()
+        h = httpx.get(f"{url}/health", timeout=5)  # still listening while it drains
+        assert h.status_code == 503 and h.json()["reason"] == "draining"
+        r = httpx.post(f"{url}/v1/jobs", json={"text": "a dog", "missing": "image"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
+        p.wait(timeout=drain + 60)
+        waited = time.time() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode in (0, 1), p.stderr.read()
+    assert waited >= drain  # it waited for the admitted work until the deadline, then left

@@ -1,0 +1,65 @@
+"""The real server dies mid-run (SIGKILL of vLLM's processes, as an OOM kill would): every sample
+in flight gets one error line naming it, what was written stays, ``kbridge run`` exits as
+documented (0: some samples completed), and a re-run against a restarted server resumes and
+completes every sample exactly once. Then ``kbridge lmm serve`` stops cleanly on SIGTERM (exit 0,
+no vLLM process left)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+import promise
+from vllm_helpers import LMMServer, read_jsonl
+
+pytestmark = pytest.mark.vllm
+
+
+def _lines(path):
+    return read_jsonl(path) if path.exists() else []
+
+
+def test_server_killed_mid_run_then_rerun_resumes(lmm_server, tmp_path):
+    """Runs last (file order): it kills the session's server."""
+    server = lmm_server
+    url = server.url
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "kbridge.cli", "run", "--lmm", url, "--out", str(out), "--fidelity", "reference"]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not _lines(out / "results.jsonl") and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before the server could be killed"
+    for p in server.tree():  # vLLM's API server, engine core and worker
+        p.kill()
+    server.proc.wait(60)
+    stdout, stderr = run.communicate(timeout=600)
+    done = {r["sample_id"] for r in _lines(out / "results.jsonl")}
+    errors = _lines(out / "errors.jsonl")
+    assert 1 <= len(done) < 8, done
+    failed = {e["sample_id"] for e in errors}
+    assert len(errors) == len(failed) == 8 - len(done) and not failed & done, errors
+    assert all("LMM server" in e["error"] for e in errors), errors
+    err_lines = stderr.decode().splitlines()
+    for sid in failed:  # one clear line per failed sample on stderr
+        assert sum(sid + ":" in ln and "LMM server" in ln for ln in err_lines) == 1, (sid, err_lines[-20:])
+    assert run.returncode == 0, stderr.decode()[-2000:]  # documented: 1 only when nothing completed
+
+    again = LMMServer(port=port, log=tmp_path / "server-2.log")
+    try:
+        assert again.wait() == url
+        rerun = subprocess.run(argv, capture_output=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+        rows = promise.rows(out)  # fails if a sample was written twice
+        assert set(rows) == done | failed and len(rows) == 8
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["config_hash"]
+    finally:
+        tree = again.tree()
+        code = again.stop()
+    assert code == 0
+    assert not [p for p in tree if p.is_running() and p.status() != "zombie"], tree

@@ -1,0 +1,70 @@
+"""Helpers of the vLLM tests: an Engine over a given LMM backend, the real server as a subprocess."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def engine_on(cfg, engine, lmm, **run):
+    """An Engine over the session's tiny dense models and the given LMM backend."""
+    from kbridge.engine.api import Engine
+
+    eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)))
+    loaded = engine.models()
+    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    return eng
+
+
+class LMMServer:
+    """``kbridge lmm serve -p tiny`` as a subprocess: its base URL, its vLLM process tree."""
+
+    def __init__(self, port: int | None = None, log: Path | None = None):
+        argv = [sys.executable, "-m", "kbridge.cli", "lmm", "serve", "-p", "tiny"]
+        if port:
+            argv += ["--port", str(port)]
+        self.log = open(log, "wb") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+        self.url = ""
+
+    def wait(self, timeout: float = 600.0) -> str:
+        """The ``/v1`` URL the command prints once the server is healthy."""
+        deadline = time.monotonic() + timeout
+        for raw in self.proc.stdout:  # blocks until a line; the command prints one when healthy
+            m = re.search(r"LMM server healthy: (http://127\.0\.0\.1:\d+/v1)", raw.decode())
+            if m:
+                self.url = m.group(1)
+                return self.url
+            assert time.monotonic() < deadline
+        raise AssertionError(f"kbridge lmm serve exited with {self.proc.wait()} before it was healthy")
+
+    def tree(self):
+        import psutil
+
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; the exit code of ``kbridge lmm serve``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            for p in self.tree():
+                p.kill()
+            self.proc.kill()
+            return self.proc.wait()
+
+
