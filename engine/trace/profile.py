@@ -107,7 +107,8 @@ def analyse(tr: dict) -> dict:
     # ---- devices / workers
     work: dict[str, list[dict]] = defaultdict(list)
     for e in tr["spans"][DEVICES]:
-        work[_worker(tr["names"].get((DEVICES, e["tid"]), str(e["tid"])))].append(e)
+        if e.get("cat") != "detail":  # a call's UNet / VAE spans are inside it, not calls of their own
+            work[_worker(tr["names"].get((DEVICES, e["tid"]), str(e["tid"])))].append(e)
     devices = {}
     for w, evs in sorted(work.items()):
         u = _union([(e["ts"], e["ts"] + e["dur"]) for e in evs])

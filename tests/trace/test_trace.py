@@ -87,6 +87,9 @@ def test_profile_reports_devices_stages_kinds_and_a_verdict(traced):
     assert p["samples"] == report.completed
     assert set(p["kinds"]) == {"image", "text"}
     assert sum(p["stages"][s]["critical_share"] for s in p["stages"]) == pytest.approx(1.0, abs=0.02)
+    assert p["devices"]["generators-cpu"]["stages"] == ["render"]  # its UNet / VAE spans are inside the calls
+    assert p["devices"]["generators-cpu"]["calls"] == sum(1 for e in read_events(out / "trace.json.gz")
+                                                          if e.get("pid") == 1 and e.get("name") == "render")
     lmm = p["devices"]["lmm"]
     assert 0 < lmm["busy_share"] <= 1 and lmm["batch"]["mean"] >= 1
     top = next(iter(p["stages"]))
