@@ -43,8 +43,8 @@ class ResultSink:
                 self.trace.row(row)
             return
         line = self.store.write_result(row, self.t_start)
-        if self.trace is not None:
-            self.trace.row(row)
+        if self.trace is not None:  # the sample span ends where its results line says it was written
+            self.trace.row(row, self.t_start + line["timings"]["sample"]["end"])
         self.report.completed += 1
         self.report.candidates += len(row.candidates)
         self.latencies.append(line["timings"]["sample"]["seconds"])

@@ -147,7 +147,8 @@ class Tracer:
 
     def _span(self, pid: int, track: str, name: str, a: int, b: int, args: dict | None = None,
               children: list[tuple[str, int, int, dict | None]] = ()) -> None:
-        """A span (and spans nested inside it) on the first lane of ``track`` free at ``a``."""
+        """A span (and spans nested inside it, category ``detail``) on the first lane of ``track``
+        free at ``a``."""
         lane = self.lanes.lane(f"{pid}:{track}", a, b)
         tid = self._tid(pid, track if lane == 0 else f"{track} #{lane + 1}")
         ev = {"ph": "X", "name": name, "pid": self.base + pid, "tid": tid, "ts": a, "dur": b - a}
@@ -155,7 +156,8 @@ class Tracer:
             ev["args"] = args
         self._emit(ev)
         for cname, ca, cb, cargs in children:
-            ev = {"ph": "X", "name": cname, "pid": self.base + pid, "tid": tid, "ts": ca, "dur": cb - ca}
+            ev = {"ph": "X", "name": cname, "cat": "detail", "pid": self.base + pid, "tid": tid, "ts": ca,
+                  "dur": cb - ca}
             if cargs:
                 ev["args"] = cargs
             self._emit(ev)

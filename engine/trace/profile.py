@@ -107,7 +107,8 @@ def analyse(tr: dict) -> dict:
     # ---- devices / workers
     work: dict[str, list[dict]] = defaultdict(list)
     for e in tr["spans"][DEVICES]:
-        work[_worker(tr["names"].get((DEVICES, e["tid"]), str(e["tid"])))].append(e)
+        if e.get("cat") != "detail":  # a call's UNet / VAE spans are inside it, not calls of their own
+            work[_worker(tr["names"].get((DEVICES, e["tid"]), str(e["tid"])))].append(e)
     devices = {}
     for w, evs in sorted(work.items()):
         u = _union([(e["ts"], e["ts"] + e["dur"]) for e in evs])
@@ -173,7 +174,8 @@ def verdict(p: dict) -> list[str]:
     idle = min(others.items(), key=lambda kv: kv[1]["busy_share"]) if others else None
     what = "waiting for it" if st["wait_s"] > st["work_s"] else "its own work"
     line1 = (f"bottleneck: {name} — {st['critical_share']:.0%} of the samples' critical paths "
-             f"(work {st['work_s']:.2f} s, queue wait {st['wait_s']:.2f} s: mostly {what}); {busy}"
+             f"(per sample: work p50 {st['work_p50_s']:.3f} s, queue wait p50 {st['wait_p50_s']:.3f} s: mostly "
+             f"{what}); {busy}"
              + (f"; {idle[0]} busy only {idle[1]['busy_share']:.0%}" if idle else ""))
     line2 = f"knob: {KNOBS.get(name, 'the stage ' + name)}"
     if name == "render":

@@ -70,8 +70,8 @@ def test_per_sample_stage_spans_sum_to_the_results_timings_within_1ms(traced):
         for stage, sec in sums.items():
             assert sec == pytest.approx(timings[stage]["seconds"], abs=1e-3), (stage, s["span"]["args"])
             checked += 1
-        # and the sample span is the sample's lifetime (admitted → written)
-        assert s["span"]["dur"] / 1e6 == pytest.approx(timings["sample"]["seconds"], abs=0.05)
+        # and the sample span is the sample's lifetime (admitted → written), as its results line says
+        assert s["span"]["dur"] / 1e6 == pytest.approx(timings["sample"]["seconds"], abs=1e-3)
     assert checked >= 8 * 5
 
 
@@ -87,6 +87,9 @@ def test_profile_reports_devices_stages_kinds_and_a_verdict(traced):
     assert p["samples"] == report.completed
     assert set(p["kinds"]) == {"image", "text"}
     assert sum(p["stages"][s]["critical_share"] for s in p["stages"]) == pytest.approx(1.0, abs=0.02)
+    assert p["devices"]["generators-cpu"]["stages"] == ["render"]  # its UNet / VAE spans are inside the calls
+    assert p["devices"]["generators-cpu"]["calls"] == sum(1 for e in read_events(out / "trace.json.gz")
+                                                          if e.get("pid") == 1 and e.get("name") == "render")
     lmm = p["devices"]["lmm"]
     assert 0 < lmm["busy_share"] <= 1 and lmm["batch"]["mean"] >= 1
     top = next(iter(p["stages"]))
