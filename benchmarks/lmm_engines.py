@@ -82,8 +82,8 @@ def run(quick: bool = False, python: str | None = None) -> dict:
     from kbridge.engine.lmm.hf import HFBackend
     from kbridge.engine.lmm.vllm_local import VLLMBackend, model_dir
 
-    n = 16 if quick else 32
-    levels = (1, 8, 16) if quick else LEVELS
+    n = 8 if quick else 32
+    levels = (1, 8) if quick else LEVELS
     load_before = os.getloadavg()
     cfg = build_config("small")
     reqs = _workload(cfg, n)

@@ -33,7 +33,7 @@ def test_server_killed_mid_run_then_rerun_resumes(lmm_server, tmp_path):
     deadline = time.monotonic() + 600
     while not _lines(out / "results.jsonl") and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert run.poll() is None, "the run ended before the server could be killed"
+    assert run.poll() is None, ("the run ended before the server could be killed", run.communicate()[1][-2000:])
     for p in server.tree():  # vLLM's API server, engine core and worker
         p.kill()
     server.proc.wait(60)
