@@ -294,8 +294,7 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
     @app.get("/health", summary="Readiness: 200 when requests are admitted and the pipeline moves; 503 with "
              "the reason while loading, draining, or stuck.")
     async def health(request: Request):
-        why = ("draining" if svc.draining else svc.load_error or ("loading models" if not svc.ready else None)
-               or svc.stuck())
+        why = svc.unready()
         body = {"status": "ok", "profile": svc.cfg.profile, "active": svc.active} if why is None else \
             {"status": "unavailable", "reason": why}
         return JSONResponse(body if request.method == "GET" else None, status_code=200 if why is None else 503)
