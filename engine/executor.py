@@ -27,8 +27,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -111,6 +113,7 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
     # a run's long-lived pools (ctx.pools): a device's dense stage keeps its thread across phases, so
     # thread-local state (cudagraph trees of compile_mode=reduce-overhead) is recorded once per run
     pools: dict[str, ThreadPoolExecutor] = ctx.pools if ctx.pools is not None else {}
+    locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
     wait = cfg.run.batch_wait_ms / 1000.0
     watchdog = cfg.run.stage_timeout_s
     inflight: dict[asyncio.Task, list[Row]] = {}
@@ -197,14 +200,23 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         return batch
 
     async def call(st: Stage, rows: list[Row], wctx: Ctx, key: str, nxt: asyncio.Queue) -> None:
+        workers = 2 if st.kind == "io" else 1
+        gone = threading.Event()  # set by the watchdog: this call's rows have failed already
+        lock = locks[key] if workers == 1 else contextlib.nullcontext()
+
         def timed():
             # on the worker thread: every exception comes back as a value (a StopIteration or a
-            # BaseException could not travel through the future, and its call would never resolve)
-            a = time.time()
-            try:
-                return st.fn(rows, wctx), a, time.time(), None
-            except BaseException as e:  # noqa: BLE001
-                return None, a, time.time(), (e, traceback.format_exc())
+            # BaseException could not travel through the future, and its call would never resolve).
+            # One call at a time per model and device, also across an abandoned thread and its
+            # replacement; a call given up while it waited does not run at all.
+            with lock:
+                a = time.time()
+                if gone.is_set():
+                    return [], a, a, None
+                try:
+                    return st.fn(rows, wctx), a, time.time(), None
+                except BaseException as e:  # noqa: BLE001
+                    return None, a, time.time(), (e, traceback.format_exc())
 
         lmm = st.kind == "lmm"
         if lmm:
@@ -226,11 +238,12 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
                 out = inner.result()
                 b = time.time()
             else:  # measured on the worker thread: queueing behind another stage is not busy time
-                fut = pool(key, 2 if st.kind == "io" else 1).submit(timed)
+                fut = pool(key, workers).submit(timed)
                 try:
                     out, a, b, failed = await asyncio.wait_for(asyncio.wrap_future(fut), watchdog)
                 except asyncio.TimeoutError:
                     # the thread cannot be stopped: it is abandoned, later calls get a fresh one
+                    gone.set()
                     stuck = pools.pop(key, None)
                     if stuck is not None:
                         stuck.shutdown(wait=False)
@@ -251,8 +264,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
             e, tb = failed
             log.debug("stage %s failed: %s", st.name, tb)
             a = b = time.time()
-            gone = hooks.cancelled is not None and all(hooks.cancelled(r) for r in rows)
-            out = [r.fail(st.name, "cancelled" if gone else _failure(st.name, e, watchdog), "" if gone else tb)
+            dropped = hooks.cancelled is not None and all(hooks.cancelled(r) for r in rows)
+            out = [r.fail(st.name, "cancelled" if dropped else _failure(st.name, e, watchdog), "" if dropped else tb)
                    for r in rows]
         out = [r.timed(st.name, a, b) for r in out]
         if ctx.trace is not None:

@@ -166,10 +166,18 @@ class Service:
             self.stopped = f"the pipeline stopped: {type(e).__name__}: {e}"
             log.error("%s", self.stopped)
 
-    def stuck(self) -> str | None:
-        """Why the service cannot make progress now (readiness 503), or None."""
+    def unready(self) -> str | None:
+        """Why requests are not admitted or cannot make progress now (readiness 503), or None."""
+        if self.draining:
+            return "draining"
+        if self.load_error:
+            return f"models failed to load: {self.load_error}"
         if self.stopped:
             return self.stopped
+        return "loading models" if not self.ready else self.stuck()
+
+    def stuck(self) -> str | None:
+        """Requests admitted and no stage call completed for the watchdog's time, or None."""
         idle = time.time() - self._progress
         limit = self.cfg.run.stage_timeout_s
         if self.active and idle > limit:

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from kbridge.engine.executor import stream
+from kbridge.engine.executor import Hooks, stream
 from kbridge.engine.models import Models
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import Ctx, Stage
@@ -25,12 +25,12 @@ def _rows(n: int) -> list[Row]:
     return [Row(Sample(f"s:{i}", i, "x", None, "image")) for i in range(n)]
 
 
-def _run(cfg, stages, rows, limit=60.0):
+def _run(cfg, stages, rows, limit=60.0, hooks=None):
     out: list[Row] = []
     c = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rows_in_flight=2, batch_wait_ms=1,
                                                          stage_timeout_s=1.0))
-    n = asyncio.run(asyncio.wait_for(stream(rows, stages, Ctx(cfg=c, domain=None, models=Models()), out.append),
-                                     limit))
+    n = asyncio.run(asyncio.wait_for(stream(rows, stages, Ctx(cfg=c, domain=None, models=Models()), out.append,
+                                            hooks=hooks), limit))
     return n, {r.sample_id: r for r in out}
 
 
@@ -76,25 +76,35 @@ def test_an_lmm_call_whose_thread_raises_is_resolved(cfg, exc):
 
 def test_the_watchdog_fails_a_call_that_never_returns(cfg):
     release = threading.Event()
+    ran: list[str] = []
 
     def dense(rows, ctx):
+        ran.append(rows[0].sample_id)
         if rows[0].sample_id == "s:2":
-            release.wait(30)  # stuck (released at the end so the test leaves no thread behind)
+            release.wait(30)  # stuck until its call has been failed
         return [r.replace(best="ok") for r in rows]
 
     async def lmm(rows, ctx):
         if rows[0].sample_id == "s:0":
-            await asyncio.Event().wait()  # never returns
+            try:  # never returns, and ignores the watchdog's cancellation (only the loop's own, at exit)
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(3600)
         return rows
+
+    def on_stage(stage, rows):
+        if stage == "render" and rows[0].sample_id == "s:2":
+            release.set()  # the device comes back after the watchdog failed the call
 
     stages = [Stage("extract", lmm, "lmm", None, lambda r, c: True, lambda c: 1),
               Stage("render", dense, "dense", None, lambda r, c: True, lambda c: 1)]
     try:
-        n, out = _run(cfg, stages, _rows(5))
+        n, out = _run(cfg, stages, _rows(5), hooks=Hooks(on_stage=on_stage))
     finally:
         release.set()
     assert n == 5
     for sid, stage in (("s:0", "extract"), ("s:2", "render")):
         assert out[sid].error.stage == stage and "did not return within 1 s" in out[sid].error.message
-    # the rows after the stuck render went through a fresh worker thread
+    # the rows after the stuck render went through a fresh worker thread, one call at a time
     assert all(out[f"s:{i}"].best == "ok" for i in (1, 3, 4))
+    assert sorted(ran) == ["s:1", "s:2", "s:3", "s:4"]

@@ -108,6 +108,7 @@ def test_two_requests_with_one_sample_id_get_their_own_counts(cfg, engine):
             a, b = pool.map(lambda _: httpx.post(f"{url}/v1/complete", json={**TEXT, "sample_id": "same:1"},
                                                  timeout=120).json(), range(2))
         for r in (a, b):
+            assert "counts" in r, r
             assert r["counts"]["lmm_calls"] == alone["counts"]["lmm_calls"] > 0
             assert r["counts"]["prompt_tokens"] == alone["counts"]["prompt_tokens"]
         # finished jobs hold no decoded input
