@@ -39,6 +39,7 @@ def eval_cmd(
     task: Optional[str] = TaskOpt, kind: str = KindOpt,
     backend: str = typer.Option("torch", "--backend", help="torch | onnx (exported once, cached)."),
     batch_size: int = typer.Option(32, "--batch-size"), device: str = DeviceOpt,
+    workers: int = typer.Option(0, "--workers", help="Data-loader processes decoding images while the model runs."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report here."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
 ):
@@ -51,7 +52,8 @@ def eval_cmd(
 
     try:
         d = _model_dir(model, kind, task)
-        reps = [evaluate(d, data, m, completed, task=task, backend=backend, batch_size=batch_size, device=device)
+        reps = [evaluate(d, data, m, completed, task=task, backend=backend, batch_size=batch_size, device=device,
+                         workers=workers)
                 for m in (missing or [None])]
     except KbridgeError as e:
         _fail(str(e))
