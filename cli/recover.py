@@ -24,6 +24,7 @@ def recover(
     split: str = typer.Option("test", "--split", help="train | valid | test."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (the full graph, exported once into the cache)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """DiCMoR: recover missing modalities' features with normalising flows, predict sentiment, and
@@ -38,11 +39,12 @@ def recover(
     from kbridge.engine.recover.tiny import load
 
     try:
-        net, text_mode, path = load(model, build_config("tiny").cache_dir())
+        cache = build_config("tiny").cache_dir()
+        net, text_mode, path = load(model, cache)
         from kbridge.engine.recover.data import PUBLISHED_SEEDS
 
         rep = evaluate(net, text_mode, path, data, missing, split, batch_size, device, missing_rate,
-                       tuple(seed) if seed else PUBLISHED_SEEDS, rate_batch)
+                       tuple(seed) if seed else PUBLISHED_SEEDS, rate_batch, backend, cache)
     except KbridgeError as e:
         _fail(str(e))
     if as_json:
