@@ -39,6 +39,7 @@ def eval_cmd(
     task: Optional[str] = TaskOpt, kind: str = KindOpt,
     backend: str = typer.Option("torch", "--backend", help="torch | onnx (exported once, cached)."),
     batch_size: int = typer.Option(32, "--batch-size"), device: str = DeviceOpt,
+    workers: int = typer.Option(0, "--workers", help="Data-loader processes decoding images while the model runs."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report here."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
 ):
@@ -51,7 +52,8 @@ def eval_cmd(
 
     try:
         d = _model_dir(model, kind, task)
-        reps = [evaluate(d, data, m, completed, task=task, backend=backend, batch_size=batch_size, device=device)
+        reps = [evaluate(d, data, m, completed, task=task, backend=backend, batch_size=batch_size, device=device,
+                         workers=workers)
                 for m in (missing or [None])]
     except KbridgeError as e:
         _fail(str(e))
@@ -90,6 +92,10 @@ def train_cmd(
     batch_size: int = typer.Option(16, "--batch-size"), seed: int = typer.Option(0, "--seed"),
     warmup: float = typer.Option(0.1, "--warmup", help="Fraction of the steps with a linear warm-up; then cosine decay."),
     workers: int = typer.Option(0, "--workers", help="Data-loader processes decoding images beside the training."),
+    val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation set: keep the weights of the best "
+                                                                   "validation metric (as the papers' checkpoints)."),
+    val_missing: Optional[Path] = typer.Option(None, "--val-missing", help="Missing config / table of --val-data."),
+    val_every: int = typer.Option(50, "--val-every", help="Validate every N steps (and at the end)."),
     device: str = DeviceOpt,
 ):
     """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
@@ -106,13 +112,16 @@ def train_cmd(
         names = _data_classes(data) or m.cfg.class_names
         m = with_classes(m, names, seed)
         ds = read_dataset(data, m.cfg.task, missing, m.cfg.class_names)
+        val = read_dataset(val_data, m.cfg.task, val_missing, m.cfg.class_names).examples if val_data else None
         res = train(m, ds.examples, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                    warmup=warmup, workers=workers)
+                    warmup=warmup, workers=workers, val_examples=val, val_every=val_every)
         M.save(m.cpu(), out_dir, d)
     except KbridgeError as e:
         _fail(str(e))
     out.print(f"trained {res['trainable_parameters']:,} parameters for {steps} steps on {res['samples']} samples: "
               f"loss {res['loss_first']:.4f} → {res['loss_last']:.4f}; wrote {out_dir}")
+    if res["best_step"] is not None:
+        out.print(f"kept the weights of step {res['best_step']} (best validation {res['best_metric']})")
 
 
 def _data_classes(data: Path) -> Optional[tuple]:

@@ -24,39 +24,41 @@ def recover(
     split: str = typer.Option("test", "--split", help="train | valid | test."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (the full graph, exported once into the cache)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """DiCMoR: recover missing modalities' features with normalising flows, predict sentiment, and
     report Acc-2 / F1 (non-zero labels and MMSA's Has0), Acc-5, Acc-7, MAE and Corr per missing pattern
     (or per seed of the paper's missing-rate protocol)."""
-    from rich.table import Table
-
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.app import _fail
     from kbridge.engine.config import build_config
     from kbridge.engine.errors import KbridgeError
     from kbridge.engine.recover.evaluate import evaluate
     from kbridge.engine.recover.tiny import load
 
     try:
-        net, text_mode, path = load(model, build_config("tiny").cache_dir())
+        cache = build_config("tiny").cache_dir()
+        net, text_mode, path = load(model, cache)
         from kbridge.engine.recover.data import PUBLISHED_SEEDS
 
         rep = evaluate(net, text_mode, path, data, missing, split, batch_size, device, missing_rate,
-                       tuple(seed) if seed else PUBLISHED_SEEDS, rate_batch)
+                       tuple(seed) if seed else PUBLISHED_SEEDS, rate_batch, backend, cache)
     except KbridgeError as e:
         _fail(str(e))
     if as_json:
         print(json.dumps(rep.to_dict(), indent=1))
         return
-    t = Table(title=f"DiCMoR recover: {data} [{split}]")
-    cols = {"Acc-2": "acc2", "F1": "f1", "Has0 Acc-2": "acc2_has0", "Has0 F1": "f1_has0", "Acc-5": "acc5",
+    cols = {"Acc-2": "acc2", "F1": "f1", "Has0-Acc-2": "acc2_has0", "Has0-F1": "f1_has0", "Acc-5": "acc5",
             "Acc-7": "acc7", "MAE": "mae", "Corr": "corr"}
-    for col in ("missing", "n", *cols):
-        t.add_column(col, justify="left" if col == "missing" else "right")
+    w = max(len("missing"), *(len(r.pattern) for r in rep.rows))
+    # plain lines (a table this wide would be cropped on an 80-column terminal); Acc / F1 ×100
+    print(f"DiCMoR recover: {data} [{split}] (Acc and F1 ×100)")
+    print(f"{'missing':<{w}} {'n':>6}" + "".join(f" {c:>10}" for c in cols))
     for r in rep.rows:
         m = r.metrics
-        t.add_row(r.pattern, str(r.n), *(f"{m[k]:.4f}" if m[k] == m[k] else "n/a" for k in cols.values()))
-    out.print(t)
+        print(f"{r.pattern:<{w}} {r.n:>6}" + "".join(
+            f" {'n/a' if m[k] != m[k] else f'{m[k]:.3f}' if k in ('mae', 'corr') else f'{100 * m[k]:.2f}':>10}"
+            for k in cols.values()))
 
 
 def convert_dicmor(

@@ -2,6 +2,7 @@
 filled from a kbridge run, per missing-type group, side by side."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,12 +35,14 @@ class EvalReport:
 
 
 @torch.no_grad()
-def predict(forward, examples: list, tokenizer, cfg, batch_size: int = 32, device: str = "cpu") -> torch.Tensor:
-    """Logits [N, C]; ``forward`` maps the input dict to logits (torch module or ORT runner)."""
-    out = []
-    for i in range(0, len(examples), batch_size):
-        inputs = batch_inputs(examples[i: i + batch_size], tokenizer, cfg)
-        out.append(forward({k: v.to(device) for k, v in inputs.items()}).float().cpu())
+def predict(forward, examples: list, tokenizer, cfg, batch_size: int = 32, device: str = "cpu",
+            workers: int = 0) -> torch.Tensor:
+    """Logits [N, C]; ``forward`` maps the input dict to logits (torch module or ORT runner).
+    Batches are decoded by ``workers`` loader processes while the model computes (0: inline)."""
+    starts = list(range(0, len(examples), batch_size))
+    loader = torch.utils.data.DataLoader(starts, batch_size=None, num_workers=workers,
+                                         collate_fn=lambda i: batch_inputs(examples[i: i + batch_size], tokenizer, cfg))
+    out = [forward({k: v.to(device) for k, v in inputs.items()}).float().cpu() for inputs in loader]
     return torch.cat(out) if out else torch.zeros(0, cfg.num_classes)
 
 
@@ -67,7 +70,7 @@ def _grouped(task: str, logits: torch.Tensor, targets: torch.Tensor, examples: l
 
 def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path | None = None,
              task: str | None = None, backend: str = "torch", batch_size: int = 32, device: str = "cpu",
-             cache_dir: Path | None = None) -> EvalReport:
+             cache_dir: Path | None = None, workers: int = 0) -> EvalReport:
     from kbridge.engine.classify.model import default_cache_dir, load, load_tokenizer
     from kbridge.engine.published import check_device
 
@@ -88,9 +91,13 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
     results, notes = {}, []
     for name, d in conditions.items():
         ex = [d.examples[i] for i in keep]
-        logits = predict(forward, ex, tok, cfg, batch_size, device)
+        t0 = time.perf_counter()
+        logits = predict(forward, ex, tok, cfg, batch_size, device, workers)
+        dt = time.perf_counter() - t0
         results[name] = _grouped(cfg.task, logits, targets, ex)
         notes += d.notes
+        notes.append(f"{name}: {len(ex)} rows in {dt:.1f} s ({len(ex) / max(dt, 1e-9):.1f} rows/s, batch {batch_size}, "
+                     f"{backend} on {device}, {workers} loader workers)")
     return EvalReport(cfg.task, str(model_dir), backend, PRIMARY[cfg.task], results, dict(unmapped),
                       len(given.examples) - len(keep), notes)
 

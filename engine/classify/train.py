@@ -4,8 +4,10 @@ The data streams: each step decodes and encodes only its own batch (a ``DataLoad
 examples, ``workers`` processes decoding images beside the training), so memory does not grow with
 the training set. The learning rate warms up linearly over the first ``warmup`` fraction of the
 steps and then decays by a cosine to 0 (the papers' ViLT-style schedule); on a GPU the forward runs
-under fp16 autocast with a gradient scaler. Still missing against the papers' recipe: epochs with
-validation and best-checkpoint selection, and resume."""
+under fp16 autocast with a gradient scaler. With validation examples, the task's metric is computed
+every ``val_every`` steps and at the end, and the trainable weights of the best evaluation are kept
+(the papers' ``val/the_metric`` checkpoint). Still missing against the papers' recipe: epochs and
+resume."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -41,6 +43,22 @@ def _sampler(n: int, batch_size: int, steps: int, seed: int):
         yield torch.randint(0, n, (min(batch_size, n),), generator=g).tolist()
 
 
+def _validate(model, examples: list, tokenizer, batch_size: int, device: str) -> float | None:
+    """The task's primary metric (F1-macro, accuracy, AUROC) on the validation examples."""
+    from kbridge.engine.classify.evaluate import predict
+    from kbridge.engine.classify.metrics import PRIMARY, task_metrics
+
+    cfg = model.cfg
+    targets, keep, _ = label_targets(examples, cfg.class_names, cfg.task == "mmimdb")
+    if not keep:
+        raise ClassifyError("no validation sample has a label among the head's classes")
+    model.eval()
+    ex = [examples[i] for i in keep]
+    logits = predict(lambda x: model(x["pixel_values"], x["input_ids"], x["missing_type"]), ex, tokenizer, cfg,
+                     batch_size, device)
+    return task_metrics(cfg.task, logits, targets)[PRIMARY[cfg.task]]
+
+
 def schedule(step: int, steps: int, warmup: float) -> float:
     """Learning-rate factor: linear warm-up over ``warmup`` × steps, then cosine decay to 0."""
     import math
@@ -53,7 +71,7 @@ def schedule(step: int, steps: int, warmup: float) -> float:
 
 def train(model: MissingAwareClassifier, examples: list, tokenizer, steps: int = 200, lr: float = 1e-3,
           batch_size: int = 16, seed: int = 0, device: str = "cpu", log_every: int = 0, on_log=None,
-          warmup: float = 0.1, workers: int = 0) -> dict:
+          warmup: float = 0.1, workers: int = 0, val_examples: list | None = None, val_every: int = 0) -> dict:
     """Adam over the reference's trainable set; BCE-with-logits for mmimdb, cross-entropy otherwise.
     Batches are encoded as they are drawn (``workers`` loader processes). Returns {"steps",
     "loss_first", "loss_last", "trainable", ...}."""
@@ -81,7 +99,7 @@ def train(model: MissingAwareClassifier, examples: list, tokenizer, steps: int =
     amp = torch.device(device).type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
-    first = last = None
+    first = last = best = None
     for step, (x, y) in enumerate(loader, 1):
         x = {k: v.to(device) for k, v in x.items()}
         y = y.to(device)
@@ -97,7 +115,18 @@ def train(model: MissingAwareClassifier, examples: list, tokenizer, steps: int =
         first = last if first is None else first
         if on_log and log_every and step % log_every == 0:
             on_log(step, last)
+        if val_examples and (step == steps or (val_every and step % val_every == 0)):
+            metric = _validate(model, val_examples, tokenizer, batch_size, device)
+            if best is None or (metric is not None and (best[1] is None or metric > best[1])):
+                best = (step, metric, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            model.train()
     model.eval()
+    if best is not None:   # the papers keep the checkpoint with the best validation metric
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best[2]:
+                    p.copy_(best[2][n])
     return {"steps": steps, "loss_first": first, "loss_last": last, "trainable": len(names),
+            "best_step": best[0] if best else None, "best_metric": best[1] if best else None,
             "trainable_parameters": sum(p.numel() for p in params), "samples": len(examples),
             "unmapped_labels": dict(unmapped)}

@@ -68,6 +68,35 @@ def predict(model: DiCMoR, text: np.ndarray, audio: np.ndarray, vision: np.ndarr
     return out
 
 
+def onnx_predictor(model: DiCMoR, model_dir: Path, steps: int, device: str = "cpu", cache_dir: Path | None = None):
+    """``predict``'s ONNX twin: the full graph (every recovery computed, the pattern a tensor input)
+    exported once per (weights, config, steps) into the cache and run by onnxruntime."""
+    import hashlib
+
+    from kbridge.engine.classify.model import default_cache_dir
+    from kbridge.engine.recover.model import OnnxCore, onnx_spec
+    from kbridge.engine.runtime.ort import OrtRunner
+    from kbridge.export.onnx import export_onnx
+
+    w = Path(model_dir) / "model.safetensors"
+    st = w.stat()
+    key = hashlib.sha256(f"{w.resolve()}:{st.st_size}:{st.st_mtime_ns}:{model.cfg.to_dict()}:{steps}".encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / "dicmor-onnx" / key / "dicmor.onnx"
+    spec = onnx_spec(model.cfg, steps=steps)
+    if not path.exists():
+        export_onnx(spec, OnnxCore(model.cpu().eval()), path, optimize=False)
+    run = OrtRunner(path, spec, provider="cuda" if device.startswith("cuda") else "cpu", device=device)
+
+    def predict_onnx(text, audio, vision, missing, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+        outs = [run({"text": torch.as_tensor(text[i:i + batch_size]), "audio": torch.as_tensor(audio[i:i + batch_size]),
+                     "vision": torch.as_tensor(vision[i:i + batch_size]),
+                     "missing": torch.as_tensor(np.asarray(missing[i:i + batch_size], dtype=np.int64))})["prediction"]
+                for i in range(0, len(audio), batch_size)]
+        return torch.cat(outs).float().numpy() if outs else np.zeros(0, np.float32)
+
+    return predict_onnx
+
+
 def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> None:
     for name, a, want in zip(("text", "audio", "vision"), feats, model.cfg.dims):
         if a.ndim != 3 or a.shape[2] != want:
@@ -78,7 +107,8 @@ def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> Non
 
 def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing: list[str] | None = None,
              split: str = "test", batch_size: int = 64, device: str = "cpu", missing_rate: float | None = None,
-             seeds: tuple[int, ...] = D.PUBLISHED_SEEDS, rate_batch: int = 32) -> Report:
+             seeds: tuple[int, ...] = D.PUBLISHED_SEEDS, rate_batch: int = 32, backend: str = "torch",
+             cache_dir: Path | None = None) -> Report:
     """``missing``: pattern names (each applied to every sample), or one JSON pattern file; None:
     every pattern with at least one modality available. ``missing_rate``: the paper's protocol
     instead (``rate_patterns`` per seed, batches of ``rate_batch``), one row per seed and the mean."""
@@ -88,6 +118,14 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
     s = D.load_split(data, split)
     feats = (text_features(s, text_mode, model_dir, data, device), s.audio, s.vision)
     _check_dims(model, feats, Path(data))
+    if backend not in ("torch", "onnx"):
+        raise D.RecoverDataError(f"unknown backend {backend!r} (torch | onnx)")
+    run = predict
+    if backend == "onnx":
+        onnx_run = onnx_predictor(model, model_dir, feats[1].shape[1], device, cache_dir)
+
+        def run(model, *args):
+            return onnx_run(*args)
     rows = []
     if missing_rate is not None:
         if missing:
@@ -97,14 +135,14 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
         per_seed = []
         for seed in seeds:
             per = D.rate_patterns(len(s.ids), rate_batch, missing_rate, seed)
-            pred = predict(model, *feats, D.mask(per), batch_size, device)
+            pred = run(model, *feats, D.mask(per), batch_size, device)
             per_seed.append(regression_metrics(pred, s.labels))
             rows.append(PatternResult(f"MR {missing_rate:g} seed {seed}", len(per), per_seed[-1]))
         mean = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
         rows.append(PatternResult(f"MR {missing_rate:g} mean of {len(seeds)}", len(s.ids), mean))
     elif missing and len(missing) == 1 and (missing[0].endswith(".json") or Path(missing[0]).is_file()):
         per = D.read_pattern_file(Path(missing[0]), s.ids)
-        pred = predict(model, *feats, D.mask(per), batch_size, device)
+        pred = run(model, *feats, D.mask(per), batch_size, device)
         for p in D.ALL_PATTERNS:
             sel = np.array([q == p for q in per], dtype=bool)
             if sel.any():
@@ -113,6 +151,6 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
     else:
         patterns = [D.parse_pattern(m) for m in missing] if missing else list(D.ALL_PATTERNS)
         for p in patterns:
-            pred = predict(model, *feats, D.mask([p] * len(s.ids)), batch_size, device)
+            pred = run(model, *feats, D.mask([p] * len(s.ids)), batch_size, device)
             rows.append(PatternResult(D.pattern_name(p), len(s.ids), regression_metrics(pred, s.labels)))
     return Report(str(model_dir), str(data), split, rows)

@@ -86,3 +86,16 @@ def test_eval_prints_the_papers_row(arrows, tmp_path, tiny_dcp):
     rep = json.loads(r.stdout)
     assert rep["results"]["missing"]["text missing"]["n"] == 14
     assert float(m.group(1)) == pytest.approx(100 * rep["results"]["missing"]["all"]["f1_macro"], abs=0.006)
+
+
+def test_eval_reports_throughput_with_loader_workers(arrows, tiny_dcp):
+    """Two loader processes decode while the model runs: the same logits as inline decoding, and
+    the report's note gives rows/s."""
+    from kbridge.engine.classify.evaluate import evaluate
+
+    table = write_tables(arrows, "mmimdb", "both", 0.7, arrows / "t", seed=0)[2]
+    a = evaluate(tiny_dcp, arrows / "mmimdb_test.arrow", table, batch_size=4)
+    b = evaluate(tiny_dcp, arrows / "mmimdb_test.arrow", table, batch_size=4, workers=2)
+    assert a.results == b.results
+    note = [n for n in b.notes if "rows/s" in n][0]
+    assert re.match(r"missing: 20 rows in [\d.]+ s \([\d.]+ rows/s, batch 4, torch on cpu, 2 loader workers\)", note)

@@ -38,3 +38,28 @@ def test_train_encodes_one_batch_per_step(colour_sets, monkeypatch):
                   on_log=lambda step, loss: losses.append(loss), log_every=1)
     assert sizes == [4] * 5 and len(ds.examples) == 48        # five batches of 4, never the 48 at once
     assert res["steps"] == 5 and len(losses) == 5 and all(math.isfinite(v) for v in losses)
+
+
+def test_validation_keeps_the_best_weights(colour_sets, monkeypatch):
+    """Validated at steps 2, 4, 6 (and the end): the kept trainable weights are those of the best
+    evaluation, and re-validating them gives that metric."""
+    from kbridge.engine.classify import model as M
+    from kbridge.engine.classify.data import read_dataset
+
+    (train_dir, train_missing), (val_dir, val_missing) = colour_sets
+    d = M.ensure_tiny("dcp", "food101")
+    m, tok = T.with_classes(M.load(d), ("red", "green", "blue")), M.load_tokenizer(d)
+    ds = read_dataset(train_dir, "food101", train_missing, m.cfg.class_names)
+    val = read_dataset(val_dir, "food101", val_missing, m.cfg.class_names).examples
+    seen = []
+    real = T._validate
+
+    def spy(*a, **k):
+        seen.append(real(*a, **k))
+        return seen[-1]
+
+    monkeypatch.setattr(T, "_validate", spy)
+    res = T.train(m, ds.examples, tok, steps=6, lr=3e-3, batch_size=8, val_examples=val, val_every=2)
+    assert len(seen) == 3 and res["best_metric"] == max(seen)
+    assert res["best_step"] == 2 * (seen.index(max(seen)) + 1)
+    assert real(m, val, tok, 8, "cpu") == pytest.approx(res["best_metric"])
