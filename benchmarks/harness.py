@@ -265,11 +265,12 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def rich_table(report: dict):
+    from rich.markup import escape  # "[loaded]" is text, not a style tag
     from rich.table import Table
 
     t = Table(title=report.get("title", report["question"]), title_justify="left")
     for c in report["columns"]:
         t.add_column(c, justify="left" if c == "name" else "right")
     for r in report["rows"]:
-        t.add_row(*(fmt(shown_name(r) if c == "name" else r.get(c)) for c in report["columns"]))
+        t.add_row(*(escape(fmt(shown_name(r) if c == "name" else r.get(c))) for c in report["columns"]))
     return t

@@ -101,3 +101,12 @@ def test_render_bench_rows_on_the_tiny_twin(monkeypatch):
     assert rows[1]["within_cross_setting_rule"] == "yes" and rows[1]["speedup_vs_profile"] > 0
     assert rows[0]["best_agreement"] == 1.0
     assert Q.psnr(np.zeros((1, 2, 2, 3)), np.full((1, 2, 2, 3), 255.0)) == 0.0
+
+
+def test_terminal_tables_print_the_loaded_mark():
+    from rich.console import Console
+
+    con = Console(record=True, width=100)
+    con.print(H.rich_table({"question": "q", "columns": ["name", "x"],
+                            "rows": [{"name": "b", "x": 1.0, H.LOAD_KEY: _rec(_probe(9.0), _probe())}]}))
+    assert "b [loaded]" in con.export_text()
