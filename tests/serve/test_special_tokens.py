@@ -78,7 +78,6 @@ def test_the_run_path_sends_no_special_token(cfg, engine, tmp_path):
 
     from PIL import Image
 
-    from conftest import read_jsonl
     from fake_lmm import FakeLMM
     from serve_helpers import serve_engine
 
@@ -92,7 +91,7 @@ def test_the_run_path_sends_no_special_token(cfg, engine, tmp_path):
     lmm = FakeLMM()
     report = serve_engine(cfg, engine, lmm).run(data=root, fmt="coco", missing=root / "missing.json",
                                                 out=tmp_path / "out")
-    assert report.completed == 1 and read_jsonl(tmp_path / "out" / "results.jsonl")[0]["sample_id"] == "toy:0"
+    assert report.completed == 1 and json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])["sample_id"] == "toy:0"
     texts = [p["text"] for r in lmm.requests for m in r.messages for p in m["content"] if p["type"] == "text"]
     assert any("a blue square" in t for t in texts)
     for t in texts:
