@@ -47,3 +47,11 @@ def invoke(command: str):
     from kbridge.cli.app import app
 
     return CliRunner().invoke(app, argv(command))
+
+
+def run_example(command: str, workspace, monkeypatch):
+    """Run one README command as written, in its prepared directory; it must exit 0."""
+    monkeypatch.chdir(workspace)
+    r = invoke(command)
+    assert r.exit_code == 0, f"{command}\n{r.output}"
+    return r

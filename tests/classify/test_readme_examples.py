@@ -14,7 +14,7 @@ from PIL import Image
 
 from classify.test_classify_tables import _arrow
 from publisher_pickles import lightning_ckpt
-from readme_examples import commands, invoke
+from readme_examples import commands, run_example
 
 SECTION = "## Downstream classifiers"
 GENRES = {"Drama": (220, 30, 30), "Comedy": (30, 200, 40), "Horror": (30, 40, 220)}
@@ -93,9 +93,7 @@ def workspace(tmp_path_factory, tiny_dcp):
 
 @pytest.mark.parametrize("command", commands(SECTION))
 def test_readme_example_runs(command, workspace, monkeypatch):
-    monkeypatch.chdir(workspace)
-    r = invoke(command)
-    assert r.exit_code == 0, f"{command}\n{r.output}"
+    r = run_example(command, workspace, monkeypatch)
     if "--json" in command:
         assert json.loads(r.stdout)["results"]["missing"]["all"]["n"] == 12
     if " eval " in command and "--completed" in command:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dicmor.dicmor_helpers import reference_state, write_mmsa
-from readme_examples import commands, invoke
+from readme_examples import commands, run_example
 
 SECTION = "### Recover (DiCMoR)"
 
@@ -35,9 +35,7 @@ def workspace(tmp_path_factory):
 
 @pytest.mark.parametrize("command", commands(SECTION))
 def test_readme_example_runs(command, workspace, monkeypatch):
-    monkeypatch.chdir(workspace)
-    r = invoke(command)
-    assert r.exit_code == 0, f"{command}\n{r.output}"
+    r = run_example(command, workspace, monkeypatch)
     if "--json" in command:
         rows = {p["pattern"]: p["n"] for p in json.loads(r.stdout)["patterns"]}
         assert rows == {"none": 6, "text": 1, "audio+vision": 1, "all": 8}

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from publisher_pickles import mire_pth
-from readme_examples import commands, invoke
+from readme_examples import commands, run_example
 
 SECTION = "### Retrieve (MIRe)"
 
@@ -43,9 +43,7 @@ def workspace(tmp_path_factory, cfg):
 
 @pytest.mark.parametrize("command", commands(SECTION))
 def test_readme_example_runs(command, workspace, monkeypatch):
-    monkeypatch.chdir(workspace)
-    r = invoke(command)
-    assert r.exit_code == 0, f"{command}\n{r.output}"
+    r = run_example(command, workspace, monkeypatch)
     if command.startswith("kbridge run"):
         rows = [json.loads(x) for x in (workspace / "RUN_DIR" / "results.jsonl").read_text().splitlines()]
         mire = [c for row in rows for c in row.get("candidates", []) if c.get("retriever") == "mire"]
