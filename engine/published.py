@@ -156,3 +156,23 @@ def check_device(device: str) -> str:
     elif d.type != "cpu":
         raise KbridgeError(f"unsupported device {device!r} (use cpu, cuda or cuda:N)")
     return device
+
+
+def checked_tokenizer(cls, tdir: Path, has_files: bool, missing: str, vocab_size: int, kind: str, embedding: str):
+    """``cls.from_pretrained(tdir)``, checked to be the checkpoint's tokenizer: the directory and its
+    files are there (``has_files``; ``missing`` says what is not) and the vocabulary is the size of the
+    checkpoint's ``embedding``. transformers would otherwise build a near-empty vocabulary from
+    nothing, and every text would become unknown tokens."""
+    if not tdir.is_dir():
+        raise PublishedCheckpointError(f"{tdir}: tokenizer directory not found")
+    if not has_files:
+        raise PublishedCheckpointError(f"{tdir}: {missing}")
+    try:
+        tok = cls.from_pretrained(str(tdir))
+    except (OSError, ValueError, TypeError) as e:
+        raise PublishedCheckpointError(f"{tdir}: not a readable {kind} tokenizer ({str(e).splitlines()[0][:200]})") \
+            from None
+    if len(tok) != vocab_size:
+        raise PublishedCheckpointError(f"{tdir}: the tokenizer has {len(tok)} tokens but the checkpoint's {embedding} "
+                                       f"has {vocab_size}: not this model's tokenizer")
+    return tok

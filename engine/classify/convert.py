@@ -199,22 +199,18 @@ def read_tokenizer(tokenizer: Path | None, vocab_size: int):
     give a near-empty tokenizer that turns every text into unknown tokens)."""
     from transformers import CLIPTokenizer
 
+    from kbridge.engine.published import PublishedCheckpointError, checked_tokenizer
+
     if tokenizer is None:
         raise CheckpointError("no tokenizer: pass --tokenizer DIR (a local CLIP tokenizer directory, e.g. "
                               "openai/clip-vit-base-patch16's tokenizer.json or vocab.json + merges.txt)")
     p = Path(tokenizer)
-    if not p.is_dir():
-        raise CheckpointError(f"{p}: tokenizer directory not found")
-    if not ((p / "tokenizer.json").exists() or ((p / "vocab.json").exists() and (p / "merges.txt").exists())):
-        raise CheckpointError(f"{p}: no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
     try:
-        tok = CLIPTokenizer.from_pretrained(str(p))
-    except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{p}: not a readable CLIP tokenizer ({str(e).splitlines()[0][:200]})") from None
-    if len(tok) != vocab_size:
-        raise CheckpointError(f"{p}: the tokenizer has {len(tok)} tokens but the checkpoint's text embedding has "
-                              f"{vocab_size}: not this model's tokenizer")
-    return tok
+        return checked_tokenizer(
+            CLIPTokenizer, p, (p / "tokenizer.json").exists() or ((p / "vocab.json").exists() and (p / "merges.txt").exists()),
+            "no CLIP tokenizer files (tokenizer.json, or vocab.json + merges.txt)", vocab_size, "CLIP", "text embedding")
+    except PublishedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _check_shapes(sd: dict, cfg: ClassifierConfig) -> None:

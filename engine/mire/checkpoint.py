@@ -201,20 +201,16 @@ def read_tokenizer(tdir: Path, vocab_size: int):
     vocabulary from nothing, and every word becomes [UNK])."""
     from transformers import BertTokenizer
 
+    from kbridge.engine.published import PublishedCheckpointError, checked_tokenizer
+
     tdir = Path(tdir)
-    if not tdir.is_dir():
-        raise CheckpointError(f"{tdir}: tokenizer directory not found")
-    if not ((tdir / "vocab.txt").exists() or (tdir / "tokenizer.json").exists()):
-        raise CheckpointError(f"{tdir}: no BERT tokenizer (vocab.txt or tokenizer.json) for the MIRe checkpoint; pass "
-                              f"--tokenizer DIR (the ColBERTv2 / bert-base-uncased tokenizer directory)")
     try:
-        tok = BertTokenizer.from_pretrained(tdir)
-    except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{tdir}: not a readable BERT tokenizer ({str(e).splitlines()[0][:200]})") from None
-    if len(tok) != vocab_size:
-        raise CheckpointError(f"{tdir}: the tokenizer has {len(tok)} tokens but the checkpoint's word embedding has "
-                              f"{vocab_size}: not this model's tokenizer")
-    return tok
+        return checked_tokenizer(
+            BertTokenizer, tdir, (tdir / "vocab.txt").exists() or (tdir / "tokenizer.json").exists(),
+            "no BERT tokenizer (vocab.txt or tokenizer.json) for the MIRe checkpoint; pass --tokenizer DIR "
+            "(the ColBERTv2 / bert-base-uncased tokenizer directory)", vocab_size, "BERT", "word embedding")
+    except PublishedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _layers(state: dict, prefix: str) -> int:
