@@ -19,7 +19,7 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N.")
 
 
 def _model_dir(model: str, kind: str, task: Optional[str]) -> Path:
-    from kbridge.engine.classify.model import resolve
+    from kbridge.engine.peers.classify.model import resolve
 
     return resolve(model, kind, task or "mmimdb")
 
@@ -48,7 +48,7 @@ def eval_cmd(
 
     from kbridge.cli.app import _fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.classify.evaluate import GROUPS, evaluate, paper_row
+    from kbridge.engine.peers.classify.evaluate import GROUPS, evaluate, paper_row
 
     try:
         d = _model_dir(model, kind, task)
@@ -101,9 +101,9 @@ def train_cmd(
     """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
     from kbridge.cli.app import _fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.classify import model as M
-    from kbridge.engine.classify.data import read_dataset
-    from kbridge.engine.classify.train import train, with_classes
+    from kbridge.engine.peers.classify import model as M
+    from kbridge.engine.peers.classify.data import read_dataset
+    from kbridge.engine.peers.classify.train import train, with_classes
 
     try:
         d = _model_dir(model, kind, task)
@@ -143,7 +143,7 @@ def missing_tables_cmd(
 ):
     """Write the reference's missing tables (<split>_missing_<type>_<ratio>.pt) for a dataset's splits."""
     from kbridge.cli.app import _fail, out
-    from kbridge.engine.classify.missing_tables import write_tables
+    from kbridge.engine.peers.classify.missing_tables import write_tables
     from kbridge.engine.errors import KbridgeError
 
     try:
@@ -161,8 +161,8 @@ def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] =
     """Export the classifier to ONNX: inputs pixel_values, input_ids, missing_type (dynamic batch)."""
     from kbridge.cli.app import _fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.classify import model as M
-    from kbridge.engine.classify.onnx import export
+    from kbridge.engine.peers.classify import model as M
+    from kbridge.engine.peers.classify.onnx import export
     from kbridge.export.onnx import ExportError
 
     try:
@@ -177,8 +177,8 @@ def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Opti
                tiny: bool = typer.Option(False, "--tiny", help="The tiny twin's geometry instead of ViT-B/16.")):
     """Parameter counts of the architecture (built on the meta device: no weights needed)."""
     from kbridge.cli.app import _fail, out
-    from kbridge.engine.classify.config import ClassifyError, full_config, tiny_config
-    from kbridge.engine.classify.model import build_meta, parameter_counts
+    from kbridge.engine.peers.classify.config import ClassifyError, full_config, tiny_config
+    from kbridge.engine.peers.classify.model import build_meta, parameter_counts
 
     try:
         cfg = (tiny_config if tiny else full_config)(kind, task)
@@ -193,8 +193,8 @@ def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Opti
 def _convert(kind: str, ckpt: Path, out_dir: Path, tokenizer: Path, trust: bool, seed: int,
              vision_heads: Optional[int], text_heads: Optional[int], classes: Optional[Path]) -> None:
     from kbridge.cli.app import _fail, out
-    from kbridge.engine.classify.config import ClassifyError
-    from kbridge.engine.classify.convert import convert, read_class_names
+    from kbridge.engine.peers.classify.config import ClassifyError
+    from kbridge.engine.peers.classify.convert import convert, read_class_names
 
     try:
         names = read_class_names(classes) if classes else None

@@ -35,7 +35,7 @@ def build(
     from kbridge.engine.api import Engine
     from kbridge.engine.config import ConfigError
     from kbridge.engine.data import DataError
-    from kbridge.engine.rank.index import IndexUnavailable
+    from kbridge.engine.retrieve.index import IndexUnavailable
     from kbridge.engine.zoo import ModelNotFound
 
     _setup_logging(verbose)
@@ -51,11 +51,11 @@ def build(
         out.print(f"skipped {e['sample_id']}: {e['error']}")
     if retriever != "faiss":
         from kbridge.engine.errors import KbridgeError
-        from kbridge.engine.mire.retriever import build_mire_index
+        from kbridge.engine.retrieve.mire.retriever import build_mire_index
 
         try:
-            from kbridge.engine.mire.checkpoint import with_settings
-            from kbridge.engine.mire.retriever import load_encoder
+            from kbridge.engine.retrieve.mire.checkpoint import with_settings
+            from kbridge.engine.retrieve.mire.retriever import load_encoder
 
             m = build_mire_index(cfg, Path(summary["path"]), with_settings(load_encoder(cfg), doc_maxlen=doc_maxlen))
         except KbridgeError as e:
@@ -65,8 +65,8 @@ def build(
 
 def _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak):
     from kbridge.cli.app import _config
-    from kbridge.engine.mire.checkpoint import with_settings
-    from kbridge.engine.mire.retriever import MireRetriever
+    from kbridge.engine.retrieve.mire.checkpoint import with_settings
+    from kbridge.engine.retrieve.mire.retriever import MireRetriever
 
     cfg = _config(profile, config)
     r = MireRetriever.load(cfg, Path(out_dir) / "index")
@@ -125,7 +125,7 @@ def eval_retrieval(
 
     from kbridge.cli.app import _fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.mire.evaluate import evaluate, read_queries
+    from kbridge.engine.retrieve.mire.evaluate import evaluate, read_queries
 
     try:
         r = _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak)

@@ -18,7 +18,7 @@ def convert_mire(
 ):
     """Convert a MIRe training checkpoint (ColBERTv2 BERT + projection, CLIP vision tower, pooling)."""
     from kbridge.cli.app import _fail, out
-    from kbridge.engine.mire.checkpoint import CheckpointError, convert_published
+    from kbridge.engine.retrieve.mire.checkpoint import CheckpointError, convert_published
 
     try:
         p = convert_published(ckpt, out_dir, tokenizer, trust)

@@ -40,7 +40,7 @@ def plan(
         return
     try:
         if executor == "ray":
-            from kbridge.engine.ray_plan import format_layout, ray_layout
+            from kbridge.engine.executors.ray_plan import format_layout, ray_layout
 
             spec = gpus_per_node or gpus
             lay = ray_layout(cfg, nodes, parse_gpus(spec) if spec else default_gpus(cfg))

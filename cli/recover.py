@@ -33,13 +33,13 @@ def recover(
     from kbridge.cli.app import _fail
     from kbridge.engine.config import build_config
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.recover.evaluate import evaluate
-    from kbridge.engine.recover.tiny import load
+    from kbridge.engine.peers.recover.evaluate import evaluate
+    from kbridge.engine.peers.recover.tiny import load
 
     try:
         cache = build_config("tiny").cache_dir()
         net, text_mode, path = load(model, cache)
-        from kbridge.engine.recover.data import PUBLISHED_SEEDS
+        from kbridge.engine.peers.recover.data import PUBLISHED_SEEDS
 
         rep = evaluate(net, text_mode, path, data, missing, split, batch_size, device, missing_rate,
                        tuple(seed) if seed else PUBLISHED_SEEDS, rate_batch, backend, cache)
@@ -72,7 +72,7 @@ def convert_dicmor(
     """Convert a published DiCMoR checkpoint into a kbridge model directory."""
     from kbridge.cli.app import _fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.recover.convert import convert
+    from kbridge.engine.peers.recover.convert import convert
 
     try:
         p = convert(ckpt, out_dir, bert if bert in (None, "tiny") else Path(bert), heads=heads, trust=trust)

@@ -435,7 +435,7 @@ def write_bert_tokenizer(out: Path, max_length: int) -> None:
 
 
 def build_tiny_mire(out: Path) -> None:
-    from kbridge.engine.mire.checkpoint import build_tiny
+    from kbridge.engine.retrieve.mire.checkpoint import build_tiny
 
     build_tiny(out)
 

@@ -7,7 +7,7 @@ from publisher_pickles import mire_pth
 from typer.testing import CliRunner
 
 from kbridge.cli.app import app
-from kbridge.engine.mire.checkpoint import published_state, resolve
+from kbridge.engine.retrieve.mire.checkpoint import published_state, resolve
 
 
 def _ckpt(cfg, path):

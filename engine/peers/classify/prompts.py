@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kbridge.engine.classify.config import ClassifierConfig
+from kbridge.engine.peers.classify.config import ClassifierConfig
 
 
 def _param(*shape: int, std: float = 0.02) -> nn.Parameter:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kbridge.engine.mire.model import MireModel
+from kbridge.engine.retrieve.mire.model import MireModel
 
 Q_MARKER, D_MARKER = "[unused0]", "[unused1]"
 

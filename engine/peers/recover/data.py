@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kbridge.engine.errors import KbridgeError
-from kbridge.engine.recover.model import MODALITIES
+from kbridge.engine.peers.recover.model import MODALITIES
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

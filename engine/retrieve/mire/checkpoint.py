@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from kbridge.engine.errors import KbridgeError
-from kbridge.engine.mire.encoder import D_MARKER, Q_MARKER, MireEncoder
-from kbridge.engine.mire.model import MireConfig, MireModel
+from kbridge.engine.retrieve.mire.encoder import D_MARKER, Q_MARKER, MireEncoder
+from kbridge.engine.retrieve.mire.model import MireConfig, MireModel
 
 WEIGHTS = "model.safetensors"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kbridge.engine.classify.config import ClassifyError
+from kbridge.engine.peers.classify.config import ClassifyError
 
 SPLITS = {"mmimdb": ("mmimdb_train", "mmimdb_dev", "mmimdb_test"),
           "food101": ("food101_train", "food101_val", "food101_test"),

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from kbridge.engine.recover.flows import Flow, ZeroConv
-from kbridge.engine.recover.fusion import Encoder
+from kbridge.engine.peers.recover.flows import Flow, ZeroConv
+from kbridge.engine.peers.recover.fusion import Encoder
 
 MODALITIES = ("text", "audio", "vision")
 """Order of the missing-pattern columns and of ``RecoverConfig.dims``."""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from kbridge.engine.recover.convert import load_dir, save_dir
-from kbridge.engine.recover.flows import ZeroConv
-from kbridge.engine.recover.model import TINY, DiCMoR, RecoverConfig
+from kbridge.engine.peers.recover.convert import load_dir, save_dir
+from kbridge.engine.peers.recover.flows import ZeroConv
+from kbridge.engine.peers.recover.model import TINY, DiCMoR, RecoverConfig
 
 TWIN = "dicmor-v2"
 """v2: the tiny BERT's embedding covers bert-base's vocabulary (MMSA ids)."""
@@ -32,7 +32,7 @@ def build(cfg: RecoverConfig = TINY, seed: int = 0) -> DiCMoR:
 
 
 def build_twin(out: Path) -> None:
-    from kbridge.engine.recover.text import tiny_bert
+    from kbridge.engine.peers.recover.text import tiny_bert
 
     tiny_bert(Path(out) / "bert", hidden=TINY.dims[0])
     save_dir(out, build(TINY), Path(out) / "bert", source="tiny twin")

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kbridge.engine.classify.clip_backbone import PromptedCLIP, rebuild_dynamic_queries
-from kbridge.engine.classify.config import ClassifierConfig, ClassifyError, read_config, tiny_config
-from kbridge.engine.classify.prompts import DCPPrompts, REPMemory
+from kbridge.engine.peers.classify.clip_backbone import PromptedCLIP, rebuild_dynamic_queries
+from kbridge.engine.peers.classify.config import ClassifierConfig, ClassifyError, read_config, tiny_config
+from kbridge.engine.peers.classify.prompts import DCPPrompts, REPMemory
 
 log = logging.getLogger("kbridge.classify")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kbridge.engine.classify.config import TASKS, ClassifierConfig, ClassifyError, default_class_names, full_config
+from kbridge.engine.peers.classify.config import TASKS, ClassifierConfig, ClassifyError, default_class_names, full_config
 
 
 class CheckpointError(ClassifyError):
@@ -82,7 +82,7 @@ def key_table(cfg: ClassifierConfig, learner_keys: list[str]) -> list[tuple[str,
 
 
 def _table_for(cfg: ClassifierConfig):
-    from kbridge.engine.classify.model import build_meta
+    from kbridge.engine.peers.classify.model import build_meta
 
     learner = [k for k in build_meta(cfg).state_dict() if k.startswith("learner.")]
     return key_table(cfg, [k[len("learner."):] for k in learner])
@@ -214,7 +214,7 @@ def read_tokenizer(tokenizer: Path | None, vocab_size: int):
 
 
 def _check_shapes(sd: dict, cfg: ClassifierConfig) -> None:
-    from kbridge.engine.classify.model import build_meta
+    from kbridge.engine.peers.classify.model import build_meta
 
     want = build_meta(cfg).state_dict()
     bad = [f"{k} {tuple(v.shape)} (expected {tuple(want[k].shape)})" for k, v in sd.items()
@@ -229,8 +229,8 @@ def convert(ckpt: Path, out: Path, kind: str, tokenizer: Path | None, trust: boo
             class_names: tuple | None = None) -> dict:
     """Convert once; writes config.json, model.safetensors (with the rebuilt dynamic queries) and
     the tokenizer, all at once (a failed conversion leaves nothing at ``out``). Returns a small report."""
-    from kbridge.engine.classify.clip_backbone import rebuild_dynamic_queries
-    from kbridge.engine.classify.model import MissingAwareClassifier, save
+    from kbridge.engine.peers.classify.clip_backbone import rebuild_dynamic_queries
+    from kbridge.engine.peers.classify.model import MissingAwareClassifier, save
     from kbridge.engine.published import PublishedCheckpointError, output_dir
 
     if kind not in _LEARNER:

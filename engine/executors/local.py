@@ -355,3 +355,82 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
     if abort:
         raise abort[0]
     return state["admitted"]
+
+
+# ---- the run driver: kbridge run's stages through ``stream``, fused or phase by phase ----------
+
+def manifest(cfg, address: str | None) -> dict:
+    """What the run's manifest records about this executor (nothing: it runs in this process)."""
+    return {}
+
+
+def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: float, on_sample,
+            address: str | None = None) -> None:
+    """Run ``todo`` through the stage graph with ``eng.executor`` (``stream``): the whole graph at
+    once (fused), or ``PHASES`` one after another with each row persisted between them (phased).
+    Every finished row goes to the run's sink."""
+    from kbridge.engine.domains import domain_of
+    from kbridge.engine.executors.phased import PhaseFiles
+    from kbridge.engine.executors.sink import ResultSink
+    from kbridge.engine.lmm import LMMClient, RequestLog
+    from kbridge.engine.models import load_retriever
+    from kbridge.engine.stages import GRAPH, PHASES, STAGES
+    from kbridge.engine.types import Sample
+
+    cfg = eng.cfg
+    busy: dict = defaultdict(float)
+    files = PhaseFiles(store.root)
+    any_image = any(ds.missing.get(i) == "image" for i in todo)
+    finish = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG), eng.tracer)
+
+    def persist(k: int):
+        def sink(row: Row) -> None:
+            if row.error is not None:
+                finish(row)
+            else:
+                files.persist(k, row, store)
+        return sink
+
+    def fresh(skip: set[str]):
+        for i in todo:
+            sid = f"{ds.name}:{i}"
+            if sid not in skip:
+                yield Row(Sample(sid, i, None, None, ds.missing.get(i)))
+
+    def slots(stages) -> set[str]:
+        need = {s.slot for s in stages if s.slot}
+        if not any_image:
+            need.discard("generators")
+        return need
+
+    ctx_base = dict(cfg=cfg, domain=domain_of(cfg), dataset=ds, trace=eng.tracer)
+    client_cache = store.cache if cfg.lmm.cache else None
+    if schedule == "fused":
+        models = eng.ensure(slots(GRAPH))
+        models.retriever = load_retriever(cfg, store.root)
+        ctx = Ctx(models=models, client=LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy),
+                  **ctx_base)
+        asyncio.run(eng.executor(fresh(set()), GRAPH, ctx, finish, busy))
+    else:
+        last = len(PHASES) - 1
+        pools: dict = {}  # one worker thread per device and model for the whole run, not per phase
+        try:
+            for k, names in enumerate(PHASES):
+                stages = tuple(STAGES[n] for n in names)
+                need = slots(stages)
+                eng.release({"lmm", "scorer", "generators"} - need)  # what this phase does not use
+                models = eng.ensure(need)
+                models.retriever = load_retriever(cfg, store.root) if "retrieve" in names else None
+                client = LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy) \
+                    if models.lmm else None
+                ctx = Ctx(models=models, client=client, pools=pools, **ctx_base)
+                skip = files.done(k) | store.done()
+                source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
+                asyncio.run(eng.executor(source, stages, ctx, finish if k == last else persist(k), busy))
+                # the next phase's release must find no other reference to this phase's models
+                ctx = client = models = source = None
+        finally:
+            for p in pools.values():
+                p.shutdown(wait=True)
+        files.clear()
+    finish.close(busy)

@@ -25,7 +25,7 @@ import numpy as np
 
 from kbridge.engine.config import PipelineConfig
 from kbridge.engine.rank.graph import _texts
-from kbridge.engine.rank.index import EmbeddingIndex
+from kbridge.engine.retrieve.index import EmbeddingIndex
 from kbridge.engine.store import atomic_write
 from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, Triple
 from kbridge.engine.errors import KbridgeError

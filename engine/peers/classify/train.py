@@ -15,9 +15,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from kbridge.engine.classify.config import ClassifyError
-from kbridge.engine.classify.data import batch_inputs, label_targets
-from kbridge.engine.classify.model import MissingAwareClassifier, freeze_for_training
+from kbridge.engine.peers.classify.config import ClassifyError
+from kbridge.engine.peers.classify.data import batch_inputs, label_targets
+from kbridge.engine.peers.classify.model import MissingAwareClassifier, freeze_for_training
 
 
 def with_classes(model: MissingAwareClassifier, names: tuple, seed: int = 0) -> MissingAwareClassifier:
@@ -45,8 +45,8 @@ def _sampler(n: int, batch_size: int, steps: int, seed: int):
 
 def _validate(model, examples: list, tokenizer, batch_size: int, device: str) -> float | None:
     """The task's primary metric (F1-macro, accuracy, AUROC) on the validation examples."""
-    from kbridge.engine.classify.evaluate import predict
-    from kbridge.engine.classify.metrics import PRIMARY, task_metrics
+    from kbridge.engine.peers.classify.evaluate import predict
+    from kbridge.engine.peers.classify.metrics import PRIMARY, task_metrics
 
     cfg = model.cfg
     targets, keep, _ = label_targets(examples, cfg.class_names, cfg.task == "mmimdb")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.mire.index import LateIndex, LateIndexError
+from kbridge.engine.retrieve.mire.index import LateIndex, LateIndexError
 from kbridge.engine.types import Candidate, Knowledge, Sample, Triple
 
 log = logging.getLogger("kbridge.mire")
@@ -36,7 +36,7 @@ def _items(index_path: Path) -> list[dict]:
 
 
 def load_encoder(cfg: PipelineConfig):
-    from kbridge.engine.mire.checkpoint import resolve
+    from kbridge.engine.retrieve.mire.checkpoint import resolve
 
     return resolve(cfg.models.mire, cfg.cache_dir(), cfg.rank.device)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kbridge.engine.recover import data as D
-from kbridge.engine.recover.metrics import regression_metrics
-from kbridge.engine.recover.model import DiCMoR
+from kbridge.engine.peers.recover import data as D
+from kbridge.engine.peers.recover.metrics import regression_metrics
+from kbridge.engine.peers.recover.model import DiCMoR
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def text_features(split: D.Split, text_mode: str, model_dir: Path, path: Path, d
     if text_mode == "bert":
         if split.text_bert is None:
             raise D.RecoverDataError(f"{path}: the model encodes text with BERT but the split has no 'text_bert'")
-        from kbridge.engine.recover.text import check_ids, encode, load_bert
+        from kbridge.engine.peers.recover.text import check_ids, encode, load_bert
 
         bert = load_bert(Path(model_dir) / "bert")
         check_ids(bert, split.text_bert, split.ids, str(path))
@@ -73,8 +73,8 @@ def onnx_predictor(model: DiCMoR, model_dir: Path, steps: int, device: str = "cp
     exported once per (weights, config, steps) into the cache and run by onnxruntime."""
     import hashlib
 
-    from kbridge.engine.classify.model import default_cache_dir
-    from kbridge.engine.recover.model import OnnxCore, onnx_spec
+    from kbridge.engine.peers.classify.model import default_cache_dir
+    from kbridge.engine.peers.recover.model import OnnxCore, onnx_spec
     from kbridge.engine.runtime.ort import OrtRunner
     from kbridge.export.onnx import export_onnx
 

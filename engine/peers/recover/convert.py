@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kbridge.engine.errors import KbridgeError
-from kbridge.engine.recover.model import SHORT, DiCMoR, RecoverConfig
+from kbridge.engine.peers.recover.model import SHORT, DiCMoR, RecoverConfig
 
 BERT_PREFIX = "text_model.model."
 DEAD = re.compile(r"(flow_[lav]\.blocks\.0\.(flows\.\d+\.(actnorm|invconv)\.|prior\.)|weight_[lav]\."
@@ -187,7 +187,7 @@ def convert(ckpt: Path, out: Path, bert: Path | None = None, heads: int = 8, tru
     tiny BERT twin. Without it the model reads the pickle's precomputed ``text`` features. Written
     all at once: a failed conversion leaves nothing at ``out``."""
     from kbridge.engine.published import PublishedCheckpointError, output_dir
-    from kbridge.engine.recover import text as text_enc
+    from kbridge.engine.peers.recover import text as text_enc
 
     sd = unprefix(load_checkpoint(Path(ckpt), trust))
     cfg = infer_config(sd, heads=heads)

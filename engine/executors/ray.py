@@ -2,16 +2,16 @@
 
 - The driver builds a Ray dataset from the samples still to do (finished ones are skipped as in
   the local executor) and streams the results back with ``iter_batches`` into the same sink
-  (engine/sink.py), so the run directory, resume and ``--export-completed`` do not change.
+  (engine/executors/sink.py), so the run directory, resume and ``--export-completed`` do not change.
 - Consecutive stages that use the same model slot form one operator (one ``map_batches`` over a
   callable class): load (I/O) → extract + write (LMM) → render (generators) → candidate
   knowledge (LMM) → retrieve + rank (scorer). Each actor loads its slot's models once, through
-  ``Engine.loaders`` / ``Engine.ensure`` (lazily: a render actor that never sees an image-missing
+  the engine's loaders passed in its ``Spec`` (lazily: a render actor that never sees an image-missing
   row never loads SDXL), and calls the unchanged stage functions on its rows.
-- Rows travel as bytes (``encode``/``decode``): the JSON row of engine/phased.py, the sample's image
+- Rows travel as bytes (``encode``/``decode``): the JSON row of engine/executors/phased.py, the sample's image
   and every candidate image as lossless PNG bytes, and the failure, so per-sample errors stay a
   row field and never fail a Ray task.
-- Resources come from engine/ray_plan.py: fractional CPUs on every actor (two 1-CPU actor stages on
+- Resources come from engine/executors/ray_plan.py: fractional CPUs on every actor (two 1-CPU actor stages on
   a 2-CPU cluster deadlock, ray#44687), ``num_gpus`` only where the plan puts a model on a GPU.
   Ray's own actor restarts and task retries cover lost workers; a retried block's rows are
   written once because the sink skips sample ids already finished.
@@ -33,8 +33,8 @@ from pathlib import Path
 
 from kbridge.engine.config import ConfigError
 from kbridge.engine.errors import Unavailable
-from kbridge.engine.phased import row_from_json, row_to_json
-from kbridge.engine.ray_plan import Operator, operators
+from kbridge.engine.executors.phased import row_from_json, row_to_json
+from kbridge.engine.executors.ray_plan import Operator, operators
 from kbridge.engine.rows import Failure, Row
 from kbridge.engine.stages import STAGES, Ctx
 from kbridge.engine.types import Sample
@@ -98,7 +98,8 @@ class Spec:
     """The opened dataset (its root must be readable from every node: a shared path)."""
     run_dir: str
     loaders: dict = field(default_factory=dict)
-    """Model loaders that differ from the engine's defaults (tests inject fakes here)."""
+    """The engine's model loaders, slot → ``loader(cfg)`` (``Engine.loaders``: a test's fakes too);
+    each actor calls its slot's with the actor's own config (``cuda:0`` where Ray gave it a GPU)."""
     cache: object = None
     """Handle of the cache actor, or None (``lmm.cache`` off)."""
     trace: bool = False
@@ -169,7 +170,6 @@ class StageActor:
     """One operator: its stages run over each batch of rows, in the stages' own micro-batches."""
 
     def __init__(self, spec: Spec, names: tuple[str, ...]):
-        from kbridge.engine.api import Engine
         from kbridge.engine.domains import domain_of
 
         self.stages = [STAGES[n] for n in names]
@@ -179,8 +179,7 @@ class StageActor:
             import torch
 
             torch.set_num_threads(cfg.run.threads)
-        self.spec, self.engine = spec, Engine(cfg)
-        self.engine.loaders.update(spec.loaders)
+        self.spec = spec
         self.ctx = Ctx(cfg=cfg, domain=domain_of(cfg), models=None, dataset=spec.dataset)
         self.loop = asyncio.new_event_loop()
 
@@ -189,9 +188,10 @@ class StageActor:
         if self.ctx.models is not None or self.slot is None:
             return self.ctx
         from kbridge.engine.lmm import LMMClient, RequestLog
-        from kbridge.engine.models import load_retriever
+        from kbridge.engine.models import Models, load_retriever, quiet_libraries
 
-        models = self.engine.ensure({self.slot})
+        quiet_libraries()
+        models = Models(**{self.slot: self.spec.loaders[self.slot](self.cfg)})
         if any(s.name == "retrieve" for s in self.stages):
             models.retriever = load_retriever(self.cfg, Path(self.spec.run_dir))
         client = None
@@ -250,7 +250,7 @@ class StageActor:
 
 # ---- the driver ----------------------------------------------------------------------------------
 
-def ray_manifest(cfg, address: str | None) -> dict:
+def manifest(cfg, address: str | None) -> dict:
     """What the manifest records about Ray; refuses what the Ray executor cannot run before the run
     directory is touched (RayUnavailable without the extra, ConfigError for the configuration)."""
     from kbridge.engine.plan import resolve_schedule
@@ -279,15 +279,6 @@ def connect(address: str | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e}") from None
     return True
-
-
-def _default_loaders(eng) -> dict:
-    """Loaders the caller replaced (the same lambda as a fresh Engine's is a default)."""
-    from kbridge.engine.api import Engine
-
-    fresh = Engine(eng.cfg).loaders
-    return {k: f for k, f in eng.loaders.items()
-            if getattr(f, "__code__", None) is not getattr(fresh.get(k), "__code__", None)}
 
 
 def busy_seconds(rows_timings) -> dict:
@@ -321,9 +312,9 @@ def pipeline(ray, spec: Spec, rows: list[Row], ops: list[Operator]):
 
 
 def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: float, on_sample,
-            address: str | None) -> None:
+            address: str | None = None) -> None:
     """Run ``todo`` through the stage operators on Ray; every finished row goes to the run's sink."""
-    from kbridge.engine.sink import ResultSink
+    from kbridge.engine.executors.sink import ResultSink
 
     ray = _ray()
     cfg = eng.cfg
@@ -339,7 +330,7 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
 
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             cache = ray.remote(num_cpus=0, scheduling_strategy=here)(_Cache).remote(str(store.root / "cache.sqlite"))
-        spec = Spec(cfg, ds, str(store.root.resolve()), _default_loaders(eng), cache, trace=eng.tracer is not None)
+        spec = Spec(cfg, ds, str(store.root.resolve()), dict(eng.loaders), cache, trace=eng.tracer is not None)
         rows = [Row(Sample(f"{ds.name}:{i}", i, None, None, ds.missing.get(i))) for i in todo]
         sink = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG), eng.tracer)
         timings: set[tuple] = set()  # one entry per stage call, not per row

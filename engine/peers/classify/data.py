@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kbridge.engine.classify.config import MMIMDB_GENRES, ClassifyError
+from kbridge.engine.peers.classify.config import MMIMDB_GENRES, ClassifyError
 
 FLAGS = {None: 0, "text": 1, "image": 2}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

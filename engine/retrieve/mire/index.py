@@ -68,7 +68,7 @@ class LateIndex:
         """docs: token bags [n_i, D] (unit rows) → the index. Spherical k-means (``niter`` rounds; PLAID
         runs 20) trains on at most ``max_train`` tokens (default 40 per cell, faiss' minimum for a
         stable clustering) drawn uniformly from the corpus; then every token is assigned."""
-        from kbridge.engine.rank.index import faiss_module
+        from kbridge.engine.retrieve.index import faiss_module
 
         faiss = faiss_module()
         x, off = pack(docs)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from kbridge.engine.classify.config import ClassifyError
-from kbridge.engine.classify.data import batch_inputs, fill_completed, label_targets, read_dataset
-from kbridge.engine.classify.metrics import PRIMARY, task_metrics
+from kbridge.engine.peers.classify.config import ClassifyError
+from kbridge.engine.peers.classify.data import batch_inputs, fill_completed, label_targets, read_dataset
+from kbridge.engine.peers.classify.metrics import PRIMARY, task_metrics
 
 GROUPS = ("text missing", "image missing", "complete", "all")
 """Rows grouped by the missing type the missing config gave them (filled or not)."""
@@ -51,7 +51,7 @@ def _forward(model, model_dir: Path, backend: str, device: str, cache_dir: Path)
         model.to(device)
         return lambda x: model(x["pixel_values"], x["input_ids"], x["missing_type"])
     if backend == "onnx":
-        from kbridge.engine.classify import onnx
+        from kbridge.engine.peers.classify import onnx
 
         r = onnx.runner(onnx.cached_onnx(model, model_dir, cache_dir), model.cfg, device)
         return lambda x: r(x)["logits"]
@@ -71,7 +71,7 @@ def _grouped(task: str, logits: torch.Tensor, targets: torch.Tensor, examples: l
 def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path | None = None,
              task: str | None = None, backend: str = "torch", batch_size: int = 32, device: str = "cpu",
              cache_dir: Path | None = None, workers: int = 0) -> EvalReport:
-    from kbridge.engine.classify.model import default_cache_dir, load, load_tokenizer
+    from kbridge.engine.peers.classify.model import default_cache_dir, load, load_tokenizer
     from kbridge.engine.published import check_device
 
     check_device(device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from kbridge.engine.classify.config import ClassifierConfig
+from kbridge.engine.peers.classify.config import ClassifierConfig
 from kbridge.export.specs import Axis, ExportSpec, TensorSpec
 
 

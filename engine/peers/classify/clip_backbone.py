@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kbridge.engine.classify.config import ClassifierConfig
+from kbridge.engine.peers.classify.config import ClassifierConfig
 
 
 def clip_config(cfg: ClassifierConfig):
