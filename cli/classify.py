@@ -46,7 +46,7 @@ def eval_cmd(
     """Score a dataset: task metric per missing-type group, as given and (with --completed) filled."""
     from rich.table import Table
 
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
     from kbridge.engine.peers.classify.evaluate import GROUPS, evaluate, paper_row
 
@@ -56,7 +56,7 @@ def eval_cmd(
                          workers=workers)
                 for m in (missing or [None])]
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     js = reps[0].to_json() if len(reps) == 1 else [dict(r.to_json(), missing=str(m)) for r, m in zip(reps, missing)]
     if report:
         report.write_text(json.dumps(js, indent=1) + "\n")
@@ -99,7 +99,7 @@ def train_cmd(
     device: str = DeviceOpt,
 ):
     """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
     from kbridge.engine.peers.classify import model as M
     from kbridge.engine.peers.classify.data import read_dataset
@@ -117,7 +117,7 @@ def train_cmd(
                     warmup=warmup, workers=workers, val_examples=val, val_every=val_every)
         M.save(m.cpu(), out_dir, d)
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"trained {res['trainable_parameters']:,} parameters for {steps} steps on {res['samples']} samples: "
               f"loss {res['loss_first']:.4f} → {res['loss_last']:.4f}; wrote {out_dir}")
     if res["best_step"] is not None:
@@ -142,14 +142,14 @@ def missing_tables_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Directory for the .pt tables (the reference's missing_table_root)."),
 ):
     """Write the reference's missing tables (<split>_missing_<type>_<ratio>.pt) for a dataset's splits."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.peers.classify.missing_tables import write_tables
     from kbridge.engine.errors import KbridgeError
 
     try:
         files = write_tables(data, task, missing_type, ratio, out_dir, seed)
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     for f in files:
         out.print(f"wrote {f}", markup=False)
 
@@ -159,7 +159,7 @@ def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] =
                out_file: Path = typer.Option(..., "--out", help="ONNX file to write (weights beside it in FILE.data)."),
                max_batch: int = typer.Option(256, "--max-batch", help="Largest batch the graph is meant for.")):
     """Export the classifier to ONNX: inputs pixel_values, input_ids, missing_type (dynamic batch)."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
     from kbridge.engine.peers.classify import model as M
     from kbridge.engine.peers.classify.onnx import export
@@ -168,7 +168,7 @@ def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] =
     try:
         p = export(M.load(_model_dir(model, kind, task)), out_file, max_batch)
     except (KbridgeError, ExportError) as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"wrote {p}")
 
 
@@ -176,14 +176,14 @@ def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] =
 def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Option("mmimdb", "--task"),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny twin's geometry instead of ViT-B/16.")):
     """Parameter counts of the architecture (built on the meta device: no weights needed)."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.peers.classify.config import ClassifyError, full_config, tiny_config
     from kbridge.engine.peers.classify.model import build_meta, parameter_counts
 
     try:
         cfg = (tiny_config if tiny else full_config)(kind, task)
     except ClassifyError as e:
-        _fail(str(e))
+        fail(str(e))
     c = parameter_counts(build_meta(cfg))
     out.print(f"{kind} {task} ({'tiny' if tiny else 'ViT-B/16'}, prompt length {cfg.prompt_length}, depth "
               f"{cfg.prompt_depth}): total {c['total']:,}, trainable {c['trainable']:,} "
@@ -192,7 +192,7 @@ def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Opti
 
 def _convert(kind: str, ckpt: Path, out_dir: Path, tokenizer: Path, trust: bool, seed: int,
              vision_heads: Optional[int], text_heads: Optional[int], classes: Optional[Path]) -> None:
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.peers.classify.config import ClassifyError
     from kbridge.engine.peers.classify.convert import convert, read_class_names
 
@@ -201,7 +201,7 @@ def _convert(kind: str, ckpt: Path, out_dir: Path, tokenizer: Path, trust: bool,
         r = convert(ckpt, out_dir, kind, tokenizer, trust=trust, seed=seed, vision_heads=vision_heads,
                     text_heads=text_heads, class_names=names)
     except (ClassifyError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"wrote {r['path']}: {kind} {r['task']} ({r['classes']} classes, {r['keys']} checkpoint keys); "
               f"use it with `kbridge classify eval --model {r['path']}`")
 

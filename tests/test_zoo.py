@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbridge.engine import zoo
+from kbridge.engine import twins, zoo
 from kbridge.engine.config import build_config
 
 
@@ -61,8 +61,8 @@ def test_the_vllm_cpu_twin_is_a_deterministic_idefics3_with_vllm_cpu_head_size(t
     from transformers import AutoProcessor
 
     a, b = tmp_path / "a", tmp_path / "b"
-    zoo.build_tiny_idefics3(a)
-    zoo.build_tiny_idefics3(b)
+    twins.build_tiny_idefics3(a)
+    twins.build_tiny_idefics3(b)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     c = json.loads((a / "config.json").read_text())
     t = c["text_config"]

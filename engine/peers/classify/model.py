@@ -164,7 +164,7 @@ def build_tiny(out: Path, kind: str = "dcp", task: str = "mmimdb") -> None:
     """Deterministic tiny twin: the zoo's tiny CLIP tokenizer, tiny widths, seeded weights."""
     from transformers import CLIPTokenizer
 
-    from kbridge.engine.zoo import write_clip_tokenizer
+    from kbridge.engine.twins import write_clip_tokenizer
 
     write_clip_tokenizer(out)
     tok = CLIPTokenizer.from_pretrained(str(out))

@@ -36,14 +36,14 @@ BERT_BASE_VOCAB = 30522
 
 
 def tiny_bert(out: Path, hidden: int = 32, seed: int = 23, vocab_size: int = BERT_BASE_VOCAB):
-    """A two-layer BERT twin with the zoo's WordPiece tokenizer, written to ``out``. Its embedding
+    """A two-layer BERT twin with the twins' WordPiece tokenizer (engine/twins.py), written to ``out``. Its embedding
     table has bert-base's 30,522 rows (not just the tokenizer's words), so MMSA pickles, whose
     ``text_bert`` holds bert-base ids, run on the twin as they are."""
     from transformers import BertConfig, BertModel
 
     _quiet()
 
-    from kbridge.engine.zoo import write_bert_tokenizer
+    from kbridge.engine.twins import write_bert_tokenizer
 
     write_bert_tokenizer(out, max_length=64)
     vocab = max(vocab_size, len((out / "vocab.txt").read_text().splitlines()))

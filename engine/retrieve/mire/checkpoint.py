@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from kbridge.engine import twins
 from kbridge.engine.errors import KbridgeError
 from kbridge.engine.retrieve.mire.encoder import D_MARKER, Q_MARKER, MireEncoder
 from kbridge.engine.retrieve.mire.model import MireConfig, MireModel
@@ -105,33 +106,21 @@ def resolve(spec: str, cache_dir: Path, device: str = "cpu") -> MireEncoder:
     """``"tiny"`` (the twin, built into the cache on first use) or one of our directories."""
     from kbridge.engine import zoo
 
-    path = zoo.ensure_tiny("mire", cache_dir) if spec == "tiny" else Path(spec).expanduser()
+    path = zoo.ensure_tiny("mire", cache_dir, builder=build_tiny) if spec == "tiny" else Path(spec).expanduser()
     return load_dir(path, device)
 
 
-def write_tokenizer(out: Path, max_length: int = 512) -> None:
-    """A WordPiece vocabulary laid out like BERT's: [PAD], the [unused0] / [unused1] markers, specials,
-    every ASCII character alone and as '##' continuation, then the zoo's corpus words."""
-    from transformers import BertTokenizer
-
-    from kbridge.engine.zoo import _words
-
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = ["[PAD]", Q_MARKER, D_MARKER, "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
-    vocab += [w for w in _words() if w not in set(vocab) and w.isascii()]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(out / "vocab.txt"), model_max_length=max_length).save_pretrained(out)
-
-
 def build_tiny(out: Path) -> None:
-    from transformers import BertTokenizer
+    """The twin: a BERT WordPiece vocabulary with MIRe's [unused0] / [unused1] markers, seeded weights."""
+    from kbridge.engine.twins import write_bert_tokenizer
 
-    write_tokenizer(out, max_length=192)
-    tok = BertTokenizer.from_pretrained(out)
+    tok = write_bert_tokenizer(out, max_length=192, markers=(Q_MARKER, D_MARKER))
     torch.manual_seed(23)
     model = MireModel(tiny_config(len(tok)))
     save_dir(model, tok, out)
+
+
+twins.register("mire", build_tiny)
 
 
 # ---------------------------------------------------------------- the published checkpoint
