@@ -24,7 +24,7 @@ def export(
     """Export models to ONNX / TensorRT into the artifact cache; prints "built" or "found cached"
     with each path."""
     from kbridge.cli.common import fail, load_config
-    from kbridge.engine.runtime import RuntimeUnavailable
+    from kbridge.engine.errors import RuntimeUnavailable
     from kbridge.export.cache import artifacts_root, ensure_onnx, ensure_tensorrt
     from kbridge.export.onnx import ExportError
     from kbridge.export.parts import PARTS, UnknownPart, load_parts

@@ -1,7 +1,7 @@
 """Writes the chest-X-ray demo set: procedural radiograph-like phantoms (our own work, no patient
 data) with IU X-Ray-style reports. Run from the repository root to regenerate:
 
-    python engine/demo_xray/make_phantoms.py
+    python scripts/make_phantoms.py
 
 Each phantom is a frontal chest projection drawn from ellipses and arcs (body, lungs, mediastinum,
 heart, spine, clavicles, ribs, diaphragm) with the case's abnormality painted in, blurred and
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 N = 128
-HERE = Path(__file__).parent
+DEMO = Path(__file__).resolve().parents[1] / "engine" / "demo_xray"
 
 CASES = [  # (file, labels, impression, findings, abnormality)
     ("normal_1.png", ["normal"], "No acute cardiopulmonary abnormality.",
@@ -91,9 +91,9 @@ def phantom(kind: str | None, seed: int) -> Image.Image:
 def main() -> None:
     meta = []
     for i, (name, labels, impression, findings, kind) in enumerate(CASES):
-        phantom(kind, i).save(HERE / "images" / name, optimize=True)
+        phantom(kind, i).save(DEMO / "images" / name, optimize=True)
         meta.append({"file_name": f"images/{name}", "labels": labels, "captions": [impression, findings]})
-    (HERE / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (DEMO / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 if __name__ == "__main__":
