@@ -60,8 +60,6 @@ RENAMED = {
     "kbridge.engine.mire": "kbridge.engine.retrieve.mire",
     "kbridge.engine.classify": "kbridge.engine.peers.classify",
     "kbridge.engine.recover": "kbridge.engine.peers.recover",
-    "kbridge.engine.runtime.device": "kbridge.export.device",
-    "kbridge.engine.demo_xray": "kbridge.engine.data",
 }
 """Modules before the house step's moves → where they went, so that the figures of a tree from
 before the moves (``--root``) are placed by the same layers. Not used by the test."""

@@ -5,6 +5,7 @@ rules are written down in docs/architecture.md."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
@@ -21,7 +22,7 @@ that branch; nothing else may be added here."""
 
 def _figures():
     spec = importlib.util.spec_from_file_location("house_figures", ROOT / "scripts" / "house_figures.py")
-    mod = importlib.util.module_from_spec(spec)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(mod)
     return mod
 

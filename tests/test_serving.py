@@ -72,7 +72,7 @@ def test_cpu_engine_arguments_and_server_flags_agree(cfg, tmp_path):
     """vLLM's CPU platform: eager, an explicit KV cache, compact JSON, no chunked prefill with a step
     budget that holds a whole prompt: the same settings in-process and on the server."""
     from kbridge.engine.lmm.serving import cpu_serve_command
-    from kbridge.engine.lmm.vllm_local import COMPACT_JSON, CPU_KV_CACHE_BYTES
+    from kbridge.engine.lmm.serving import COMPACT_JSON, CPU_KV_CACHE_BYTES
 
     kw = llm_kwargs(tmp_path, cfg.lmm, "tiny", cpu=True)
     assert kw["enforce_eager"] and kw["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
