@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.rank.graph import _texts
+from kbridge.engine.rank.graph import graph_texts
 from kbridge.engine.retrieve.index import EmbeddingIndex
 from kbridge.engine.store import atomic_write
 from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, Triple
@@ -50,7 +50,7 @@ def _np(x) -> np.ndarray:
 def graph_embeddings(embed_texts, graphs: list[list[Triple]], dim: int) -> np.ndarray:
     """[G, D]: each graph's distinct triple texts embedded (one batched call), mean, unit length;
     a zero row for an empty graph."""
-    texts = [_texts(g) for g in graphs]
+    texts = [graph_texts(g) for g in graphs]
     vocab = sorted({t for ts in texts for t in ts})
     out = np.zeros((len(graphs), dim), np.float32)
     if not vocab:
