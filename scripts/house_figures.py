@@ -34,10 +34,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models and stage bodies", (
         "kbridge.export", "kbridge.engine.zoo", "kbridge.engine.twins", "kbridge.engine.runtime",
         "kbridge.engine.lmm", "kbridge.engine.generate", "kbridge.engine.rank", "kbridge.engine.retrieve",
-        "kbridge.engine.domains", "kbridge.engine.extract", "kbridge.engine.medical",
-        "kbridge.engine.med_stages", "kbridge.engine.plan", "kbridge.engine.estimate",
-        "kbridge.engine.fullsize")),
-    ("pipeline", ("kbridge.engine.stages", "kbridge.engine.models")),
+        "kbridge.engine.extract", "kbridge.engine.medical", "kbridge.engine.med_stages", "kbridge.engine.plan",
+        "kbridge.engine.estimate", "kbridge.engine.fullsize")),
+    ("pipeline", ("kbridge.engine.stages", "kbridge.engine.domains", "kbridge.engine.models")),
     ("executors", ("kbridge.engine.executors",)),
     ("front ends", (
         "=kbridge.engine", "kbridge.engine.api", "kbridge.engine.serve", "kbridge.engine.report",
