@@ -163,7 +163,7 @@ def retrieval_rows(corpus: int, dim: int, queries: int, k: int, repeat: int) -> 
     want = brute()
     cases = [("numpy matmul + argpartition", brute)]
     try:
-        from kbridge.engine.rank.index import EmbeddingIndex
+        from kbridge.engine.retrieve.index import EmbeddingIndex
 
         index = EmbeddingIndex.build(xb, kind="flat")
         cases.append(("faiss IndexFlatIP", lambda: index.search(xq, k)[1]))

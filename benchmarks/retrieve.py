@@ -6,7 +6,7 @@ tokens of one document's concepts plus 2 unrelated tokens. Rows, every one scori
 kernel unless it says otherwise:
 
 - brute force: every document scored exactly (the recall reference);
-- late-interaction index (engine/mire/index.py): IVF cells → centroid interaction → exact re-rank,
+- late-interaction index (engine/retrieve/mire/index.py): IVF cells → centroid interaction → exact re-rank,
   at two probe widths;
 - faiss flat, one vector per document (the mean token, normalised): what the joint faiss index of
   ``kbridge index build`` does with a bag, top-k by inner product, no MaxSim.
@@ -49,8 +49,8 @@ def recall_at(found: list, want: list, k: int) -> float:
 
 
 def run(docs: int = 20_000, dim: int = 128, queries: int = 50, k: int = 10, repeat: int = 3) -> dict:
-    from kbridge.engine.mire.index import LateIndex
-    from kbridge.engine.rank.index import EmbeddingIndex
+    from kbridge.engine.retrieve.mire.index import LateIndex
+    from kbridge.engine.retrieve.index import EmbeddingIndex
 
     bags, qs = synthetic_corpus(docs, dim, queries)
     t0 = time.perf_counter()

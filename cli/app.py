@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from kbridge.cli.common import ConfigOpt, ProfileOpt, err, fail, load_config, out, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Training-free missing-modality completion (Knowledge Bridger), fast.")
@@ -60,50 +60,6 @@ def _register_subapps() -> None:
 
 
 _register_subapps()
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
-
-
-def _line(level: str, message: str) -> None:
-    """One line on stderr; the message is printed literally (no markup from data)."""
-    from rich.text import Text
-
-    style = "bold red" if level == "error" else "yellow" if level == "warning" else "dim"
-    err.print(Text.assemble((level, style), ": ", message), highlight=False)
-
-
-class _OneLine(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "error" if record.levelno >= logging.ERROR else "warning" \
-            if record.levelno >= logging.WARNING else "debug"
-        _line(level, record.getMessage())
-
-
-def _setup_logging(verbose: bool) -> None:
-    root = logging.getLogger("kbridge")
-    root.handlers[:] = [_OneLine()]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    root.propagate = False
-
-
-def _fail(message: str, code: int = 2) -> None:
-    _line("error", message)
-    raise typer.Exit(code)
-
-
-def _config(profile: str, config: Optional[Path], **sections):
-    from kbridge.engine.config import ConfigError, build_config
-
-    overrides = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
-    try:
-        return build_config(profile, config, overrides)
-    except ConfigError as e:
-        _fail(str(e))
-
-
-ProfileOpt = typer.Option("tiny", "--profile", "-p", help="tiny (CPU default), h100, 4090x4, edge.")
-ConfigOpt = typer.Option(None, "--config",
-                         help="TOML file overriding profile sections: models, lmm, knowledge, generation, rank, run.")
 LmmPath = typer.Option(None, "--lmm-path", help="Local Qwen2-VL directory (default: tiny twin).")
 BasePath = typer.Option(None, "--sdxl-base-path", help="Local SDXL base directory (diffusers layout).")
 RefinerPath = typer.Option(None, "--sdxl-refiner-path", help="Local SDXL refiner directory.")
@@ -153,7 +109,7 @@ def run(
                                     "(big runs; device spans and counters are always kept)."),
 ):
     """Complete every incomplete sample: extract → generate → rank."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from kbridge.cli.profile import trace_options
 
     topts = trace_options(out_dir, trace, trace_file, trace_kernels, trace_every)
@@ -162,8 +118,8 @@ def run(
     try:
         check_free(out_dir)  # before the engine's imports: a second run on one --out fails at once
     except RunInUse as e:
-        _fail(str(e))
-    cfg = _config(profile, config,
+        fail(str(e))
+    cfg = load_config(profile, config,
                   models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path, sdxl_refiner=sdxl_refiner_path, clip=clip_path),
                   generation=dict(candidates=candidates, refiner=refiner),
                   run=dict(seed=seed, fidelity=fidelity, domain=domain, schedule=schedule),
@@ -184,11 +140,11 @@ def run(
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
     except KbridgeError as e:  # the dataset, the run directory, a model, a backend, the configuration
-        _fail(str(e))
+        fail(str(e))
     except KbridgeError as e:  # the output directory is in use, …
-        _fail(str(e))
+        fail(str(e))
     except OSError as e:  # the writer stopped the run (disk full, …): what was written stays valid
-        _fail(f"cannot write to {out_dir}: {e.strerror or e}; the samples written so far are kept, "
+        fail(f"cannot write to {out_dir}: {e.strerror or e}; the samples written so far are kept, "
               "re-run to finish")
     _summary(report)
     if report.errors:
@@ -228,8 +184,8 @@ def models_list(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt, l
     """Each model slot, its source (tiny / path), location and size."""
     from kbridge.engine.zoo import MODELS, list_models
 
-    cfg = _config(profile, config, models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path,
-                                                sdxl_refiner=sdxl_refiner_path, clip=clip_path))
+    cfg = load_config(profile, config, models=dict(lmm=lmm_path, sdxl_base=sdxl_base_path,
+                                                     sdxl_refiner=sdxl_refiner_path, clip=clip_path))
     rows = list_models(cfg)
     if as_json:
         print(json.dumps([{"name": m.name, "source": m.source, "path": str(m.path), "ready": m.ready,
@@ -252,6 +208,7 @@ def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt,
                                             "(shapes only, to count parameters)")):
     """Build every random-weight twin the profile uses (they are also built on first use)."""
     from kbridge.engine import zoo
+    from kbridge.engine.retrieve.mire import checkpoint  # noqa: F401  MIRe registers its twin's builder
 
     if full_size:
         from kbridge.engine import fullsize
@@ -265,9 +222,9 @@ def models_build(profile: str = ProfileOpt, config: Optional[Path] = ConfigOpt,
                 out.print(f"{name}: {b.params:,} parameters on {device}", highlight=False)
                 del b
         except fullsize.FullSizeUnavailable as e:
-            _fail(str(e))
+            fail(str(e))
         return
-    cfg = _config(profile, config)
+    cfg = load_config(profile, config)
     for name in zoo.MODELS:
         size = getattr(cfg.models, name)
         if size in zoo.SIZES:
@@ -293,7 +250,7 @@ def make_missing(
         n = total if total is not None else len(open_dataset(data, fmt="coco").items)
         cfg = mk(n, kind, ratio, seed)
     except DataError as e:
-        _fail(str(e))
+        fail(str(e))
     text = json.dumps(cfg, indent=1)
     if out_file:
         out_file.write_text(text + "\n")

@@ -246,7 +246,7 @@ def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, torch.
         budget: float = typer.Option(1e9, "--budget", help="Seconds for all sections; what will not fit is skipped."),
         save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/gpu.json.")):
     """Per-stage GPU speed on full-size random twins (SDXL, Qwen2-VL-7B, CLIP ViT-L/14, MaxSim)."""
-    from kbridge.cli.app import _fail
+    from kbridge.cli.common import fail
     from kbridge.engine.errors import Unavailable
     from kbridge.engine.models import quiet_libraries
 
@@ -256,7 +256,7 @@ def gpu(quick: bool = typer.Option(False, "--quick", help="Batches 1 / 2, torch.
 
         report = run(quick=quick, device=device, rows_path=rows, budget_s=budget)
     except Unavailable as e:
-        _fail(str(e))
+        fail(str(e))
     _finish(report, json_path, save)
 @bench_app.command("report-page")
 def report_page(samples: str = typer.Option("1000,10000", "--samples", help="Run sizes, comma-separated."),

@@ -21,12 +21,12 @@ def convert_cheff(
                                                  help="Latent scale (default: the checkpoint's, else Cheff's 0.18215)."),
 ):
     """Convert Cheff's CompVis-layout checkpoints (super-resolution stage not included)."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.generate.cheff_convert import ConversionError, convert_cheff as convert
 
     try:
         p = convert(ckpt, ae, out_dir, tokenizer, image_size=image_size, unet_heads=unet_heads,
                     unet_head_channels=unet_head_channels, bert_heads=bert_heads, scale_factor=scale_factor)
     except ConversionError as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"wrote {p}: set [models] cheff = \"{p}\" and run with --domain medical")

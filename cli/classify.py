@@ -19,7 +19,7 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N.")
 
 
 def _model_dir(model: str, kind: str, task: Optional[str]) -> Path:
-    from kbridge.engine.classify.model import resolve
+    from kbridge.engine.peers.classify.model import resolve
 
     return resolve(model, kind, task or "mmimdb")
 
@@ -46,9 +46,9 @@ def eval_cmd(
     """Score a dataset: task metric per missing-type group, as given and (with --completed) filled."""
     from rich.table import Table
 
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.classify.evaluate import GROUPS, evaluate, paper_row
+    from kbridge.engine.peers.classify.evaluate import GROUPS, evaluate, paper_row
 
     try:
         d = _model_dir(model, kind, task)
@@ -56,7 +56,7 @@ def eval_cmd(
                          workers=workers)
                 for m in (missing or [None])]
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     js = reps[0].to_json() if len(reps) == 1 else [dict(r.to_json(), missing=str(m)) for r, m in zip(reps, missing)]
     if report:
         report.write_text(json.dumps(js, indent=1) + "\n")
@@ -99,11 +99,11 @@ def train_cmd(
     device: str = DeviceOpt,
 ):
     """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.classify import model as M
-    from kbridge.engine.classify.data import read_dataset
-    from kbridge.engine.classify.train import train, with_classes
+    from kbridge.engine.peers.classify import model as M
+    from kbridge.engine.peers.classify.data import read_dataset
+    from kbridge.engine.peers.classify.train import train, with_classes
 
     try:
         d = _model_dir(model, kind, task)
@@ -117,7 +117,7 @@ def train_cmd(
                     warmup=warmup, workers=workers, val_examples=val, val_every=val_every)
         M.save(m.cpu(), out_dir, d)
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"trained {res['trainable_parameters']:,} parameters for {steps} steps on {res['samples']} samples: "
               f"loss {res['loss_first']:.4f} → {res['loss_last']:.4f}; wrote {out_dir}")
     if res["best_step"] is not None:
@@ -142,14 +142,14 @@ def missing_tables_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Directory for the .pt tables (the reference's missing_table_root)."),
 ):
     """Write the reference's missing tables (<split>_missing_<type>_<ratio>.pt) for a dataset's splits."""
-    from kbridge.cli.app import _fail, out
-    from kbridge.engine.classify.missing_tables import write_tables
+    from kbridge.cli.common import fail, out
+    from kbridge.engine.peers.classify.missing_tables import write_tables
     from kbridge.engine.errors import KbridgeError
 
     try:
         files = write_tables(data, task, missing_type, ratio, out_dir, seed)
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     for f in files:
         out.print(f"wrote {f}", markup=False)
 
@@ -159,16 +159,16 @@ def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] =
                out_file: Path = typer.Option(..., "--out", help="ONNX file to write (weights beside it in FILE.data)."),
                max_batch: int = typer.Option(256, "--max-batch", help="Largest batch the graph is meant for.")):
     """Export the classifier to ONNX: inputs pixel_values, input_ids, missing_type (dynamic batch)."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.classify import model as M
-    from kbridge.engine.classify.onnx import export
+    from kbridge.engine.peers.classify import model as M
+    from kbridge.engine.peers.classify.onnx import export
     from kbridge.export.onnx import ExportError
 
     try:
         p = export(M.load(_model_dir(model, kind, task)), out_file, max_batch)
     except (KbridgeError, ExportError) as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"wrote {p}")
 
 
@@ -176,14 +176,14 @@ def export_cmd(model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] =
 def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Option("mmimdb", "--task"),
                tiny: bool = typer.Option(False, "--tiny", help="The tiny twin's geometry instead of ViT-B/16.")):
     """Parameter counts of the architecture (built on the meta device: no weights needed)."""
-    from kbridge.cli.app import _fail, out
-    from kbridge.engine.classify.config import ClassifyError, full_config, tiny_config
-    from kbridge.engine.classify.model import build_meta, parameter_counts
+    from kbridge.cli.common import fail, out
+    from kbridge.engine.peers.classify.config import ClassifyError, full_config, tiny_config
+    from kbridge.engine.peers.classify.model import build_meta, parameter_counts
 
     try:
         cfg = (tiny_config if tiny else full_config)(kind, task)
     except ClassifyError as e:
-        _fail(str(e))
+        fail(str(e))
     c = parameter_counts(build_meta(cfg))
     out.print(f"{kind} {task} ({'tiny' if tiny else 'ViT-B/16'}, prompt length {cfg.prompt_length}, depth "
               f"{cfg.prompt_depth}): total {c['total']:,}, trainable {c['trainable']:,} "
@@ -192,16 +192,16 @@ def params_cmd(kind: str = typer.Option("dcp", "--kind"), task: str = typer.Opti
 
 def _convert(kind: str, ckpt: Path, out_dir: Path, tokenizer: Path, trust: bool, seed: int,
              vision_heads: Optional[int], text_heads: Optional[int], classes: Optional[Path]) -> None:
-    from kbridge.cli.app import _fail, out
-    from kbridge.engine.classify.config import ClassifyError
-    from kbridge.engine.classify.convert import convert, read_class_names
+    from kbridge.cli.common import fail, out
+    from kbridge.engine.peers.classify.config import ClassifyError
+    from kbridge.engine.peers.classify.convert import convert, read_class_names
 
     try:
         names = read_class_names(classes) if classes else None
         r = convert(ckpt, out_dir, kind, tokenizer, trust=trust, seed=seed, vision_heads=vision_heads,
                     text_heads=text_heads, class_names=names)
     except (ClassifyError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"wrote {r['path']}: {kind} {r['task']} ({r['classes']} classes, {r['keys']} checkpoint keys); "
               f"use it with `kbridge classify eval --model {r['path']}`")
 

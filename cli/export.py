@@ -8,11 +8,13 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from kbridge.cli.common import ProfileOpt
+
 out = Console(soft_wrap=True)
 
 
 def export(
-    profile: str = typer.Option("tiny", "--profile", "-p", help="tiny (CPU default), h100, 4090x4, edge."),
+    profile: str = ProfileOpt,
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file overriding profile sections."),
     models: Optional[list[str]] = typer.Option(None, "--models", "-m",
                                                help="Parts to export (repeat or comma-separate; default: all)."),
@@ -21,17 +23,17 @@ def export(
 ):
     """Export models to ONNX / TensorRT into the artifact cache; prints "built" or "found cached"
     with each path."""
-    from kbridge.cli.app import _config, _fail
-    from kbridge.engine.runtime import RuntimeUnavailable
+    from kbridge.cli.common import fail, load_config
+    from kbridge.engine.errors import RuntimeUnavailable
     from kbridge.export.cache import artifacts_root, ensure_onnx, ensure_tensorrt
     from kbridge.export.onnx import ExportError
     from kbridge.export.parts import PARTS, UnknownPart, load_parts
     from kbridge.export.tensorrt import TensorRTUnavailable
 
     if fmt not in ("onnx", "tensorrt"):
-        _fail(f"unknown export format {fmt!r} (known: onnx, tensorrt)")
+        fail(f"unknown export format {fmt!r} (known: onnx, tensorrt)")
     names = [n.strip() for m in models or [] for n in m.split(",") if n.strip()] or list(PARTS)
-    cfg = _config(profile, config, runtime=dict(fp16=fp16))
+    cfg = load_config(profile, config, runtime=dict(fp16=fp16))
     from kbridge.engine.models import quiet_libraries
 
     quiet_libraries()
@@ -44,4 +46,4 @@ def export(
                                 else cfg.rank.device)
             out.print(f"{name}: {'built' if art.built else 'found cached'} {art.path}", highlight=False)
     except (UnknownPart, ExportError, TensorRTUnavailable, RuntimeUnavailable) as e:
-        _fail(str(e))
+        fail(str(e))

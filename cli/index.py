@@ -6,13 +6,15 @@ from typing import Optional
 
 import typer
 
+from kbridge.cli.common import ProfileOpt
+
 index_app = typer.Typer(no_args_is_help=True,
                         help="Corpus index for retrieved candidates (faiss; MIRe late interaction with --retriever).")
 
 
 @index_app.command("build")
 def build(
-    profile: str = typer.Option("tiny", "--profile", "-p", help="tiny (CPU default), h100, 4090x4, edge."),
+    profile: str = ProfileOpt,
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file overriding profile sections."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (default: bundled demo set)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="coco | mmimdb | iuxray (detected when unambiguous)."),
@@ -31,44 +33,44 @@ def build(
 ):
     """Embed every complete sample (image, text, knowledge graph) and save the index with the run;
     a later `kbridge run --out` into the same directory adds retrieved candidates."""
-    from kbridge.cli.app import _config, _fail, _setup_logging, out
+    from kbridge.cli.common import fail, load_config, out, setup_logging
     from kbridge.engine.api import Engine
     from kbridge.engine.config import ConfigError
     from kbridge.engine.data import DataError
-    from kbridge.engine.rank.index import IndexUnavailable
+    from kbridge.engine.retrieve.index import IndexUnavailable
     from kbridge.engine.zoo import ModelNotFound
 
-    _setup_logging(verbose)
-    cfg = _config(profile, config, rank=dict(index_kind=kind, retriever=retriever))
+    setup_logging(verbose)
+    cfg = load_config(profile, config, rank=dict(index_kind=kind, retriever=retriever))
     try:
         summary = Engine(cfg).build_index(data=data, fmt=fmt, missing=missing, out=out_dir, limit=limit,
                                          metadata=metadata)
     except (DataError, ModelNotFound, ConfigError, IndexUnavailable, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"indexed {summary['items']} complete samples ({summary['kind']}, {summary['dim']}-d semantic + "
               f"graph) → {summary['path']}")
     for e in summary["errors"]:
         out.print(f"skipped {e['sample_id']}: {e['error']}")
     if retriever != "faiss":
         from kbridge.engine.errors import KbridgeError
-        from kbridge.engine.mire.retriever import build_mire_index
+        from kbridge.engine.retrieve.mire.retriever import build_mire_index
 
         try:
-            from kbridge.engine.mire.checkpoint import with_settings
-            from kbridge.engine.mire.retriever import load_encoder
+            from kbridge.engine.retrieve.mire.checkpoint import with_settings
+            from kbridge.engine.retrieve.mire.retriever import load_encoder
 
             m = build_mire_index(cfg, Path(summary["path"]), with_settings(load_encoder(cfg), doc_maxlen=doc_maxlen))
         except KbridgeError as e:
-            _fail(str(e))
+            fail(str(e))
         out.print(f"MIRe index: {m['documents']} texts, {m['tokens']} tokens in {m['cells']} cells → {m['path']}")
 
 
 def _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak):
-    from kbridge.cli.app import _config
-    from kbridge.engine.mire.checkpoint import with_settings
-    from kbridge.engine.mire.retriever import MireRetriever
+    from kbridge.cli.common import load_config
+    from kbridge.engine.retrieve.mire.checkpoint import with_settings
+    from kbridge.engine.retrieve.mire.retriever import MireRetriever
 
-    cfg = _config(profile, config)
+    cfg = load_config(profile, config)
     r = MireRetriever.load(cfg, Path(out_dir) / "index")
     with_settings(r.encoder, query_maxlen=query_maxlen, attend_to_mask_tokens=attend_mask, pad_leak=pad_leak)
     return r
@@ -96,14 +98,14 @@ def query(
 
     from PIL import Image
 
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
 
     try:
         r = _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak)
         hits = r.query([text], [Image.open(image)] if image else None, k)[0]
     except (KbridgeError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         print(json.dumps(hits, indent=1))
         return
@@ -123,15 +125,15 @@ def eval_retrieval(
     """MIRe retrieval against relevance labels: R@1/5/10/20/50/100, P@1, P@5, MRR@5 (as MIRe reports)."""
     import json
 
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.mire.evaluate import evaluate, read_queries
+    from kbridge.engine.retrieve.mire.evaluate import evaluate, read_queries
 
     try:
         r = _mire_retriever(profile, config, out_dir, query_maxlen, attend_mask, pad_leak)
         m = evaluate(r, read_queries(queries))
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         print(json.dumps(m, indent=1))
         return

@@ -8,18 +8,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from kbridge.cli.common import err, fail, out
 
 lmm_app = typer.Typer(no_args_is_help=True, help="Serve the LMM (vLLM, OpenAI-compatible) for kbridge run --lmm.")
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    from rich.text import Text
-
-    err.print(Text.assemble(("error", "bold red"), ": ", message), highlight=False)
-    raise typer.Exit(code)
 
 
 @lmm_app.command("serve")
@@ -43,18 +35,18 @@ def serve(
     if profile in CPU_PROFILES:
         return _serve_cpu(profile, host, port, api_key_env, dry_run, wait_s, python)
     if profile not in SERVE_PROFILES:
-        _fail(f"unknown serving profile {profile!r} (known: {', '.join((*SERVE_PROFILES, *CPU_PROFILES))})")
+        fail(f"unknown serving profile {profile!r} (known: {', '.join((*SERVE_PROFILES, *CPU_PROFILES))})")
     p = SERVE_PROFILES[profile]
     if model is None and not dry_run:
-        _fail(f"give --model DIR: a local directory of {p.model} (nothing is downloaded)")
+        fail(f"give --model DIR: a local directory of {p.model} (nothing is downloaded)")
     path = model or f"/models/{p.model}"
     if not dry_run and not Path(path).is_dir():
-        _fail(f"model directory not found: {path}")
+        fail(f"model directory not found: {path}")
     from kbridge.engine.lmm.serving import tp_split_error
 
     why = tp_split_error(path, p.tensor_parallel) if not dry_run else None
     if why:
-        _fail(why)
+        fail(why)
     argv, env = serve_command(p, path, host, port, api_key_env, vllm_bin)
     base = f"http://{host}:{port or p.port}"
     if dry_run:
@@ -64,7 +56,7 @@ def serve(
     try:
         proc = subprocess.Popen(argv, env={**os.environ, **env})
     except OSError as e:
-        _fail(f"cannot start {vllm_bin}: {e} (pip install 'kbridge[vllm]')")
+        fail(f"cannot start {vllm_bin}: {e} (pip install 'kbridge[vllm]')")
     _supervise(proc, base, wait_s)
 
 
@@ -80,7 +72,7 @@ def _serve_cpu(profile: str, host: str, port: Optional[int], api_key_env: str, d
     try:
         cfg = build_config(profile, None, {})
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     model = str(zoo.ensure_tiny("lmm_vllm_cpu", cfg.cache_dir(), cfg.models.lmm_vllm_cpu))
     port = port or free_port(host)
     argv, env = cpu_serve_command(model, host, port, cfg.lmm.dtype, python=python or sys.executable,
@@ -92,7 +84,7 @@ def _serve_cpu(profile: str, host: str, port: Optional[int], api_key_env: str, d
     try:
         proc = subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True)
     except OSError as e:
-        _fail(f"cannot start {argv[0]}: {e}")
+        fail(f"cannot start {argv[0]}: {e}")
     _supervise(proc, base, wait_s)
 
 
@@ -117,7 +109,7 @@ def _supervise(proc: subprocess.Popen, base: str, wait_s: float) -> None:
         wait_healthy(base, proc, wait_s)
     except ServeError as e:
         stop()
-        _fail(str(e))
+        fail(str(e))
     except KeyboardInterrupt:
         stop()
         raise typer.Exit(130)

@@ -17,11 +17,11 @@ def convert_mire(
                                     "for the published checkpoint: its OmegaConf config loads as stand-ins."),
 ):
     """Convert a MIRe training checkpoint (ColBERTv2 BERT + projection, CLIP vision tower, pooling)."""
-    from kbridge.cli.app import _fail, out
-    from kbridge.engine.mire.checkpoint import CheckpointError, convert_published
+    from kbridge.cli.common import fail, out
+    from kbridge.engine.retrieve.mire.checkpoint import CheckpointError, convert_published
 
     try:
         p = convert_published(ckpt, out_dir, tokenizer, trust)
     except CheckpointError as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"wrote {p}: set [models] mire = \"{p}\" and [rank] retriever = \"mire\" (or \"both\")", markup=False)

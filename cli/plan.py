@@ -23,11 +23,11 @@ def plan(
                                   "measurements) for 1×4090, 4×4090, 1×H100, 2×8×H100."),
 ):
     """Which models go on which GPU, their memory and headroom, and the schedule (fused / phased)."""
-    from kbridge.cli.app import _config, _fail, out
+    from kbridge.cli.common import fail, load_config, out
     from kbridge.engine.config import ConfigError
     from kbridge.engine.plan import PlanError, default_gpus, format_plan, make_plan, parse_gpus, visible_gpus
 
-    cfg = _config(profile, config)
+    cfg = load_config(profile, config)
     if estimate:
         from kbridge.engine.estimate import BOXES, estimate as est, format_estimate
 
@@ -40,7 +40,7 @@ def plan(
         return
     try:
         if executor == "ray":
-            from kbridge.engine.ray_plan import format_layout, ray_layout
+            from kbridge.engine.executors.ray_plan import format_layout, ray_layout
 
             spec = gpus_per_node or gpus
             lay = ray_layout(cfg, nodes, parse_gpus(spec) if spec else default_gpus(cfg))
@@ -55,7 +55,7 @@ def plan(
         devices = parse_gpus(gpus) if gpus else (present or default_gpus(cfg))
         p = make_plan(cfg, devices)
     except (ConfigError, PlanError) as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         out.print_json(json.dumps(p))
     else:

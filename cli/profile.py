@@ -12,7 +12,7 @@ def trace_options(out_dir: Path, trace: bool, trace_file: Optional[Path], kernel
     """The run's TraceOptions from the --trace flags (None: no trace)."""
     if not (trace or trace_file or kernels):
         return None
-    from kbridge.cli.app import _fail
+    from kbridge.cli.common import fail
     from kbridge.engine.trace import TraceOptions, default_path, parse_window
 
     window = None
@@ -20,7 +20,7 @@ def trace_options(out_dir: Path, trace: bool, trace_file: Optional[Path], kernel
         try:
             window = parse_window(kernels)
         except ValueError as e:
-            _fail(str(e))
+            fail(str(e))
     return TraceOptions(Path(trace_file) if trace_file else default_path(out_dir), sample_every=every, kernels=window)
 
 
@@ -36,14 +36,14 @@ def profile(run_dir: Path = typer.Argument(..., help="A run directory written wi
     the critical paths; per sample kind; and a verdict: the bottleneck and the knob that moves it."""
     from rich.table import Table
 
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.trace.profile import ProfileError
     from kbridge.engine.trace.profile import profile as build
 
     try:
         p = build(run_dir, trace, run)
     except (ProfileError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     dest = json_path or Path(run_dir) / "profile.json"
     dest.write_text(json.dumps(p, indent=1), encoding="utf-8")
     if export:

@@ -30,21 +30,21 @@ def recover(
     """DiCMoR: recover missing modalities' features with normalising flows, predict sentiment, and
     report Acc-2 / F1 (non-zero labels and MMSA's Has0), Acc-5, Acc-7, MAE and Corr per missing pattern
     (or per seed of the paper's missing-rate protocol)."""
-    from kbridge.cli.app import _fail
+    from kbridge.cli.common import fail
     from kbridge.engine.config import build_config
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.recover.evaluate import evaluate
-    from kbridge.engine.recover.tiny import load
+    from kbridge.engine.peers.recover.evaluate import evaluate
+    from kbridge.engine.peers.recover.tiny import load
 
     try:
         cache = build_config("tiny").cache_dir()
         net, text_mode, path = load(model, cache)
-        from kbridge.engine.recover.data import PUBLISHED_SEEDS
+        from kbridge.engine.peers.recover.data import PUBLISHED_SEEDS
 
         rep = evaluate(net, text_mode, path, data, missing, split, batch_size, device, missing_rate,
                        tuple(seed) if seed else PUBLISHED_SEEDS, rate_batch, backend, cache)
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         print(json.dumps(rep.to_dict(), indent=1))
         return
@@ -70,12 +70,12 @@ def convert_dicmor(
     trust: bool = typer.Option(False, "--trust-checkpoint", help="Unpickle beyond tensors (only for files you trust)."),
 ):
     """Convert a published DiCMoR checkpoint into a kbridge model directory."""
-    from kbridge.cli.app import _fail, out
+    from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
-    from kbridge.engine.recover.convert import convert
+    from kbridge.engine.peers.recover.convert import convert
 
     try:
         p = convert(ckpt, out_dir, bert if bert in (None, "tiny") else Path(bert), heads=heads, trust=trust)
     except KbridgeError as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"wrote {p}: run `kbridge recover --model {p} --data aligned_50.pkl`")

@@ -44,13 +44,13 @@ def serve(
     trace_every: int = typer.Option(1, "--trace-every", min=1, help="Per-sample spans for every N-th request only."),
 ):
     """Serve the engine over HTTP: POST /v1/complete, /v1/jobs (+ SSE events), /metrics, /health."""
-    from kbridge.cli.app import _config, _fail, _line, _setup_logging
+    from kbridge.cli.common import fail, line, load_config, setup_logging
     from kbridge.engine.config import ConfigError
     from kbridge.engine.errors import KbridgeError
     from kbridge.engine.serve.limits import check
 
-    _setup_logging(verbose)
-    cfg = _config(profile, config, lmm=dict(backend="http" if lmm else None, url=lmm),
+    setup_logging(verbose)
+    cfg = load_config(profile, config, lmm=dict(backend="http" if lmm else None, url=lmm),
                   serve=dict(max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, max_text_chars=max_text_chars,
                              max_candidates=max_candidates, max_steps=max_steps, max_queue=max_queue,
                              request_timeout_s=request_timeout_s, files_ttl_s=files_ttl_s,
@@ -64,12 +64,12 @@ def serve(
     if api_key_env:
         key = os.environ.get(api_key_env) or None
         if key is None:
-            _fail(f"--api-key-env {api_key_env}: the variable is not set or empty")
+            fail(f"--api-key-env {api_key_env}: the variable is not set or empty")
     bind = host or LOOPBACK
     if host is None:
-        _line("info", f"binding {LOOPBACK} only (loopback); pass --host to listen elsewhere")
+        line("info", f"binding {LOOPBACK} only (loopback); pass --host to listen elsewhere")
     elif key is None and bind not in (LOOPBACK, "localhost", "::1"):
-        _line("warning", f"listening on {bind} without an API key: anyone who reaches it can use it")
+        line("warning", f"listening on {bind} without an API key: anyone who reaches it can use it")
     from kbridge.engine.api import Engine
     from kbridge.engine.serve.app import serve as run
 
@@ -79,7 +79,7 @@ def serve(
 
         topts = TraceOptions(trace, sample_every=trace_every) if trace else None
         run(Engine(cfg), bind, port, key, trace=topts,
-            on_listen=lambda h, p: _line("info", f"kbridge serve on http://{h}:{p} (profile {cfg.profile}; "
+            on_listen=lambda h, p: line("info", f"kbridge serve on http://{h}:{p} (profile {cfg.profile}; "
                                                  f"/health says 200 once the models are loaded; docs at /docs)"))
     except (KbridgeError, ConfigError) as e:
-        _fail(str(e))
+        fail(str(e))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import json
 import logging
 import platform
@@ -21,18 +22,31 @@ from typing import Callable
 from kbridge.engine import data as D
 from kbridge.engine.config import ConfigError, PipelineConfig, build_config
 from kbridge.engine.domains import domain_of
-from kbridge.engine.executor import stream
+from kbridge.engine.executors.local import stream
 from kbridge.engine.lmm import LMMClient, RequestLog
-from kbridge.engine.models import Models, load_retriever
-from kbridge.engine.phased import PhaseFiles
+from kbridge.engine.models import Models, load_generator, load_lmm, load_scorer, render_devices
 from kbridge.engine.plan import placed, resolve_schedule
-from kbridge.engine.rows import Row
-from kbridge.engine.sink import ResultSink
-from kbridge.engine.stages import GRAPH, PHASES, STAGES, Ctx
+from kbridge.engine.stages import GRAPH, PHASES
 from kbridge.engine.store import RunStore, export_completed
-from kbridge.engine.types import Sample
 
 log = logging.getLogger("kbridge.engine")
+
+EXECUTORS = {"local": "kbridge.engine.executors.local", "ray": "kbridge.engine.executors.ray"}
+"""``run(executor=...)`` → the module that runs the stages, imported when chosen. Each has
+``manifest(cfg, address)`` (refuses what it cannot run before the run directory is touched; returns
+what the manifest records about it) and ``execute(eng, store, ds, todo, schedule, report, t_start,
+on_sample, address)`` (every finished row into the run's sink)."""
+
+
+def executor_module(name: str):
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
+    return importlib.import_module(EXECUTORS[name])
+
+
+def load_generators(cfg: PipelineConfig) -> list:
+    """One generator replica per render device."""
+    return [load_generator(cfg, d) for d in render_devices(cfg)]
 
 
 @dataclass
@@ -74,14 +88,12 @@ def _sha(path: Path | None) -> str | None:
 class Engine:
     def __init__(self, cfg: PipelineConfig | None = None, profile: str = "tiny",
                  config_file: str | None = None, overrides: dict | None = None):
-        from kbridge.engine.models import load_generator, load_lmm, load_scorer, render_devices
-
-        self.cfg = cfg = cfg or build_config(profile, config_file, overrides)
+        self.cfg = cfg or build_config(profile, config_file, overrides)
         self._models: Models | None = None
-        self.loaders: dict[str, Callable[[], object]] = {
-            "lmm": lambda: load_lmm(cfg), "scorer": lambda: load_scorer(cfg),
-            "generators": lambda: [load_generator(cfg, d) for d in render_devices(cfg)]}
-        """How each model slot is loaded (a test or an embedding application may replace one)."""
+        self.loaders: dict[str, Callable[[PipelineConfig], object]] = {
+            "lmm": load_lmm, "scorer": load_scorer, "generators": load_generators}
+        """How each model slot is loaded from the engine's config (a test or an embedding application
+        may replace one). The Ray executor's actors call the same loaders with their own config."""
         self.tracer = None
         """The running ``engine.trace.Tracer`` during a traced ``run`` (else None)."""
         self.executor = stream
@@ -100,8 +112,13 @@ class Engine:
         quiet_libraries()
         for slot in ("lmm", "scorer", "generators"):
             if slot in slots and not getattr(m, slot):
-                setattr(m, slot, self.loaders[slot]())
+                setattr(m, slot, self.loaders[slot](self.cfg))
         return m
+
+    def release(self, slots: set[str]) -> None:
+        """Give back the memory of these slots' models (the phased schedule, between phases)."""
+        if self._models is not None:
+            self._models.release(*slots)
 
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
             out: str | Path = "kbridge-out", limit: int | None = None,
@@ -112,7 +129,7 @@ class Engine:
 
         ``on_start(n)`` gets the number of samples left to do; ``on_sample(sample_id, status)`` is
         called as each finishes ("done" / "error"). ``executor``: "local" (the streaming executor
-        in this process) or "ray" (the same stages as Ray Data operators, engine/ray_executor.py;
+        in this process) or "ray" (the same stages as Ray Data operators, engine/executors/ray.py;
         ``ray_address`` joins a cluster, else a local instance is started and stopped).
         ``trace``: an ``engine.trace.TraceOptions`` (``--trace``): the run's timeline is written there.
         Raises DataError for an unreadable dataset and RunConfigMismatch for a reused ``out``.
@@ -135,17 +152,12 @@ class Engine:
         run_key = hashlib.sha256(f"{cfg.result_hash()}|{ds.name}|{ds.root.resolve()}|{ds.format}|"
                                  f"{_sha(missing)}{f'|{metadata}' if metadata else ''}".encode()).hexdigest()[:16]
         schedule = resolve_schedule(cfg)
-        ray_info = {}
-        if executor == "ray":
-            from kbridge.engine.ray_executor import ray_manifest
-
-            ray_info = ray_manifest(cfg, ray_address)
-        elif executor != "local":
-            raise ConfigError(f"unknown executor {executor!r} (known: local, ray)")
+        runner = executor_module(executor)
+        executor_info = runner.manifest(cfg, ray_address)
         phases = [list(p) for p in PHASES] if schedule == "phased" else [[s.name for s in GRAPH]]
         store = RunStore(out, run_key, {
             "config": cfg.to_dict(), "profile": cfg.profile, "versions": versions(),
-            "threads": torch.get_num_threads(), "schedule": schedule, "phases": phases, "executor": executor, **ray_info,
+            "threads": torch.get_num_threads(), "schedule": schedule, "phases": phases, "executor": executor, **executor_info,
             "data": {"name": ds.name, "root": str(ds.root), "format": ds.format,
                      "missing": str(missing) if missing else None, "items": len(ds)}})
         t_start = time.time()
@@ -166,12 +178,8 @@ class Engine:
             report.skipped = len(indices) - len(todo)
             if on_start:
                 on_start(len(todo))
-            if todo and executor == "ray":
-                from kbridge.engine.ray_executor import execute
-
-                execute(self, store, ds, todo, schedule, report, t_start, on_sample, ray_address)
-            elif todo:
-                self._execute(store, ds, todo, schedule, report, t_start, on_sample)
+            if todo:
+                runner.execute(self, store, ds, todo, schedule, report, t_start, on_sample, ray_address)
             report.counts_by_missing = _counts_by_missing(store.results_path)
             report.wall_seconds = round(time.time() - t_start, 3)
             prev = store.manifest.get("totals", {})
@@ -190,73 +198,12 @@ class Engine:
             store.close()
         return report
 
-    def _execute(self, store: RunStore, ds, todo: list[int], schedule: str, report: RunReport, t_start: float,
-                 on_sample) -> None:
-        cfg = self.cfg
-        busy: dict = defaultdict(float)
-        files = PhaseFiles(store.root)
-        any_image = any(ds.missing.get(i) == "image" for i in todo)
-        finish = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG), self.tracer)
-
-        def persist(k: int):
-            def sink(row: Row) -> None:
-                if row.error is not None:
-                    finish(row)
-                else:
-                    files.persist(k, row, store)
-            return sink
-
-        def fresh(skip: set[str]):
-            for i in todo:
-                sid = f"{ds.name}:{i}"
-                if sid not in skip:
-                    yield Row(Sample(sid, i, None, None, ds.missing.get(i)))
-
-        def slots(stages) -> set[str]:
-            need = {s.slot for s in stages if s.slot}
-            if not any_image:
-                need.discard("generators")
-            return need
-
-        ctx_base = dict(cfg=cfg, domain=domain_of(cfg), dataset=ds, trace=self.tracer)
-        client_cache = store.cache if cfg.lmm.cache else None
-        if schedule == "fused":
-            models = self.ensure(slots(GRAPH))
-            models.retriever = load_retriever(cfg, store.root)
-            ctx = Ctx(models=models, client=LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy),
-                      **ctx_base)
-            asyncio.run(self.executor(fresh(set()), GRAPH, ctx, finish, busy))
-        else:
-            last = len(PHASES) - 1
-            pools: dict = {}  # one worker thread per device and model for the whole run, not per phase
-            try:
-                for k, names in enumerate(PHASES):
-                    stages = tuple(STAGES[n] for n in names)
-                    need = slots(stages)
-                    if self._models is not None:  # what this phase does not use gives its memory back
-                        self._models.release(*({"lmm", "scorer", "generators"} - need))
-                    models = self.ensure(need)
-                    models.retriever = load_retriever(cfg, store.root) if "retrieve" in names else None
-                    client = LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy) \
-                        if models.lmm else None
-                    ctx = Ctx(models=models, client=client, pools=pools, **ctx_base)
-                    skip = files.done(k) | store.done()
-                    source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
-                    asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
-                    # the next phase's release must find no other reference to this phase's models
-                    ctx = client = models = source = None
-            finally:
-                for p in pools.values():
-                    p.shutdown(wait=True)
-            files.clear()
-        finish.close(busy)
-
     def build_index(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
                     out: str | Path = "kbridge-out", limit: int | None = None,
                     metadata: str | Path | None = None) -> dict:
-        """Index the dataset's complete samples into ``<out>/index`` (rank/retrieve.py), so that a
+        """Index the dataset's complete samples into ``<out>/index`` (retrieve/corpus.py), so that a
         later ``run`` into ``out`` adds retrieved candidates. LMM answers share the run's cache."""
-        from kbridge.engine.rank.retrieve import build_corpus, index_dir
+        from kbridge.engine.retrieve.corpus import build_corpus, index_dir
         from kbridge.engine.store import ResponseCache
 
         ds = D.open_dataset(data, fmt, missing, metadata=metadata, max_pixels=self.cfg.run.max_pixels)

@@ -15,3 +15,8 @@ class KbridgeError(Exception):
 
 class Unavailable(KbridgeError):
     """Something the configuration asks for (a package, backend, device, kernel) is not present."""
+
+
+class RuntimeUnavailable(Unavailable, RuntimeError):
+    """The chosen dense-model runtime backend (engine/runtime) cannot run here (package missing, no
+    GPU, provider fell back)."""

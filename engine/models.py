@@ -54,7 +54,7 @@ class Models:
     generators: list = field(default_factory=list)
     """Generator replicas, one per device given to diffusion (data-parallel render workers)."""
     retriever: object | None = None
-    """The run's corpus index (rank/retrieve.py), or None: retrieved candidates join the ranking."""
+    """The run's corpus index (retrieve/corpus.py), or None: retrieved candidates join the ranking."""
 
     def release(self, *slots: str) -> None:
         """Drop the named slots, close what they held (an in-process vLLM engine shuts down, a server
@@ -153,8 +153,8 @@ def load_scorer(cfg: PipelineConfig):
 def load_retriever(cfg: PipelineConfig, run_dir):
     """The corpus index saved with the run (``kbridge index build``), or None: when
     ``rank.retrieve_k`` is 0, when no index was built, or when faiss is not installed."""
-    from kbridge.engine.rank.index import IndexUnavailable
-    from kbridge.engine.rank.retrieve import IndexMismatch, Retriever, index_dir
+    from kbridge.engine.retrieve.index import IndexUnavailable
+    from kbridge.engine.retrieve.corpus import IndexMismatch, Retriever, index_dir
 
     path = index_dir(cfg, run_dir)
     if cfg.rank.retrieve_k <= 0 or not (path / "meta.json").exists():
@@ -166,7 +166,7 @@ def load_retriever(cfg: PipelineConfig, run_dir):
         return None
     if cfg.rank.retriever == "faiss":
         return faiss_retriever
-    from kbridge.engine.mire.retriever import with_mire  # text-missing samples by MIRe (engine/mire/)
+    from kbridge.engine.retrieve.mire.retriever import with_mire  # text-missing samples by MIRe (engine/retrieve/mire/)
 
     return with_mire(cfg, path, faiss_retriever)
 

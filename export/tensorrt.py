@@ -85,7 +85,7 @@ def build_engine(plan: TrtBuildPlan) -> Path:
     ``plan.device`` current: TensorRT builds on (and binds to) the current CUDA device."""
     import tensorrt as trt
 
-    from kbridge.engine.runtime.device import on_device
+    from kbridge.export.device import on_device
 
     plan.check()
     missing = [f for f in plan.flags if not hasattr(trt.BuilderFlag, f)]

@@ -6,8 +6,8 @@ import torch
 
 from kbridge.engine.generate import cheff_convert as C
 from kbridge.engine.generate.cheff import load_components
-from kbridge.engine.generate.cheff_tiny import tiny_parts, write_bert_tokenizer
-from kbridge.engine.zoo import _words
+from kbridge.engine.generate.cheff_tiny import tiny_parts
+from kbridge.engine.twins import write_bert_tokenizer
 
 # the published key structure (CompVis openaimodel UNet, x-transformers BERT embedder, KL autoencoder)
 PUBLISHED = [
@@ -36,7 +36,7 @@ PUBLISHED_AE = ["encoder.conv_in.weight", "encoder.down.0.block.0.norm1.weight",
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("cheff-conv")
-    tok = write_bert_tokenizer(d / "tok", _words())
+    tok = write_bert_tokenizer(d / "tok", max_length=150)
     # three levels, two blocks each, attention on the first two (as Cheff has it on its finer levels)
     parts = tiny_parts(tok, seed=3, blocks=(16, 32, 32), layers=2, attention=(True, True, False),
                        vae_blocks=(8, 16, 16), latent_size=8)

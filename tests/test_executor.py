@@ -17,7 +17,7 @@ import promise
 from conftest import read_jsonl
 from fake_lmm import FakeLMM
 from kbridge.engine.api import Engine
-from kbridge.engine.executor import stream
+from kbridge.engine.executors.local import stream
 from kbridge.engine.models import Models
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import Ctx, Stage
@@ -28,7 +28,7 @@ def _engine(cfg, engine, lmm, **run):
     eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)))
     loaded = engine.models()
     # the tiny dense models and a fake LMM, also when a phase reloads what the previous one released
-    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng.loaders.update(lmm=lambda _: lmm, scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
     return eng
 
 
@@ -190,7 +190,7 @@ def test_phased_equals_fused_and_records_the_schedule(cfg, engine, tmp_path):
 
 @pytest.mark.parametrize("after", [0, 2], ids=["at-the-phase-boundary", "mid-phase"])
 def test_a_phased_run_killed_inside_a_phase_resumes_there(cfg, engine, tmp_path, monkeypatch, after):
-    from kbridge.engine import phased
+    from kbridge.engine.executors import phased
 
     out = tmp_path / "o"
     real = phased.PhaseFiles.persist

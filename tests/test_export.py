@@ -122,7 +122,7 @@ def test_fp16_export_has_half_precision_io(parts, tmp_path):
 def test_onnxruntime_refuses_a_silent_cpu_fallback(parts, exported, cfg):
     import onnxruntime as ort
 
-    from kbridge.engine.runtime import RuntimeUnavailable
+    from kbridge.engine.errors import RuntimeUnavailable
     from kbridge.engine.runtime.ort import OrtRunner
 
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():

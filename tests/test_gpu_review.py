@@ -511,14 +511,14 @@ def _fake_faiss(monkeypatch, gpus=4):
                                  GpuClonerOptions=lambda: types.SimpleNamespace(useFloat16=False),
                                  downcast_index=lambda i: i)
     monkeypatch.setitem(sys.modules, "faiss", fake)
-    from kbridge.engine.rank import index
+    from kbridge.engine.retrieve import index
 
     monkeypatch.setattr(index, "_RESOURCES", {})
     return seen, np.random.default_rng(0).standard_normal((50, 16)).astype("float32")
 
 
 def test_gpu_review_G1_faiss_searches_on_cpu_unless_asked_then_on_the_stage_gpu(monkeypatch):
-    from kbridge.engine.rank.index import GPU_TEMP_BYTES, EmbeddingIndex, IndexUnavailable
+    from kbridge.engine.retrieve.index import GPU_TEMP_BYTES, EmbeddingIndex, IndexUnavailable
 
     seen, x = _fake_faiss(monkeypatch)
     EmbeddingIndex.build(x, "flat")  # default: the CPU, even with GPUs visible

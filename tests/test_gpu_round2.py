@@ -45,17 +45,17 @@ def test_N2_N13_phased_release_drops_every_reference_and_closes_the_engine(cfg, 
                                      generation=dataclasses.replace(cfg.generation, candidates=1)))  # one render
     loaded = engine.models()
 
-    def lmm():
+    def lmm(_cfg):
         m = _ClosingLMM(log)
         refs.append(weakref.ref(m))
         return m
 
-    def generators():
+    def generators(_cfg):
         gc.collect()
         seen.append(([r() is None for r in refs], list(log)))
         return loaded.generators
 
-    eng.loaders.update(lmm=lmm, scorer=lambda: loaded.scorer, generators=generators)
+    eng.loaders.update(lmm=lmm, scorer=lambda _: loaded.scorer, generators=generators)
     rep = eng.run(out=tmp_path / "o", limit=1)  # demo:0 is missing its image: render runs
     assert rep.completed == 1 and not rep.errors
     assert seen == [([True], ["closed"])]  # render loaded with the LMM gone: freed and shut down
@@ -322,7 +322,7 @@ def test_G2_ivfpq_goes_to_the_gpu_only_as_faiss_gpu_accepts_it(monkeypatch):
     import numpy as np
 
     faiss = pytest.importorskip("faiss")
-    from kbridge.engine.rank import index as I
+    from kbridge.engine.retrieve import index as I
 
     clones = []
     monkeypatch.setattr(I, "gpu_count", lambda: 2)

@@ -6,8 +6,8 @@ import torch
 pytest.importorskip("faiss", reason="faiss is in the cpu extra: pip install -e '.[cpu,test]'")
 
 from kbridge.engine.config import PipelineConfig, RankConfig  # noqa: E402
-from kbridge.engine.rank.index import EmbeddingIndex, ivfpq_shape  # noqa: E402
-from kbridge.engine.rank.retrieve import Retriever, graph_embeddings, write_corpus  # noqa: E402
+from kbridge.engine.retrieve.index import EmbeddingIndex, ivfpq_shape  # noqa: E402
+from kbridge.engine.retrieve.corpus import Retriever, graph_embeddings, write_corpus  # noqa: E402
 from kbridge.engine.rank.score import rank_batch  # noqa: E402
 from kbridge.engine.types import Candidate, Knowledge, Sample, Triple  # noqa: E402
 

@@ -4,8 +4,8 @@ import pytest
 
 from kbridge.engine.config import ConfigError, build_config
 from kbridge.engine.plan import parse_gpus
-from kbridge.engine.ray_executor import busy_seconds, decode, encode
-from kbridge.engine.ray_plan import operators, ray_layout, segments
+from kbridge.engine.executors.ray import busy_seconds, decode, encode
+from kbridge.engine.executors.ray_plan import operators, ray_layout, segments
 from kbridge.engine.rows import Failure, LMMRecord, Row
 from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, Triple
 

@@ -9,6 +9,7 @@ import pytest
 from kbridge.engine.config import ConfigError, build_config
 from kbridge.engine.lmm.serving import SERVE_PROFILES, ServeError, serve_command, wait_healthy
 from kbridge.engine.lmm.vllm_local import VLLMBackend, llm_kwargs, vllm_usable
+from kbridge.engine.zoo import ZOO_VERSION
 
 
 def _flag(argv, name):
@@ -71,7 +72,7 @@ def test_cpu_engine_arguments_and_server_flags_agree(cfg, tmp_path):
     """vLLM's CPU platform: eager, an explicit KV cache, compact JSON, no chunked prefill with a step
     budget that holds a whole prompt: the same settings in-process and on the server."""
     from kbridge.engine.lmm.serving import cpu_serve_command
-    from kbridge.engine.lmm.vllm_local import COMPACT_JSON, CPU_KV_CACHE_BYTES
+    from kbridge.engine.lmm.serving import COMPACT_JSON, CPU_KV_CACHE_BYTES
 
     kw = llm_kwargs(tmp_path, cfg.lmm, "tiny", cpu=True)
     assert kw["enforce_eager"] and kw["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
@@ -90,7 +91,7 @@ def test_cpu_engine_arguments_and_server_flags_agree(cfg, tmp_path):
     assert r.returncode == 0, r.stderr
     line = r.stdout.splitlines()[0]
     assert line.startswith(f"VLLM_CPU_KVCACHE_SPACE=1 {sys.executable} -m vllm.entrypoints.openai.api_server --model ")
-    assert "tiny-lmm_vllm_cpu-v1 --host 127.0.0.1 --port " in line
+    assert f"tiny-lmm_vllm_cpu-v{ZOO_VERSION} --host 127.0.0.1 --port " in line
 
 
 def test_in_process_vllm_backend(cfg):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbridge.engine import zoo
+from kbridge.engine import twins, zoo
 from kbridge.engine.config import build_config
 
 
@@ -61,8 +61,8 @@ def test_the_vllm_cpu_twin_is_a_deterministic_idefics3_with_vllm_cpu_head_size(t
     from transformers import AutoProcessor
 
     a, b = tmp_path / "a", tmp_path / "b"
-    zoo.build_tiny_idefics3(a)
-    zoo.build_tiny_idefics3(b)
+    twins.build_tiny_idefics3(a)
+    twins.build_tiny_idefics3(b)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     c = json.loads((a / "config.json").read_text())
     t = c["text_config"]
@@ -74,3 +74,15 @@ def test_the_vllm_cpu_twin_is_a_deterministic_idefics3_with_vllm_cpu_head_size(t
                                     add_generation_prompt=True, tokenize=False)
     assert text == "<|im_start|>user\n<image>x<|im_end|>\n<|im_start|>assistant\n"
     assert proc.tokenizer.convert_tokens_to_ids("<image>") == c["image_token_id"] < t["vocab_size"]
+
+
+def test_a_peer_registers_its_own_twin_builder(tmp_path):
+    """The zoo imports no peer: MIRe registers its twin's builder; a slot nobody registered is one
+    clear error and leaves nothing in the cache."""
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.retrieve.mire import checkpoint
+
+    assert twins.builder_for("mire") is checkpoint.build_tiny
+    with pytest.raises(KbridgeError, match="no tiny twin builder is registered for model 'nope'"):
+        zoo.ensure_tiny("nope", tmp_path)
+    assert not zoo.tiny_dir("nope", tmp_path).exists()

@@ -1,4 +1,4 @@
-"""The Cheff architecture with small configs: the zoo's tiny twin and the converter's test model.
+"""The Cheff architecture with small configs: the tiny twin's (engine/twins.py) and the converter's test model.
 
 Real Cheff (for comparison): UNet in/out 3 channels at 64², block_out_channels (224, 448, 896, 896),
 2 blocks per level, cross-attention (1280, 8 heads) on all levels but the first; KL autoencoder
@@ -7,23 +7,6 @@ with 3 latent channels, block_out_channels (128, 256, 512) → 4×, 2 blocks; LD
 channels, a 4× autoencoder, 150 positions, cross-attention = text width) at toy widths.
 """
 from __future__ import annotations
-
-from pathlib import Path
-
-_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def write_bert_tokenizer(out: Path, words: list[str], max_tokens: int = 150):
-    """A BERT WordPiece vocabulary: specials, characters, '##' suffix pieces, the given words."""
-    from transformers import BertTokenizer
-
-    chars = sorted({ch for w in words for ch in w if ch.isascii()} | set("abcdefghijklmnopqrstuvwxyz0123456789.,;:-()/'"))
-    vocab = _SPECIALS + chars + ["##" + c for c in chars] + sorted({w for w in words if w.isascii() and len(w) > 1})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tok = BertTokenizer(str(out / "vocab.txt"), do_lower_case=True, model_max_length=max_tokens)
-    tok.save_pretrained(out)
-    return tok
 
 
 def tiny_parts(tokenizer, seed: int = 0, blocks: tuple = (32, 64), layers: int = 1,
@@ -52,12 +35,3 @@ def tiny_parts(tokenizer, seed: int = 0, blocks: tuple = (32, 64), layers: int =
                           set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
     return {"unet": unet, "vqvae": vae, "bert": bert, "tokenizer": tokenizer, "scheduler": sched}
 
-
-def build_tiny_cheff(out: Path, words: list[str]) -> None:
-    from kbridge.engine.generate.cheff import save_components
-
-    tok = write_bert_tokenizer(Path(out) / "_tok", words)
-    save_components(tiny_parts(tok), Path(out))
-    import shutil
-
-    shutil.rmtree(Path(out) / "_tok")

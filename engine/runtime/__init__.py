@@ -15,15 +15,11 @@ from typing import Callable
 import torch
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.errors import Unavailable
+from kbridge.engine.errors import RuntimeUnavailable
 
 log = logging.getLogger("kbridge.runtime")
 
 Runner = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-
-
-class RuntimeUnavailable(Unavailable, RuntimeError):
-    """The chosen backend cannot run here (package missing, no GPU, provider fell back)."""
 
 
 def onnx_provider(cfg: PipelineConfig, device: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kbridge.engine.runtime import RuntimeUnavailable
+from kbridge.engine.errors import RuntimeUnavailable
 from kbridge.export.specs import ExportSpec
 
 log = logging.getLogger("kbridge.runtime.ort")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kbridge.engine.runtime import RuntimeUnavailable
-from kbridge.engine.runtime.device import cuda_device, on_device
+from kbridge.engine.errors import RuntimeUnavailable
+from kbridge.export.device import cuda_device, on_device
 from kbridge.export.specs import ExportSpec
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from kbridge.engine.errors import KbridgeError
-from kbridge.engine.runtime import RuntimeUnavailable
-from kbridge.engine.runtime.device import cuda_device, on_device
+from kbridge.engine.errors import KbridgeError, RuntimeUnavailable
+from kbridge.export.device import cuda_device, on_device
 from kbridge.export.specs import ExportSpec
 
 log = logging.getLogger("kbridge.runtime.trt")

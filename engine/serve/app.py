@@ -7,7 +7,7 @@ Routes: ``GET /health`` (503 until the models are loaded), ``GET /metrics`` (Pro
 at the next denoising step, its LMM requests are aborted). Everything under /v1 needs the API key
 when one is set (Bearer token, compared in constant time). Bodies are read with a size cap and a
 deadline before parsing; texts are limited in the LMM's tokens, images fully decoded at intake.
-Every error, whatever its status, is ``{"error": {"message", "type", "code"}}`` (``ERROR_TYPES``).
+Every error, whatever its status, is ``{"error": {"message", "type", "code"}}`` (``formats.error_body``).
 """
 from __future__ import annotations
 
@@ -24,24 +24,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from kbridge.engine.serve.formats import Files, event_of, failure_of, result_of
+from kbridge.engine.serve.formats import Files, error_body, event_of, failure_of, result_of
 from kbridge.engine.serve.intake import _BODY_DOC, _name, decode_image, parse  # noqa: F401 (decode_image: bench)
 from kbridge.engine.serve.jobs import BadRequest, Job, NotReady, QueueFull, Service
 from kbridge.engine.serve.metrics import Metrics
 
 log = logging.getLogger("kbridge.serve")
-
-
-ERROR_TYPES = {400: "invalid_request", 401: "authentication", 404: "not_found", 405: "method_not_allowed",
-               408: "request_timeout", 413: "too_large", 422: "invalid_value", 429: "rate_limited",
-               499: "cancelled", 500: "internal_error", 503: "unavailable", 504: "timeout"}
-"""The error body's ``type`` for each status kbridge serve answers with."""
-
-
-def error_body(status: int, message: str, code: str | None = None, **more) -> dict:
-    """The one error shape: ``{"error": {"message", "type", "code", ...}}``."""
-    kind = ERROR_TYPES.get(status, "invalid_request" if status < 500 else "internal_error")
-    return {"error": {"message": message, "type": kind, "code": code or kind, **more}}
 
 
 def _error(status: int, message: str, code: str | None = None, **headers) -> JSONResponse:

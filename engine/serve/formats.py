@@ -1,4 +1,4 @@
-"""Rows as JSON for the HTTP layer: results (the shape of a results.jsonl line), failures,
+"""Rows as JSON for the HTTP layer: results (the shape of a results.jsonl line), failures and the one error body,
 server-sent events per finished stage, and the in-memory store of generated PNGs (/v1/files/)."""
 from __future__ import annotations
 
@@ -72,10 +72,20 @@ def result_of(job: Job, row, files: Files) -> dict:
             "counts": row.counts(), "timings": timings}
 
 
+ERROR_TYPES = {400: "invalid_request", 401: "authentication", 404: "not_found", 405: "method_not_allowed",
+               408: "request_timeout", 413: "too_large", 422: "invalid_value", 429: "rate_limited",
+               499: "cancelled", 500: "internal_error", 503: "unavailable", 504: "timeout"}
+"""The error body's ``type`` for each status kbridge serve answers with."""
+
+
+def error_body(status: int, message: str, code: str | None = None, **more) -> dict:
+    """The one error shape: ``{"error": {"message", "type", "code", ...}}``."""
+    kind = ERROR_TYPES.get(status, "invalid_request" if status < 500 else "internal_error")
+    return {"error": {"message": message, "type": kind, "code": code or kind, **more}}
+
+
 def failure_of(row) -> tuple[int, dict]:
     """A failed row as (status, the one error body): 499 cancelled, else 500 naming the stage."""
-    from kbridge.engine.serve.app import error_body
-
     e = row.error
     status = 499 if e.message == "cancelled" else 500
     return status, error_body(status, e.message, "cancelled" if status == 499 else "stage_failed",

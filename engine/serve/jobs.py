@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from kbridge.engine.errors import KbridgeError
-from kbridge.engine.executor import Hooks, stream
+from kbridge.engine.executors.local import Hooks, stream
 from kbridge.engine.rows import Row
 from kbridge.engine.types import Sample
 
@@ -359,7 +359,7 @@ class Service:
 
 
 def _timed_out(row: Row) -> bool:
-    from kbridge.engine.executor import WATCHDOG
+    from kbridge.engine.executors.local import WATCHDOG
 
     return row.error is not None and WATCHDOG in row.error.message
 

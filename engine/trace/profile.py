@@ -9,6 +9,7 @@ evidence (its share, its wait vs work, its workers' busy share).
 """
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,10 +37,11 @@ class ProfileError(KbridgeError):
     """No trace to profile (run with --trace), or it holds no finished sample."""
 
 
-def _pct(xs: list[float], q: float) -> float:
-    from kbridge.benchmarks.harness import percentile
-
-    return round(percentile(xs, q), 4) if xs else 0.0
+def _pct(xs: list[float], q: int) -> float:
+    """The q-th percentile (q in 1..99) interpolated like numpy's default; 0.0 for no values."""
+    if len(xs) < 2:
+        return round(xs[0], 4) if xs else 0.0
+    return round(statistics.quantiles(xs, n=100, method="inclusive")[q - 1], 4)
 
 
 def _union(iv: list[tuple[int, int]]) -> list[tuple[int, int]]:

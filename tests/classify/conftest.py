@@ -40,7 +40,7 @@ def make_colour_dataset(root: Path, n: int, seed: int, missing_ratio: float = 0.
 
 @pytest.fixture(scope="session")
 def tiny_dcp():
-    from kbridge.engine.classify.model import ensure_tiny
+    from kbridge.engine.peers.classify.model import ensure_tiny
 
     return ensure_tiny("dcp", "mmimdb")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbridge.engine.classify.config import full_config
-from kbridge.engine.classify.convert import (CheckpointError, convert, infer_config, load_checkpoint, to_ours,
+from kbridge.engine.peers.classify.config import full_config
+from kbridge.engine.peers.classify.convert import (CheckpointError, convert, infer_config, load_checkpoint, to_ours,
                                              to_reference)
-from kbridge.engine.classify.model import build_meta, load
+from kbridge.engine.peers.classify.model import build_meta, load
 
 from publisher_pickles import lightning_ckpt
 

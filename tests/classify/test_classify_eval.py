@@ -83,8 +83,8 @@ def _fake_run(run: Path, test_dir: Path, skip: int) -> dict:
 
 
 def test_eval_with_a_completed_run_and_its_export(trained, colour_sets, tmp_path):
-    from kbridge.engine.classify.data import encode_images, encode_texts
-    from kbridge.engine.classify.model import load, load_tokenizer
+    from kbridge.engine.peers.classify.data import encode_images, encode_texts
+    from kbridge.engine.peers.classify.model import load, load_tokenizer
     from kbridge.engine.data import open_dataset
     from kbridge.engine.store import export_completed
 
@@ -156,8 +156,8 @@ def test_reference_arrow_file_expands_plots_and_reads_missing_table(tiny_dcp, tm
 
     import pyarrow as pa
 
-    from kbridge.engine.classify.data import read_dataset
-    from kbridge.engine.classify.evaluate import evaluate
+    from kbridge.engine.peers.classify.data import read_dataset
+    from kbridge.engine.peers.classify.evaluate import evaluate
 
     def jpeg(rgb):
         b = io.BytesIO()
@@ -191,9 +191,9 @@ def test_bad_completed_directory_is_one_error_line(tiny_dcp, tmp_path):
 def test_rep_memories_and_alpha_train(colour_sets):
     """REP's learner gets gradients end to end (memories, the shared α, the head); the backbone
     stays frozen on food101."""
-    from kbridge.engine.classify.data import read_dataset
-    from kbridge.engine.classify.model import ensure_tiny, load, load_tokenizer
-    from kbridge.engine.classify.train import train, with_classes
+    from kbridge.engine.peers.classify.data import read_dataset
+    from kbridge.engine.peers.classify.model import ensure_tiny, load, load_tokenizer
+    from kbridge.engine.peers.classify.train import train, with_classes
 
     (train_dir, train_missing), _ = colour_sets
     d = ensure_tiny("rep", "food101")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kbridge.engine.classify.metrics import task_metrics
+from kbridge.engine.peers.classify.metrics import task_metrics
 
 
 def test_mmimdb_f1_macro_micro_by_hand():

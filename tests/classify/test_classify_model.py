@@ -7,8 +7,8 @@ import hashlib
 import pytest
 import torch
 
-from kbridge.engine.classify.config import full_config
-from kbridge.engine.classify.model import build_meta, load, load_tokenizer, parameter_counts
+from kbridge.engine.peers.classify.config import full_config
+from kbridge.engine.peers.classify.model import build_meta, load, load_tokenizer, parameter_counts
 
 
 @pytest.mark.parametrize("kind,task,expect", [
@@ -56,7 +56,7 @@ CHECK = [
 
 
 def test_dynamic_queries_rebuild_matches_reference_check_values():
-    from kbridge.engine.classify.clip_backbone import rebuild_dynamic_queries
+    from kbridge.engine.peers.classify.clip_backbone import rebuild_dynamic_queries
 
     before = torch.random.get_rng_state()
     vision, text = rebuild_dynamic_queries(full_config("dcp"))
@@ -112,7 +112,7 @@ def test_missing_inputs_follow_the_reference_convention(tiny):
     """Missing text → '' ([SOT, EOT, 0, ...]); missing image → all ones after normalisation."""
     from PIL import Image
 
-    from kbridge.engine.classify.data import Example, batch_inputs
+    from kbridge.engine.peers.classify.data import Example, batch_inputs
 
     m, tok = tiny
     img = Image.new("RGB", (50, 40), (10, 200, 30))
@@ -130,7 +130,7 @@ def test_missing_inputs_follow_the_reference_convention(tiny):
 
 
 def test_long_text_is_truncated_with_eot_last(tiny):
-    from kbridge.engine.classify.data import encode_texts
+    from kbridge.engine.peers.classify.data import encode_texts
 
     _, tok = tiny
     ids = encode_texts(tok, ["cat " * 200], 77)
@@ -140,7 +140,7 @@ def test_long_text_is_truncated_with_eot_last(tiny):
 def test_tiny_twin_is_deterministic(tiny_dcp, tmp_path):
     from safetensors.torch import load_file
 
-    from kbridge.engine.classify.model import build_tiny
+    from kbridge.engine.peers.classify.model import build_tiny
 
     build_tiny(tmp_path / "again", "dcp", "mmimdb")
     a, b = load_file(str(tiny_dcp / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))

@@ -14,8 +14,8 @@ TOL = 1e-4
 def test_onnx_parity_at_batch_1_3_5(kind, tmp_path):
     import os
 
-    from kbridge.engine.classify import onnx
-    from kbridge.engine.classify.model import ensure_tiny, load
+    from kbridge.engine.peers.classify import onnx
+    from kbridge.engine.peers.classify.model import ensure_tiny, load
 
     d = ensure_tiny(kind, "mmimdb")
     m = load(d)

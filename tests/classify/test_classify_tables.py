@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kbridge.cli.app import app
-from kbridge.engine.classify.missing_tables import draw, table_name, write_tables
+from kbridge.engine.peers.classify.missing_tables import draw, table_name, write_tables
 
 
 def _arrow(path, rows: int) -> None:
@@ -91,7 +91,7 @@ def test_eval_prints_the_papers_row(arrows, tmp_path, tiny_dcp):
 def test_eval_reports_throughput_with_loader_workers(arrows, tiny_dcp):
     """Two loader processes decode while the model runs: the same logits as inline decoding, and
     the report's note gives rows/s."""
-    from kbridge.engine.classify.evaluate import evaluate
+    from kbridge.engine.peers.classify.evaluate import evaluate
 
     table = write_tables(arrows, "mmimdb", "both", 0.7, arrows / "t", seed=0)[2]
     a = evaluate(tiny_dcp, arrows / "mmimdb_test.arrow", table, batch_size=4)

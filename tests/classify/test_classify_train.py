@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kbridge.engine.classify import train as T
+from kbridge.engine.peers.classify import train as T
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -17,8 +17,8 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 
 def test_train_encodes_one_batch_per_step(colour_sets, monkeypatch):
-    from kbridge.engine.classify import model as M
-    from kbridge.engine.classify.data import read_dataset
+    from kbridge.engine.peers.classify import model as M
+    from kbridge.engine.peers.classify.data import read_dataset
 
     (train_dir, train_missing), _ = colour_sets
     m = M.load(M.ensure_tiny("dcp", "food101"))
@@ -43,8 +43,8 @@ def test_train_encodes_one_batch_per_step(colour_sets, monkeypatch):
 def test_validation_keeps_the_best_weights(colour_sets, monkeypatch):
     """Validated at steps 2, 4, 6 (and the end): the kept trainable weights are those of the best
     evaluation, and re-validating them gives that metric."""
-    from kbridge.engine.classify import model as M
-    from kbridge.engine.classify.data import read_dataset
+    from kbridge.engine.peers.classify import model as M
+    from kbridge.engine.peers.classify.data import read_dataset
 
     (train_dir, train_missing), (val_dir, val_missing) = colour_sets
     d = M.ensure_tiny("dcp", "food101")

@@ -23,9 +23,9 @@ GENRES = {"Drama": (220, 30, 30), "Comedy": (30, 200, 40), "Horror": (30, 40, 22
 def _checkpoint(path: Path, kind: str, task: str, vocab: int, class_names=None) -> None:
     """Widths of 64 with one head, so the README's commands (no --vision-heads) read the heads
     right by CLIP's width / 64 rule."""
-    from kbridge.engine.classify.config import tiny_config
-    from kbridge.engine.classify.convert import to_reference
-    from kbridge.engine.classify.model import build
+    from kbridge.engine.peers.classify.config import tiny_config
+    from kbridge.engine.peers.classify.convert import to_reference
+    from kbridge.engine.peers.classify.model import build
 
     kw = {"class_names": class_names} if class_names else {}
     cfg = tiny_config(kind, task, vocab_size=vocab, vision_width=64, text_width=64, vision_heads=1, text_heads=1,
@@ -70,7 +70,7 @@ def _missing_and_run(work: Path, n: int = 12) -> None:
 def workspace(tmp_path_factory, tiny_dcp):
     from transformers import CLIPTokenizer
 
-    from kbridge.engine.classify.missing_tables import write_tables
+    from kbridge.engine.peers.classify.missing_tables import write_tables
 
     work = tmp_path_factory.mktemp("readme-classify")
     tok = work / "clip-vit-base-patch16"

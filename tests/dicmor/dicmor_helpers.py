@@ -50,7 +50,7 @@ def write_mmsa(path: Path, n: int = 10, t: int = 12, dims=(32, 5, 20), vocab: in
 
 def reference_state(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors under every reference name and shape for ``cfg`` (dead keys included)."""
-    from kbridge.engine.recover.convert import reference_layout
+    from kbridge.engine.peers.recover.convert import reference_layout
 
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(shape, generator=g).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)

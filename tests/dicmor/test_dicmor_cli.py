@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from dicmor.dicmor_helpers import reference_state, write_mmsa
 from kbridge.cli.app import app
-from kbridge.engine.recover.convert import save_dir
-from kbridge.engine.recover.evaluate import evaluate
-from kbridge.engine.recover.model import TINY
-from kbridge.engine.recover.tiny import build
+from kbridge.engine.peers.recover.convert import save_dir
+from kbridge.engine.peers.recover.evaluate import evaluate
+from kbridge.engine.peers.recover.model import TINY
+from kbridge.engine.peers.recover.tiny import build
 
 run = CliRunner().invoke
 
@@ -92,7 +92,7 @@ def test_bert_base_ids_run_on_the_twin_and_a_smaller_vocabulary_is_one_line(tmp_
     """MMSA's text_bert holds bert-base ids (up to 30,521): the twin's BERT covers them (the README's
     first example); a converted model whose BERT has fewer rows names the sample instead of an
     IndexError traceback."""
-    from kbridge.engine.recover.text import tiny_bert
+    from kbridge.engine.peers.recover.text import tiny_bert
 
     real = write_mmsa(tmp_path / "aligned_50.pkl", n=6, vocab=30522, seed=4)
     r = run(app, ["recover", "--data", str(real), "--missing", "text", "--json"])

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from dicmor.dicmor_helpers import read_tsv, reference_state
-from kbridge.engine.recover.convert import (DEAD, ConversionError, convert, infer_config, load_dir,
+from kbridge.engine.peers.recover.convert import (DEAD, ConversionError, convert, infer_config, load_dir,
                                             reference_layout, split_reference, to_reference)
-from kbridge.engine.recover.model import MOSEI, MOSI, TINY, DiCMoR
+from kbridge.engine.peers.recover.model import MOSEI, MOSI, TINY, DiCMoR
 
 
 @pytest.mark.parametrize("cfg, name", [(MOSI, "mosi"), (MOSEI, "mosei")])
@@ -34,7 +34,7 @@ def test_full_size_checkpoint_on_meta_uses_every_key(cfg, name):
 
 
 def _tiny_bert_state(tmp_path):
-    from kbridge.engine.recover.text import tiny_bert
+    from kbridge.engine.peers.recover.text import tiny_bert
 
     torch.manual_seed(0)
     return {"text_model.model." + k: v + 0.5 for k, v in tiny_bert(tmp_path / "src-bert", hidden=TINY.dims[0]).state_dict().items()}
@@ -52,7 +52,7 @@ def test_round_trip_tiny_checkpoint(tmp_path):
     assert set(back) == set(live)
     assert all(torch.equal(back[k], live[k]) for k in live)
     assert set((out / "dropped.txt").read_text().split()) == set(ref) - set(live)
-    from kbridge.engine.recover.text import load_bert
+    from kbridge.engine.peers.recover.text import load_bert
     got = load_bert(out / "bert").state_dict()
     assert all(torch.equal(got[k[len("text_model.model."):]], v) for k, v in bert.items()
                if not k.endswith("position_ids"))
@@ -99,7 +99,7 @@ def test_bert_weights_need_a_bert_config(tmp_path):
 def test_bert_from_a_local_directory(tmp_path):
     """--bert DIR: its config and tokenizer; the checkpoint's BERT weights when it has them, the
     directory's own weights otherwise."""
-    from kbridge.engine.recover.text import load_bert, tiny_bert
+    from kbridge.engine.peers.recover.text import load_bert, tiny_bert
 
     local = tmp_path / "bert-base-uncased"
     own = tiny_bert(local, hidden=TINY.dims[0], seed=3).state_dict()

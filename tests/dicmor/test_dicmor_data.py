@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dicmor.dicmor_helpers import write_mmsa
-from kbridge.engine.recover import data as D
-from kbridge.engine.recover.metrics import regression_metrics, weighted_f1
+from kbridge.engine.peers.recover import data as D
+from kbridge.engine.peers.recover.metrics import regression_metrics, weighted_f1
 
 
 def test_metrics_by_hand():

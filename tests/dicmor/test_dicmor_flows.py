@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from kbridge.engine.recover.flows import Flow
-from kbridge.engine.recover.model import MOSI, SHORT, TINY
-from kbridge.engine.recover.tiny import build, randomize
+from kbridge.engine.peers.recover.flows import Flow
+from kbridge.engine.peers.recover.model import MOSI, SHORT, TINY
+from kbridge.engine.peers.recover.tiny import build, randomize
 
 
 def _flows():

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from kbridge.engine.recover.fusion import Encoder, causal_mask, positions
+from kbridge.engine.peers.recover.fusion import Encoder, causal_mask, positions
 
 
 def test_positions_by_hand():

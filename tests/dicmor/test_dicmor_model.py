@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dicmor.dicmor_helpers import read_tsv
-from kbridge.engine.recover.convert import DEAD, reference_layout
-from kbridge.engine.recover.model import MOSEI, MOSI, SHORT, TINY, DiCMoR
-from kbridge.engine.recover.tiny import build
+from kbridge.engine.peers.recover.convert import DEAD, reference_layout
+from kbridge.engine.peers.recover.model import MOSEI, MOSI, SHORT, TINY, DiCMoR
+from kbridge.engine.peers.recover.tiny import build
 
 T = 12
 
@@ -112,9 +112,9 @@ def test_one_pattern_path_equals_the_full_graph():
     """predict_pattern computes only the recoveries a pattern needs; its prediction equals the
     full graph's (every candidate computed, then selected) for every pattern, and predict()'s
     grouping by pattern gives a mixed batch the same predictions."""
-    from kbridge.engine.recover import data as D
-    from kbridge.engine.recover.evaluate import predict
-    from kbridge.engine.recover.tiny import build
+    from kbridge.engine.peers.recover import data as D
+    from kbridge.engine.peers.recover.evaluate import predict
+    from kbridge.engine.peers.recover.tiny import build
 
     import dataclasses
 

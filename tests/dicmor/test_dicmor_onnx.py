@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from kbridge.engine.recover.model import TINY
-from kbridge.engine.recover.tiny import build
+from kbridge.engine.peers.recover.model import TINY
+from kbridge.engine.peers.recover.tiny import build
 
 TOL = 1e-4
 """Max |onnxruntime − torch| on the prediction (fp32; measured 2.4e-7)."""
@@ -20,8 +20,8 @@ def test_onnx_parity_with_mixed_patterns_and_recover_backend_onnx(tmp_path):
     graph, fed a batch of mixed patterns, matches torch's full graph within TOL."""
     ort = pytest.importorskip("onnxruntime")
     from dicmor.dicmor_helpers import write_mmsa
-    from kbridge.engine.recover.convert import save_dir
-    from kbridge.engine.recover.evaluate import evaluate
+    from kbridge.engine.peers.recover.convert import save_dir
+    from kbridge.engine.peers.recover.evaluate import evaluate
 
     model = build(CFG, seed=4)
     d = save_dir(tmp_path / "m", model, None, source="test")

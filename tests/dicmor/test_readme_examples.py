@@ -17,9 +17,9 @@ SECTION = "### Recover (DiCMoR)"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from kbridge.engine.recover.convert import convert
-    from kbridge.engine.recover.model import TINY
-    from kbridge.engine.recover.text import tiny_bert
+    from kbridge.engine.peers.recover.convert import convert
+    from kbridge.engine.peers.recover.model import TINY
+    from kbridge.engine.peers.recover.text import tiny_bert
 
     work = tmp_path_factory.mktemp("readme-dicmor")
     write_mmsa(work / "aligned_50.pkl", n=8, vocab=30522, seed=5)

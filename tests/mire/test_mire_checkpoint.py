@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kbridge.engine.mire.checkpoint import (CheckpointError, config_from_state, convert_published,
+from kbridge.engine.retrieve.mire.checkpoint import (CheckpointError, config_from_state, convert_published,
                                             full_size_config, load_dir, meta_model, published_state, read_published,
                                             resolve)
 from publisher_pickles import mire_pth

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kbridge.benchmarks.retrieve import recall_at, synthetic_corpus
-from kbridge.engine.mire.index import LateIndex, LateIndexError
+from kbridge.engine.retrieve.mire.index import LateIndex, LateIndexError
 from kbridge.kernels.maxsim import maxsim_reference, pack
 
 

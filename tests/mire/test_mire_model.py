@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kbridge.engine.mire.checkpoint import full_size_config, meta_model, published_state, resolve
-from kbridge.engine.mire.model import MireModel, TextGuidedPooling
+from kbridge.engine.retrieve.mire.checkpoint import full_size_config, meta_model, published_state, resolve
+from kbridge.engine.retrieve.mire.model import MireModel, TextGuidedPooling
 
 
 def _count(m) -> int:

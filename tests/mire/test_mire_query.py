@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kbridge.cli.app import app
-from kbridge.engine.mire.evaluate import retrieval_metrics
+from kbridge.engine.retrieve.mire.evaluate import retrieval_metrics
 
 QUESTION = "What is the cup sitting on?"
 
@@ -39,7 +39,7 @@ def _brute_force(run_dir, text, image, **settings):
     """The ranking by exact MaxSim, computed here: every corpus text encoded as a document, the
     query's token bag against each (max over document tokens, mean over query tokens)."""
     from kbridge.engine.config import build_config
-    from kbridge.engine.mire.checkpoint import resolve, with_settings
+    from kbridge.engine.retrieve.mire.checkpoint import resolve, with_settings
 
     enc = with_settings(resolve("tiny", build_config("tiny").cache_dir()), **settings)
     items = [json.loads(x) for x in (run_dir / "run" / "index" / "items.jsonl").read_text().splitlines()]

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from kbridge.engine.config import ConfigError, PipelineConfig, RankConfig, build_config
-from kbridge.engine.mire.retriever import INSTRUCTION, MireRetriever, Retrievers, build_mire_index
-from kbridge.engine.rank.retrieve import write_corpus
+from kbridge.engine.retrieve.mire.retriever import INSTRUCTION, MireRetriever, Retrievers, build_mire_index
+from kbridge.engine.retrieve.corpus import write_corpus
 from kbridge.engine.types import Candidate, Knowledge, Sample, Triple
 
 TEXTS = ["a cat on a wooden table", "a red bus on the street", "an astronaut holds a flag",
@@ -87,7 +87,7 @@ def test_routing_mire_and_both(corpus):
 
 def test_load_retriever_follows_the_config(corpus, caplog):
     from kbridge.engine.models import load_retriever
-    from kbridge.engine.rank.retrieve import Retriever
+    from kbridge.engine.retrieve.corpus import Retriever
 
     c, run_dir, _ = corpus
     assert isinstance(load_retriever(c, run_dir), Retrievers)

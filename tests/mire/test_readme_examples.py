@@ -19,7 +19,7 @@ SECTION = "### Retrieve (MIRe)"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, cfg):
-    from kbridge.engine.mire.checkpoint import published_state, resolve
+    from kbridge.engine.retrieve.mire.checkpoint import published_state, resolve
 
     work = tmp_path_factory.mktemp("readme-mire")
     enc = resolve("tiny", cfg.cache_dir())
@@ -27,7 +27,7 @@ def workspace(tmp_path_factory, cfg):
     mire_pth(work / "mire" / "mire_epoch_1.pth", published_state(enc.model))
     enc.tokenizer.save_pretrained(work / "mire")
     (work / "mire.toml").write_text('[rank]\nretriever = "mire"\n')
-    from kbridge.engine.mire.checkpoint import convert_published
+    from kbridge.engine.retrieve.mire.checkpoint import convert_published
 
     convert_published(work / "mire" / "mire_epoch_1.pth", work / "models" / "mire")   # what the first line writes
     from kbridge.engine.data import DEMO_DIR

@@ -4,7 +4,7 @@ import dataclasses
 
 from fake_lmm import FakeLMM
 from kbridge.engine.api import Engine
-from kbridge.engine.executor import stream
+from kbridge.engine.executors.local import stream
 from kbridge.engine.rows import LMMRecord, Row, critical_path
 from kbridge.engine.types import Sample
 
@@ -32,7 +32,7 @@ def _capture(engine_cfg, engine, lmm, rows, **knowledge):
     cfg = dataclasses.replace(engine_cfg, knowledge=dataclasses.replace(engine_cfg.knowledge, **knowledge))
     eng = Engine(cfg)
     loaded = engine.models()
-    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng.loaders.update(lmm=lambda _: lmm, scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
 
     async def tee(source, stages, ctx, sink, busy):  # the real executor; the sink also keeps the rows
         return await stream(source, stages, ctx, lambda r: (rows.append(r), sink(r)), busy)

@@ -15,7 +15,7 @@ def _run(cfg, engine, out, **gen):
     c = dataclasses.replace(cfg, generation=dataclasses.replace(cfg.generation, **gen))
     eng = Engine(c)
     loaded = engine.models()
-    eng.loaders.update(lmm=lambda: FakeLMM(), scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng.loaders.update(lmm=lambda _: FakeLMM(), scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
     rep = eng.run(out=out, limit=3)
     assert not rep.errors
     return {r["sample_id"]: r for r in read_jsonl(out / "results.jsonl")}

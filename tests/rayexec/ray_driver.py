@@ -27,5 +27,5 @@ if __name__ == "__main__":
     cfg = build_config("tiny")
     eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, batch_size=1)))
     lmm = fake_lmm.FakeLMM(slow=SLOW, delay=DELAY)
-    eng.loaders["lmm"] = lambda: lmm
+    eng.loaders["lmm"] = lambda _: lmm
     eng.run(out=out, executor="ray", ray_address=address)

@@ -34,7 +34,7 @@ def _cfg(cfg, **run):
 
 def _fake_engine(cfg, lmm, **run):
     eng = Engine(_cfg(cfg, **run))
-    eng.loaders["lmm"] = lambda: lmm
+    eng.loaders["lmm"] = lambda _: lmm
     return eng
 
 

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def test_a_ray_run_traces_every_sample_and_every_actor_call(cfg, ray_cluster, tmp_path):
     eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, threads=1)))
-    eng.loaders["lmm"] = lambda: FakeLMM()
+    eng.loaders["lmm"] = lambda _: FakeLMM()
     out = tmp_path / "o"
     rep = eng.run(out=out, executor="ray", trace=TraceOptions(out / "trace.json.gz"))
     assert rep.completed == 8 and not rep.errors

@@ -20,7 +20,7 @@ from reliability.relib import check_run_dir, plain_dataset
 def _engine(cfg, loaded, gen=None, **run):
     g = dataclasses.replace(cfg.generation, **{"candidates": 2, "steps": 1, **(gen or {})})
     eng = Engine(dataclasses.replace(cfg, generation=g, run=dataclasses.replace(cfg.run, **run)))
-    eng.loaders.update(lmm=lambda: FakeLMM(), scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng.loaders.update(lmm=lambda _: FakeLMM(), scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
     return eng
 
 

@@ -70,7 +70,7 @@ def test_a_run_whose_lmm_answers_are_all_unusable_fails_each_sample_and_goes_on(
     run_cfg = build_config("tiny", overrides={"lmm": {"backend": "http", "url": server.url, "retries": 0,
                                                       "backoff_s": 0.01}})
     eng = Engine(dataclasses.replace(run_cfg, generation=dataclasses.replace(run_cfg.generation, candidates=2)))
-    eng.loaders.update(scorer=lambda: dense.scorer, generators=lambda: dense.generators)
+    eng.loaders.update(scorer=lambda _: dense.scorer, generators=lambda _: dense.generators)
     rep = eng.run(out=tmp_path / "o", limit=4)
     assert rep.completed == 0 and len(rep.errors) == 4
     assert all("invalid JSON answer" in e["error"] for e in rep.errors), rep.errors

@@ -25,8 +25,8 @@ def serve_engine(cfg, engine, lmm=None, run: dict | None = None, **limits):
                               run=dataclasses.replace(cfg.run, **(run or {})))
     eng = Engine(cfg)
     loaded = engine.models()
-    eng.loaders.update(lmm=(lambda: lmm) if lmm is not None else (lambda: loaded.lmm),
-                       scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng.loaders.update(lmm=(lambda _: lmm) if lmm is not None else (lambda _: loaded.lmm),
+                       scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
     return eng
 
 

@@ -26,6 +26,6 @@ cfg = build_config("tiny")
 if len(sys.argv) > 2:
     cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, drain_timeout_s=float(sys.argv[2])))
 eng = Engine(cfg)
-eng.loaders["lmm"] = SlowLMM
+eng.loaders["lmm"] = lambda _: SlowLMM()
 svc = serve(eng, "127.0.0.1", int(sys.argv[1]))
 print(json.dumps({j.sample.sample_id: j.status for j in svc.jobs.values()}), flush=True)

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from kbridge.engine.executor import Hooks, stream
+from kbridge.engine.executors.local import Hooks, stream
 from kbridge.engine.models import Models
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import Ctx, Stage

@@ -45,7 +45,7 @@ def test_health_says_503_until_the_models_are_loaded(cfg, engine):
     gate = threading.Event()
     eng = serve_engine(cfg, engine, FakeLMM())
     load = eng.loaders["lmm"]
-    eng.loaders["lmm"] = lambda: gate.wait(60) and load()
+    eng.loaders["lmm"] = lambda c: gate.wait(60) and load(c)
     with running(eng, ready=False) as (url, svc):
         assert httpx.get(f"{url}/health").status_code == 503
         r = httpx.post(f"{url}/v1/complete", json=TEXT)

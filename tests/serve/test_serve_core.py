@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kbridge.engine.config import ConfigError, build_config
-from kbridge.engine.executor import Hooks, stream
+from kbridge.engine.executors.local import Hooks, stream
 from kbridge.engine.models import Models
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import Ctx, Stage

@@ -67,7 +67,7 @@ def server(cfg, engine):
 def _check(r: httpx.Response) -> None:
     assert r.status_code in (202,) or r.status_code in DOCUMENTED, (r.status_code, r.text)
     if r.status_code >= 400:
-        from kbridge.engine.serve.app import ERROR_TYPES
+        from kbridge.engine.serve.formats import ERROR_TYPES
 
         body = r.json()
         assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"]), body

@@ -11,7 +11,7 @@ import pytest
 
 from kbridge.engine.lmm import LMMClient, Request, RequestLog
 from kbridge.engine.lmm.special import JOINER, neutralise, neutralise_messages, pattern_for, special_tokens
-from kbridge.engine.zoo import QWEN_SPECIALS
+from kbridge.engine.twins import QWEN_SPECIALS
 
 IDEFICS3 = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "<row_1_col_1>",
             "<row_4_col_3>"]

@@ -61,7 +61,7 @@ def test_spans_reach_the_collector_and_the_lmm_requests_carry_the_samples_tracep
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{col.httpd.server_address[1]}")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         eng = Engine(dataclasses.replace(cfg, lmm=dataclasses.replace(cfg.lmm, backend="http", url=lmm.url)))
-        eng.loaders.update(scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+        eng.loaders.update(scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
         out = tmp_path / "o"
         rep = eng.run(out=out, limit=4, trace=TraceOptions(out / "trace.json.gz"))
         assert rep.completed == 4 and not rep.errors

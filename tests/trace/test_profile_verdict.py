@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kbridge.engine.executor import stream
+from kbridge.engine.executors.local import stream
 from kbridge.engine.models import Models
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import Ctx, Stage

@@ -9,6 +9,7 @@ import pytest
 
 import promise
 from kbridge.engine.lmm.vllm_http import HTTPBackend
+from kbridge.engine.zoo import ZOO_VERSION
 from vllm_helpers import engine_on, read_jsonl
 
 pytestmark = pytest.mark.vllm
@@ -24,7 +25,7 @@ def test_lmm_serve_prints_a_loopback_url_of_a_real_vllm_server(lmm_server):
     import httpx2 as httpx
 
     models = httpx.get(f"{lmm_server.url}/models", timeout=10).json()
-    assert [m["id"] for m in models["data"]] == ["tiny-lmm_vllm_cpu-v1"]
+    assert [m["id"] for m in models["data"]] == [f"tiny-lmm_vllm_cpu-v{ZOO_VERSION}"]
     assert models["data"][0]["owned_by"] == "vllm"
     names = {p.name() for p in lmm_server.tree()}
     assert any("python" in n for n in names), names  # python -m vllm.entrypoints.openai.api_server

@@ -69,7 +69,7 @@ def test_a_long_answer_does_not_hold_up_the_other_rows(vcfg, vllm_backend):
     still decoding (order and timestamps, no thresholds)."""
     import time
 
-    from kbridge.engine.executor import stream
+    from kbridge.engine.executors.local import stream
     from kbridge.engine.models import Models
     from kbridge.engine.rows import Row
     from kbridge.engine.stages import Ctx, Stage

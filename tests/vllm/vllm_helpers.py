@@ -21,7 +21,7 @@ def engine_on(cfg, engine, lmm, **run):
 
     eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)))
     loaded = engine.models()
-    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng.loaders.update(lmm=lambda _: lmm, scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
     return eng
 
 
