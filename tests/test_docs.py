@@ -17,13 +17,12 @@ def test_cli_reference_is_current():
     assert PAGE.read_text() == render(), f"docs/cli.md is stale: run `{COMMAND}` and commit it"
 
 
-def test_cli_reference_covers_every_command():
+def test_cli_reference_has_every_command():
     import typer
 
     from kbridge.cli.app import app
-    from kbridge.cli.reference import render
 
-    text = render()
+    text = (ROOT / "docs" / "cli.md").read_text()
 
     def walk(cmd, prefix):
         yield prefix
