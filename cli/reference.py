@@ -12,6 +12,31 @@ from pathlib import Path
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 COMMAND = "python -m kbridge.cli.reference"
 HEADER = f"<!-- Generated from the Typer app by `{COMMAND}`; do not edit by hand. -->\n\n"
+_MARKUP = str.maketrans({"<": "&lt;", ">": "&gt;", "*": r"\*", "_": r"\_"})
+
+
+def _text(s: str) -> str:
+    """A help text as plain text: Markdown must not read ``<split>`` as HTML or ``_missing_`` as
+    emphasis; spans in backticks stay code."""
+    parts = s.split("`")
+    return "`".join(p if i % 2 else p.translate(_MARKUP) for i, p in enumerate(parts))
+
+
+def _plain(markdown: str) -> str:
+    """Typer's page with every help text (command paragraphs, option and command lists) made plain;
+    headings, the bold labels and the usage blocks are Typer's own Markdown."""
+    out, code = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            code = not code
+        elif not code and not line.startswith(("#", "**")):
+            if line.startswith("* `"):
+                name, sep, help_text = line.partition("`: ")
+                line = name + sep + _text(help_text)
+            else:
+                line = _text(line)
+        out.append(line)
+    return "\n".join(out)
 
 
 def render() -> str:
@@ -26,7 +51,7 @@ def render() -> str:
     command = typer.main.get_command(app)
     ctx = typer.Context(command, info_name="kbridge")
     body = get_docs_for_click(obj=command, ctx=ctx, name="kbridge", title="CLI reference")
-    return HEADER + body.strip() + "\n"
+    return HEADER + _plain(body.strip()) + "\n"
 
 
 def main(argv: list[str]) -> int:
