@@ -91,7 +91,7 @@ def run(docs: int = 20_000, dim: int = 128, queries: int = 50, k: int = 10, repe
              "force's for every document they return; recall is lost only when a true top-k document "
              "misses the shortlist.",
              "The PLAID libraries (fast-plaid, PyLate) do not install beside our torch 2.13.0 / transformers 5 "
-             "pins (see README); the shortlist is our IVF over faiss k-means, without PLAID's residual "
+             "pins (see docs/retrieval.md); the shortlist is our IVF over faiss k-means, without PLAID's residual "
              "compression (tokens are stored as float16)."]
     return {"question": "retrieve", "title": "MaxSim retrieval over token bags: late-interaction index vs brute force",
             "how": "OMP_NUM_THREADS=1 kbridge bench retrieve",

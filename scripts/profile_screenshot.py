@@ -1,4 +1,4 @@
-"""Regenerate docs/profile.png and docs/profile.txt, the README's profiling pictures: a traced run
+"""Regenerate docs/profile.png and docs/profile.txt, docs/report.md's profiling pictures: a traced run
 (`small` profile by default) on the demo set, `kbridge profile` of it, and a screenshot of the
 report's profile section (verdict, tables, the busiest window's timeline) in headless Chromium
 (Debian's chromium + chromium-driver).

@@ -1,4 +1,4 @@
-"""Regenerate docs/report.png, the README's picture of `kbridge report`: the demo run on the tiny
+"""Regenerate docs/report.png, the picture of `kbridge report` (docs/report.md): the demo run on the tiny
 default, its report, a screenshot in headless Chromium (Debian's chromium + chromium-driver).
 
     .venv/bin/python scripts/report_screenshot.py [OUT.png]

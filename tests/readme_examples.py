@@ -1,18 +1,21 @@
-"""The README's ``kbridge`` examples of one section, as written, for tests that run each of them."""
+"""The documented ``kbridge`` examples of one section of a page (``docs/*.md`` or the README), as
+written, for tests that run each of them."""
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def commands(heading: str) -> list[str]:
-    """Every ``kbridge …`` command in the code blocks of the section ``heading`` (e.g. ``"### Recover
-    (DiCMoR)"``) up to the next heading of the same or a higher level; ``\\`` continuations joined,
-    the ``kbridge`` word kept. Headings inside code blocks (``# comment`` lines) do not end it."""
+def commands(heading: str, page: str) -> list[str]:
+    """Every ``kbridge …`` command in the code blocks of the section ``heading`` (e.g. ``"# Recover
+    (DiCMoR)"``) of ``page`` (a Markdown file relative to the repository root, e.g.
+    ``"docs/recover.md"``) up to the next heading of the same or a higher level; ``\\``
+    continuations joined, the ``kbridge`` word kept. Headings inside code blocks (``# comment``
+    lines) do not end it."""
     level = len(heading.split()[0])
-    lines = README.read_text().splitlines()
+    lines = (ROOT / page).read_text().splitlines()
     start = lines.index(heading)
     out, code, cur = [], False, ""
     for line in lines[start + 1:]:
@@ -50,7 +53,7 @@ def invoke(command: str):
 
 
 def run_example(command: str, workspace, monkeypatch):
-    """Run one README command as written, in its prepared directory; it must exit 0."""
+    """Run one documented command as written, in its prepared directory; it must exit 0."""
     monkeypatch.chdir(workspace)
     r = invoke(command)
     assert r.exit_code == 0, f"{command}\n{r.output}"

@@ -1,4 +1,4 @@
-"""Every ``kbridge`` command of the README's "Downstream classifiers" section runs as written, in a
+"""Every ``kbridge`` command of docs/classify.md (DCP and REP) runs as written, in a
 directory holding the files it names: tiny-width checkpoints saved as Lightning 1.1 saves them,
 the tiny CLIP tokenizer as ``./clip-vit-base-patch16``, a small genre dataset ``DIR`` with its
 missing config, a kbridge run over it in ``kbridge-out``, and reference-layout Arrow files in
@@ -16,12 +16,12 @@ from classify.test_classify_tables import _arrow
 from publisher_pickles import lightning_ckpt
 from readme_examples import commands, run_example
 
-SECTION = "## Downstream classifiers"
+PAGE, SECTION = "docs/classify.md", "# Downstream classifiers: DCP and REP"
 GENRES = {"Drama": (220, 30, 30), "Comedy": (30, 200, 40), "Horror": (30, 40, 220)}
 
 
 def _checkpoint(path: Path, kind: str, task: str, vocab: int, class_names=None) -> None:
-    """Widths of 64 with one head, so the README's commands (no --vision-heads) read the heads
+    """Widths of 64 with one head, so the documented commands (no --vision-heads) read the heads
     right by CLIP's width / 64 rule."""
     from kbridge.engine.peers.classify.config import tiny_config
     from kbridge.engine.peers.classify.convert import to_reference
@@ -91,7 +91,7 @@ def workspace(tmp_path_factory, tiny_dcp):
     return work
 
 
-@pytest.mark.parametrize("command", commands(SECTION))
+@pytest.mark.parametrize("command", commands(SECTION, PAGE))
 def test_readme_example_runs(command, workspace, monkeypatch):
     r = run_example(command, workspace, monkeypatch)
     if "--json" in command:
@@ -103,4 +103,4 @@ def test_readme_example_runs(command, workspace, monkeypatch):
 
 
 def test_the_section_has_its_examples():
-    assert len(commands(SECTION)) >= 10
+    assert len(commands(SECTION, PAGE)) >= 10

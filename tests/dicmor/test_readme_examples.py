@@ -1,4 +1,4 @@
-"""Every ``kbridge`` command of the README's "Recover (DiCMoR)" section runs as written, in a
+"""Every ``kbridge`` command of docs/recover.md (DiCMoR) runs as written, in a
 directory holding the files it names: MMSA pickles with bert-base token ids (as MMSA ships them),
 a reference-layout checkpoint ``pt/dicmor-mosi.pth``, a BERT directory ``./bert-base-uncased`` (the
 tiny twin's), a pattern file, and ``dicmor-mosi/`` already converted."""
@@ -12,7 +12,7 @@ import torch
 from dicmor.dicmor_helpers import reference_state, write_mmsa
 from readme_examples import commands, run_example
 
-SECTION = "### Recover (DiCMoR)"
+PAGE, SECTION = "docs/recover.md", "# Recover (DiCMoR)"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def workspace(tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("command", commands(SECTION))
+@pytest.mark.parametrize("command", commands(SECTION, PAGE))
 def test_readme_example_runs(command, workspace, monkeypatch):
     r = run_example(command, workspace, monkeypatch)
     if "--json" in command:
@@ -42,4 +42,4 @@ def test_readme_example_runs(command, workspace, monkeypatch):
 
 
 def test_the_section_has_its_examples():
-    assert len(commands(SECTION)) >= 4
+    assert len(commands(SECTION, PAGE)) >= 4

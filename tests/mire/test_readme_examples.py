@@ -1,5 +1,5 @@
-"""Every ``kbridge`` command of the README's "Retrieve (MIRe)" section runs as written, in a
-directory holding the files it names: ``mire/mire_epoch_1.pth`` saved as MIRe's train_retrieval.py
+"""Every ``kbridge`` command of the "Retrieve (MIRe)" section of docs/retrieval.md runs as written,
+in a directory holding the files it names: ``mire/mire_epoch_1.pth`` saved as MIRe's train_retrieval.py
 saves it (OmegaConf config pickled, tokenizer beside it), ``mire.toml``, and for the paper-row
 sequence a corpus ``okvqa-corpus`` (the demo set), ``okvqa.toml`` and a labelled ``queries.jsonl``;
 with the tiny twins."""
@@ -14,7 +14,7 @@ from PIL import Image
 from publisher_pickles import mire_pth
 from readme_examples import commands, run_example
 
-SECTION = "### Retrieve (MIRe)"
+PAGE, SECTION = "docs/retrieval.md", "## Retrieve (MIRe)"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def workspace(tmp_path_factory, cfg):
     return work
 
 
-@pytest.mark.parametrize("command", commands(SECTION))
+@pytest.mark.parametrize("command", commands(SECTION, PAGE))
 def test_readme_example_runs(command, workspace, monkeypatch):
     r = run_example(command, workspace, monkeypatch)
     if command.startswith("kbridge run"):
@@ -55,4 +55,4 @@ def test_readme_example_runs(command, workspace, monkeypatch):
 
 
 def test_the_section_has_its_examples():
-    assert len(commands(SECTION)) >= 6
+    assert len(commands(SECTION, PAGE)) >= 6
