@@ -65,8 +65,8 @@ def counted_figures(limit: int | None) -> tuple[list[dict], object]:
 def _workload(cfg, n: int):
     from kbridge.engine.data import DEMO_DIR, load_image
     from kbridge.engine.lmm import Request
-    from kbridge.engine.lmm import prompts as P
-    from kbridge.engine.lmm import schemas as S
+    from kbridge.engine.domains.general import prompts as P
+    from kbridge.engine.domains.general import schemas as S
 
     k = cfg.knowledge
     images = [load_image(p) for p in sorted((DEMO_DIR / "images").iterdir())]

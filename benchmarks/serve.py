@@ -102,7 +102,7 @@ def requests_from_demo(n: int, tag: str) -> list[dict]:
         if miss == "image":
             body["text"] = D.text_of(rec, ds.format)
         else:
-            body["image"] = base64.b64encode(D._image_path(ds, rec["file_name"]).read_bytes()).decode()
+            body["image"] = base64.b64encode(D.image_path(ds, rec["file_name"]).read_bytes()).decode()
         out.append(body)
     return out
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import platform
 import time
@@ -22,17 +21,16 @@ from kbridge.engine import data as D
 from kbridge.engine.config import ConfigError, PipelineConfig, build_config
 from kbridge.engine.domains import domain_of
 from kbridge.engine.executor import stream
-from kbridge.engine.lmm import LMMClient, RequestLog
-from kbridge.engine.models import Models, load_retriever
+from kbridge.engine.models import Models, make_context
 from kbridge.engine.phased import PhaseFiles
 from kbridge.engine.plan import placed, resolve_schedule
 from kbridge.engine.rows import Row
 from kbridge.engine.sink import ResultSink
-from kbridge.engine.stages import GRAPH, PHASES, STAGES, Ctx
-from kbridge.engine.store import RunStore, export_completed
+from kbridge.engine.stages import GRAPH, PHASES, Ctx
+from kbridge.engine.store import RunStore, export_completed, read_results
 from kbridge.engine.types import Sample
 
-log = logging.getLogger("kbridge.engine")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +75,7 @@ class Engine:
         from kbridge.engine.models import load_generator, load_lmm, load_scorer, render_devices
 
         self.cfg = cfg = cfg or build_config(profile, config_file, overrides)
+        domain_of(cfg).check(cfg)  # what the domain cannot run is refused before any work
         self._models: Models | None = None
         self.loaders: dict[str, Callable[[], object]] = {
             "lmm": lambda: load_lmm(cfg), "scorer": lambda: load_scorer(cfg),
@@ -103,6 +102,13 @@ class Engine:
                 setattr(m, slot, self.loaders[slot]())
         return m
 
+    def context(self, slots: set[str], index_dir: Path | None = None, cache=None, **fields) -> Ctx:
+        """The one way to build what stage calls get: the ``slots`` loaded (what is loaded stays), the
+        corpus index of ``index_dir`` as the retriever when given (a run directory, or
+        ``rank.index_dir``), an LMM client over the loaded LMM answering from ``cache`` when the
+        config keeps one, and any other ``Ctx`` field (``dataset``, ``trace``, ``pools``)."""
+        return make_context(self.cfg, self.ensure(slots), index_dir, cache, **fields)
+
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
             out: str | Path = "kbridge-out", limit: int | None = None,
             export: str | Path | None = None, on_start: Callable[[int], None] | None = None,
@@ -121,10 +127,6 @@ class Engine:
 
         cfg = self.cfg = placed(self.cfg)  # on a GPU box: the memory plan's devices (no-op on CPU)
         domain = domain_of(cfg)
-        if domain.name == "chest_xray":  # a malformed few-shot file is a configuration error, before any work
-            from kbridge.engine.medical import load_few_shot
-
-            load_few_shot(cfg.medical.few_shot, cfg.medical.few_shot_count)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if data is None:
@@ -172,7 +174,7 @@ class Engine:
                 execute(self, store, ds, todo, schedule, report, t_start, on_sample, ray_address)
             elif todo:
                 self._execute(store, ds, todo, schedule, report, t_start, on_sample)
-            report.counts_by_missing = _counts_by_missing(store.results_path)
+            report.counts_by_missing = _counts_by_missing(store.root)
             report.wall_seconds = round(time.time() - t_start, 3)
             prev = store.manifest.get("totals", {})
             store.write_manifest(totals={
@@ -192,7 +194,6 @@ class Engine:
 
     def _execute(self, store: RunStore, ds, todo: list[int], schedule: str, report: RunReport, t_start: float,
                  on_sample) -> None:
-        cfg = self.cfg
         busy: dict = defaultdict(float)
         files = PhaseFiles(store.root)
         any_image = any(ds.missing.get(i) == "image" for i in todo)
@@ -218,33 +219,25 @@ class Engine:
                 need.discard("generators")
             return need
 
-        ctx_base = dict(cfg=cfg, domain=domain_of(cfg), dataset=ds, trace=self.tracer)
-        client_cache = store.cache if cfg.lmm.cache else None
         if schedule == "fused":
-            models = self.ensure(slots(GRAPH))
-            models.retriever = load_retriever(cfg, store.root)
-            ctx = Ctx(models=models, client=LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy),
-                      **ctx_base)
+            ctx = self.context(slots(GRAPH), store.root, store.cache, dataset=ds, trace=self.tracer)
             asyncio.run(self.executor(fresh(set()), GRAPH, ctx, finish, busy))
         else:
             last = len(PHASES) - 1
             pools: dict = {}  # one worker thread per device and model for the whole run, not per phase
             try:
                 for k, names in enumerate(PHASES):
-                    stages = tuple(STAGES[n] for n in names)
+                    stages = tuple(files.stage(n) for n in names)
                     need = slots(stages)
                     if self._models is not None:  # what this phase does not use gives its memory back
                         self._models.release(*({"lmm", "scorer", "generators"} - need))
-                    models = self.ensure(need)
-                    models.retriever = load_retriever(cfg, store.root) if "retrieve" in names else None
-                    client = LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy) \
-                        if models.lmm else None
-                    ctx = Ctx(models=models, client=client, pools=pools, **ctx_base)
+                    ctx = self.context(need, store.root if "retrieve" in names else None, store.cache,
+                                       dataset=ds, trace=self.tracer, pools=pools)
                     skip = files.done(k) | store.done()
                     source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
                     asyncio.run(self.executor(source, stages, ctx, finish if k == last else persist(k), busy))
                     # the next phase's release must find no other reference to this phase's models
-                    ctx = client = models = source = None
+                    ctx = source = None
             finally:
                 for p in pools.values():
                     p.shutdown(wait=True)
@@ -261,29 +254,26 @@ class Engine:
 
         ds = D.open_dataset(data, fmt, missing, metadata=metadata, max_pixels=self.cfg.run.max_pixels)
         Path(out).mkdir(parents=True, exist_ok=True)
-        models = self.models(need_diffusion=False)
         cache = ResponseCache(Path(out) / "cache.sqlite") if self.cfg.lmm.cache else None
         try:
-            client = LMMClient(models.lmm, RequestLog(), cache, greedy=self.cfg.lmm.greedy)
-            return asyncio.run(build_corpus(self.cfg, ds, models.scorer, client, index_dir(self.cfg, Path(out)), limit))
+            ctx = self.context({"lmm", "scorer"}, cache=cache)
+            return asyncio.run(build_corpus(self.cfg, ds, ctx.models.scorer, ctx.client, index_dir(self.cfg, Path(out)),
+                                            limit))
         finally:
             if cache:
                 cache.close()
 
 
-def _counts_by_missing(results: Path) -> dict:
+def _counts_by_missing(run_dir: Path) -> dict:
     """Mean counted figures per finished sample, split by missing type (read line by line)."""
     sums: dict[str, dict] = {}
     n: dict[str, int] = defaultdict(int)
-    if Path(results).exists():
-        with open(results, encoding="utf-8") as f:
-            for line in f:
-                r = json.loads(line)
-                kind = r["missing"]
-                n[kind] += 1
-                acc = sums.setdefault(kind, defaultdict(float))
-                for k, v in r.get("counts", {}).items():
-                    acc[k] += v
+    for r in read_results(run_dir):
+        kind = r["missing"]
+        n[kind] += 1
+        acc = sums.setdefault(kind, defaultdict(float))
+        for k, v in r.get("counts", {}).items():
+            acc[k] += v
     return {kind: {"samples": n[kind], **{k: round(v / n[kind], 3) for k, v in sorted(sums[kind].items())}}
             for kind in ("image", "text") if kind in sums}
 

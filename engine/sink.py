@@ -10,7 +10,7 @@ import logging
 
 from kbridge.engine.rows import Row
 
-log = logging.getLogger("kbridge.engine")
+log = logging.getLogger(__name__)
 
 
 class ResultSink:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from kbridge.engine.errors import Unavailable
 
-log = logging.getLogger("kbridge.kernels")
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cpu", "cuda", "numpy")
 

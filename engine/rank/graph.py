@@ -92,7 +92,7 @@ def triple_text(t: Triple) -> str | None:
     return f"{h} {normalize_relation(t.relation)} {tl}".replace("  ", " ")
 
 
-def _texts(triples: Iterable[Triple]) -> list[str]:
+def graph_texts(triples: Iterable[Triple]) -> list[str]:
     """A graph's distinct triple texts, sorted: order and duplicates do not change the score."""
     return sorted({s for s in map(triple_text, triples) if s})
 
@@ -108,8 +108,8 @@ def soft_scores(pairs: list[tuple[list[Triple], list[Triple]]],
     """
     from kbridge.kernels.maxsim import maxsim_pairs, pack
 
-    left = [_texts(a) for a, _ in pairs]
-    right = [_texts(b) for _, b in pairs]
+    left = [graph_texts(a) for a, _ in pairs]
+    right = [graph_texts(b) for _, b in pairs]
     vocab = sorted({s for g in left + right for s in g})
     if not vocab:
         return [0.0] * len(pairs)

@@ -27,7 +27,7 @@ from kbridge.engine.runtime import RuntimeUnavailable
 from kbridge.engine.runtime.device import cuda_device, on_device
 from kbridge.export.specs import ExportSpec
 
-log = logging.getLogger("kbridge.runtime.trt")
+log = logging.getLogger(__name__)
 
 
 class TrtExecutionError(KbridgeError, RuntimeError):
