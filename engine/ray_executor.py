@@ -187,8 +187,10 @@ class StageActor:
             return self.ctx
         cache = CacheProxy(self.spec.cache) if self.spec.cache is not None and self.slot == "lmm" else None
         retrieve = any(s.name == "retrieve" for s in self.stages)
-        ctx = self.engine.context({self.slot}, dataset=self.spec.dataset, cache=cache,
-                                  index_dir=Path(self.spec.run_dir) if retrieve else None)
+        from kbridge.engine.models import make_context
+
+        ctx = make_context(self.cfg, self.engine.ensure({self.slot}), Path(self.spec.run_dir) if retrieve else None,
+                           cache, dataset=self.spec.dataset)
         gen = ctx.models.generators[0] if self.slot == "generators" and ctx.models.generators else None
         self.ctx = replace(ctx, generator=gen, trace=InRows() if self.spec.trace else None)
         return self.ctx
