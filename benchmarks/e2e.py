@@ -62,7 +62,7 @@ def bench_dataset(root: Path, n: int) -> Path:
     return root
 
 
-def _split(name: str, per_sample: dict[str, dict], missing: dict[str, str]) -> list[dict]:
+def split_by_missing(name: str, per_sample: dict[str, dict], missing: dict[str, str]) -> list[dict]:
     rows = []
     for kind in ("image", "text"):
         ids = [sid for sid, m in missing.items() if m == kind and sid in per_sample]
@@ -253,7 +253,7 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
             if row is not rows[0]:
                 row["amdahl_cap_lmm_only"] = cap
             if "v0.1" not in row["name"]:
-                splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in _split(row["name"], counts, missing)]
+                splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in split_by_missing(row["name"], counts, missing)]
         alone = single(build_config(profile, overrides=overrides), tmp)
     return stamp({
         "question": "e2e", "title": f"End to end: reference pattern vs kbridge ({profile} profile, {n} samples)",
