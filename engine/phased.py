@@ -17,7 +17,6 @@ from typing import Iterator
 from kbridge.engine import data as D
 from kbridge.engine.rows import LMMRecord, Row
 from kbridge.engine.stages import STAGES, Stage
-from kbridge.engine.stages.load import load, needs_load
 from kbridge.engine.store import append_line, candidate_dict, repair_jsonl
 from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, Triple
 
@@ -98,14 +97,15 @@ class PhaseFiles:
 
     def stage(self, name: str) -> Stage:
         """The stage ``name`` of a phase: ``load`` also decodes the candidate images persisted for its rows."""
+        st = STAGES[name]
         if name != "load":
-            return STAGES[name]
-        return replace(STAGES["load"], fn=self._load,
-                       applies=lambda r, cfg: needs_load(r, cfg) or r.sample_id in self.pending)
+            return st
+        return replace(st, fn=lambda rows, ctx: self._decoded(st.fn(rows, ctx)),
+                       applies=lambda r, cfg: st.applies(r, cfg) or r.sample_id in self.pending)
 
-    def _load(self, rows: list[Row], ctx) -> list[Row]:
+    def _decoded(self, rows: list[Row]) -> list[Row]:
         out = []
-        for r in load(rows, ctx):
+        for r in rows:
             paths = self.pending.pop(r.sample_id, None)
             if paths and r.error is None:
                 try:
