@@ -13,6 +13,8 @@ import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from kbridge.engine.stages import Call, call_sync, inline, passes, run_stage
+
 
 async def barrier(source, stages, ctx, sink, busy) -> int:
     cfg = ctx.cfg
@@ -23,22 +25,22 @@ async def barrier(source, stages, ctx, sink, busy) -> int:
     it = iter(source)
     n = 0
 
+    async def run(st, rows, c) -> Call:
+        """A call awaited (LMM) or on the shared dense thread."""
+        return await inline(st, rows, c) if st.kind == "lmm" else \
+            await loop.run_in_executor(dense, call_sync, st, rows, c)
+
     async def one(batch):
         async with gate:
             t = time.time()
             rows = [r.replace(admitted=t) for r in batch]
-            for st in stages:
-                idx = [i for i, r in enumerate(rows) if r.error is None and st.applies(r, cfg)]
-                if not idx:
+            for st in stages:  # the whole batch in one call per stage: every stage a barrier
+                if all(passes(st, r, cfg) for r in rows):
                     continue
-                part = [rows[i] for i in idx]
                 c = ctx.on(ctx.models.generators[0]) if st.slot == "generators" and ctx.models.generators else ctx
                 a = time.time()
-                out = await st.fn(part, c) if st.kind == "lmm" else await loop.run_in_executor(dense, st.fn, part, c)
-                b = time.time()
-                busy[st.name] += b - a
-                for i, r in zip(idx, out):
-                    rows[i] = r.timed(st.name, a, b)
+                rows = await run_stage(st, rows, c, run=run, batch=len(rows))
+                busy[st.name] += time.time() - a
             for r in rows:
                 await loop.run_in_executor(writer, sink, r)
 

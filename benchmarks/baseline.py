@@ -25,11 +25,11 @@ from pathlib import Path
 from PIL import Image
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import parse_knowledge
+from kbridge.engine.domains.general.knowledge import parse_knowledge
 from kbridge.engine.lmm import build_request as _req
 from kbridge.engine.lmm import LMMClient, RequestLog
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
 from kbridge.engine.models import load_generator, load_lmm, load_scorer
 from kbridge.engine.rank.graph import graph_scores
 from kbridge.engine.rank.score import combine
@@ -95,11 +95,6 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
-def _free(*objs) -> None:
-    del objs
-    gc.collect()
-
-
 def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path,
                           loaded: dict | None = None) -> BaselineRun:
     """``loaded`` ({"lmm", "generator", "scorer"}): models kept loaded by a caller (the one-at-a-time
@@ -127,7 +122,8 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
                 continue
         with _Timer(run, "io", s.sample_id):
             _write_json(work / s.sample_id.replace(":", "_") / "knowledge.json", kn.as_dict())
-    _free(backend, client)
+    del backend, client  # the script's models go before the next script loads its own
+    gc.collect()
 
     # ---- script 2: generation
     with _Timer(run, "load"):
@@ -176,7 +172,8 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
                     _write_json(d / "captions.json", [c["text"] for c in r.parsed["captions"]])
         except SampleError as e:
             fail(s, e)
-    _free(backend, client, gen)
+    del backend, client, gen
+    gc.collect()
 
     # ---- script 3: ranking
     with _Timer(run, "load"):
@@ -215,6 +212,7 @@ def run_reference_pattern(cfg: PipelineConfig, samples: list[Sample], work: Path
             _write_json(d / "ranking.json", {"scores": scores, "best": best})
             run.best[s.sample_id] = f"c{best}"
         run.done_at[s.sample_id] = time.perf_counter() - t_start
-    _free(backend, client, scorer)
+    del backend, client, scorer
+    gc.collect()
     run.wall_seconds = time.perf_counter() - t_start
     return run

@@ -27,7 +27,7 @@ def run(profile: str = "tiny", candidates: int = 7, samples: int = 2, steps: int
         repeat: int = 3) -> dict:
     from kbridge.engine.generate.cheff import CheffGenerator
 
-    cfg = build_config(profile, overrides={"run": {"domain": "medical"}})
+    cfg = build_config(profile, overrides={"run": {"domain": "chest_xray"}})
     med = dataclasses.replace(cfg.medical, steps=steps or cfg.medical.steps, batch_size=candidates * samples)
     prompts = [REPORTS[(i // candidates) % len(REPORTS)] for i in range(candidates * samples)]
     seeds = list(range(1000, 1000 + len(prompts)))

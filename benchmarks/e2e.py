@@ -25,6 +25,7 @@ from kbridge.benchmarks.harness import LOAD_KEY, load_probe, loaded, percentile,
 from kbridge.engine import data as D
 from kbridge.engine.config import PipelineConfig, build_config
 from kbridge.engine.rows import LMMRecord, critical_path
+from kbridge.engine.store import read_results
 
 STAGES = ["load", "extract", "write", "render", "candidate_knowledge", "rank", "io"]
 COUNTED = ("candidates", "lmm_calls", "lmm_serial_turns", "prompt_tokens", "generated_tokens", "critical_path_decode_tokens",
@@ -61,7 +62,7 @@ def bench_dataset(root: Path, n: int) -> Path:
     return root
 
 
-def _split(name: str, per_sample: dict[str, dict], missing: dict[str, str]) -> list[dict]:
+def split_by_missing(name: str, per_sample: dict[str, dict], missing: dict[str, str]) -> list[dict]:
     rows = []
     for kind in ("image", "text"):
         ids = [sid for sid, m in missing.items() if m == kind and sid in per_sample]
@@ -150,7 +151,7 @@ def run_kbridge(cfg: PipelineConfig, data: Path, out: Path, executor=None) -> tu
     rep = eng.run(data=data, fmt="coco", missing=data / "missing.json", out=out,
                   on_sample=lambda sid, status: done_at.setdefault(sid, time.perf_counter() - t0))
     wall = time.perf_counter() - t0
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    rows = list(read_results(out))
     per_sample = {r["sample_id"]: {**r["counts"], "candidates": sum(c["source"] == "generated" for c in r["candidates"])}
                   for r in rows}  # candidates: what is left of N after de-duplication
     stages = {**rep.stage_seconds, "load": load + rep.stage_seconds.get("load", 0.0)}  # models + images
@@ -201,7 +202,7 @@ def single(profile_cfg: PipelineConfig, tmp: Path) -> list[dict]:
         s = D.load_sample(ds, i, ds.missing[i])
         base = run_reference_pattern(profile_cfg, [s], tmp / f"single-base-{kind}")
         eng.run(data=data, fmt="coco", missing=data / "missing.json", out=tmp / f"single-kb-{kind}")
-        line = json.loads((tmp / f"single-kb-{kind}" / "results.jsonl").read_text().splitlines()[0])
+        line = next(read_results(tmp / f"single-kb-{kind}"))
         kb = line["timings"]["sample"]["seconds"]
         b = base.sample_seconds[s.sample_id]
         load = row_load(start, load_probe())
@@ -252,7 +253,7 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
             if row is not rows[0]:
                 row["amdahl_cap_lmm_only"] = cap
             if "v0.1" not in row["name"]:
-                splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in _split(row["name"], counts, missing)]
+                splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in split_by_missing(row["name"], counts, missing)]
         alone = single(build_config(profile, overrides=overrides), tmp)
     return stamp({
         "question": "e2e", "title": f"End to end: reference pattern vs kbridge ({profile} profile, {n} samples)",

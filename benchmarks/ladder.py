@@ -16,7 +16,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from kbridge.benchmarks.e2e import (COUNTED, STAGES, _split, amdahl_cap, bench_dataset, repeated, run_baseline,
+from kbridge.benchmarks.e2e import (COUNTED, STAGES, amdahl_cap, split_by_missing, bench_dataset, repeated, run_baseline,
                                     run_kbridge, speedups, warm_up)
 from kbridge.benchmarks.harness import LOAD_KEY, loaded, stamp
 from kbridge.engine.config import build_config
@@ -80,7 +80,7 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
     rows, splits = [], []
     for row, counts, missing in done:
         rows.append({**row, "output_changing": "yes" if changes[row["name"]] else "no"})
-        splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in _split(row["name"], counts, missing)]
+        splits += [{**x, LOAD_KEY: row[LOAD_KEY]} for x in split_by_missing(row["name"], counts, missing)]
     speedups(rows, allow_loaded)
     for prev, r in zip(rows, rows[1:]):  # each change's share: its rung over the one before
         r["gain_over_previous_rung"] = (r["speedup_vs_baseline"] / prev["speedup_vs_baseline"]

@@ -62,11 +62,11 @@ def counted_figures(limit: int | None) -> tuple[list[dict], object]:
     return rows, first
 
 
-def _workload(cfg, n: int):
+def workload(cfg, n: int):
     from kbridge.engine.data import DEMO_DIR, load_image
     from kbridge.engine.lmm import Request
-    from kbridge.engine.lmm import prompts as P
-    from kbridge.engine.lmm import schemas as S
+    from kbridge.engine.domains.general import prompts as P
+    from kbridge.engine.domains.general import schemas as S
 
     k = cfg.knowledge
     images = [load_image(p) for p in sorted((DEMO_DIR / "images").iterdir())]
@@ -80,7 +80,7 @@ def throughput(engine, n: int, levels: tuple[int, ...], repeat: int) -> list[dic
 
     cfg = engine.cfg
     hf = engine.models(need_diffusion=False).lmm
-    reqs = _workload(cfg, n)
+    reqs = workload(cfg, n)
     rows = []
 
     def in_process(k):

@@ -23,7 +23,7 @@ LEVELS = (1, 8, 32)
 
 
 def _workload(cfg, n: int):
-    from kbridge.benchmarks.lmm import _workload as triples_of_images
+    from kbridge.benchmarks.lmm import workload as triples_of_images
 
     return triples_of_images(cfg, n)
 

@@ -76,9 +76,9 @@ def run(docs: int = 20_000, dim: int = 128, queries: int = 50, k: int = 10, repe
         r["speedup_vs_brute_force"] = base / r["ms_per_query"]
     tokens = int(len(index.codes))
     try:
-        from kbridge.kernels.maxsim import _module
+        from kbridge.kernels.maxsim import load_module
 
-        threads = _module("_kernels").threads()
+        threads = load_module("_kernels").threads()
     except Exception:  # the numpy fallback: no OpenMP
         threads = 1
     notes = [f"{docs} documents, {tokens} tokens ({tokens / docs:.1f} per document), D = {dim}, {queries} queries "

@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
     uvicorn.run(baseline_app(build_config(profile, config)), host="127.0.0.1", port=int(port), log_level="warning")
 
 
-def _toml(overrides: dict) -> str:
+def toml_text(overrides: dict) -> str:
     return "".join(f"[{sec}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items()) for sec, kv in overrides.items())
 
 
@@ -102,7 +102,7 @@ def requests_from_demo(n: int, tag: str) -> list[dict]:
         if miss == "image":
             body["text"] = D.text_of(rec, ds.format)
         else:
-            body["image"] = base64.b64encode(D._image_path(ds, rec["file_name"]).read_bytes()).decode()
+            body["image"] = base64.b64encode(D.image_path(ds, rec["file_name"]).read_bytes()).decode()
         out.append(body)
     return out
 
@@ -153,7 +153,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Server:
+class Server:
     """A server process on a free loopback port, ready when /health says 200."""
 
     def __init__(self, argv: list[str], ready_s: float = 600):
@@ -237,7 +237,7 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
     if free_text_tokens:
         overrides["lmm"] = {"free_text_tokens": free_text_tokens}
     cfg_file = Path(tempfile.mkdtemp(prefix="kbridge-bench-serve-")) / "bench.toml"
-    cfg_file.write_text(_toml(overrides))
+    cfg_file.write_text(toml_text(overrides))
     # first calls (lazy initialisation: every model's and grammar's first use) are not timed; then
     # one image- and one text-missing request alone: their mean is the service time of the
     # half-and-half mix (the request's own latency, as in the rate runs: no client set-up)
@@ -248,7 +248,7 @@ def run(profile: str = "tiny", quick: bool = False, multipliers: tuple[float, ..
                "kbridge": ["-m", "kbridge.cli", "serve", "--profile", profile, "--config", str(cfg_file), "--port", "{port}",
                            "--max-queue", "100000", "--request-timeout-s", "3600"]}
     for name in ("baseline", "kbridge"):
-        srv = _Server(servers[name])
+        srv = Server(servers[name])
         try:
             for b in warm:
                 asyncio.run(_load(srv.url, [b], 1e6, 0, 3600))

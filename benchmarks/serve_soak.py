@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from kbridge.benchmarks.harness import percentile, stamp
-from kbridge.benchmarks.serve import _Server, _toml, requests_from_demo
+from kbridge.benchmarks.serve import Server, toml_text, requests_from_demo
 
 COLUMNS = ["quarter", "requests_done", "peak_rss_mb"]
 
@@ -68,8 +68,8 @@ def run(profile: str = "tiny", n: int = 200, side: int = 1400, in_flight: int = 
         else:
             bodies.append({**texts[k % len(texts)], "sample_id": f"soak:{k}", "candidates": 1, "steps": 2})
     cfg_file = Path(tempfile.mkdtemp(prefix="kbridge-bench-soak-")) / "soak.toml"
-    cfg_file.write_text(_toml({"generation": {"candidates": 2}, "lmm": {"free_text_tokens": 32}}))
-    srv = _Server(["-m", "kbridge.cli", "serve", "--profile", profile, "--config", str(cfg_file), "--port", "{port}",
+    cfg_file.write_text(toml_text({"generation": {"candidates": 2}, "lmm": {"free_text_tokens": 32}}))
+    srv = Server(["-m", "kbridge.cli", "serve", "--profile", profile, "--config", str(cfg_file), "--port", "{port}",
                    "--max-queue", "100000", "--request-timeout-s", "3600"])
     done: list = []
     samples: list[tuple[int, float]] = []

@@ -10,6 +10,12 @@ import typer
 from rich.table import Table
 
 from kbridge.cli.common import ConfigOpt, ProfileOpt, err, fail, load_config, out, setup_logging
+from kbridge.engine import config as C
+
+
+def _choices(t) -> str:
+    """A config choice type's values for --help, the default first."""
+    return " | ".join(f"{v} (default)" if i == 0 else v for i, v in enumerate(C.choices(t)))
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Training-free missing-modality completion (Knowledge Bridger), fast.")
@@ -78,7 +84,8 @@ def run(
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="Metadata file of the dataset (default: "
                                             "metadata.json, train.json or data.json in --data)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Root seed."),
-    fidelity: Optional[str] = typer.Option(None, "--fidelity", help="fast (default) | reference (multi-turn chains)."),
+    fidelity: Optional[str] = typer.Option(None, "--fidelity", help=f"{_choices(C.Fidelity)} (reference: the "
+                                           "multi-turn chains)."),
     config: Optional[Path] = ConfigOpt,
     lmm_path: Optional[str] = LmmPath,
     sdxl_base_path: Optional[str] = BasePath,
@@ -88,14 +95,14 @@ def run(
     export_completed: Optional[Path] = typer.Option(None, "--export-completed",
                                                     help="Write the completed dataset (reference layout) here."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
-    domain: Optional[str] = typer.Option(None, "--domain",
-                                         help="general (default) | medical (chest X-rays: Cheff, medical scorer)."),
+    domain: Optional[str] = typer.Option(None, "--domain", help=f"{_choices(C.DomainName)} (chest X-rays: Cheff, "
+                                         "the medical scorer; 'medical' is accepted too)."),
     lmm: Optional[str] = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible LMM server "
                                       "(e.g. http://127.0.0.1:8000/v1 from kbridge lmm serve): selects the http backend."),
     backend: Optional[str] = typer.Option(None, "--backend",
-                                          help="Dense-model runtime: torch | compile | onnx | tensorrt | torch_tensorrt."),
+                                          help=f"Dense-model runtime: {_choices(C.RuntimeBackend)}."),
     schedule: Optional[str] = typer.Option(None, "--schedule",
-                                           help="auto (default: the GPU memory plan decides) | fused | phased."),
+                                           help=f"{_choices(C.Schedule)} (auto: the GPU memory plan decides)."),
     executor: str = typer.Option("local", "--executor", help="local (default: streaming, in this process) | ray "
                                  "(the same stages as Ray Data operators; needs the ray extra)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="HOST:PORT of a Ray cluster to join "
@@ -139,9 +146,7 @@ def run(
                                      metadata=metadata, trace=topts,
                                      on_start=lambda total: progress.update(task, total=total),
                                      on_sample=lambda sid, status: progress.advance(task))
-    except KbridgeError as e:  # the dataset, the run directory, a model, a backend, the configuration
-        fail(str(e))
-    except KbridgeError as e:  # the output directory is in use, …
+    except KbridgeError as e:  # the dataset, the run directory (in use), a model, a backend, the configuration
         fail(str(e))
     except OSError as e:  # the writer stopped the run (disk full, …): what was written stays valid
         fail(f"cannot write to {out_dir}: {e.strerror or e}; the samples written so far are kept, "

@@ -29,4 +29,4 @@ def convert_cheff(
                     unet_head_channels=unet_head_channels, bert_heads=bert_heads, scale_factor=scale_factor)
     except ConversionError as e:
         fail(str(e))
-    out.print(f"wrote {p}: set [models] cheff = \"{p}\" and run with --domain medical")
+    out.print(f"wrote {p}: set [models] cheff = \"{p}\" and run with --domain chest_xray")

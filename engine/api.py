@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
-import json
 import logging
 import platform
 import time
@@ -23,13 +22,12 @@ from kbridge.engine import data as D
 from kbridge.engine.config import ConfigError, PipelineConfig, build_config
 from kbridge.engine.domains import domain_of
 from kbridge.engine.executors.local import stream
-from kbridge.engine.lmm import LMMClient, RequestLog
-from kbridge.engine.models import Models, load_generator, load_lmm, load_scorer, render_devices
+from kbridge.engine.models import Models, load_generator, load_lmm, load_scorer, make_context, render_devices
 from kbridge.engine.plan import placed, resolve_schedule
-from kbridge.engine.stages import GRAPH, PHASES
-from kbridge.engine.store import RunStore, export_completed
+from kbridge.engine.stages import GRAPH, PHASES, Ctx
+from kbridge.engine.store import RunStore, export_completed, read_results
 
-log = logging.getLogger("kbridge.engine")
+log = logging.getLogger(__name__)
 
 EXECUTORS = {"local": "kbridge.engine.executors.local", "ray": "kbridge.engine.executors.ray"}
 """``run(executor=...)`` → the module that runs the stages, imported when chosen. Each has
@@ -88,7 +86,8 @@ def _sha(path: Path | None) -> str | None:
 class Engine:
     def __init__(self, cfg: PipelineConfig | None = None, profile: str = "tiny",
                  config_file: str | None = None, overrides: dict | None = None):
-        self.cfg = cfg or build_config(profile, config_file, overrides)
+        self.cfg = cfg = cfg or build_config(profile, config_file, overrides)
+        domain_of(cfg).check(cfg)  # what the domain cannot run is refused before any work
         self._models: Models | None = None
         self.loaders: dict[str, Callable[[PipelineConfig], object]] = {
             "lmm": load_lmm, "scorer": load_scorer, "generators": load_generators}
@@ -119,6 +118,12 @@ class Engine:
         """Give back the memory of these slots' models (the phased schedule, between phases)."""
         if self._models is not None:
             self._models.release(*slots)
+    def context(self, slots: set[str], index_dir: Path | None = None, cache=None, **fields) -> Ctx:
+        """The one way to build what stage calls get: the ``slots`` loaded (what is loaded stays), the
+        corpus index of ``index_dir`` as the retriever when given (a run directory, or
+        ``rank.index_dir``), an LMM client over the loaded LMM answering from ``cache`` when the
+        config keeps one, and any other ``Ctx`` field (``dataset``, ``trace``, ``pools``)."""
+        return make_context(self.cfg, self.ensure(slots), index_dir, cache, **fields)
 
     def run(self, data: str | Path | None = None, fmt: str | None = None, missing: str | Path | None = None,
             out: str | Path = "kbridge-out", limit: int | None = None,
@@ -138,10 +143,6 @@ class Engine:
 
         cfg = self.cfg = placed(self.cfg)  # on a GPU box: the memory plan's devices (no-op on CPU)
         domain = domain_of(cfg)
-        if domain.name == "chest_xray":  # a malformed few-shot file is a configuration error, before any work
-            from kbridge.engine.medical import load_few_shot
-
-            load_few_shot(cfg.medical.few_shot, cfg.medical.few_shot_count)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if data is None:
@@ -180,7 +181,7 @@ class Engine:
                 on_start(len(todo))
             if todo:
                 runner.execute(self, store, ds, todo, schedule, report, t_start, on_sample, ray_address)
-            report.counts_by_missing = _counts_by_missing(store.results_path)
+            report.counts_by_missing = _counts_by_missing(store.root)
             report.wall_seconds = round(time.time() - t_start, 3)
             prev = store.manifest.get("totals", {})
             store.write_manifest(totals={
@@ -208,29 +209,26 @@ class Engine:
 
         ds = D.open_dataset(data, fmt, missing, metadata=metadata, max_pixels=self.cfg.run.max_pixels)
         Path(out).mkdir(parents=True, exist_ok=True)
-        models = self.models(need_diffusion=False)
         cache = ResponseCache(Path(out) / "cache.sqlite") if self.cfg.lmm.cache else None
         try:
-            client = LMMClient(models.lmm, RequestLog(), cache, greedy=self.cfg.lmm.greedy)
-            return asyncio.run(build_corpus(self.cfg, ds, models.scorer, client, index_dir(self.cfg, Path(out)), limit))
+            ctx = self.context({"lmm", "scorer"}, cache=cache)
+            return asyncio.run(build_corpus(self.cfg, ds, ctx.models.scorer, ctx.client, index_dir(self.cfg, Path(out)),
+                                            limit))
         finally:
             if cache:
                 cache.close()
 
 
-def _counts_by_missing(results: Path) -> dict:
+def _counts_by_missing(run_dir: Path) -> dict:
     """Mean counted figures per finished sample, split by missing type (read line by line)."""
     sums: dict[str, dict] = {}
     n: dict[str, int] = defaultdict(int)
-    if Path(results).exists():
-        with open(results, encoding="utf-8") as f:
-            for line in f:
-                r = json.loads(line)
-                kind = r["missing"]
-                n[kind] += 1
-                acc = sums.setdefault(kind, defaultdict(float))
-                for k, v in r.get("counts", {}).items():
-                    acc[k] += v
+    for r in read_results(run_dir):
+        kind = r["missing"]
+        n[kind] += 1
+        acc = sums.setdefault(kind, defaultdict(float))
+        for k, v in r.get("counts", {}).items():
+            acc[k] += v
     return {kind: {"samples": n[kind], **{k: round(v / n[kind], 3) for k, v in sorted(sums[kind].items())}}
             for kind in ("image", "text") if kind in sums}
 

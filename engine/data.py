@@ -142,7 +142,7 @@ def open_dataset(root: str | Path | None = None, fmt: str | None = None, missing
     return Dataset(name or ("demo" if demo else root.name), root, fmt, items, miss, bad, max_pixels)
 
 
-def _image_path(ds: Dataset, file_name: str) -> Path:
+def image_path(ds: Dataset, file_name: str) -> Path:
     """The image's path under the dataset directory; ValueError when ``file_name`` leaves it."""
     p = IN.inside(ds.root, file_name)
     if not p.exists() and (ds.root / "images").is_dir():
@@ -175,7 +175,7 @@ def load_sample(ds: Dataset, index: int, missing: str | None) -> Sample:
         if not fn:
             raise SampleError(sid, "record has no file_name")
         try:
-            path = _image_path(ds, fn)
+            path = image_path(ds, fn)
         except ValueError as e:
             raise SampleError(sid, str(e)) from None
         try:

@@ -9,14 +9,12 @@ published LDM config (see engine/generate/cheff_convert.py).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from kbridge.engine.errors import Unavailable
 
-log = logging.getLogger("kbridge.fullsize")
 
 SDXL_BASE_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,

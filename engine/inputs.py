@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-log = logging.getLogger("kbridge.data")
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 """Largest image accepted (``run.max_pixels``): twice Pillow's decompression-bomb limit."""

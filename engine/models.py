@@ -5,17 +5,17 @@ directories through the zoo, so the tiny twins and real weights share every line
 """
 from __future__ import annotations
 
-import logging
-
-import dataclasses
 import gc
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from kbridge.engine import zoo
 from kbridge.engine.config import ConfigError, PipelineConfig
+from kbridge.engine.rank import Scorer
+from kbridge.engine.stages import Ctx
 
-log = logging.getLogger("kbridge.models")
+log = logging.getLogger(__name__)
 
 
 class Generator(Protocol):
@@ -25,14 +25,6 @@ class Generator(Protocol):
 
     def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list: ...
     # optional ``stop=`` (a callable asked between denoising steps): SDXLGenerator has it
-
-
-class Scorer(Protocol):
-    """Unit embeddings of texts and images (optionally ``pair_scores(samples, candidates)``)."""
-
-    def embed_texts(self, texts: list[str]): ...
-
-    def embed_images(self, images: list): ...
 
 
 class LMMBackend(Protocol):
@@ -111,9 +103,7 @@ def load_lmm(cfg: PipelineConfig):
 
         backend = "vllm" if vllm_usable() else "hf"
     if backend == "vllm":
-        from kbridge.engine.lmm.vllm_local import VLLMBackend
-
-        from kbridge.engine.lmm.vllm_local import model_dir
+        from kbridge.engine.lmm.vllm_local import VLLMBackend, model_dir
 
         return VLLMBackend(model_dir(cfg), cfg.lmm, cfg.profile)
     if backend == "hf":
@@ -124,30 +114,10 @@ def load_lmm(cfg: PipelineConfig):
 
 
 def load_scorer(cfg: PipelineConfig):
-    """The semantic scorer (``embed_texts`` / ``embed_images`` → unit vectors), chosen by
-    ``rank.semantic``: CLIP, BLIP, or both averaged (CLIP's text tower then embeds triples)."""
+    """The run's domain's semantic scorer (``embed_texts`` / ``embed_images`` → unit vectors)."""
     from kbridge.engine.domains import domain_of
-    from kbridge.engine.rank.semantic import ClipScorer, MeanScorer
 
-    domain = domain_of(cfg)
-    if domain.name == "chest_xray":  # a CLIP-layout medical model; reports cleaned for its text tower
-        from kbridge.engine.rank.medical import ReportScorer
-
-        return ReportScorer(ClipScorer(zoo.resolve(domain.scorer_slot(cfg), cfg), cfg.rank.device))
-    scorers = []
-    if "clip" in cfg.rank.semantic.split("+"):
-        path = zoo.resolve("clip", cfg)
-        scorer = ClipScorer(path, cfg.rank.device)
-        if cfg.runtime.backend != "torch":
-            from kbridge.engine.runtime.swap import clip_towers
-
-            scorer.towers = clip_towers(scorer.model, path, cfg)
-        scorers.append(scorer)
-    if "blip" in cfg.rank.semantic.split("+"):
-        from kbridge.engine.rank.blip import BlipScorer
-
-        scorers.append(BlipScorer(zoo.resolve("blip", cfg), cfg.rank.device, head=cfg.rank.blip_head))
-    return scorers[0] if len(scorers) == 1 else MeanScorer(scorers)
+    return domain_of(cfg).load_scorer(cfg)
 
 
 def load_retriever(cfg: PipelineConfig, run_dir):
@@ -175,36 +145,26 @@ def load_generator(cfg: PipelineConfig, device: str | None = None):
     """The image generator of the run's domain on ``device`` (default: the config's)."""
     from kbridge.engine.domains import domain_of
 
-    domain = domain_of(cfg)
-    if domain.name == "chest_xray":
-        from kbridge.engine.generate.cheff import CheffGenerator
-
-        med = cfg.medical if device is None else dataclasses.replace(cfg.medical, device=device)
-        return CheffGenerator(zoo.resolve(domain.generator_slot(cfg), cfg), med)
-    from kbridge.engine.generate.sdxl import SDXLGenerator
-
-    gen = cfg.generation if device is None else dataclasses.replace(cfg.generation, device=device)
-    refiner = zoo.resolve("sdxl_refiner", cfg) if gen.refiner else None
-    base = zoo.resolve(domain.generator_slot(cfg), cfg)
-    swap = None
-    if cfg.runtime.backend != "torch":
-        from kbridge.engine.runtime.swap import swap_sdxl
-
-        def swap(b, r):
-            swap_sdxl(b, r, base, refiner, cfg)
-    return SDXLGenerator(base, refiner, gen, swap=swap)
+    return domain_of(cfg).load_generator(cfg, device)
 
 
 def render_devices(cfg: PipelineConfig) -> tuple[str, ...]:
-    """One render worker per device given to diffusion (``generation.devices``, else ``device``)."""
+    """One render worker per device given to the domain's generator."""
     from kbridge.engine.domains import domain_of
 
-    if domain_of(cfg).name == "chest_xray":
-        return cfg.medical.devices or (cfg.medical.device,)
-    return cfg.generation.devices or (cfg.generation.device,)
+    return domain_of(cfg).render_devices(cfg)
 
 
-def load_models(cfg: PipelineConfig, need_diffusion: bool) -> Models:
-    quiet_libraries()
-    gens = [load_generator(cfg, d) for d in render_devices(cfg)] if need_diffusion else []
-    return Models(load_lmm(cfg), load_scorer(cfg), gens)
+def make_context(cfg: PipelineConfig, models: Models, index_dir=None, cache=None, **fields) -> Ctx:
+    """What stage calls get (``stages.Ctx``) over loaded ``models``: the corpus index of
+    ``index_dir`` as the retriever when given, an LMM client over ``models.lmm`` (answers kept in
+    ``cache`` when ``lmm.cache`` is on), the run's domain, and the other ``Ctx`` fields given
+    (``Engine.context`` is the usual way in)."""
+    from kbridge.engine.domains import domain_of
+    from kbridge.engine.lmm import LMMClient, RequestLog
+
+    models.retriever = load_retriever(cfg, index_dir) if index_dir is not None else None
+    client = None
+    if models.lmm is not None:
+        client = LMMClient(models.lmm, RequestLog(), cache if cfg.lmm.cache else None, greedy=cfg.lmm.greedy)
+    return Ctx(cfg=cfg, domain=domain_of(cfg), models=models, client=client, **fields)

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbridge.engine.config import ConfigError, PipelineConfig
+from kbridge.engine.config import PROFILES, ConfigError, PipelineConfig
 from kbridge.engine.errors import KbridgeError
 
 GB = 1e9
@@ -246,7 +246,7 @@ def _present_plan(cfg: PipelineConfig) -> dict | None:
     Raises PlanError when the models cannot be placed there."""
     gpus = visible_gpus()
     on_gpu = any(d.startswith("cuda") for d in (cfg.lmm.device, cfg.generation.device, cfg.rank.device))
-    if not gpus or not on_gpu or cfg.profile in ("tiny", "small"):
+    if not gpus or not on_gpu or (cfg.profile in PROFILES and not PROFILES[cfg.profile].gpus):
         return None
     return make_plan(cfg, gpus)
 
@@ -290,8 +290,8 @@ def format_plan(plan: dict) -> str:
 
 def default_gpus(cfg: PipelineConfig) -> list[GPU]:
     """The GPUs a profile is sized for, when none are present and none are given."""
-    spec = {"h100": "1x80GB", "4090x4": "4x24GB", "4090x4-72b": "4x24GB", "edge": "1x24GB"}.get(cfg.profile)
-    if spec is None:
+    spec = PROFILES[cfg.profile].gpus if cfg.profile in PROFILES else ""
+    if not spec:
         raise ConfigError(f"profile {cfg.profile!r} runs on the CPU; pass --gpus (e.g. 1x80GB) to plan a GPU box")
     return parse_gpus(spec)
 

@@ -9,9 +9,13 @@ computed from the row itself, never from a run-wide log.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kbridge.engine.types import Candidate, Knowledge, Sample
+
+if TYPE_CHECKING:
+    from kbridge.engine.config import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,20 @@ class Row:
     """(stage, start, end) in ``time.time()`` seconds."""
     admitted: float = 0.0
     """When the row could start (entered the pipeline)."""
-    extra: dict = field(default_factory=dict)
-    """Stage-specific values that must survive a phase boundary (e.g. the retriever's ids)."""
+    preview_decodes: float = 0.0
+    """Cheap previews decoded for its unrefined candidates (``generation.refine_top``)."""
+    retrieved: bool = False
+    """The retrieve stage has run for it (whether or not it found candidates)."""
+    cfg: PipelineConfig | None = None
+    """A served request's own configuration (its overrides over the same loaded models), else None:
+    the run's. A stage call only ever holds rows of one configuration."""
+    steps: int | None = None
+    """A served request's denoising steps, else None: the generator's own."""
+    job: str | None = None
+    """The served request (``kbridge serve`` job id) this row answers, else None."""
+    trace_calls: tuple = ()
+    """``--trace`` under Ray: the stage calls made for it in the actors, (stage, worker, start, end,
+    batch args), drawn by the driver's tracer (engine/trace)."""
 
     @property
     def sample_id(self) -> str:
@@ -119,7 +135,7 @@ class Row:
                 "critical_path_decode_tokens": decode, "critical_path_prefill_tokens": prefill,
                 "cache_hits": len(self.lmm) - len(fresh),
                 "unet_evals": round(self.unet_evals, 3), "vae_decodes": round(self.vae_decodes, 3),
-                "preview_decodes": round(float(self.extra.get("preview_decodes", 0.0)), 3)}
+                "preview_decodes": round(self.preview_decodes, 3)}
 
     def timings_dict(self, t0: float) -> dict:
         """Per stage: start and end relative to ``t0`` (the run start) and seconds spent."""

@@ -20,12 +20,13 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from kbridge.engine import faults, locks
 from kbridge.engine.errors import KbridgeError
 from kbridge.engine.rows import Row
 
-log = logging.getLogger("kbridge.store")
+log = logging.getLogger(__name__)
 
 
 class RunConfigMismatch(KbridgeError):
@@ -60,7 +61,7 @@ def atomic_write(path: Path, data: bytes, fault: str | None = None) -> None:
         raise
 
 
-def _append_line(path: Path, obj: dict) -> None:
+def append_line(path: Path, obj: dict) -> None:
     line = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     start = os.fstat(fd).st_size
@@ -79,7 +80,7 @@ def _append_line(path: Path, obj: dict) -> None:
         os.close(fd)
 
 
-def _repair_jsonl(path: Path) -> list[dict]:
+def repair_jsonl(path: Path) -> list[dict]:
     """Read complete lines; cut a torn (unterminated or unparsable) tail left by a kill."""
     if not path.exists():
         return []
@@ -164,6 +165,13 @@ class ResponseCache:
         self.db.close()
 
 
+def png_bytes(image) -> bytes:
+    """An image as lossless PNG bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def candidate_dict(c, paths: dict[str, str]) -> dict:
     d = {"id": c.id, "source": c.source}
     if c.retriever is not None:
@@ -179,7 +187,62 @@ def candidate_dict(c, paths: dict[str, str]) -> dict:
     d["triples"] = [t.as_dict() for t in c.triples]
     if c.scores:
         d["scores"] = c.scores
+    if c.refined is not None:
+        d["refined"] = c.refined
     return d
+
+
+def result_line(row: Row, paths: dict[str, str], t0: float, end: float) -> dict:
+    """A finished row as one result: the results.jsonl line, and the body of a served result.
+    ``paths``: candidate id → where its image is (a run-relative path, a URL, a data URI); timings
+    are seconds from ``t0`` (the run's start, a request's arrival), the sample's span ending at ``end``."""
+    s = row.sample
+    line = {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
+            "knowledge": row.knowledge.as_dict() if row.knowledge is not None else None,
+            "candidates": [candidate_dict(c, paths) for c in row.candidates],
+            "best": row.best, "counts": row.counts()}
+    timings = row.timings_dict(t0)
+    timings["sample"] = {"start": round(row.admitted - t0, 4), "end": round(end - t0, 4),
+                         "seconds": round(end - row.admitted, 4)}
+    line["timings"] = timings
+    engine = lmm_engine(row)
+    if engine:
+        line["lmm_engine"] = engine
+    return line
+
+
+class BadLine(KbridgeError):
+    """A results line that is not a finished sample's JSON object."""
+
+
+def read_results(run_dir: str | Path, bad: Callable[[int, str], None] | None = None) -> Iterator[dict]:
+    """The results lines of ``run_dir`` (results.jsonl), in file order, read line by line. A line
+    that is not a JSON object with a sample id (a torn tail, a hand edit) goes to ``bad(line_no,
+    why)``, or raises BadLine naming it when ``bad`` is None. No file: nothing."""
+    path = Path(run_dir) / "results.jsonl"
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+                why = "not a JSON object" if not isinstance(line, dict) else \
+                    "no sample_id" if not isinstance(line.get("sample_id"), str) else None
+            except ValueError:
+                why = "not valid JSON"
+            if why is None:
+                yield line
+            elif bad is None:
+                raise BadLine(f"{path}: line {n}: {why}")
+            else:
+                bad(n, why)
+
+
+def best_candidate(line: dict) -> dict:
+    """The chosen candidate of a results line (KeyError / StopIteration when it has none)."""
+    return next(c for c in line["candidates"] if c["id"] == line["best"])
 
 
 def _image_rel(sample_id: str, cand_id: str) -> str:
@@ -215,8 +278,8 @@ class RunStore:
         self.manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest, "config_hash": config_hash}
         self.write_manifest()
         # what resume needs: the finished ids (never the results themselves)
-        self.finished = {r["sample_id"] for r in _repair_jsonl(self.results_path)}
-        _repair_jsonl(self.errors_path)
+        self.finished = {r["sample_id"] for r in repair_jsonl(self.results_path)}
+        repair_jsonl(self.errors_path)
         for tmp in [*(self.root / "images").glob("**/.*.png.*"), *self.root.glob(".manifest.json.*")]:
             tmp.unlink(missing_ok=True)  # a killed write's temporary file
         self.cache = ResponseCache(self.root / "cache.sqlite")
@@ -233,39 +296,24 @@ class RunStore:
                 rel = _image_rel(row.sample_id, c.id)
                 if base is not None:
                     rel = f"{base.relative_to(self.root).as_posix()}/{rel}"
-                buf = io.BytesIO()
-                c.image.save(buf, format="PNG")
-                atomic_write(self.root / rel, buf.getvalue())
+                atomic_write(self.root / rel, png_bytes(c.image))
                 out[c.id] = rel
         return out
 
     def write_result(self, row: Row, t0: float, written: float | None = None) -> dict:
         """The row's results line (after its images), appended with one write and fsync."""
-        s = row.sample
         paths = self.write_images(row)
         faults.check("result")
-        line = {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
-                "knowledge": row.knowledge.as_dict(),
-                "candidates": [{**candidate_dict(c, paths), **({"refined": row.extra["refined"][c.id]}
-                                if c.id in row.extra.get("refined", {}) else {})} for c in row.candidates],
-                "best": row.best, "counts": row.counts()}
-        timings = row.timings_dict(t0)
-        end = written if written is not None else time.time()
-        timings["sample"] = {"start": round(row.admitted - t0, 4), "end": round(end - t0, 4),
-                             "seconds": round(end - row.admitted, 4)}
-        line["timings"] = timings
-        engine = lmm_engine(row)
-        if engine:
-            line["lmm_engine"] = engine
-        _append_line(self.results_path, line)
-        self.finished.add(s.sample_id)
+        line = result_line(row, paths, t0, written if written is not None else time.time())
+        append_line(self.results_path, line)
+        self.finished.add(row.sample_id)
         return line
 
     def write_error(self, sample_id: str, message: str, stage: str, detail: str = "") -> None:
         rec = {"sample_id": sample_id, "stage": stage, "error": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if detail:
             rec["traceback"] = detail
-        _append_line(self.errors_path, rec)
+        append_line(self.errors_path, rec)
 
     def write_manifest(self, **updates) -> None:
         self.manifest.update(updates)
@@ -283,11 +331,12 @@ class RunStore:
 def export_completed(run_dir: Path, dataset, out: Path) -> dict:
     """Write the completed dataset in the reference layout: metadata.json with every sample that
     is complete or was completed (best candidate filled in), category.json, and the images."""
-    from kbridge.engine.data import _image_path
+    from kbridge.engine.data import image_path
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    results = {r["index"]: r for r in _repair_jsonl(Path(run_dir) / "results.jsonl")}
+    results = {r["index"]: r for r in read_results(run_dir, bad=lambda n, why: log.warning(
+        "%s: results line %d skipped: %s", run_dir, n, why))}
     meta, skipped = [], 0
     for i, rec in enumerate(dataset.items):
         miss = dataset.missing.get(i)
@@ -297,7 +346,7 @@ def export_completed(run_dir: Path, dataset, out: Path) -> dict:
             if r is None:
                 skipped += 1
                 continue
-            best = next(c for c in r["candidates"] if c["id"] == r["best"])
+            best = best_candidate(r)
             if miss == "text":
                 rec["captions"] = [best["text"]]
             else:
@@ -306,7 +355,7 @@ def export_completed(run_dir: Path, dataset, out: Path) -> dict:
                 rec["file_name"] = name
                 meta.append(rec)
                 continue
-        src = _image_path(dataset, rec["file_name"])
+        src = image_path(dataset, rec["file_name"])
         name = f"images/{i}_{Path(rec['file_name']).name}"
         if src.exists():
             shutil.copyfile(src, out / name)

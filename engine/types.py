@@ -77,6 +77,9 @@ class Candidate:
     scores: dict[str, float] = field(default_factory=dict)
     retriever: str | None = None
     """Which index retrieved it ("faiss", "mire"), for retrieved candidates."""
+    refined: bool | None = None
+    """With ``generation.refine_top``: whether this generated image went through the refiner and
+    the full decode (False: it keeps its cheap preview); None otherwise."""
 
 
 class SampleError(KbridgeError):

@@ -18,7 +18,7 @@ from pathlib import Path
 from kbridge.engine.config import PipelineConfig
 from kbridge.engine.errors import KbridgeError
 
-log = logging.getLogger("kbridge.zoo")
+log = logging.getLogger(__name__)
 
 ZOO_VERSION = 2
 """Bump when a tiny builder changes, so caches rebuild (2: one BERT tokenizer layout for every twin)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from kbridge.engine.config import RuntimeConfig
 from kbridge.export.parts import Exportable, runtime_for
 
-log = logging.getLogger("kbridge.export.cache")
+log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1
 """Bump when the IO wrappers or export settings change, so caches rebuild."""

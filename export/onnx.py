@@ -11,7 +11,7 @@ import torch
 from kbridge.export.specs import ExportSpec
 from kbridge.engine.errors import KbridgeError
 
-log = logging.getLogger("kbridge.export.onnx")
+log = logging.getLogger(__name__)
 
 
 class ExportError(KbridgeError, RuntimeError):

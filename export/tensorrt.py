@@ -12,7 +12,7 @@ from kbridge.export.onnx import ExportError
 from kbridge.export.specs import ExportSpec
 from kbridge.engine.errors import Unavailable
 
-log = logging.getLogger("kbridge.export.tensorrt")
+log = logging.getLogger(__name__)
 
 
 class TensorRTUnavailable(Unavailable, RuntimeError):

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from kbridge.engine.errors import Unavailable
 
-log = logging.getLogger("kbridge.kernels")
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cpu", "cuda", "numpy")
 
@@ -33,7 +33,7 @@ class KernelUnavailable(Unavailable, RuntimeError):
     """The requested native kernel is not built, or needs hardware this machine lacks."""
 
 
-def _module(name: str):
+def load_module(name: str):
     try:
         return importlib.import_module(f"kbridge.{name}")
     except ImportError as e:
@@ -43,7 +43,7 @@ def _module(name: str):
 
 def cpu_available() -> bool:
     try:
-        _module("_kernels")
+        load_module("_kernels")
         return True
     except KernelUnavailable:
         return False
@@ -52,7 +52,7 @@ def cpu_available() -> bool:
 def cuda_status() -> tuple[bool, str]:
     """(usable, reason): whether the CUDA kernel is built and a CUDA device is visible."""
     try:
-        mod = _module("_kernels_cuda")
+        mod = load_module("_kernels_cuda")
     except KernelUnavailable as e:
         return False, f"the CUDA kernel is not built (no CUDA toolkit at install time): {e}"
     n, why = mod.devices()
@@ -115,9 +115,9 @@ def maxsim_pairs(q, q_off, x, x_off, pairs, symmetric: bool = False, backend: st
         ok, why = cuda_status()
         if not ok:
             raise KernelUnavailable(why)
-        return _module("_kernels_cuda").maxsim_pairs_f32(q.astype(np.float32), q_off, x.astype(np.float32), x_off,
+        return load_module("_kernels_cuda").maxsim_pairs_f32(q.astype(np.float32), q_off, x.astype(np.float32), x_off,
                                                          pairs, symmetric, int(device))
-    fn = getattr(_module("_kernels"), f"maxsim_pairs_{_suffix(q)}")
+    fn = getattr(load_module("_kernels"), f"maxsim_pairs_{_suffix(q)}")
     return fn(_bits(q), q_off, _bits(x), x_off, pairs, symmetric)
 
 
@@ -129,7 +129,7 @@ def maxsim_all(q, q_off, x, x_off, symmetric: bool = False, backend: str = "auto
         nq, nx = len(q_off) - 1, len(x_off) - 1
         grid = np.stack(np.meshgrid(np.arange(nq), np.arange(nx), indexing="ij"), -1).reshape(-1, 2)
         return maxsim_pairs(q, q_off, x, x_off, grid, symmetric, backend, device).reshape(nq, nx)
-    fn = getattr(_module("_kernels"), f"maxsim_all_{_suffix(q)}")
+    fn = getattr(load_module("_kernels"), f"maxsim_all_{_suffix(q)}")
     return fn(_bits(q), q_off, _bits(x), x_off, symmetric)
 
 

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models and stage bodies", (
         "kbridge.export", "kbridge.engine.zoo", "kbridge.engine.twins", "kbridge.engine.runtime",
         "kbridge.engine.lmm", "kbridge.engine.generate", "kbridge.engine.rank", "kbridge.engine.retrieve",
-        "kbridge.engine.extract", "kbridge.engine.medical", "kbridge.engine.med_stages", "kbridge.engine.plan",
+        "kbridge.engine.plan",
         "kbridge.engine.estimate", "kbridge.engine.fullsize")),
     ("pipeline", ("kbridge.engine.stages", "kbridge.engine.domains", "kbridge.engine.models")),
     ("executors", ("kbridge.engine.executors",)),

@@ -18,7 +18,7 @@ WORDS = ("red", "cup", "table", "dog", "grass", "small", "wooden", "bright", "ph
 
 
 def instance(schema: dict, rng: random.Random, depth: int = 0):
-    """A value of ``schema`` (the shapes engine/lmm/schemas.py builds: objects, arrays, enums,
+    """A value of ``schema`` (the shapes engine/domains/*/schemas.py build: objects, arrays, enums,
     bounded strings and integers)."""
     if "enum" in schema:
         return rng.choice(schema["enum"])

@@ -13,7 +13,7 @@ from kbridge.engine.generate.cheff import CheffGenerator
 
 @pytest.fixture(scope="module")
 def mcfg():
-    return build_config("tiny", overrides={"run": {"domain": "medical"}})
+    return build_config("tiny", overrides={"run": {"domain": "chest_xray"}})
 
 
 @pytest.fixture(scope="module")

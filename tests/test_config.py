@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from kbridge.engine.config import PROFILES, ConfigError, build_config
@@ -47,3 +49,39 @@ def test_result_hash_ignores_throughput_knobs_but_not_results():
     assert base.result_hash() == build_config("tiny", overrides={"lmm": {"max_batch": 2}}).result_hash()
     assert base.result_hash() != build_config("tiny", overrides={"run": {"seed": 1}}).result_hash()
     assert base.result_hash() != build_config("tiny", overrides={"generation": {"candidates": 2}}).result_hash()
+
+
+def test_every_choice_field_refuses_other_values_naming_its_list():
+    import dataclasses
+    from typing import Literal, get_origin, get_type_hints
+
+    from kbridge.engine.config import PipelineConfig, choices
+
+    base, seen = build_config("tiny"), []
+    for sec in dataclasses.fields(PipelineConfig):
+        section = getattr(base, sec.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        hints = get_type_hints(type(section))
+        for f in dataclasses.fields(section):
+            if get_origin(hints[f.name]) is not Literal:
+                continue
+            known = choices(hints[f.name])
+            assert getattr(section, f.name) == known[0]  # the default comes first (the CLI's help says so)
+            msg = f"unknown {sec.name}.{f.name} 'nope' (known: {', '.join(known)}"
+            with pytest.raises(ConfigError, match=re.escape(msg)):
+                build_config("tiny", overrides={sec.name: {f.name: "nope"}})
+            seen.append(f"{sec.name}.{f.name}")
+    assert len(seen) == 15 and {"run.domain", "run.schedule", "runtime.backend", "lmm.backend"} <= set(seen)
+
+
+def test_one_profile_table_holds_the_serving_plans_and_the_gpus():
+    from kbridge.engine.lmm.serving import CPU_PROFILES, SERVE_PROFILES
+    from kbridge.engine.plan import default_gpus, parse_gpus
+
+    assert set(SERVE_PROFILES) | set(CPU_PROFILES) == set(PROFILES) and CPU_PROFILES == ("tiny", "small")
+    p = SERVE_PROFILES["4090x4-72b"]
+    assert (p.tensor_parallel, p.devices, p.quantization, p.execution) == (4, "0,1,2,3", "gptq", "phased")
+    assert default_gpus(build_config("4090x4")) == parse_gpus("4x24GB") and len(parse_gpus("4x24GB")) == 4
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        default_gpus(build_config("tiny"))

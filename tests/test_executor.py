@@ -48,8 +48,8 @@ def test_a_slow_sample_does_not_hold_up_the_others(cfg, engine, tmp_path):
     assert t["extract"]["end"] <= t["write"]["start"] <= t["write"]["end"] <= t["render"]["start"]
 
 
-def _trivial_stage(name, fn, kind="dense", bs=4):
-    return Stage(name, fn, kind, None, lambda r, cfg: True, lambda cfg: bs)
+def _trivial_stage(name, fn, slot="scorer", bs=4):
+    return Stage(name, fn, slot, lambda r, cfg: True, lambda cfg: bs)
 
 
 def test_rows_in_flight_are_bounded_and_the_source_is_read_lazily(cfg):
@@ -119,9 +119,9 @@ def test_a_row_never_waits_behind_another_rows_render(cfg, scored):
         if row.sample_id == "text:1":
             release.set()  # only once the text row is out may the render call finish
 
-    stages = [Stage("render", render, "dense", "generators", lambda r, c: r.missing == "image", lambda c: 1)]
+    stages = [Stage("render", render, "generators", lambda r, c: r.missing == "image", lambda c: 1)]
     if scored:
-        stages.append(Stage("rank", lambda rows, ctx: [r.replace(best="c0") for r in rows], "dense", "scorer",
+        stages.append(Stage("rank", lambda rows, ctx: [r.replace(best="c0") for r in rows], "scorer",
                             lambda r, c: True, lambda c: 1))
 
     async def main():

@@ -325,7 +325,7 @@ def test_gpu_review_I1_compile_mode_reaches_torch_compile(monkeypatch):
     assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()  # cloned: the graph's buffer is reused
     torch_runner(spec, lin, compile=True)
     assert modes[-1] is None
-    with pytest.raises(Exception, match="unknown compile mode"):
+    with pytest.raises(Exception, match="unknown runtime.compile_mode 'fast'"):
         build_config("tiny", overrides={"runtime": {"compile_mode": "fast"}})
 
 

@@ -17,8 +17,8 @@ import pytest
 import promise
 from conftest import read_jsonl
 from kbridge.engine.lmm import LMMClient, Request, RequestLog
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
 from kbridge.engine.lmm.openai_format import decode_data_url, downscale
 from kbridge.engine.lmm.vllm_http import HTTPBackend, LMMUnavailable
 from openai_server import LMMServer
@@ -230,7 +230,7 @@ def test_server_killed_mid_run_then_rerun_completes(cfg, engine, demo_run, hf, t
 def test_a_failed_free_text_turn_fails_its_sample(cfg):
     """Reference chain: a scene turn the server could not answer must not become an empty
     description that later turns build on."""
-    from kbridge.engine.generate.text import write_prompts
+    from kbridge.engine.domains.general.write import write_prompts
     from kbridge.engine.lmm import Generation
     from kbridge.engine.types import Knowledge, Sample, SampleError
 

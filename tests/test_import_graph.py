@@ -10,12 +10,7 @@ from pathlib import Path
 
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 
-KNOWN_UNTIL_SEAMS_MERGE = {
-    # generate/text.py ↔ generate/parallel.py: the seams branch merges them into one domain module
-    ("cycle", ("kbridge.engine.generate.parallel", "kbridge.engine.generate.text")),
-    # rank/score.py takes the Scorer protocol from engine/models.py: the seams branch moves it
-    ("upward", ("kbridge.engine.rank.score", "kbridge.engine.models")),
-}
+KNOWN_UNTIL_SEAMS_MERGE: set = set()
 """Findings another branch of the same redesign removes. The lead empties this set after merging
 that branch; nothing else may be added here."""
 

@@ -132,7 +132,7 @@ def test_an_index_from_another_scorer_is_not_used(tmp_path, caplog):
                  x, x, x)
     assert load_retriever(cfg, tmp_path) is not None
     other = PipelineConfig(rank=RankConfig(semantic="clip+blip"))
-    with caplog.at_level(logging.WARNING, logger="kbridge.models"):
+    with caplog.at_level(logging.WARNING, logger="kbridge.engine.models"):
         assert load_retriever(other, tmp_path) is None
     assert "another scorer" in caplog.text
 

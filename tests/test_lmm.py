@@ -4,8 +4,9 @@ import json
 import pytest
 
 from kbridge.engine.lmm import LMMClient, Request, RequestLog
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
+from kbridge.engine.lmm.grammar import max_chars
 from kbridge.engine.store import ResponseCache
 
 
@@ -122,11 +123,11 @@ def test_schema_bound_covers_every_answer(cfg, backend, image):
 
     k = dataclasses.replace(cfg.knowledge, exact=True)
     for schema in (S.knowledge(k), S.captions(k, 4), S.prompts(k, 4), S.triples(k), S.objects(k)):
-        assert S.max_chars(schema) is not None
+        assert max_chars(schema) is not None
     reqs = [_req(cfg, P.captions_fast(k, 4, image, _kn()), S.captions(k, 4), seed,
-                 max_new=S.max_chars(S.captions(k, 4)) + 8) for seed in range(3)]
+                 max_new=max_chars(S.captions(k, 4)) + 8) for seed in range(3)]
     for r in _run(LMMClient(backend, RequestLog(), retries=0), reqs):
         assert r.error is None
-        assert len(r.text) <= S.max_chars(S.captions(k, 4))
-    assert S.max_chars({"type": "string"}) is None
-    assert S.max_chars({"type": "object", "properties": {"a": {"enum": ["xy", "z"]}}}) == len('{"a": "xy"}')
+        assert len(r.text) <= max_chars(S.captions(k, 4))
+    assert max_chars({"type": "string"}) is None
+    assert max_chars({"type": "object", "properties": {"a": {"enum": ["xy", "z"]}}}) == len('{"a": "xy"}')

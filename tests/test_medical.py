@@ -1,4 +1,4 @@
-"""The medical domain end to end on the bundled chest-X-ray demo pairs, and its parts."""
+"""The chest-X-ray domain end to end on the bundled demo pairs, and its parts."""
 import json
 
 import numpy as np
@@ -10,13 +10,15 @@ from conftest import read_jsonl
 from kbridge.engine import data as D
 from kbridge.engine.api import Engine
 from kbridge.engine.config import ConfigError, build_config
-from kbridge.engine.lmm import med_prompts as MP
-from kbridge.engine.lmm import med_schemas as MS
-from kbridge.engine.medical import (CHEXPERT, FewShotError, demo_paths, knowledge_from_record, llm_text,
-                                    load_few_shot, record_triples, scoring_text)
+from kbridge.engine.domains.chest_xray import prompts as MP
+from kbridge.engine.domains.chest_xray import schemas as MS
+from kbridge.engine.domains import CHEST_XRAY, domain_of
+from kbridge.engine.domains.chest_xray.record import (CHEXPERT, FewShotError, demo_paths, knowledge_from_record,
+                                                      llm_text, load_few_shot, record_triples, scoring_text)
 
 N = 2
-SMALL = {"run": {"domain": "medical"}, "generation": {"candidates": N},
+OLD_TINY_MEDICAL_HASH = "5f0584d307d1bba2"
+SMALL = {"run": {"domain": "chest_xray"}, "generation": {"candidates": N},
          "knowledge": {"max_objects": 2, "max_attributes": 1, "triples": 3, "caption_triples": 2, "name_chars": 12},
          "medical": {"few_shot_count": 1, "report_words": (3, 8)}}
 
@@ -57,12 +59,12 @@ def test_demo_xrays_complete_with_triples(med_run):
         else:
             assert r["counts"]["lmm_calls"] == 2 and r["counts"]["unet_evals"] == 0
     man = json.loads((out / "manifest.json").read_text())
-    assert man["config"]["run"]["domain"] == "medical" and man["data"]["format"] == "iuxray"
+    assert man["config"]["run"]["domain"] == "chest_xray" and man["data"]["format"] == "iuxray"
 
 
 def test_medical_run_uses_cheff_and_the_medical_scorer(med_run):
     from kbridge.engine.generate.cheff import CheffGenerator
-    from kbridge.engine.rank.medical import ReportScorer
+    from kbridge.engine.domains.chest_xray.scorer import ReportScorer
 
     _, _, eng = med_run
     m = eng.models()
@@ -132,20 +134,50 @@ def test_record_schema_and_implied_triples():
     assert kn.as_dict()["medical"] == rec and kn.style == "chest X-ray; Pleural Effusion"
 
 
+def _checked(overrides):
+    cfg = build_config("tiny", overrides=overrides)
+    domain_of(cfg).check(cfg)
+    return cfg
+
+
 def test_domain_config():
     with pytest.raises(ConfigError, match="domain"):
         build_config("tiny", overrides={"run": {"domain": "veterinary"}})
     with pytest.raises(ConfigError, match="fidelity"):
-        build_config("tiny", overrides={"run": {"domain": "medical", "fidelity": "reference"}})
+        _checked({"run": {"domain": "chest_xray", "fidelity": "reference"}})
+    with pytest.raises(ConfigError, match="fidelity"):  # Engine asks the domain before any work
+        Engine(build_config("tiny", overrides={"run": {"domain": "chest_xray", "fidelity": "reference"}}))
+    with pytest.raises(ConfigError, match="--backend torch"):
+        _checked({"run": {"domain": "chest_xray"}, "runtime": {"backend": "onnx"}})
     general = build_config("tiny")
     assert build_config("tiny", overrides={"medical": {"steps": 9}}).result_hash() == general.result_hash()
-    med = build_config("tiny", overrides={"run": {"domain": "medical"}})
+    med = _checked({"run": {"domain": "chest_xray"}})
     assert med.result_hash() != general.result_hash()
-    assert build_config("tiny", overrides={"run": {"domain": "medical"}, "medical": {"steps": 9}}).result_hash() \
+    assert build_config("tiny", overrides={"run": {"domain": "chest_xray"}, "medical": {"steps": 9}}).result_hash() \
         != med.result_hash()
     assert build_config("h100").medical.device == "cuda:0"
     with pytest.raises(ConfigError, match="few_shot: no such file"):
-        build_config("tiny", overrides={"run": {"domain": "medical"}, "medical": {"few_shot": "/nowhere.json"}})
+        _checked({"run": {"domain": "chest_xray"}, "medical": {"few_shot": "/nowhere.json"}})
+
+
+def test_medical_is_an_alias_of_chest_xray_and_old_run_hashes_hold(tmp_path):
+    alias = build_config("tiny", overrides={"run": {"domain": "medical"}})
+    toml = tmp_path / "med.toml"
+    toml.write_text('[run]\ndomain = "medical"\n')
+    from_file = build_config("tiny", config_file=str(toml))
+    assert alias.run.domain == from_file.run.domain == "chest_xray"
+    assert domain_of(alias) is domain_of(from_file) is CHEST_XRAY
+    # the hash the tiny chest-X-ray config had while the domain was named "medical" (run
+    # directories made then resume): computed with the config module of commit 8c3f02d
+    assert alias.result_hash() == build_config("tiny", overrides={"run": {"domain": "chest_xray"}}).result_hash() \
+        == OLD_TINY_MEDICAL_HASH
+
+
+def test_a_malformed_few_shot_file_is_refused_before_any_work(tmp_path):
+    bad = tmp_path / "shots.json"
+    bad.write_text('{"report": 1}')
+    with pytest.raises(ConfigError, match="medical.few_shot"):
+        Engine(build_config("tiny", overrides={"run": {"domain": "chest_xray"}, "medical": {"few_shot": str(bad)}}))
 
 
 def test_cli_domain_flag_is_validated():
@@ -154,4 +186,4 @@ def test_cli_domain_flag_is_validated():
     from kbridge.cli.app import app
 
     r = CliRunner().invoke(app, ["run", "--domain", "veterinary", "--out", "unused"])
-    assert r.exit_code == 2 and "domain must be 'general' or 'medical'" in r.output
+    assert r.exit_code == 2 and "unknown run.domain 'veterinary' (known: general, chest_xray; also medical)" in r.output

@@ -20,7 +20,7 @@ def test_rows_travel_as_bytes_losslessly():
                           Candidate("c1", "retrieved", text="t", retriever="faiss", scores={"total": 0.5})),
               best="c0", error=Failure("rank", "boom", "Traceback"), lmm=(LMMRecord("extract", 1, 10, 5, False, 1.0, 2.0),),
               unet_evals=8.0, vae_decodes=1.0, turn=2, timings=(("load", 0.5, 0.6),), admitted=0.25,
-              extra={"retrieved": True})
+              retrieved=True, preview_decodes=1.5, trace_calls=(("rank", "scorer pid1@n", 1.0, 2.0, {"n": 1}),))
     back = decode(encode(row))
     assert back == row  # dataclass equality; PIL images compare by mode, size and pixels
     assert back.candidates[0].image.size == (4, 5)

@@ -52,7 +52,7 @@ def test_onnx_backend_gives_torch_scores_and_best_candidates(engine, cfg, export
 def test_unknown_backend_is_a_config_error():
     from kbridge.engine.config import ConfigError, build_config
 
-    with pytest.raises(ConfigError, match="unknown runtime backend 'tvm'"):
+    with pytest.raises(ConfigError, match="unknown runtime.backend 'tvm'"):
         build_config("tiny", overrides={"runtime": {"backend": "tvm"}})
 
 
@@ -71,7 +71,7 @@ def test_run_backend_flag_is_validated(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kbridge.cli", "run", "--backend", "tvm", "--out", tmp_path / "o"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["error: unknown runtime backend 'tvm' (known: torch, compile, onnx, "
+    assert r.stderr.strip().splitlines() == ["error: unknown runtime.backend 'tvm' (known: torch, compile, onnx, "
                                              "tensorrt, torch_tensorrt)"]
 
 

@@ -104,7 +104,7 @@ def test_in_process_vllm_backend(cfg):
 
 
 def test_lmm_backend_config():
-    with pytest.raises(ConfigError, match="unknown LMM backend"):
+    with pytest.raises(ConfigError, match="unknown lmm.backend 'tgi'"):
         build_config("tiny", overrides={"lmm": {"backend": "tgi"}})
     with pytest.raises(ConfigError, match="needs a server URL"):
         build_config("tiny", overrides={"lmm": {"backend": "http"}})

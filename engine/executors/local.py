@@ -21,35 +21,32 @@
 - Long-lived use (``kbridge serve``): the source may be an async iterable (e.g. rows from an
   ``asyncio.Queue``, ended on shutdown: the stream then drains what was admitted and returns);
   ``Hooks`` report each stage call's rows, expose the stage queues, and drop cancelled rows at the
-  next stage they reach. A row may carry its own configuration in ``extra["cfg"]`` (a request's
+  next stage they reach. A row may carry its own configuration in ``Row.cfg`` (a request's
   overrides over the same loaded models); a stage call only ever sees rows of one configuration.
+- How a stage is called (pass-through, micro-batches, one call per row for a continuously
+  batching backend, failures, timing, tracing) is ``stages.run_stage``, shared with the Ray
+  executor; this module decides only when and where (queues, threads, the watchdog).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
-import traceback
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterable, Callable, Iterable, Sequence
 
 from kbridge.engine.rows import Row
-from kbridge.engine.stages import Ctx, Stage
+from kbridge.engine.stages import Call, Ctx, Stage, call_sync, passes, run_stage
 
-log = logging.getLogger("kbridge.executor")
+log = logging.getLogger(__name__)
 
 
 def _device(gen) -> str:
     return str(getattr(getattr(gen, "cfg", None), "device", "cpu"))
-
-
-def _continuous(backend) -> bool:
-    return bool(getattr(backend, "continuous_batching", False))
 
 
 @dataclass
@@ -67,34 +64,6 @@ class Hooks:
     """Filled by ``stream``: call it after rows were cancelled; in-flight LMM calls whose rows are
     all cancelled are cancelled now (the backend aborts them: vLLM's abort, a closed HTTP request).
     Renders check ``cancelled`` themselves between denoising steps."""
-
-
-def _by_cfg(rows: list[Row], wctx: Ctx) -> list[tuple[Ctx, list[Row]]]:
-    """Rows grouped by their own configuration (``extra["cfg"]``, default the stream's), and so that
-    no call holds two rows of one sample id (two served requests with the same id: stages attribute
-    LMM records by sample id, so each row must get only its own)."""
-    groups: dict = {}
-    for r in rows:
-        waves = groups.setdefault(r.extra.get("cfg", wctx.cfg), [])
-        for w in waves:
-            if all(x.sample_id != r.sample_id for x in w):
-                w.append(r)
-                break
-        else:
-            waves.append([r])
-    return [(wctx if c is wctx.cfg else replace(wctx, cfg=c), w) for c, waves in groups.items() for w in waves]
-
-
-WATCHDOG = "(run.stage_timeout_s)"
-"""In the message of a row failed by the watchdog."""
-
-
-def _failure(stage: str, e: BaseException, watchdog: float) -> str:
-    """One clear line for a failed stage call (no reprs, no addresses)."""
-    if isinstance(e, asyncio.TimeoutError):
-        return f"{stage} did not return within {watchdog:g} s {WATCHDOG}; its rows were failed"
-    msg = re.sub(r" (object )?at 0x[0-9a-fA-F]+", "", str(e).splitlines()[0] if str(e) else "")
-    return f"internal error in {stage}: {type(e).__name__}" + (f": {msg}" if msg else "")
 
 
 async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[Stage], ctx: Ctx,
@@ -161,7 +130,7 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         """``r`` failed (or cancelled, now failed) or not for this stage: None; else ``r``."""
         if r.error is None and hooks.cancelled is not None and hooks.cancelled(r):
             r = r.fail(st.name, "cancelled")
-        return r if r.error is not None or not st.applies(r, r.extra.get("cfg", cfg)) else None
+        return r if passes(st, r, cfg) else None
 
     async def route(i: int, st: Stage) -> None:
         """Rows arriving at stage i: its own work to its workers, every other row straight on."""
@@ -199,95 +168,77 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
                 deadline = loop.time() + wait
         return batch
 
-    async def call(st: Stage, rows: list[Row], wctx: Ctx, key: str, nxt: asyncio.Queue) -> None:
-        workers = 2 if st.kind == "io" else 1
-        gone = threading.Event()  # set by the watchdog: this call's rows have failed already
-        lock = locks[key] if workers == 1 else contextlib.nullcontext()
+    def runner(key: str):
+        """How a call of a stage runs here: an LMM call awaited under the watchdog (and listed in
+        ``inflight`` for ``interrupt``), a dense or I/O call on its worker thread, one at a time per
+        model and device; busy time is counted per stage."""
 
-        def timed():
-            # on the worker thread: every exception comes back as a value (a StopIteration or a
-            # BaseException could not travel through the future, and its call would never resolve).
-            # One call at a time per model and device, also across an abandoned thread and its
-            # replacement; a call given up while it waited does not run at all.
-            with lock:
-                a = time.time()
-                if gone.is_set():
-                    return [], a, a, None
+        async def run(st: Stage, rows: list[Row], wctx: Ctx) -> Call:
+            if st.kind == "lmm":
+                enter(st.name)
                 try:
-                    return st.fn(rows, wctx), a, time.time(), None
-                except BaseException as e:  # noqa: BLE001
-                    return None, a, time.time(), (e, traceback.format_exc())
-
-        lmm = st.kind == "lmm"
-        if lmm:
-            enter(st.name)
-        failed = None
-        a = time.time()
-        try:
-            if lmm:
-                inner = asyncio.ensure_future(st.fn(rows, wctx))
-                inflight[inner] = rows
-                try:  # not wait_for: a call that ignores its cancellation must not hold the watchdog too
-                    await asyncio.wait({inner}, timeout=watchdog)
-                finally:
-                    inflight.pop(inner, None)
+                    inner = asyncio.ensure_future(st.fn(rows, wctx))
+                    inflight[inner] = rows
+                    a = time.time()
+                    try:  # not wait_for: a call that ignores its cancellation must not hold the watchdog too
+                        await asyncio.wait({inner}, timeout=watchdog)
+                    finally:
+                        inflight.pop(inner, None)
+                        if not inner.done():
+                            inner.cancel()
                     if not inner.done():
-                        inner.cancel()
-                if not inner.done():
-                    raise asyncio.TimeoutError
-                out = inner.result()
-                b = time.time()
-            else:  # measured on the worker thread: queueing behind another stage is not busy time
-                fut = pool(key, workers).submit(timed)
-                try:
-                    out, a, b, failed = await asyncio.wait_for(asyncio.wrap_future(fut), watchdog)
-                except asyncio.TimeoutError:
-                    # the thread cannot be stopped: it is abandoned, later calls get a fresh one
-                    gone.set()
-                    stuck = pools.pop(key, None)
-                    if stuck is not None:
-                        stuck.shutdown(wait=False)
-                    raise
-                busy[st.name] += b - a
-        except asyncio.CancelledError as e:
-            if asyncio.current_task().cancelling():  # the stream is stopping
+                        raise asyncio.TimeoutError
+                    return inner.result(), a, time.time(), None
+                finally:
+                    leave(st.name)
+            workers = 2 if st.kind == "io" else 1
+            gone = threading.Event()  # set by the watchdog: this call's rows have failed already
+            lock = locks[key] if workers == 1 else contextlib.nullcontext()
+
+            def timed() -> Call:
+                # One call at a time per model and device, also across an abandoned thread and its
+                # replacement; a call given up while it waited does not run at all.
+                with lock:
+                    if gone.is_set():
+                        a = time.time()
+                        return [], a, a, None
+                    return call_sync(st, rows, wctx)
+
+            fut = pool(key, workers).submit(timed)
+            try:  # measured on the worker thread: queueing behind another stage is not busy time
+                out, a, b, failed = await asyncio.wait_for(asyncio.wrap_future(fut), watchdog)
+            except asyncio.TimeoutError:
+                # the thread cannot be stopped: it is abandoned, later calls get a fresh one
+                gone.set()
+                stuck = pools.pop(key, None)
+                if stuck is not None:
+                    stuck.shutdown(wait=False)
                 raise
-            failed = (e, traceback.format_exc())
-        except (KeyboardInterrupt, SystemExit):  # on the loop's own thread: the user stops the run
-            raise
-        except BaseException as e:  # noqa: BLE001 — any failure of a call fails its rows, never the run
-            failed = (e, traceback.format_exc())
-        finally:
-            if lmm:
-                leave(st.name)
-        if failed is not None:
-            e, tb = failed
-            log.debug("stage %s failed: %s", st.name, tb)
-            a = b = time.time()
-            dropped = hooks.cancelled is not None and all(hooks.cancelled(r) for r in rows)
-            out = [r.fail(st.name, "cancelled" if dropped else _failure(st.name, e, watchdog), "" if dropped else tb)
-                   for r in rows]
-        out = [r.timed(st.name, a, b) for r in out]
-        if ctx.trace is not None:
-            ctx.trace.call(st.name, key, rows, out, a, b)
-        if hooks.on_stage is not None:
-            hooks.on_stage(st.name, out)
-        for r in out:
-            nxt.put_nowait(r)
+            busy[st.name] += b - a
+            return out, a, b, failed
+
+        return run
+
+    def handoff(st: Stage, nxt: asyncio.Queue):
+        def deliver(out: list[Row], called: bool) -> None:
+            if called and hooks.on_stage is not None:
+                hooks.on_stage(st.name, out)
+            for r in out:
+                nxt.put_nowait(r)
+        return deliver
 
     async def worker(i: int, st: Stage, wctx: Ctx, key: str) -> None:
         n = max(1, st.batch_size(cfg))
-        per_row = st.kind == "lmm" and _continuous(ctx.models.lmm)
+        run, deliver = runner(key), handoff(st, queues[i + 1])
         while True:
             batch = await take(i, st, n)
             if not batch:
                 continue
-            for gctx, rows in _by_cfg(batch, wctx):
-                if st.kind == "lmm":
-                    for group in ([[r] for r in rows] if per_row else [rows]):
-                        spawn(call(st, group, gctx, key, queues[i + 1]))
-                else:
-                    await call(st, rows, gctx, key, queues[i + 1])
+            call = run_stage(st, batch, wctx, key, run, deliver)
+            if st.kind == "lmm":  # keeps taking rows while this call is in flight
+                spawn(call)
+            else:
+                await call
 
     async def writer() -> None:
         while True:
@@ -369,15 +320,11 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
     """Run ``todo`` through the stage graph with ``eng.executor`` (``stream``): the whole graph at
     once (fused), or ``PHASES`` one after another with each row persisted between them (phased).
     Every finished row goes to the run's sink."""
-    from kbridge.engine.domains import domain_of
     from kbridge.engine.executors.phased import PhaseFiles
     from kbridge.engine.executors.sink import ResultSink
-    from kbridge.engine.lmm import LMMClient, RequestLog
-    from kbridge.engine.models import load_retriever
-    from kbridge.engine.stages import GRAPH, PHASES, STAGES
+    from kbridge.engine.stages import GRAPH, PHASES
     from kbridge.engine.types import Sample
 
-    cfg = eng.cfg
     busy: dict = defaultdict(float)
     files = PhaseFiles(store.root)
     any_image = any(ds.missing.get(i) == "image" for i in todo)
@@ -403,32 +350,24 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
             need.discard("generators")
         return need
 
-    ctx_base = dict(cfg=cfg, domain=domain_of(cfg), dataset=ds, trace=eng.tracer)
-    client_cache = store.cache if cfg.lmm.cache else None
     if schedule == "fused":
-        models = eng.ensure(slots(GRAPH))
-        models.retriever = load_retriever(cfg, store.root)
-        ctx = Ctx(models=models, client=LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy),
-                  **ctx_base)
+        ctx = eng.context(slots(GRAPH), store.root, store.cache, dataset=ds, trace=eng.tracer)
         asyncio.run(eng.executor(fresh(set()), GRAPH, ctx, finish, busy))
     else:
         last = len(PHASES) - 1
         pools: dict = {}  # one worker thread per device and model for the whole run, not per phase
         try:
             for k, names in enumerate(PHASES):
-                stages = tuple(STAGES[n] for n in names)
+                stages = tuple(files.stage(n) for n in names)
                 need = slots(stages)
                 eng.release({"lmm", "scorer", "generators"} - need)  # what this phase does not use
-                models = eng.ensure(need)
-                models.retriever = load_retriever(cfg, store.root) if "retrieve" in names else None
-                client = LMMClient(models.lmm, RequestLog(), client_cache, greedy=cfg.lmm.greedy) \
-                    if models.lmm else None
-                ctx = Ctx(models=models, client=client, pools=pools, **ctx_base)
+                ctx = eng.context(need, store.root if "retrieve" in names else None, store.cache,
+                                  dataset=ds, trace=eng.tracer, pools=pools)
                 skip = files.done(k) | store.done()
                 source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
                 asyncio.run(eng.executor(source, stages, ctx, finish if k == last else persist(k), busy))
                 # the next phase's release must find no other reference to this phase's models
-                ctx = client = models = source = None
+                ctx = source = None
         finally:
             for p in pools.values():
                 p.shutdown(wait=True)

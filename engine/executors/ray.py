@@ -36,10 +36,12 @@ from kbridge.engine.errors import Unavailable
 from kbridge.engine.executors.phased import row_from_json, row_to_json
 from kbridge.engine.executors.ray_plan import Operator, operators
 from kbridge.engine.rows import Failure, Row
-from kbridge.engine.stages import STAGES, Ctx
+from kbridge.engine.stages import STAGES, Ctx, failure, passes, run_stage
+from kbridge.engine.store import png_bytes
+from kbridge.engine.trace import InRows
 from kbridge.engine.types import Sample
 
-log = logging.getLogger("kbridge.ray")
+log = logging.getLogger(__name__)
 
 
 class RayUnavailable(Unavailable):
@@ -57,12 +59,6 @@ def _ray():
 
 # ---- rows as bytes -------------------------------------------------------------------------------
 
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _unpng(data: bytes):
     from PIL import Image
 
@@ -74,15 +70,15 @@ def _unpng(data: bytes):
 def encode(row: Row) -> bytes:
     """A row as bytes: plain JSON-able values plus PNG bytes for the images (lossless)."""
     d = row_to_json(row, {})
-    d["png"] = {c.id: _png(c.image) for c in row.candidates if c.image is not None}
-    d["sample_png"] = _png(row.sample.image) if row.sample.image is not None else None
+    d["png"] = {c.id: png_bytes(c.image) for c in row.candidates if c.image is not None}
+    d["sample_png"] = png_bytes(row.sample.image) if row.sample.image is not None else None
     d["error"] = None if row.error is None else [row.error.stage, row.error.message, row.error.detail]
     return pickle.dumps(d, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode(blob: bytes) -> Row:
     d = pickle.loads(blob)
-    row = row_from_json(d, Path("."))
+    row = row_from_json(d)
     cands = tuple(replace(c, image=_unpng(d["png"][c.id])) if c.id in d["png"] else c for c in row.candidates)
     sample = row.sample if d["sample_png"] is None else replace(row.sample, image=_unpng(d["sample_png"]))
     err = None if d["error"] is None else Failure(*d["error"])
@@ -103,7 +99,7 @@ class Spec:
     cache: object = None
     """Handle of the cache actor, or None (``lmm.cache`` off)."""
     trace: bool = False
-    """``--trace``: each stage call is recorded in its rows (``extra["_trace_calls"]``) for the
+    """``--trace``: each stage call is recorded in its rows (``Row.trace_calls``) for the
     driver's trace (engine/trace: worker ``<slot> pid<N>@<node>``, the node's own clock)."""
 
 
@@ -181,55 +177,24 @@ class StageActor:
             torch.set_num_threads(cfg.run.threads)
         self.spec = spec
         self.ctx = Ctx(cfg=cfg, domain=domain_of(cfg), models=None, dataset=spec.dataset)
+        """Until the first stage call that needs the operator's models (``_ready``)."""
         self.loop = asyncio.new_event_loop()
 
     def _ready(self) -> Ctx:
         """Load this operator's models on first use (once per actor)."""
         if self.ctx.models is not None or self.slot is None:
             return self.ctx
-        from kbridge.engine.lmm import LMMClient, RequestLog
-        from kbridge.engine.models import Models, load_retriever, quiet_libraries
+        from kbridge.engine.models import Models, make_context, quiet_libraries
 
         quiet_libraries()
         models = Models(**{self.slot: self.spec.loaders[self.slot](self.cfg)})
-        if any(s.name == "retrieve" for s in self.stages):
-            models.retriever = load_retriever(self.cfg, Path(self.spec.run_dir))
-        client = None
-        if self.slot == "lmm":
-            cache = CacheProxy(self.spec.cache) if self.spec.cache is not None else None
-            client = LMMClient(models.lmm, RequestLog(), cache, greedy=self.cfg.lmm.greedy)
-        gen = models.generators[0] if self.slot == "generators" and models.generators else None
-        self.ctx = replace(self.ctx, models=models, client=client, generator=gen)
+        cache = CacheProxy(self.spec.cache) if self.spec.cache is not None and self.slot == "lmm" else None
+        retrieve = any(s.name == "retrieve" for s in self.stages)
+        ctx = make_context(self.cfg, models, Path(self.spec.run_dir) if retrieve else None, cache,
+                           dataset=self.spec.dataset)
+        gen = ctx.models.generators[0] if self.slot == "generators" and ctx.models.generators else None
+        self.ctx = replace(ctx, generator=gen, trace=InRows() if self.spec.trace else None)
         return self.ctx
-
-    def _call(self, st, rows: list[Row]) -> list[Row]:
-        """The stage on these rows, timed; an unexpected exception fails these rows only."""
-        try:
-            ctx = self._ready()  # the first call loads the models: not the stage's time
-            a = time.time()
-            if st.kind == "lmm":
-                continuous = getattr(ctx.models.lmm, "continuous_batching", False)
-                groups = [[r] for r in rows] if continuous else [rows]
-
-                async def calls():
-                    return await asyncio.gather(*(st.fn(g, ctx) for g in groups))
-
-                outs = self.loop.run_until_complete(calls())
-                out = [r for o in outs for r in o]
-            else:
-                out = st.fn(rows, ctx)
-        except Exception as e:
-            log.debug("stage %s failed", st.name, exc_info=True)
-            a = time.time()
-            out = [r.fail(st.name, f"internal error in {st.name}: {type(e).__name__}: {e}", traceback.format_exc())
-                   for r in rows]
-        b = time.time()
-        out = [r.timed(st.name, a, b) for r in out]
-        if self.spec.trace:
-            from kbridge.engine.trace import remote_call
-
-            out = remote_call(st.name, f"{self.slot or 'io'} pid{os.getpid()}@{_node()}", rows, out, a, b)
-        return out
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -237,13 +202,18 @@ class StageActor:
         rows = [decode(b) for b in batch["row"]]
         now = time.time()
         rows = [r if r.admitted else r.replace(admitted=now) for r in rows]
+        worker = f"{self.slot or 'io'} pid{os.getpid()}@{_node()}"
         for st in self.stages:
-            todo = [i for i, r in enumerate(rows) if r.error is None and st.applies(r, self.cfg)]
-            n = max(1, st.batch_size(self.cfg))
-            for k in range(0, len(todo), n):
-                idx = todo[k:k + n]
-                for i, r in zip(idx, self._call(st, [rows[i] for i in idx])):
-                    rows[i] = r
+            if all(passes(st, r, self.cfg) for r in rows):
+                continue
+            try:
+                ctx = self._ready()  # the first call loads the models: not the stage's time
+            except Exception as e:  # noqa: BLE001 - a model that cannot load fails these rows, not the actor
+                log.debug("loading %s failed", self.slot, exc_info=True)
+                msg, tb = failure(st.name, e, self.cfg.run.stage_timeout_s), traceback.format_exc()
+                rows = [r if passes(st, r, self.cfg) else r.fail(st.name, msg, tb) for r in rows]
+                continue
+            rows = self.loop.run_until_complete(run_stage(st, rows, ctx, worker))
         return {"sample_id": np.array([r.sample_id for r in rows], dtype=object),
                 "row": np.array([encode(r) for r in rows], dtype=object)}
 

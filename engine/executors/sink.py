@@ -11,7 +11,7 @@ import statistics
 
 from kbridge.engine.rows import Row
 
-log = logging.getLogger("kbridge.engine")
+log = logging.getLogger(__name__)
 
 
 class ResultSink:

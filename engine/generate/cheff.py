@@ -16,7 +16,6 @@ real weights (``kbridge models convert-cheff``) load through this same code.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -25,7 +24,6 @@ from PIL import Image
 from kbridge.engine.config import MedicalConfig
 from kbridge.engine.generate.sdxl import DiffusionCounters
 
-log = logging.getLogger("kbridge.generate.cheff")
 
 def load_components(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict:
     """The five parts of a Cheff directory; the three networks on ``device`` in ``dtype``."""
@@ -66,8 +64,10 @@ def to_grayscale_rgb(x: torch.Tensor) -> list[Image.Image]:
 class CheffGenerator:
     """``render(prompts, seeds) -> images`` with ``counters``, like the SDXL generator."""
 
-    def __init__(self, path: Path, cfg: MedicalConfig, max_tokens: int | None = None):
+    def __init__(self, path: Path, cfg: MedicalConfig, max_tokens: int | None = None, clean=None):
         self.cfg = cfg
+        self.clean = clean or (lambda text: text)
+        """Report text → what the BERT embedder reads (the domain drops anonymisation tokens)."""
         self.device = torch.device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
         p = load_components(path, self.dtype, cfg.device)
@@ -123,12 +123,10 @@ class CheffGenerator:
     def render(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list[Image.Image]:
         """One X-ray per (report, seed), in order, in batches of ``cfg.batch_size`` (``steps``:
         DDIM steps for this call instead of ``cfg.steps``)."""
-        from kbridge.engine.medical import scoring_text
-
         out: list[Image.Image] = []
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(prompts), bs):
-            p, s = [scoring_text(t) for t in prompts[i:i + bs]], seeds[i:i + bs]
+            p, s = [self.clean(t) for t in prompts[i:i + bs]], seeds[i:i + bs]
             imgs = self.decode(self.sample(self.encode(p), self._generators(s), steps=steps))
             self.counters.images += len(imgs)
             out.extend(imgs)

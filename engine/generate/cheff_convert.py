@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from kbridge.engine.errors import KbridgeError
 
-log = logging.getLogger("kbridge.generate.cheff_convert")
+log = logging.getLogger(__name__)
 
 UNET, BERT, VAE = "model.diffusion_model.", "cond_stage_model.transformer.", "first_stage_model."
 _UNET_RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",

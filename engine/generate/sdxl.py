@@ -8,8 +8,7 @@ base at 80% regardless and returns half-denoised images).
 from __future__ import annotations
 
 import dataclasses
-import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,8 +16,6 @@ from PIL import Image
 
 from kbridge.engine.config import GenerationConfig
 from kbridge.engine.errors import KbridgeError
-
-log = logging.getLogger("kbridge.generate.sdxl")
 
 
 LATENT_RGB = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
@@ -37,7 +34,6 @@ class DiffusionCounters:
     preview_decodes: int = 0
     """Cheap previews of base latents (``refine_top``): linear projections or half-size VAE decodes."""
     images: int = 0
-    per_sample: dict = field(default_factory=dict)
 
 
 def gpu_options(pipe, cfg: GenerationConfig) -> list[str]:

@@ -15,9 +15,32 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from kbridge.engine.lmm.prompts import PROMPT_VERSION
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("kbridge.lmm")
+PROMPT_VERSION = "2026-12-02.1"
+"""Version of every domain's prompt text (engine/domains/*/prompts.py): part of the response-cache
+key, so bump it whenever any prompt text changes."""
+
+
+def system_message(text: str) -> dict:
+    return {"role": "system", "content": [{"type": "text", "text": text}]}
+
+
+def user_message(*parts) -> dict:
+    """A user turn: PIL images become image parts, non-empty strings text parts, in order."""
+    from PIL import Image
+
+    content = []
+    for p in parts:
+        if isinstance(p, Image.Image):
+            content.append({"type": "image", "image": p})
+        elif p:
+            content.append({"type": "text", "text": p})
+    return {"role": "user", "content": content}
+
+
+def assistant_message(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
 @dataclass(frozen=True)
@@ -123,9 +146,9 @@ def token_cap(lm, schema: dict | None, free: bool = False) -> int:
     """Most tokens a request may decode: free text gets ``free_text_tokens``; a schema answer its
     worst-case length (every string and array at its bound) plus a margin, never a fixed cap that
     would cut long structured answers."""
-    from kbridge.engine.lmm import schemas as S
+    from kbridge.engine.lmm.grammar import max_chars
 
-    return lm.free_text_tokens if free else (S.max_chars(schema) or lm.max_new_tokens) + 8
+    return lm.free_text_tokens if free else (max_chars(schema) or lm.max_new_tokens) + 8
 
 
 def build_request(cfg, messages: list, schema: dict | None, sample_id: str, stage: str, turn: int,

@@ -27,7 +27,7 @@ from transformers import GenerationConfig
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
 
-log = logging.getLogger("kbridge.lmm.hf")
+log = logging.getLogger(__name__)
 
 
 def model_fingerprint(path: Path) -> str:

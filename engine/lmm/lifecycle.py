@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from kbridge.engine.config import PipelineConfig
 from kbridge.engine.lmm.serving import SERVE_PROFILES, ServeError, serve_command, wait_healthy
 
-log = logging.getLogger("kbridge.lmm.lifecycle")
+log = logging.getLogger(__name__)
 
 
 class ManagedServer:

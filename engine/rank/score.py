@@ -6,7 +6,7 @@ from dataclasses import replace
 from kbridge.engine.config import RankConfig
 from kbridge.engine.rank.graph import graph_scores
 from kbridge.engine.rank.semantic import pair_scores
-from kbridge.engine.models import Scorer
+from kbridge.engine.rank import Scorer
 from kbridge.engine.types import Candidate, Knowledge, Sample
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kbridge.engine.errors import KbridgeError
+from kbridge.engine.store import read_results
 
 
 class ReportError(KbridgeError):
@@ -66,13 +67,8 @@ def load_run(root: str | Path) -> Run:
             raise ReportError(f"{root / 'manifest.json'}: not valid JSON ({e})") from e
     else:
         notes.append("no manifest.json: configuration and totals unknown")
-    by_id: dict[str, dict] = {}
-    for n, row in enumerate(_jsonl(results_path, notes), 1):
-        sid = row.get("sample_id")
-        if not isinstance(sid, str):
-            notes.append(f"results.jsonl:{n}: no sample_id, skipped")
-            continue
-        by_id[sid] = row
+    by_id = {r["sample_id"]: r for r in read_results(root, bad=lambda n, why: notes.append(
+        f"results.jsonl:{n}: {why}, skipped"))}
     run = Run(root, list(by_id.values()), _jsonl(root / "errors.jsonl", notes), manifest, notes=notes)
     run.dataset = _open_dataset(manifest.get("data") or {}, notes)
     return run
@@ -106,6 +102,6 @@ def available(run: Run, row: dict) -> dict:
     if missing == "image":
         return {"text": D.text_of(rec, ds.format)}
     if missing == "text" and rec.get("file_name"):
-        path = D._image_path(ds, rec["file_name"])
+        path = D.image_path(ds, rec["file_name"])
         return {"image": path} if path.exists() else {"unavailable": f"image file not found: {path}"}
     return {"unavailable": f"nothing recorded for missing={missing!r}"}

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from kbridge.engine.config import PipelineConfig
+from kbridge.engine.domains import domain_of
 from kbridge.engine.rank.graph import graph_texts
 from kbridge.engine.retrieve.index import EmbeddingIndex
 from kbridge.engine.store import atomic_write
 from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, Triple
 from kbridge.engine.errors import KbridgeError
 
-log = logging.getLogger("kbridge.retrieve")
+log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
 
@@ -65,9 +66,9 @@ def graph_embeddings(embed_texts, graphs: list[list[Triple]], dim: int) -> np.nd
 
 
 def scorer_key(cfg: PipelineConfig) -> dict:
-    """What fixes the embedding space: an index only serves runs with the same scorer models."""
-    return {"semantic": cfg.rank.semantic, "clip": cfg.models.clip, "blip": cfg.models.blip,
-            "blip_head": cfg.rank.blip_head}
+    """What fixes the embedding space: an index only serves runs with the same scorer models (the
+    domain's scorer)."""
+    return domain_of(cfg).scorer_key(cfg)
 
 
 def _weights(cfg: PipelineConfig) -> tuple[float, float]:
@@ -88,7 +89,6 @@ async def build_corpus(cfg: PipelineConfig, ds, scorer, client, out: Path, limit
     Raises ValueError when nothing could be indexed.
     """
     from kbridge.engine import data as D
-    from kbridge.engine.extract import extract
 
     samples, errors = [], []
     for i in [i for i in range(len(ds)) if i not in ds.missing][:limit]:
@@ -96,7 +96,7 @@ async def build_corpus(cfg: PipelineConfig, ds, scorer, client, out: Path, limit
             samples.append(D.load_sample(ds, i, None))
         except SampleError as e:
             errors.append({"sample_id": e.sample_id, "error": e.message})
-    kns = await extract(client, cfg, samples) if samples else []
+    kns = await domain_of(cfg).extract(client, cfg, samples) if samples else []
     keep = [(s, k) for s, k in zip(samples, kns) if not isinstance(k, SampleError)]
     errors += [{"sample_id": k.sample_id, "error": k.message} for k in kns if isinstance(k, SampleError)]
     if not keep:
@@ -104,7 +104,7 @@ async def build_corpus(cfg: PipelineConfig, ds, scorer, client, out: Path, limit
     img = _np(scorer.embed_images([s.image for s, _ in keep]))
     txt = _np(scorer.embed_texts([s.text for s, _ in keep]))
     graph = graph_embeddings(scorer.embed_texts, [k.triples for _, k in keep], txt.shape[1])
-    items = [{"sample_id": s.sample_id, "index": s.index, "image": str(D._image_path(ds, s.file_name).resolve()),
+    items = [{"sample_id": s.sample_id, "index": s.index, "image": str(D.image_path(ds, s.file_name).resolve()),
               "text": s.text, "triples": [t.as_dict() for t in k.triples]} for s, k in keep]
     return write_corpus(cfg, Path(out), items, img, txt, graph, errors)
 

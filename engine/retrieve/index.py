@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from kbridge.engine.errors import Unavailable
 
-log = logging.getLogger("kbridge.index")
+log = logging.getLogger(__name__)
 
 
 class IndexUnavailable(Unavailable, ImportError):

@@ -9,7 +9,6 @@ pipelines and the CLIP scorer; everything else in the engine is unchanged.
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import torch
@@ -17,7 +16,6 @@ import torch
 from kbridge.engine.config import PipelineConfig
 from kbridge.engine.errors import RuntimeUnavailable
 
-log = logging.getLogger("kbridge.runtime")
 
 Runner = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 

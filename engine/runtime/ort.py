@@ -2,7 +2,6 @@
 stay on the device (outputs are preallocated from the spec's symbolic shapes)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 from kbridge.engine.errors import RuntimeUnavailable
 from kbridge.export.specs import ExportSpec
 
-log = logging.getLogger("kbridge.runtime.ort")
 
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 

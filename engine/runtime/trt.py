@@ -26,7 +26,7 @@ from kbridge.engine.errors import KbridgeError, RuntimeUnavailable
 from kbridge.export.device import cuda_device, on_device
 from kbridge.export.specs import ExportSpec
 
-log = logging.getLogger("kbridge.runtime.trt")
+log = logging.getLogger(__name__)
 
 
 class TrtExecutionError(KbridgeError, RuntimeError):

@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from kbridge.engine.serve.formats import Files, error_body, event_of, failure_of, result_of
-from kbridge.engine.serve.intake import _BODY_DOC, _name, decode_image, parse  # noqa: F401 (decode_image: bench)
+from kbridge.engine.serve.intake import BODY_DOC, decode_image, parse, short_name  # noqa: F401 (decode_image: bench)
 from kbridge.engine.serve.jobs import BadRequest, Job, NotReady, QueueFull, Service
 from kbridge.engine.serve.metrics import Metrics
 
-log = logging.getLogger("kbridge.serve")
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, code: str | None = None, **headers) -> JSONResponse:
@@ -111,7 +111,7 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
 
-    @v1.post("/complete", openapi_extra=_BODY_DOC, summary="Complete one sample and wait for the result.",
+    @v1.post("/complete", openapi_extra=BODY_DOC, summary="Complete one sample and wait for the result.",
              responses={400: {}, 401: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}})
     async def complete(request: Request):
         sample, ov, images, cost = await parse(request, svc)
@@ -136,7 +136,7 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
             return JSONResponse(body, status_code=status)
         return await asyncio.to_thread(result_of, job, job.row, files)
 
-    @v1.post("/jobs", status_code=202, openapi_extra=_BODY_DOC, summary="Start a job; follow it with /events.")
+    @v1.post("/jobs", status_code=202, openapi_extra=BODY_DOC, summary="Start a job; follow it with /events.")
     async def submit(request: Request):
         sample, ov, images, cost = await parse(request, svc)
         job = svc.submit(sample, ov, images, cost)
@@ -146,7 +146,7 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
     def _job(job_id: str) -> Job:
         job = svc.get(job_id)
         if job is None:
-            raise BadRequest(f"no job {_name(job_id)} (unknown or expired)", 404, "job")
+            raise BadRequest(f"no job {short_name(job_id)} (unknown or expired)", 404, "job")
         return job
 
     @v1.get("/jobs/{job_id}", summary="A job's status, and its result once done.")
@@ -197,7 +197,7 @@ def create_app(svc: Service, api_key: str | None = None, drain_timeout_s: float 
     async def file(job_id: str, name: str):
         data = files.get(f"{job_id}/{name}")
         if data is None:
-            raise BadRequest(f"no file {_name(job_id)}/{_name(name)} (unknown or expired)", 404, "file")
+            raise BadRequest(f"no file {short_name(job_id)}/{short_name(name)} (unknown or expired)", 404, "file")
         return Response(data, media_type="image/png")
 
     app.include_router(v1)

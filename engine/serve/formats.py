@@ -3,11 +3,10 @@ server-sent events per finished stage, and the in-memory store of generated PNGs
 from __future__ import annotations
 
 import base64
-import io
 import time
 
 from kbridge.engine.serve.jobs import Job
-from kbridge.engine.store import candidate_dict
+from kbridge.engine.store import png_bytes, result_line
 
 
 class Files:
@@ -41,35 +40,27 @@ class Files:
         return hit[0] if hit else None
 
 
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def result_of(job: Job, row, files: Files) -> dict:
-    """The row as a results.jsonl line (knowledge, candidates, best, counts) plus per-stage timings
-    (seconds from the request's arrival); images as data URIs or file URLs. Runs off the loop."""
+    """The row's result, the shape of a results.jsonl line (store.result_line), images as data URIs
+    or file URLs; timings in seconds from the request's arrival, with its ``queue`` (arrival to
+    admission) and ``request`` (arrival to now) spans. Runs off the loop."""
     paths = {}
     for c in row.candidates:
         if c.image is not None:
-            data = _png(c.image)
+            data = png_bytes(c.image)
             if job.images == "url":
                 key = f"{job.id}/{c.id}.png"
                 files.put(key, data)
                 paths[c.id] = f"/v1/files/{key}"
             else:
                 paths[c.id] = "data:image/png;base64," + base64.b64encode(data).decode()
-    s = row.sample
-    timings = row.timings_dict(job.created)
     end = job.finished or time.time()
-    timings["queue"] = {"start": 0.0, "end": round(row.admitted - job.created, 4),
-                        "seconds": round(row.admitted - job.created, 4)}
-    timings["request"] = {"start": 0.0, "end": round(end - job.created, 4), "seconds": round(end - job.created, 4)}
-    return {"sample_id": s.sample_id, "index": s.index, "missing": s.missing,
-            "knowledge": row.knowledge.as_dict() if row.knowledge else None,
-            "candidates": [candidate_dict(c, paths) for c in row.candidates], "best": row.best,
-            "counts": row.counts(), "timings": timings}
+    line = result_line(row, paths, job.created, end)
+    line["timings"]["queue"] = {"start": 0.0, "end": round(row.admitted - job.created, 4),
+                                "seconds": round(row.admitted - job.created, 4)}
+    line["timings"]["request"] = {"start": 0.0, "end": round(end - job.created, 4),
+                                  "seconds": round(end - job.created, 4)}
+    return line
 
 
 ERROR_TYPES = {400: "invalid_request", 401: "authentication", 404: "not_found", 405: "method_not_allowed",

@@ -19,7 +19,7 @@ from kbridge.engine.serve.jobs import BadRequest, Overrides, Service, content_id
 from kbridge.engine.types import Sample
 
 
-def _name(s: str, n: int = 64) -> str:
+def short_name(s: str, n: int = 64) -> str:
     """A client-given name in a message: quoted, printable, cut (never a repr)."""
     s = "".join(c if c.isprintable() else "?" for c in s[:n])
     return f'"{s}"' + ("…" if len(s) >= n else "")
@@ -43,7 +43,7 @@ class CompleteRequest(BaseModel):
                                              "or as URLs under /v1/files/ kept for [serve] files_ttl_s.")
 
 
-_BODY_DOC = {"requestBody": {"required": True, "content": {
+BODY_DOC = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": CompleteRequest.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "image": {"type": "string", "format": "binary"}, "missing": {"type": "string", "enum": ["text", "image"]},
@@ -134,7 +134,7 @@ async def parse(request: Request, svc: Service) -> tuple[Sample, Overrides, str,
         fields = {}
         for k, v in form.multi_items():
             if k in fields or (k == "image" and upload is not None):
-                raise BadRequest(f"field {_name(k)} given twice", 400, k if k.isidentifier() else "body")
+                raise BadRequest(f"field {short_name(k)} given twice", 400, k if k.isidentifier() else "body")
             if k == "image" and hasattr(v, "read"):
                 upload = await v.read()
             elif k in _INTS and isinstance(v, str) and v.strip().isdigit():

@@ -28,7 +28,7 @@ from kbridge.engine.executors.local import Hooks, stream
 from kbridge.engine.rows import Row
 from kbridge.engine.types import Sample
 
-log = logging.getLogger("kbridge.serve")
+log = logging.getLogger(__name__)
 
 
 class QueueFull(KbridgeError):
@@ -101,14 +101,12 @@ def sample_index(sample_id: str) -> int:
 
 class Service:
     def __init__(self, engine, metrics=None, trace=None):
-        from kbridge.engine.domains import domain_of
         from kbridge.engine.plan import resolve_schedule
 
         self.engine, self.cfg, self.limits = engine, engine.cfg, engine.cfg.serve
         if resolve_schedule(self.cfg) != "fused":
             raise KbridgeError("kbridge serve needs every model resident (the fused schedule); this profile's "
                                "plan is phased: use a profile or --config whose models fit together")
-        self.domain = domain_of(self.cfg)
         self.metrics = metrics
         self.tracer = trace
         """``kbridge serve --trace``: an ``engine.trace.Tracer`` (closed when the service drains)."""
@@ -134,25 +132,21 @@ class Service:
     # ---- lifecycle
     async def start(self) -> None:
         """Load the models (off the event loop), then run the stream until ``drain``."""
-        from kbridge.engine.lmm import LMMClient, RequestLog
-        from kbridge.engine.models import load_retriever
-        from kbridge.engine.stages import GRAPH, Ctx
+        from kbridge.engine.stages import GRAPH
 
         self._loop = asyncio.get_running_loop()
         self._inbox = asyncio.Queue()
         try:
-            models = await asyncio.to_thread(self.engine.ensure, {"lmm", "scorer", "generators"})
+            ctx = await asyncio.to_thread(self.engine.context, {"lmm", "scorer", "generators"},
+                                          self.cfg.rank.index_dir or None, trace=self.tracer)
         except Exception as e:  # the service stays up and says why in /health
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("models failed to load: %s", self.load_error)
             return
         from kbridge.engine.lmm.special import tokenizer_of
 
-        tok = tokenizer_of(models.lmm)
+        tok = tokenizer_of(ctx.models.lmm)
         self._tok = copy.deepcopy(tok) if tok is not None else None  # intake's own: no sharing across threads
-        models.retriever = None if not self.cfg.rank.index_dir else load_retriever(self.cfg, self.cfg.rank.index_dir)
-        ctx = Ctx(cfg=self.cfg, domain=self.domain, models=models,
-                  client=LMMClient(models.lmm, RequestLog(), None, greedy=self.cfg.lmm.greedy), trace=self.tracer)
         self._task = asyncio.ensure_future(stream(self._source(), GRAPH, ctx, self._sink, hooks=self.hooks))
         self._task.add_done_callback(self._stopped)
         self.ready = True
@@ -215,7 +209,7 @@ class Service:
             yield self._row(job)
 
     def _row(self, job: Job) -> Row:
-        return Row(job.sample, extra={**job_extra(self, job), "job": job.id})
+        return Row(job.sample, cfg=request_config(self, job), steps=job.overrides.steps, job=job.id)
 
     # ---- requests
     def cost(self, sample: Sample, ov: Overrides, tokens: int = 0) -> dict:
@@ -309,7 +303,7 @@ class Service:
 
     # ---- stream callbacks
     def _job(self, row: Row) -> Job:
-        return self.jobs[row.extra["job"]]
+        return self.jobs[row.job]
 
     def _on_stage(self, stage: str, rows: list[Row]) -> None:
         if not all(_timed_out(r) for r in rows):  # a call failed by the watchdog is not progress
@@ -317,7 +311,7 @@ class Service:
         if self.metrics:
             self.metrics.stage_call(stage, rows)
         for r in rows:
-            job = self.jobs.get(r.extra.get("job"))
+            job = self.jobs.get(r.job)
             if job is not None and r.error is None:
                 job.events.append((stage, r))
                 job.notify()
@@ -336,9 +330,8 @@ class Service:
             self._progress = job.finished
         # a finished job keeps its answer, not its decoded input (bounded memory)
         job.sample = dataclasses.replace(job.sample, image=None)
-        job.row = row.replace(sample=job.sample, extra={k: v for k, v in row.extra.items() if k != "cfg"})
-        job.events = [(st, r.replace(sample=job.sample, extra={k: v for k, v in r.extra.items() if k != "cfg"}))
-                      for st, r in job.events]
+        job.row = row.replace(sample=job.sample, cfg=None)
+        job.events = [(st, r.replace(sample=job.sample, cfg=None)) for st, r in job.events]
         job.status = "done" if row.error is None else "cancelled" if job.cancelled or row.error.message == "cancelled" \
             else "error"
         self.active -= 1
@@ -359,7 +352,7 @@ class Service:
 
 
 def _timed_out(row: Row) -> bool:
-    from kbridge.engine.executors.local import WATCHDOG
+    from kbridge.engine.stages import WATCHDOG
 
     return row.error is not None and WATCHDOG in row.error.message
 
@@ -374,19 +367,15 @@ def check_overrides(svc: Service, ov: Overrides) -> None:
         raise BadRequest("seed must be between 0 and 2**63 - 1", 422)
 
 
-def job_extra(svc: Service, job: Job) -> dict:
-    """A per-request configuration copy (same models) when the request overrides something."""
+def request_config(svc: Service, job: Job):
+    """A per-request configuration copy (same models) when the request overrides the candidates or
+    the seed, else None (the service's); ``steps`` rides on the row itself (``Row.steps``)."""
     ov, cfg = job.overrides, svc.cfg
-    extra: dict = {}
     changes = {}
     if ov.candidates is not None and ov.candidates != cfg.generation.candidates:
         changes["generation"] = dataclasses.replace(cfg.generation, candidates=ov.candidates)
     if ov.seed is not None and ov.seed != cfg.run.seed:
         changes["run"] = dataclasses.replace(cfg.run, seed=ov.seed)
-    if changes:
-        new = dataclasses.replace(cfg, **changes)
-        extra["cfg"] = new  # not kept: equal copies compare equal, so their rows still batch together
-    if ov.steps is not None:
-        extra["steps"] = ov.steps
-    return extra
+    # not kept: equal copies compare equal, so their rows still batch together
+    return dataclasses.replace(cfg, **changes) if changes else None
 

@@ -5,33 +5,13 @@ Each call logs into its own request log, so the rows get exactly their own reque
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import replace
 
-from kbridge.engine.domains import domain_of
-from kbridge.engine.lmm import RequestLog
 from kbridge.engine import faults
-from kbridge.engine.rows import LMMRecord, Row
+from kbridge.engine.domains import domain_of
+from kbridge.engine.domains.lmm import by_turn, lmm_call
+from kbridge.engine.rows import Row
 from kbridge.engine.types import SampleError
-
-
-async def lmm_call(ctx, call):
-    """Run ``call(client)`` with a fresh request log; returns (its result, records per sample id)."""
-    log = RequestLog()
-    result = await call(ctx.client.using(log))
-    recs: dict[str, list[LMMRecord]] = defaultdict(list)
-    for r in log.records:
-        recs[r["sample_id"]].append(LMMRecord(r["stage"], r["turn"], r["prompt_tokens"], r["generated_tokens"],
-                                              r["cached"], r["start"], r["end"], r.get("engine") or None))
-    return result, recs
-
-
-def by_turn(rows: list[Row], key=lambda r: ()) -> dict[tuple, list[int]]:
-    """Row positions grouped by (their critical-path turn, key): one LMM call per group."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[(r.turn, *key(r))].append(i)
-    return dict(sorted(groups.items()))
 
 
 async def extract(rows: list[Row], ctx) -> list[Row]:
@@ -48,7 +28,7 @@ def _todo(row: Row, cfg, domain=None) -> list[int]:
     """Candidates that need triples: generated images (fast), written captions too when their
     triples are extracted (``[knowledge] caption_triples_from``), every generated one (reference)."""
     ref = cfg.run.fidelity == "reference"
-    texts = cfg.knowledge.caption_triples_from == "extracted" and getattr(domain or domain_of(cfg), "reextract_texts")
+    texts = cfg.knowledge.caption_triples_from == "extracted" and (domain or domain_of(cfg)).reextract_texts
     return [j for j, c in enumerate(row.candidates)
             if c.source == "generated" and not c.triples and (ref or c.image is not None or (texts and c.text))]
 

@@ -8,7 +8,7 @@ from kbridge.engine.rows import Row
 
 
 def needs_retrieval(row: Row, cfg=None) -> bool:
-    return not any(c.source == "retrieved" for c in row.candidates) and not row.extra.get("retrieved")
+    return not any(c.source == "retrieved" for c in row.candidates) and not row.retrieved
 
 
 def retrieve(rows: list[Row], ctx) -> list[Row]:
@@ -16,7 +16,7 @@ def retrieve(rows: list[Row], ctx) -> list[Row]:
     if ret is None:
         return rows
     found = ret.candidates(ctx.models.scorer, [r.sample for r in rows], [r.knowledge for r in rows])
-    return [r.replace(candidates=r.candidates + tuple(more), extra={**r.extra, "retrieved": True})
+    return [r.replace(candidates=r.candidates + tuple(more), retrieved=True)
             for r, more in zip(rows, found)]
 
 

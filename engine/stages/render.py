@@ -1,13 +1,13 @@
 """Render: the generated image candidates of image-missing rows, on this worker's generator
 replica (one worker per device given to diffusion; all pull from the render queue). UNet
 evaluations and VAE decodes are measured around this call, on the worker's own thread, so
-concurrent workers never see each other's counts. Rows with ``extra["steps"]`` (a served
-request's override) are rendered with that many denoising steps.
+concurrent workers never see each other's counts. Rows with ``steps`` (a served request's
+override) are rendered with that many denoising steps.
 
 With ``[generation] refine_top = K`` (K > 0, fewer than a row's candidates, refiner on): the base
 runs for every candidate, its latents are previewed cheaply, the candidates are pre-ranked by
 the scorer's semantic score of the preview against the sample's text, and only the top K are
-refined and fully decoded; the others keep their preview image and ``refined: false``.
+refined and fully decoded (``Candidate.refined``); the others keep their preview image.
 """
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def render(rows: list[Row], ctx) -> list[Row]:
     flat = _pending(rows)
     u0, v0 = gen.counters.unet_evals, gen.counters.vae_decodes
     images = [None] * len(flat)
-    by_steps: dict = {}  # a served request may ask for other steps (extra["steps"]): rendered apart
+    by_steps: dict = {}  # a served request may ask for other steps (Row.steps): rendered apart
     for n, (i, _) in enumerate(flat):
-        by_steps.setdefault(rows[i].extra.get("steps"), []).append(n)
+        by_steps.setdefault(rows[i].steps, []).append(n)
     for steps, ns in by_steps.items():
         kw = {} if steps is None else {"steps": steps}
         if ctx.cancelled is not None and _stoppable(gen):  # all rows cancelled: stop between denoising steps
@@ -98,16 +98,13 @@ def _render_top(rows: list[Row], ctx) -> list[Row]:
     per_ref_vae = (gen.counters.vae_decodes - v1) / max(1, len(keep))
     images = dict(enumerate(previews)) | dict(zip(keep, refined))
     new = [list(r.candidates) for r in rows]
-    flags: list[dict] = [dict(r.extra.get("refined", {})) for r in rows]
     for f, (i, j) in enumerate(flat):
-        new[i][j] = replace(new[i][j], image=images[f])
-        flags[i][new[i][j].id] = f in keep
+        new[i][j] = replace(new[i][j], image=images[f], refined=f in keep)
     out = []
     for i, r in enumerate(rows):
         k = sum(1 for fi, _ in flat if fi == i)
         kr = sum(1 for f in keep if flat[f][0] == i)
-        extra = {**r.extra, "refined": flags[i],
-                 "preview_decodes": r.extra.get("preview_decodes", 0.0) + per_preview * k}
         out.append(r.replace(candidates=tuple(new[i]), unet_evals=r.unet_evals + base_unet * k + per_ref_unet * kr,
-                             vae_decodes=r.vae_decodes + per_ref_vae * kr, extra=extra))
+                             vae_decodes=r.vae_decodes + per_ref_vae * kr,
+                             preview_decodes=r.preview_decodes + per_preview * k))
     return out

@@ -3,10 +3,15 @@ candidate image (prompts, or reports for X-rays), each candidate with its own se
 text candidates (captions or reports), each with the triples its answer gave."""
 from __future__ import annotations
 
-from kbridge.engine.generate.text import image_candidates
+from kbridge.engine.domains.lmm import by_turn, lmm_call
 from kbridge.engine.rows import Row
-from kbridge.engine.stages.knowledge import by_turn, lmm_call
-from kbridge.engine.types import SampleError
+from kbridge.engine.types import Candidate, Sample, SampleError, derive_seed
+
+
+def image_candidates(sample: Sample, prompts: list[str], root_seed: int) -> list[Candidate]:
+    """One candidate per prompt with its own (sample, candidate) seed; images filled in later."""
+    return [Candidate(id=f"c{j}", source="generated", prompt=p, seed=derive_seed(root_seed, sample.sample_id, "image", j))
+            for j, p in enumerate(prompts)]
 
 
 async def write(rows: list[Row], ctx) -> list[Row]:

@@ -167,9 +167,9 @@ class Tracer:
         """UNet / VAE spans of ``generator``'s render calls on ``worker``'s track."""
         self.dense.instrument(generator, worker)
 
-    def call(self, stage: str, worker: str, rows_in, rows_out, a: float, b: float) -> None:
+    def call(self, stage: str, worker: str, rows_in, rows_out, a: float, b: float) -> list:
         """One stage call on one worker (device span), its batch as args, and the UNet / VAE
-        spans it ran (clamped into the call)."""
+        spans it ran (clamped into the call). Returns ``rows_out`` (engine/stages: the trace hook)."""
         args = batch_args(rows_in, rows_out)
         sa, sb = self.ts(a), self.ts(b)
         kids = [(n, min(max(self.ts(x), sa), sb), min(max(self.ts(y), sa), sb), k)
@@ -179,6 +179,7 @@ class Tracer:
             self._span(DEVICES, worker, stage, sa, sb, args, kids)
         if self.otel is not None:
             self.otel.span(f"{stage} call", a, b, {"kbridge.worker": worker, "kbridge.rows": args["n"]})
+        return rows_out
 
     def admitted(self, row) -> None:
         if self.kernels is not None:
@@ -193,7 +194,7 @@ class Tracer:
             if n % max(1, self.opts.sample_every) == 0:
                 self._sample(row, written)
                 self._requests(row)
-            for c in row.extra.get("_trace_calls", ()):  # device spans recorded by Ray workers
+            for c in row.trace_calls:  # device spans recorded by Ray workers
                 self._remote_call(c)
         if self.otel is not None:
             self.otel.sample(row, written)
@@ -313,11 +314,14 @@ def batch_args(rows_in, rows_out) -> dict:
     return args
 
 
-def remote_call(stage: str, worker: str, rows_in, rows_out, a: float, b: float) -> list:
-    """A stage call made in another process (a Ray actor): recorded in each output row, drawn by
-    the driver's tracer when the row reaches the sink (once per call)."""
-    rec = [stage, worker, a, b, batch_args(rows_in, rows_out)]
-    return [r.replace(extra={**r.extra, "_trace_calls": [*r.extra.get("_trace_calls", ()), rec]}) for r in rows_out]
+class InRows:
+    """The trace hook of a stage call made in another process (a Ray actor): the call is recorded
+    in each output row, and drawn by the driver's tracer when the row reaches the sink (once per
+    call)."""
+
+    def call(self, stage: str, worker: str, rows_in, rows_out, a: float, b: float) -> list:
+        rec = (stage, worker, a, b, batch_args(rows_in, rows_out))
+        return [r.replace(trace_calls=(*r.trace_calls, rec)) for r in rows_out]
 
 
 def default_path(run_dir: Path) -> Path:

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-log = logging.getLogger("kbridge.trace")
+log = logging.getLogger(__name__)
 MARK = "kbridge.clock"
 
 

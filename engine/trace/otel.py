@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 
-log = logging.getLogger("kbridge.trace")
+log = logging.getLogger(__name__)
 
 _RUN_SALT = os.urandom(8).hex()
 """Per process: two runs of the same sample get different OTel trace ids."""

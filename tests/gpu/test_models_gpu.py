@@ -26,7 +26,7 @@ def test_hf_lmm_schema_json_on_cuda_bf16_and_seeds_independent_of_batching(gpu_c
     from kbridge.engine import zoo
     from kbridge.engine.lmm import Request
     from kbridge.engine.lmm.hf import HFBackend
-    from kbridge.engine.lmm.schemas import knowledge
+    from kbridge.engine.domains.general.schemas import knowledge
 
     schema = knowledge(gpu_cfg.knowledge)
     msg = [{"role": "user", "content": [{"type": "text", "text": "describe a red cup on a table"}]}]

@@ -117,7 +117,7 @@ def test_in_process_vllm_async_engine_schema_json(gpu_cfg):
     pytest.importorskip("vllm", reason="needs the vllm extra (pip install 'kbridge[vllm]')")
     from kbridge.engine import zoo
     from kbridge.engine.lmm import Request
-    from kbridge.engine.lmm.schemas import knowledge
+    from kbridge.engine.domains.general.schemas import knowledge
     from kbridge.engine.lmm.vllm_local import VLLMBackend
 
     be = VLLMBackend(zoo.resolve("lmm", gpu_cfg), gpu_cfg.lmm, "tiny")

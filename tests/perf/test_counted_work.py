@@ -2,8 +2,10 @@
 fewer generated tokens than keyed objects and give the same records."""
 import json
 
-from kbridge.engine.extract import parse_knowledge, parse_triples
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general.knowledge import parse_knowledge
+from kbridge.engine.domains.lmm import parse_triples, triple
+from kbridge.engine.lmm.grammar import max_chars
+from kbridge.engine.domains.general import schemas as S
 
 FACTS = [("red cup", "sitting on", "wooden table"), ("man", "holds", "red cup"), ("Red Cup", "sitting on", "table ")]
 
@@ -37,7 +39,7 @@ def test_tuple_triples_are_valid_bounded_and_cheaper(cfg):
     facts = [FACTS[i % 2] for i in range(k.triples)]
     assert xgr.GrammarMatcher(grammar).accept_string(json.dumps({"triples": [list(f) for f in facts]}))
     assert not xgr.GrammarMatcher(grammar).accept_string(json.dumps({"triples": _objects(facts)}))
-    longest = S.max_chars(S.triple(k))
+    longest = max_chars(triple(k))
     widest = json.dumps(["a" * k.name_chars, "b" * max(8, k.name_chars * 3 // 4), "c" * k.name_chars],
                         separators=(", ", ": "))
     assert longest == len(widest)  # the token cap still covers the longest answer

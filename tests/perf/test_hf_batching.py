@@ -4,8 +4,8 @@ import asyncio
 import pytest
 
 from kbridge.engine.lmm import Request
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 import kbridge.engine.lmm as L
 from kbridge.engine.config import RuntimeConfig, build_config
 from kbridge.engine.lmm import Request, request_key
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
 from kbridge.engine.lmm.hf import model_fingerprint
 from kbridge.engine.store import ResponseCache
 from reliability.relib import tiny_exportable
@@ -67,7 +67,7 @@ def test_a_corrupted_cache_row_is_reported_once_dropped_and_asked_again(tmp_path
         cache.put(k, ANSWER)
     cache.db.execute("UPDATE answers SET value = ? WHERE key = ?", ('{"text": "tampered"}', keys[0]))
     cache.db.execute("UPDATE answers SET value = ? WHERE key = ?", ("{torn", keys[1]))
-    with caplog.at_level(logging.WARNING, logger="kbridge.store"):
+    with caplog.at_level(logging.WARNING, logger="kbridge.engine.store"):
         assert cache.get(keys[0]) is None and cache.get(keys[1]) is None
     assert len([r for r in caplog.records if "corrupted entry" in r.getMessage()]) == 1
     assert cache.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 1  # dropped, not kept
@@ -87,7 +87,7 @@ def test_a_damaged_cache_file_is_reported_moved_aside_and_rebuilt(tmp_path, capl
     cache.close()
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 3] if damage == "truncated" else b"garbage" * 1000)
-    with caplog.at_level(logging.WARNING, logger="kbridge.store"):
+    with caplog.at_level(logging.WARNING, logger="kbridge.engine.store"):
         fresh = ResponseCache(path)
     assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1
     assert (tmp_path / "cache.sqlite.corrupt").exists()

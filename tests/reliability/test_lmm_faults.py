@@ -11,8 +11,8 @@ import pytest
 
 from kbridge.engine.config import build_config
 from kbridge.engine.lmm import LMMClient, Request, RequestLog
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
 from kbridge.engine.lmm.vllm_http import HTTPBackend
 
 RETRIES = 2  # both layers: 3 attempts in all

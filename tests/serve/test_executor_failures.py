@@ -46,7 +46,7 @@ def _bad_on(ids: set[str], exc: BaseException):
                                  ValueError(f"cannot use {object()}\nsecond line")],
                          ids=["StopIteration", "BaseException", "KeyError", "GeneratorExit", "repr"])
 def test_any_exception_on_a_worker_thread_fails_only_its_rows(cfg, exc):
-    st = Stage("a", _bad_on({"s:1", "s:4"}, exc), "dense", None, lambda r, c: True, lambda c: 1)
+    st = Stage("a", _bad_on({"s:1", "s:4"}, exc), "scorer", lambda r, c: True, lambda c: 1)
     n, out = _run(cfg, [st], _rows(6))  # 6 rows through 2 slots: the failed rows released theirs
     assert n == 6 and len(out) == 6
     for i in range(6):
@@ -68,7 +68,7 @@ def test_an_lmm_call_whose_thread_raises_is_resolved(cfg, exc):
             return [r.replace(best="ok") for r in rows]
         return await asyncio.to_thread(body)  # asyncio cannot set a StopIteration on the future
 
-    st = Stage("extract", lmm, "lmm", None, lambda r, c: True, lambda c: 1)
+    st = Stage("extract", lmm, "lmm", lambda r, c: True, lambda c: 1)
     n, out = _run(cfg, [st], _rows(4))
     assert n == 4 and out["s:0"].error is not None and out["s:0"].error.stage == "extract"
     assert all(out[f"s:{i}"].best == "ok" for i in (1, 2, 3))
@@ -96,8 +96,8 @@ def test_the_watchdog_fails_a_call_that_never_returns(cfg):
         if stage == "render" and rows[0].sample_id == "s:2":
             release.set()  # the device comes back after the watchdog failed the call
 
-    stages = [Stage("extract", lmm, "lmm", None, lambda r, c: True, lambda c: 1),
-              Stage("render", dense, "dense", None, lambda r, c: True, lambda c: 1)]
+    stages = [Stage("extract", lmm, "lmm", lambda r, c: True, lambda c: 1),
+              Stage("render", dense, "scorer", lambda r, c: True, lambda c: 1)]
     try:
         n, out = _run(cfg, stages, _rows(5), hooks=Hooks(on_stage=on_stage))
     finally:

@@ -22,7 +22,7 @@ def _request(ds, index: int, missing: str) -> dict:
     if missing == "image":
         body["text"] = D.text_of(rec, ds.format)
     else:
-        body["image"] = base64.b64encode(D._image_path(ds, rec["file_name"]).read_bytes()).decode()
+        body["image"] = base64.b64encode(D.image_path(ds, rec["file_name"]).read_bytes()).decode()
     return body
 
 

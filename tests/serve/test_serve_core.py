@@ -23,11 +23,11 @@ def test_async_source_hooks_cancellation_and_per_row_configs(cfg):
     def work(name):
         def fn(rows, ctx):
             # a call sees rows of one configuration, and ctx.cfg is that configuration
-            assert {r.extra.get("cfg", run_cfg) for r in rows} == {ctx.cfg}
+            assert {r.cfg or run_cfg for r in rows} == {ctx.cfg}
             return [r.replace(best=f"{name}:{ctx.cfg.generation.candidates}") for r in rows]
         return fn
 
-    stages = [Stage(n, work(n), "dense", None, lambda r, c: True, lambda c: 8) for n in ("a", "b")]
+    stages = [Stage(n, work(n), "scorer", lambda r, c: True, lambda c: 8) for n in ("a", "b")]
     calls: list[tuple[str, list[str]]] = []
     hooks = Hooks(on_stage=lambda st, rows: calls.append((st, [r.sample_id for r in rows])),
                   cancelled=lambda r: r.sample_id == "t:3")
@@ -43,7 +43,7 @@ def test_async_source_hooks_cancellation_and_per_row_configs(cfg):
         task = asyncio.ensure_future(stream(source(), stages, Ctx(cfg=run_cfg, domain=None, models=Models()),
                                             written.append, hooks=hooks))
         for i in range(6):
-            q.put_nowait(Row(Sample(f"t:{i}", i, "x", None, "image"), extra={"cfg": other} if i % 2 else {}))
+            q.put_nowait(Row(Sample(f"t:{i}", i, "x", None, "image"), cfg=other if i % 2 else None))
         await asyncio.sleep(0.3)  # the stream stays open while the source is
         assert not task.done() and set(hooks.queues) == {"a", "b"}
         q.put_nowait(None)  # closing the source drains what was admitted

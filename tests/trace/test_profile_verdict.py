@@ -19,11 +19,11 @@ from kbridge.engine.types import Sample
 
 
 def _run(cfg, path, slow: str) -> dict:
-    def stage(name, kind="dense", slot=None):
+    def stage(name, slot=None):
         def fn(rows, ctx):
             time.sleep(0.03 if name == slow else 0.001)
             return rows
-        return Stage(name, fn, kind, slot, lambda r, c: True, lambda c: 1)
+        return Stage(name, fn, slot, lambda r, c: True, lambda c: 1)
 
     run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rows_in_flight=4, batch_wait_ms=1))
     tr = Tracer(TraceOptions(path, counters_s=0.01))
@@ -34,7 +34,7 @@ def _run(cfg, path, slow: str) -> dict:
         tr.row(row)
 
     try:
-        asyncio.run(stream(src, [stage("load", "io"), stage("render", slot="generators"),
+        asyncio.run(stream(src, [stage("load"), stage("render", slot="generators"),
                                            stage("rank", slot="scorer")], ctx, sink))
     finally:
         tr.close()
@@ -77,7 +77,7 @@ def test_trace_kernels_merges_torch_profiler_ops_of_the_window_on_the_same_clock
     ctx = Ctx(cfg=run_cfg, domain=None, models=Models(), trace=tr)
     src = (Row(Sample(f"t:{i}", i, "x", None, "image")) for i in range(8))
     try:
-        asyncio.run(stream(src, [Stage("render", mm, "dense", "generators", lambda r, c: True, lambda c: 1)],
+        asyncio.run(stream(src, [Stage("render", mm, "generators", lambda r, c: True, lambda c: 1)],
                            ctx, tr.row))
     finally:
         tr.close()

@@ -73,7 +73,7 @@ def test_a_long_answer_does_not_hold_up_the_other_rows(vcfg, vllm_backend):
     from kbridge.engine.models import Models
     from kbridge.engine.rows import Row
     from kbridge.engine.stages import Ctx, Stage
-    from kbridge.engine.stages.knowledge import lmm_call
+    from kbridge.engine.domains.lmm import lmm_call
     from kbridge.engine.types import Sample
 
     long = {"type": "object", "properties": {"a": {"type": "string", "minLength": 1200, "maxLength": 1200}},
@@ -90,7 +90,7 @@ def test_a_long_answer_does_not_hold_up_the_other_rows(vcfg, vllm_backend):
                                                             batch_wait_ms=200))
     ctx = Ctx(cfg=cfg, domain=None, models=Models(lmm=vllm_backend),
               client=LMMClient(vllm_backend, RequestLog()))
-    stage = Stage("ask", ask, "lmm", "lmm", lambda r, c: True, lambda c: 4)
+    stage = Stage("ask", ask, "lmm", lambda r, c: True, lambda c: 4)
     rows = [Row(Sample(f"t:{i}", i, "x", None, "image")) for i in range(4)]
     sink_rows: dict[str, Row] = {}
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from kbridge.engine.peers.classify.config import MMIMDB_GENRES, ClassifyError
+from kbridge.engine.store import best_candidate, read_results
 
 FLAGS = {None: 0, "text": 1, "image": 2}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -170,17 +171,17 @@ def fill_completed(data: EvalData, completed: Path) -> EvalData:
     completed = Path(completed)
     fills: dict[int, tuple] = {}  # index → ("text", str) | ("image", Path)
     if (completed / "results.jsonl").exists():
-        for n, line in enumerate((completed / "results.jsonl").read_text().splitlines(), 1):
-            if not line.strip():
-                continue
+        def bad(n: int, why: str) -> None:
+            raise ClassifyError(f"{completed / 'results.jsonl'}: line {n}: not a completed sample ({why})")
+
+        for n, r in enumerate(read_results(completed, bad), 1):
             try:
-                r = json.loads(line)
                 idx = int(r["index"]) if "index" in r else int(str(r["sample_id"]).rsplit(":", 1)[1])
-                best = next(c for c in r["candidates"] if c["id"] == r["best"])
+                best = best_candidate(r)
                 fills[idx] = ("text", best["text"]) if r["missing"] == "text" else \
                     ("image", completed / best["image"])
             except (ValueError, KeyError, TypeError, StopIteration, IndexError) as e:
-                raise ClassifyError(f"{completed / 'results.jsonl'}: line {n}: not a completed sample ({e!r})") from None
+                raise ClassifyError(f"{completed / 'results.jsonl'}: result {n}: not a completed sample ({e!r})") from None
     elif (completed / "metadata.json").exists():
         try:
             recs = json.loads((completed / "metadata.json").read_text())

@@ -7,7 +7,6 @@ parameter and the dynamic-query buffers) and the CLIP tokenizer files.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from kbridge.engine.peers.classify.clip_backbone import PromptedCLIP, rebuild_dy
 from kbridge.engine.peers.classify.config import ClassifierConfig, ClassifyError, read_config, tiny_config
 from kbridge.engine.peers.classify.prompts import DCPPrompts, REPMemory
 
-log = logging.getLogger("kbridge.classify")
 
 TINY_VERSION = 1
 """Bump when the tiny builder changes, so cached twins rebuild."""

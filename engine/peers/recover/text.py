@@ -6,7 +6,6 @@ state [N, T, H] is the text feature (H = 768 for bert-base-uncased). The referen
 """
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import torch
 
 from kbridge.engine.errors import KbridgeError
 
-log = logging.getLogger("kbridge.recover.text")
 
 _IGNORED = {"embeddings.position_ids"}  # saved by transformers < 4.31 only (REFERENCE.md §4.5)
 

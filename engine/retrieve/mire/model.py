@@ -74,10 +74,6 @@ class MireConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    @property
-    def visual_tokens(self) -> int:
-        return self.num_tokens + self.num_heads
-
 
 class TextGuidedPooling(nn.Module):
     """``query_fusion``: submodule names match the published keys (proj.0/1, k_state, v_state,

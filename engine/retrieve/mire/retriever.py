@@ -21,7 +21,7 @@ from kbridge.engine.config import PipelineConfig
 from kbridge.engine.retrieve.mire.index import LateIndex, LateIndexError
 from kbridge.engine.types import Candidate, Knowledge, Sample, Triple
 
-log = logging.getLogger("kbridge.mire")
+log = logging.getLogger(__name__)
 
 MIRE_DIR = "mire"
 INSTRUCTION = "Find the caption that describes this image."

@@ -1,8 +1,8 @@
-"""Prompt text for every LMM call, and the message builders.
+"""Prompt text of the general domain's LMM calls, and its message builders.
 
 Layout is prefix-cache friendly: the system prompt and the task instructions come first, the
 sample's own content (text, image, knowledge) last, so concurrent requests share a long prefix.
-Bump PROMPT_VERSION whenever any text here changes: it is part of the response-cache key.
+Bump ``lmm.PROMPT_VERSION`` whenever any text here changes: it is part of the response-cache key.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import json
 from PIL import Image
 
 from kbridge.engine.config import KnowledgeConfig
+from kbridge.engine.lmm import assistant_message, system_message, user_message
 from kbridge.engine.types import Knowledge
-
-PROMPT_VERSION = "2026-12-02.1"
 
 SYSTEM = ("You turn images and texts into structured knowledge for a dataset-completion engine. "
           "Be concrete: specific nouns, visible counts, plain attributes. Never invent what is not supported "
@@ -21,21 +20,7 @@ SYSTEM = ("You turn images and texts into structured knowledge for a dataset-com
 
 
 def _sys() -> dict:
-    return {"role": "system", "content": [{"type": "text", "text": SYSTEM}]}
-
-
-def _user(*parts) -> dict:
-    content = []
-    for p in parts:
-        if isinstance(p, Image.Image):
-            content.append({"type": "image", "image": p})
-        elif p:
-            content.append({"type": "text", "text": p})
-    return {"role": "user", "content": content}
-
-
-def _assistant(text: str) -> dict:
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+    return system_message(SYSTEM)
 
 
 def _source(text: str | None, image: Image.Image | None) -> list:
@@ -55,14 +40,14 @@ def knowledge_fast(k: KnowledgeConfig, text: str | None, image: Image.Image | No
            f"attributes. style: the overall visual or writing style in a few words. triples: up to {k.triples} "
            "distinct (head, relation, tail) facts connecting the objects, their attributes and the scene; "
            "heads and tails are short noun phrases, relations are short verbs or prepositions.")
-    return [_sys(), _user(ask, *_source(text, image))]
+    return [_sys(), user_message(ask, *_source(text, image))]
 
 
 def chain_describe(k: KnowledgeConfig, text: str | None, image: Image.Image | None) -> list[dict]:
     """Reference fidelity, turn 1: a free-text characterisation."""
     ask = (f"Study {_what(image)} below. Name up to {k.max_objects} salient objects with specific nouns, say how "
            "many of each there are and describe their attributes, then describe the overall style.")
-    return [_sys(), _user(ask, *_source(text, image))]
+    return [_sys(), user_message(ask, *_source(text, image))]
 
 
 CHAIN_OBJECTS = "Restate your description as a JSON record with the objects, their counts and attributes, and the style."
@@ -72,15 +57,15 @@ def chain_triples_ask(k: KnowledgeConfig, image: Image.Image | None) -> dict:
     """Reference fidelity, turn 3 (the image is attached again, as the reference does)."""
     ask = (f"Now list {k.triples} distinct (head, relation, tail) facts about {_what(image)}, connecting its "
            "objects, attributes and scene.")
-    return _user(ask, *([image] if image is not None else []))
+    return user_message(ask, *([image] if image is not None else []))
 
 
 CHAIN_TRIPLES = "Restate those facts as JSON: a list of triples with head, relation and tail."
 
 
 def continue_chain(messages: list[dict], answer: str, follow_up: dict | str) -> list[dict]:
-    nxt = follow_up if isinstance(follow_up, dict) else _user(follow_up)
-    return [*messages, _assistant(answer), nxt]
+    nxt = follow_up if isinstance(follow_up, dict) else user_message(follow_up)
+    return [*messages, assistant_message(answer), nxt]
 
 
 # ---------------------------------------------------------------- generation
@@ -95,14 +80,14 @@ def prompts_fast(k: KnowledgeConfig, n: int, text: str, kn: Knowledge) -> list[d
            f"different text-to-image prompts, each {lo} to {hi} words, that could each have produced a faithful "
            "photograph of the scene: keep every object, count and relation, vary viewpoint, lighting, framing "
            "and background detail between prompts.")
-    return [_sys(), _user(ask, _knowledge_block(kn), f"Text: {text}")]
+    return [_sys(), user_message(ask, _knowledge_block(kn), f"Text: {text}")]
 
 
 def chain_scene(k: KnowledgeConfig, text: str, kn: Knowledge) -> list[dict]:
     """Reference fidelity: a scene paragraph first, then serial variants, then compression."""
     ask = ("The image of this sample is lost. From its text and knowledge below, describe the scene of the "
            "lost image in one detailed paragraph.")
-    return [_sys(), _user(ask, _knowledge_block(kn), f"Text: {text}")]
+    return [_sys(), user_message(ask, _knowledge_block(kn), f"Text: {text}")]
 
 
 CHAIN_FIRST = "From that scene, write the first description of the lost image as a picture: what is seen and where."
@@ -114,7 +99,7 @@ CHAIN_VARIANT = "Describe the same scene once more, differently: another viewpoi
 def chain_compress(k: KnowledgeConfig, description: str) -> list[dict]:
     lo, hi = k.prompt_words
     ask = f"Compress this scene description into one text-to-image prompt of {lo} to {hi} words."
-    return [_sys(), _user(ask, f"Description: {description}")]
+    return [_sys(), user_message(ask, f"Description: {description}")]
 
 
 def captions_fast(k: KnowledgeConfig, n: int, image: Image.Image, kn: Knowledge,
@@ -125,7 +110,7 @@ def captions_fast(k: KnowledgeConfig, n: int, image: Image.Image, kn: Knowledge,
            f"below, each faithful to the image and to the knowledge, varying wording and focus"
            + (f"; give each caption up to {k.caption_triples} (head, relation, tail) facts it states." if with_triples
               else "."))
-    return [_sys(), _user(ask, _knowledge_block(kn), image)]
+    return [_sys(), user_message(ask, _knowledge_block(kn), image)]
 
 
 ANGLES = ("the whole scene in a wide shot", "a close view of the main object", "soft morning daylight",
@@ -145,7 +130,7 @@ def prompt_one(k: KnowledgeConfig, n: int, j: int, text: str, kn: Knowledge) -> 
            f"text-to-image prompts of {lo} to {hi} words are being written for it, one by one writer each; every "
            "prompt must keep every object, count and relation so that it could have produced a faithful "
            "photograph of the scene.")
-    return [_sys(), _user(ask, _knowledge_block(kn), f"Text: {text}",
+    return [_sys(), user_message(ask, _knowledge_block(kn), f"Text: {text}",
                           f"You write prompt {j + 1} of {n}. Its angle: {ANGLES[j % len(ANGLES)]}.")]
 
 
@@ -157,7 +142,7 @@ def caption_one(k: KnowledgeConfig, n: int, j: int, image: Image.Image, kn: Know
            "image below, one by one writer each; every caption must be faithful to the image and the knowledge"
            + (f", and carry up to {k.caption_triples} (head, relation, tail) facts it states." if with_triples
               else "."))
-    return [_sys(), _user(ask, _knowledge_block(kn), image,
+    return [_sys(), user_message(ask, _knowledge_block(kn), image,
                           f"You write caption {j + 1} of {n}. Its focus: {ANGLES[j % len(ANGLES)]}.")]
 
 
@@ -165,11 +150,11 @@ def caption_triples(k: KnowledgeConfig, text: str) -> list[dict]:
     """Triples of a written caption, read from the caption alone (not from the sample's knowledge)."""
     ask = (f"List up to {k.triples} distinct (head, relation, tail) facts that the caption below states, "
            "connecting its objects, attributes and scene.")
-    return [_sys(), _user(ask, f"Caption: {text}")]
+    return [_sys(), user_message(ask, f"Caption: {text}")]
 
 
 def candidate_triples(k: KnowledgeConfig, image: Image.Image) -> list[dict]:
     """Triples of a generated image, for graph ranking (one batched pass over all candidates)."""
     ask = (f"List up to {k.triples} distinct (head, relation, tail) facts visible in the image below, "
            "connecting its objects, attributes and scene.")
-    return [_sys(), _user(ask, image)]
+    return [_sys(), user_message(ask, image)]

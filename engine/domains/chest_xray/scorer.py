@@ -2,7 +2,7 @@
 PubMedCLIP, or the tiny twin), with report texts cleaned for the text tower first."""
 from __future__ import annotations
 
-from kbridge.engine.medical import scoring_text
+from kbridge.engine.domains.chest_xray.record import scoring_text
 
 
 class ReportScorer:

@@ -1,4 +1,5 @@
-"""Knowledge extraction: one schema-guided call per sample (fast), or the reference's 4-turn chain.
+"""The general domain's knowledge extraction: one schema-guided call per sample (fast), or the
+reference's 4-turn chain.
 
 Also extracts the triples of generated image candidates for graph ranking, all candidates of a
 batch in one LMM pass.
@@ -6,25 +7,12 @@ batch in one LMM pass.
 from __future__ import annotations
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.lmm import LMMClient, Request, build_request
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
+from kbridge.engine.domains.lmm import parse_triples, per_sample
+from kbridge.engine.lmm import LMMClient, build_request
 from kbridge.engine.rank.graph import normalize_entity
 from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, SampleError, Triple
-
-
-def parse_triples(items) -> list[Triple]:
-    """Triples from an answer, ``[head, relation, tail]`` tuples (schemas.triple) or objects with
-    those keys, with duplicates (after normalisation) dropped, order kept."""
-    out, seen = [], set()
-    for t in items or []:
-        h, r, tl = t if isinstance(t, (list, tuple)) else (t["head"], t["relation"], t["tail"])
-        tr = Triple(str(h).strip(), str(r).strip(), str(tl).strip())
-        key = (normalize_entity(tr.head), tr.relation.lower(), normalize_entity(tr.tail))
-        if key not in seen:
-            seen.add(key)
-            out.append(tr)
-    return out
 
 
 def parse_knowledge(record: dict, triples: list | None = None) -> Knowledge:
@@ -37,24 +25,6 @@ def parse_knowledge(record: dict, triples: list | None = None) -> Knowledge:
         objs.append(ObjectInfo(name, int(o.get("count", 1)), [str(a) for a in o.get("attributes", [])]))
     return Knowledge(objs, str(record.get("style", "")), parse_triples(record.get("triples") if triples is None
                                                                        else triples))
-
-
-def answer_of(resp, sid: str, what: str):
-    """The parsed answer, or the sample's SampleError naming what failed."""
-    if resp.error:
-        raise SampleError(sid, f"{what}: {resp.error}")
-    return resp.parsed
-
-
-async def per_sample(client: LMMClient, samples: list[Sample], reqs: list[Request], what: str, parse) -> list:
-    """One request per sample: each answer parsed, or that sample's SampleError."""
-    out = []
-    for s, r in zip(samples, await client.complete(reqs)):
-        try:
-            out.append(parse(answer_of(r, s.sample_id, what)))
-        except SampleError as e:
-            out.append(e)
-    return out
 
 
 async def extract(client: LMMClient, cfg: PipelineConfig, samples: list[Sample]) -> list[Knowledge | SampleError]:

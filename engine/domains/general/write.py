@@ -1,31 +1,24 @@
-"""What the LMM writes for a missing modality: diffusion prompts (image missing) or captions with
-their own triples (text missing). Fast: one structured call per sample. Reference: the serial
-scene → variants → per-variant compression chain, and captions re-extracted later for ranking."""
+"""What the LMM writes for a missing modality in the general domain: diffusion prompts (image
+missing) or captions with their own triples (text missing).
+
+- Fast, joint (``[knowledge] write = "joint"``): one structured call per sample holding all N.
+- Fast, parallel (``write = "parallel"``, the default): the N prompts or N captions of a sample as
+  N independent sequences that share one prompt prefix. On a GPU the N sequences decode side by
+  side, so the sample's critical path holds one candidate's tokens instead of N candidates'
+  (PERFORMANCE.md: decode is memory-bound). Each sequence is told which candidate it writes (j of
+  N) and a distinct angle, and has its own seed (the request tag j), so the N answers differ as
+  the joint answer's items do.
+- Reference: the serial scene → variants → per-variant compression chain, and captions
+  re-extracted later for ranking.
+"""
 from __future__ import annotations
 
-import re
-
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import answer_of, parse_triples, per_sample
+from kbridge.engine.domains.general import prompts as P
+from kbridge.engine.domains.general import schemas as S
+from kbridge.engine.domains.lmm import answer_of, clean_text, dedupe, fan_out, per_sample, text_candidates
 from kbridge.engine.lmm import LMMClient, build_request
-from kbridge.engine.lmm import prompts as P
-from kbridge.engine.lmm import schemas as S
-from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, derive_seed
-
-
-def clean_text(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def dedupe(texts: list[str]) -> list[str]:
-    """Drop repeats but keep order (the reference's set() made order, and so output, random)."""
-    seen, out = set(), []
-    for t in texts:
-        key = t.lower()
-        if key not in seen:
-            seen.add(key)
-            out.append(t)
-    return out
+from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError
 
 
 async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sample],
@@ -34,8 +27,10 @@ async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sa
     if cfg.run.fidelity == "reference":
         return await _prompt_chain(client, cfg, samples, knowledge, turn)
     if cfg.knowledge.write == "parallel":
-        from kbridge.engine.generate import parallel
-        return await parallel.write_prompts(client, cfg, samples, knowledge, turn)
+        return await fan_out(client, samples, lambda s, i: [
+            build_request(cfg, P.prompt_one(k, n, j, s.text, knowledge[i]), S.prompt(k), s.sample_id, "generate",
+                          turn, j) for j in range(n)],
+            "prompt writing", lambda answers: dedupe([clean_text(a["prompt"]) for a in answers]))
     reqs = [build_request(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
             for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "prompt writing",
@@ -82,8 +77,10 @@ async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[S
     if cfg.run.fidelity == "reference":
         return await _caption_chain(client, cfg, samples, knowledge, turn)
     if cfg.knowledge.write == "parallel":
-        from kbridge.engine.generate import parallel
-        return await parallel.write_captions(client, cfg, samples, knowledge, turn, with_triples)
+        one = S.caption(k, with_triples)
+        return await fan_out(client, samples, lambda s, i: [
+            build_request(cfg, P.caption_one(k, n, j, s.image, knowledge[i], with_triples), one, s.sample_id,
+                          "generate", turn, j) for j in range(n)], "caption writing", text_candidates)
     reqs = [build_request(cfg, P.captions_fast(k, n, s.image, kn, with_triples), S.captions(k, n, with_triples), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
@@ -102,23 +99,3 @@ async def _caption_chain(client, cfg, samples, knowledge, turn) -> list[list[Can
     out = await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
     return [SampleError(s.sample_id, f"image description turn: {d.error}") if d.error else o
             for s, d, o in zip(samples, described, out)]
-
-
-def text_candidates(items: list[dict], triples_of=lambda it: it.get("triples")) -> list[Candidate]:
-    """Candidates from written texts (captions, reports): cleaned, repeats dropped, order kept,
-    each with the triples the same answer gave for it."""
-    cands, seen = [], set()
-    for it in items:
-        text = clean_text(it["text"])
-        if text.lower() in seen:
-            continue
-        seen.add(text.lower())
-        cands.append(Candidate(id=f"c{len(cands)}", source="generated", text=text,
-                               triples=parse_triples(triples_of(it))))
-    return cands
-
-
-def image_candidates(sample: Sample, prompts: list[str], root_seed: int) -> list[Candidate]:
-    """One candidate per prompt with its own (sample, candidate) seed; images filled in later."""
-    return [Candidate(id=f"c{j}", source="generated", prompt=p, seed=derive_seed(root_seed, sample.sample_id, "image", j))
-            for j, p in enumerate(prompts)]

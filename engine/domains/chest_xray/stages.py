@@ -1,5 +1,5 @@
 """The chest-X-ray domain's LMM functions, with the signatures of the general ones (the Domain
-table in engine/domains.py picks these for ``run.domain = "medical"``).
+table in engine/domains/__init__.py picks these for ``run.domain = "chest_xray"``).
 
 One structured analysis per sample (few-shot prefix + the sample), one call writing every
 candidate report, and for generated X-rays one batched analysis pass whose triples (the model's
@@ -8,12 +8,11 @@ plus those implied by the structured fields) feed graph ranking.
 from __future__ import annotations
 
 from kbridge.engine.config import PipelineConfig
-from kbridge.engine.extract import per_sample
-from kbridge.engine.generate.text import clean_text, dedupe, text_candidates
+from kbridge.engine.domains.chest_xray import prompts as MP
+from kbridge.engine.domains.chest_xray import schemas as MS
+from kbridge.engine.domains.chest_xray.record import knowledge_from_record, load_few_shot
+from kbridge.engine.domains.lmm import clean_text, dedupe, per_sample, text_candidates
 from kbridge.engine.lmm import LMMClient, build_request
-from kbridge.engine.lmm import med_prompts as MP
-from kbridge.engine.lmm import med_schemas as MS
-from kbridge.engine.medical import knowledge_from_record, load_few_shot
 from kbridge.engine.types import Candidate, Knowledge, Sample, SampleError, Triple
 
 

@@ -16,10 +16,11 @@ import json
 import re
 from pathlib import Path
 
-from kbridge.engine.types import Knowledge, ObjectInfo, Triple
+from kbridge.engine.domains.lmm import parse_triples
 from kbridge.engine.errors import KbridgeError
+from kbridge.engine.types import Knowledge, ObjectInfo, Triple
 
-XRAY_DEMO_DIR = Path(__file__).parent / "demo_xray"
+XRAY_DEMO_DIR = Path(__file__).parents[2] / "demo_xray"
 
 CHEXPERT = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
             "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -106,8 +107,6 @@ def record_triples(record: dict) -> list[Triple]:
 def knowledge_from_record(record: dict) -> Knowledge:
     """A radiology record as Knowledge: structures and findings as objects, the diagnoses as the
     style line, the LMM's triples plus the implied ones; the record itself is kept in ``medical``."""
-    from kbridge.engine.extract import parse_triples
-
     objs = [ObjectInfo(str(a["structure"]), 1, [str(a["status"])]) for a in record.get("anatomy", [])]
     for f in record.get("findings", []):
         attrs = [str(c) for c in f.get("characteristics", [])]

@@ -3,8 +3,8 @@
 Every medical request starts with the same prefix: the radiology system prompt, then the few-shot
 examples as (report → record) turns. Only the last user turn is the sample's own, so concurrent
 requests share a long cached prefix. The sample's report reaches the model with its anonymisation
-tokens shown as "[redacted]" (medical.llm_text); images are attached as images, never as paths
-pasted into text (a reference bug). Bump PROMPT_VERSION in prompts.py when any text here changes.
+tokens shown as "[redacted]" (record.llm_text); images are attached as images, never as paths
+pasted into text (a reference bug). Bump ``lmm.PROMPT_VERSION`` when any text here changes.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import json
 from PIL import Image
 
 from kbridge.engine.config import KnowledgeConfig
-from kbridge.engine.lmm.prompts import _assistant, _user
-from kbridge.engine.medical import CHEXPERT, llm_text
+from kbridge.engine.domains.chest_xray.record import CHEXPERT, llm_text
+from kbridge.engine.lmm import assistant_message, system_message, user_message
 from kbridge.engine.types import Knowledge
 
 SYSTEM = (
@@ -30,15 +30,15 @@ SYSTEM = (
 
 
 def _sys() -> dict:
-    return {"role": "system", "content": [{"type": "text", "text": SYSTEM}]}
+    return system_message(SYSTEM)
 
 
 def prefix(examples: list[dict]) -> list[dict]:
     """System prompt + few-shot turns: identical for every medical request of a run."""
     msgs = [_sys()]
     for ex in examples:
-        msgs.append(_user("Example report:\n" + llm_text(ex["report"])))
-        msgs.append(_assistant(json.dumps(_as_answer(ex["record"]), separators=(",", ":"))))
+        msgs.append(user_message("Example report:\n" + llm_text(ex["report"])))
+        msgs.append(assistant_message(json.dumps(_as_answer(ex["record"]), separators=(",", ":"))))
     return msgs
 
 
@@ -58,7 +58,7 @@ def analysis(k: KnowledgeConfig, examples: list[dict], text: str | None, image: 
     ask = (f"Analyse the {what} below as in the examples: up to {k.max_objects} structures, up to "
            f"{k.max_objects} abnormalities (none if normal) with up to {k.max_attributes} characteristics each, "
            f"1 to 4 CheXpert diagnoses, one recommendation, and up to {k.triples} triples.")
-    return [*prefix(examples), _user(ask, *_source(text, image))]
+    return [*prefix(examples), user_message(ask, *_source(text, image))]
 
 
 def _record_block(kn: Knowledge) -> str:
@@ -70,7 +70,7 @@ def reports_for_images(examples: list[dict], n: int, words: tuple[int, int], tex
            f"chest X-ray reports of {words[0]} to {words[1]} words, each a faithful findings-and-impression "
            "description of the same study that an X-ray generator can render: keep every finding with its side, "
            "location and extent, vary the wording and order. No names, dates or placeholders.")
-    return [*prefix(examples), _user(ask, _record_block(kn), "Report:\n" + llm_text(text))]
+    return [*prefix(examples), user_message(ask, _record_block(kn), "Report:\n" + llm_text(text))]
 
 
 def reports_for_text(k: KnowledgeConfig, examples: list[dict], n: int, words: tuple[int, int], image: Image.Image,
@@ -78,4 +78,4 @@ def reports_for_text(k: KnowledgeConfig, examples: list[dict], n: int, words: tu
     ask = (f"The report of this study is lost. Write {n} different chest X-ray reports of {words[0]} to "
            f"{words[1]} words for the radiograph below, faithful to it and to the analysis, varying wording and "
            f"emphasis; give each its CheXpert diagnoses and up to {k.caption_triples} triples it states.")
-    return [*prefix(examples), _user(ask, _record_block(kn), image)]
+    return [*prefix(examples), user_message(ask, _record_block(kn), image)]
