@@ -31,12 +31,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kbridge.engine.errors", "kbridge.engine.types", "kbridge.engine.config", "kbridge.engine.rows",
         "kbridge.engine.locks", "kbridge.engine.faults", "kbridge.engine.inputs", "kbridge.engine.data",
         "kbridge.engine.published", "kbridge.engine.store", "kbridge.engine.trace", "kbridge.kernels")),
-    ("models and stage bodies", (
+    ("models", (
         "kbridge.export", "kbridge.engine.zoo", "kbridge.engine.twins", "kbridge.engine.runtime",
-        "kbridge.engine.lmm", "kbridge.engine.generate", "kbridge.engine.rank", "kbridge.engine.retrieve",
+        "kbridge.engine.lmm", "kbridge.engine.generate", "kbridge.engine.rank",
         "kbridge.engine.plan",
         "kbridge.engine.estimate", "kbridge.engine.fullsize")),
-    ("pipeline", ("kbridge.engine.stages", "kbridge.engine.domains", "kbridge.engine.models")),
+    ("pipeline", ("kbridge.engine.stages", "kbridge.engine.domains", "kbridge.engine.retrieve",
+                  "kbridge.engine.models")),
     ("executors", ("kbridge.engine.executors",)),
     ("front ends", (
         "=kbridge.engine", "kbridge.engine.api", "kbridge.engine.serve", "kbridge.engine.report",
