@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fake_lmm import FakeLMM
+from tests.helpers.fake_lmm import FakeLMM
 from kbridge.engine.api import Engine
 
 

@@ -8,15 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from kbridge.engine import locks
 from kbridge.engine.store import RunInUse, RunStore
-from reliability.relib import BUILD_BOTH, KB, error_lines, kb, plain_dataset, write_config
-
-HERE = Path(__file__).parent
+from tests.helpers import ROOT
+from tests.reliability.relib import BUILD_BOTH, KB, error_lines, kb, plain_dataset, write_config
 
 
 def test_a_second_run_on_the_same_out_exits_2_naming_the_holder(fake_server, tmp_path):
@@ -74,7 +72,7 @@ def built_twice(tmp_path_factory):
     """Two processes started together, each building the same tiny twin, then the same ONNX
     artifact, in one fresh cache directory."""
     tmp = tmp_path_factory.mktemp("race")
-    runs = _both(BUILD_BOTH, tmp / "w.safetensors", tmp / "cache", HERE)
+    runs = _both(BUILD_BOTH, tmp / "w.safetensors", tmp / "cache", ROOT)
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
     return tmp / "cache", [r.stdout.splitlines() for r in runs]

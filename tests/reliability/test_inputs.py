@@ -21,7 +21,7 @@ from PIL import Image
 
 from kbridge.engine import data as D
 from kbridge.engine import inputs as IN
-from reliability.relib import check_run_dir, error_lines, kb, write_config
+from tests.reliability.relib import check_run_dir, error_lines, kb, write_config
 
 CAP = 100_000_000
 RGB = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-import promise
+from tests.helpers import promise
 from kbridge.engine.lmm.vllm_http import HTTPBackend
-from vllm_helpers import engine_on, read_jsonl
+from tests.helpers.jsonl import read_jsonl
+from tests.vllm.vllm_helpers import engine_on
 
 pytestmark = pytest.mark.vllm
 

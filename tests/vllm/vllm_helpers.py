@@ -11,9 +11,6 @@ import time
 from pathlib import Path
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
 
 def engine_on(cfg, engine, lmm, **run):
     """An Engine over the session's tiny dense models and the given LMM backend."""
