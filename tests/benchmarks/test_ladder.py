@@ -1,4 +1,4 @@
-"""Benchmark plumbing of issue 13: repeated rows in alternating order, the ladder's cumulative
+"""Benchmark plumbing: repeated rows in alternating order, the ladder's cumulative
 rungs, CPU vector extensions in the machine stamp."""
 from kbridge.benchmarks.e2e import repeated
 from kbridge.benchmarks.harness import cpu_vector

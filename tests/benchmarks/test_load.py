@@ -1,4 +1,4 @@
-"""Benchmarks that cannot mislead (issue 28 §1): every row's load record, the loaded rule, ratios
+"""Benchmarks that cannot mislead: every row's load record, the loaded rule, ratios
 only between quiet rows, BENCHMARKS.md without loaded or unrecorded rows, the Amdahl cap."""
 import numpy as np
 import pytest

@@ -1,10 +1,14 @@
-"""The GPU memory plan, by arithmetic (no GPU needed): placements, memory and schedules."""
+"""The GPU memory plan, by arithmetic (no GPU needed): placements, memory and schedules, vLLM's
+reservation, and the model sizes booked (CLIP as loaded in fp32, a 72B GPTQ-Int8 LMM from its
+published shapes)."""
 import json
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from kbridge.engine.config import PROFILES, ConfigError, build_config
 from kbridge.engine.lmm.serving import SERVE_PROFILES
@@ -99,3 +103,71 @@ def test_plan_cli_json():
     r = subprocess.run([sys.executable, "-m", "kbridge.cli", "plan", "-p", "h100", "--gpus", "1x80GB"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("schedule: fused") and "why:" in r.stdout
+
+
+def test_plan_books_vllms_reservation_and_reads_gpu_sizes_as_gib():
+    """vLLM 0.32 reserves ``gpu_memory_utilization × total`` on each GPU (``total`` from
+    ``torch.cuda.mem_get_info``, bytes) and refuses to start when less is free (v1/worker/utils.py,
+    config/cache.py). With the h100 profile's 0.5 on a 56 GiB card that is 30.1 GB, plus SDXL's
+    28.5 and CLIP's 1.8: more than the card, so the plan must not fuse."""
+    from kbridge.engine.lmm.vllm_local import llm_kwargs
+    from kbridge.engine.plan import apply_plan
+
+    total = 56 * 2 ** 30 / 1e9  # what mem_get_info reports for a 56 GiB card, in GB
+    assert parse_gpus("1x56GB")[0].total_gb == pytest.approx(total, abs=0.01)
+    cfg = build_config("h100")
+    n = needs(cfg)
+    assert SERVE_PROFILES["h100"].gpu_memory_utilization * total + n["diffusion"] + 1.8 > total
+    r = subprocess.run([sys.executable, "-m", "kbridge.cli", "plan", "-p", "h100", "--gpus", "1x56GB"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("schedule: phased"), r.stdout
+    p = make_plan(cfg, parse_gpus("1x80GB"))
+    lmm = next(x for x in p["gpus"][0]["placements"] if x["role"] == "lmm")
+    assert lmm["gb"] == pytest.approx(0.5 * 80 * 2 ** 30 / 1e9, abs=0.01) and p["schedule"] == "fused"
+    # edge: the profile's 0.38 of 24 GiB (9.8 GB) is less than the LMM's 10.2 GB: the plan raises it and
+    # the run's in-process vLLM gets the raised value
+    edge = build_config("edge", overrides={"lmm": {"backend": "vllm"}})
+    pe = make_plan(edge, parse_gpus("1x24GB"))
+    assert pe["lmm_gpu_memory_utilization"] == 0.40 and any("raised" in w for w in pe["reasoning"])
+    placed = apply_plan(edge, pe)
+    assert llm_kwargs(Path("m"), placed.lmm, "edge")["gpu_memory_utilization"] == 0.40
+    assert llm_kwargs(Path("m"), edge.lmm, "edge")["gpu_memory_utilization"] == 0.38  # no plan: the profile's
+
+
+def test_clip_scorer_is_booked_as_loaded_fp32():
+    """The scorer loads CLIP in float32 (transformers' default dtype): the plan's figure must hold
+    the real CLIP ViT-L/14's parameters (transformers' CLIPModel at the published config, counted on
+    the meta device) at 4 bytes each."""
+    from kbridge.engine import fullsize as F
+    from kbridge.engine import zoo
+    from kbridge.engine.plan import CLIP_L_GB
+    from kbridge.engine.rank.semantic import ClipScorer
+
+    cfg = build_config("tiny")
+    scorer = ClipScorer(zoo.resolve("clip", cfg), "cpu")
+    assert {p.dtype for p in scorer.model.parameters()} == {torch.float32}
+    params = F.param_counts(("clip",))["clip"]
+    assert params * 4 / 1e9 <= CLIP_L_GB <= params * 4 / 1e9 + 0.2
+
+
+def test_72b_gptq_int8_size_from_the_published_shapes():
+    """Qwen2-VL-72B-Instruct-GPTQ-Int8: each decoder Linear stores int8 weights, one fp16 scale and
+    one 8-bit zero (packed in int32) per 128 inputs of each output (GPTQ's layout, as vLLM's
+    gptq_marlin reads it); embeddings, LM head, norms, biases and the 675M-parameter vision tower stay
+    in 16 bits. The decoder's shapes come from transformers' Qwen2 model at the published config,
+    built on the meta device."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from kbridge.engine.plan import LMM_GB
+
+    cfg = Qwen2Config(vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
+                      num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False)
+    with torch.device("meta"):
+        m = Qwen2ForCausalLM(cfg)
+    lin = [mod for name, mod in m.model.layers.named_modules() if isinstance(mod, torch.nn.Linear)]
+    q = sum(mod.weight.numel() for mod in lin)
+    per_group = sum(mod.out_features * (mod.in_features // 128) for mod in lin)
+    rest = sum(p.numel() for p in m.parameters()) - q
+    total = (q * 1 + per_group * (2 + 1) + rest * 2 + 675e6 * 2) / 1e9
+    assert total == pytest.approx(78.2, abs=0.3)  # int8 weights + per-group scale and zero + 16-bit rest + vision tower
+    assert total <= LMM_GB["Qwen2-VL-72B-Instruct-GPTQ-Int8"] <= total + 0.5

@@ -1,4 +1,4 @@
-"""Counted figures of issue 13: the critical path in tokens, measured from the request records,
+"""Counted figures of a row: the critical path in tokens, measured from the request records,
 and the turn structure checked against the requests' own timestamps."""
 import dataclasses
 

@@ -129,3 +129,18 @@ def test_cuda_backend_runs_or_says_why():
     for sym in (False, True):
         np.testing.assert_allclose(maxsim_all(q, qo, x, xo, sym, backend="cuda").ravel(),
                                    maxsim_reference(q, qo, x, xo, grid, sym), atol=1e-5)
+
+
+def test_padded_torch_maxsim_matches_the_reference():
+    import numpy as np
+
+    from kbridge.kernels.maxsim import maxsim_reference
+    from kbridge.kernels.maxsim_torch import maxsim_pairs_torch
+
+    rng = np.random.default_rng(0)
+    q, q_off = rng.standard_normal((20, 8)).astype(np.float32), np.array([0, 3, 3, 10, 20])
+    x, x_off = rng.standard_normal((15, 8)).astype(np.float32), np.array([0, 5, 5, 15])
+    pairs = np.array([[i, j] for i in range(4) for j in range(3)])  # empty sets on both sides included
+    for sym in (False, True):
+        np.testing.assert_allclose(maxsim_pairs_torch(q, q_off, x, x_off, pairs, sym),
+                                   maxsim_reference(q, q_off, x, x_off, pairs, sym), atol=1e-5)

@@ -1,7 +1,7 @@
 """Any exception in any stage call resolves that call: its rows fail with one clear line and free
 their slots, the other rows go on. A call that never returns is failed by the watchdog
-(run.stage_timeout_s). On main a StopIteration raised on a worker thread never resolved its
-future and the stream hung. No models."""
+(run.stage_timeout_s); a StopIteration raised on a worker thread resolves its future too (it
+must not hang the stream). No models."""
 from __future__ import annotations
 
 import asyncio

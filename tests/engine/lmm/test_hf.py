@@ -1,7 +1,11 @@
-"""The hf backend batches concurrent callers' requests and hands each row back when it ends."""
+"""The hf backend: it batches concurrent callers' requests and hands each row back when it ends;
+its guided sampler keeps every tensor on the logits' device (xgrammar faked at its boundary) and
+draws each row's noise from that row's own generator."""
 import asyncio
+import sys
 
 import pytest
+import torch
 
 from kbridge.engine.lmm import Request
 from kbridge.engine.lmm import prompts as P
@@ -98,3 +102,67 @@ def test_a_failing_request_fails_only_its_caller(cfg, backend):
     res_bad, res_good = asyncio.run(both())
     assert isinstance(res_bad, Exception)
     assert res_good[0].text == asyncio.run(backend.generate([good]))[0].text
+
+
+class _FakeXgr:
+    """xgrammar at its boundary: a host bitmask, and an apply that demands the logits' device."""
+
+    def __init__(self):
+        self.applied = []
+
+    @staticmethod
+    def allocate_token_bitmask(batch, vocab):
+        return torch.full((batch, (vocab + 31) // 32), -1, dtype=torch.int32)
+
+    def apply_token_bitmask_inplace(self, logits, bitmask, vocab_size, indices):
+        if bitmask.device != logits.device:  # what xgrammar raises on CUDA logits + a CPU bitmask
+            raise RuntimeError("logits and bitmask should be on the same device")
+        self.applied.append((logits.device, bitmask.device, list(indices)))
+
+
+class _Matcher:
+    def fill_next_token_bitmask(self, bitmask, i):
+        assert bitmask.device.type == "cpu"  # xgrammar's matchers write host memory
+        bitmask[i].fill_(-1)
+
+    def accept_token(self, tok):
+        return True
+
+
+def _sampler(monkeypatch, greedy=False):
+    from kbridge.engine.lmm import hf
+
+    fake = _FakeXgr()
+    monkeypatch.setitem(sys.modules, "xgrammar", fake)
+    s = hf._GuidedSampler([_Matcher(), None], [1, 2], [0.7, 0.3], [50, 50], eos=3, banned=[4, 5], vocab=40,
+                          greedy=greedy)
+    return s, fake
+
+
+def test_guided_sampler_bitmask_meets_the_logits_on_their_device(monkeypatch):
+    s, fake = _sampler(monkeypatch, greedy=True)
+    out = s(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 40, device="meta"))
+    assert out.device.type == "meta"
+    assert fake.applied == [(torch.device("meta"), torch.device("meta"), [0])]
+
+
+def test_guided_sampler_keeps_temperatures_banned_ids_and_noise_on_the_logits_device(monkeypatch):
+    s, _ = _sampler(monkeypatch)
+    out = s(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 40, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 40)
+    assert s.temps.device.type == "meta" and s.banned.device.type == "meta"
+    # CUDA logits get CUDA generators; CPU / meta logits the CPU's (same numbers as before on CPU)
+    assert all(g.device.type == "cpu" for g in s.gens)
+
+
+def test_guided_sampler_cpu_noise_is_each_rows_own_whatever_the_batch(monkeypatch):
+    """On the CPU the noise is what each row's own generator draws: the same whatever the batch."""
+    from kbridge.engine.lmm import hf
+
+    monkeypatch.setitem(sys.modules, "xgrammar", _FakeXgr())
+    scores = torch.randn(2, 40, generator=torch.Generator().manual_seed(0))
+    both = hf._GuidedSampler([None, None], [1, 2], [0.7, 0.7], [9, 9], 3, [], 40, False)(None, scores.clone())
+    alone = hf._GuidedSampler([None], [2], [0.7], [9], 3, [], 40, False)(None, scores[1:].clone())
+    torch.testing.assert_close(both[1:], alone, rtol=0, atol=0)
+    u = torch.rand(40, generator=torch.Generator().manual_seed(1)).clamp_(1e-20, 1.0)
+    torch.testing.assert_close(both[0], scores[0] / 0.7 - torch.log(-torch.log(u)), rtol=1e-6, atol=1e-6)

@@ -1,8 +1,11 @@
-"""Serving plans, the vllm serve command, the in-process vLLM backend's arguments, LMM config."""
+"""Serving plans, the vllm serve command (quantisation left to vLLM, tensor-parallel splits of whole
+quantisation groups, data-parallel replicas), the in-process vLLM backend's arguments, the HTTP
+backend's uploads and sampling, LMM config."""
 import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +31,7 @@ def test_serve_command_carries_the_plan(name, monkeypatch):
     assert int(_flag(argv, "--max-model-len")) == p.max_model_len and _flag(argv, "--port") == "8123"
     assert json.loads(_flag(argv, "--limit-mm-per-prompt")) == {"image": 2, "video": 0}
     assert json.loads(_flag(argv, "--mm-processor-kwargs")) == {"max_pixels": p.max_pixels}
-    assert "--quantization" not in argv  # vLLM picks gptq_marlin itself (GPU review E1)
+    assert "--quantization" not in argv  # vLLM picks gptq_marlin itself
     assert _flag(argv, "--generation-config") == "vllm"
     assert env == {"CUDA_VISIBLE_DEVICES": p.devices, "VLLM_API_KEY": "s3cret"}
     assert not any("s3cret" in a for a in argv)  # never on the command line
@@ -111,3 +114,50 @@ def test_lmm_backend_config():
     b = dataclasses.replace(a, lmm=dataclasses.replace(a.lmm, url="http://10.0.0.2:8000/v1", concurrency=4))
     assert a.result_hash() == b.result_hash()  # where the server is does not change the results
     assert build_config("h100").lmm.backend == "auto"
+
+
+def test_gptq_is_left_to_vllm_autodetect(cfg, tmp_path):
+    from kbridge.engine.lmm.serving import SERVE_PROFILES, serve_command
+    from kbridge.engine.lmm.vllm_local import llm_kwargs
+
+    for name in ("edge", "4090x4-72b"):
+        argv, _ = serve_command(SERVE_PROFILES[name], "/m")
+        assert "--quantization" not in argv and argv[argv.index("--dtype") + 1] == "auto"
+        assert "quantization" not in llm_kwargs(tmp_path, cfg.lmm, name)
+
+
+def test_tp_split_needs_whole_quantisation_groups(tmp_path):
+    from kbridge.engine.lmm.serving import tp_split_error
+
+    def ckpt(inter):
+        d = tmp_path / str(inter)
+        d.mkdir(exist_ok=True)
+        (d / "config.json").write_text(json.dumps({"intermediate_size": inter,
+                                                   "quantization_config": {"quant_method": "gptq", "group_size": 128}}))
+        return d
+
+    assert "29696" in tp_split_error(ckpt(29568), 4) and tp_split_error(ckpt(29568), 2)
+    assert tp_split_error(ckpt(29568), 1) is None and tp_split_error(ckpt(29696), 4) is None
+    assert tp_split_error(tmp_path / "nothing-here", 4) is None  # nothing to check: vLLM will say
+
+
+def test_http_uploads_follow_the_serve_profile_and_sampling_is_vllms(cfg):
+    from kbridge.engine.lmm import Request
+    from kbridge.engine.lmm.vllm_http import HTTPBackend
+
+    for profile in ("h100", "4090x4", "edge"):
+        assert build_config(profile).lmm.http_max_pixels == SERVE_PROFILES[profile].max_pixels, profile
+    be = HTTPBackend(dataclasses.replace(cfg.lmm, backend="http", url="http://127.0.0.1:9/v1"), check=False)
+    body = be.body(Request([{"role": "user", "content": [{"type": "text", "text": "x"}]}], None, 1, 8, 0.3,
+                           "s", "t", 1))
+    assert body["top_k"] == -1 and body["repetition_penalty"] == 1.0 and body["top_p"] == 1.0
+
+
+def test_in_process_vllm_gets_the_plans_data_parallel_replicas():
+    """4090x4: the plan places two LMM replicas; vLLM's engine args take ``data_parallel_size``
+    (0.32 ``AsyncEngineArgs``; ``vllm serve --data-parallel-size`` is the same field)."""
+    cfg = build_config("4090x4")
+    kw = llm_kwargs(Path("m"), cfg.lmm, "4090x4")
+    argv, _ = serve_command(SERVE_PROFILES["4090x4"], "m")
+    assert kw["data_parallel_size"] == 2 == int(argv[argv.index("--data-parallel-size") + 1])
+    assert "data_parallel_size" not in llm_kwargs(Path("m"), cfg.lmm, "h100")

@@ -1,8 +1,8 @@
 """User text never injects the LMM's special tokens: every special / added token of the tiny
 Qwen2-VL twin's tokenizer, and the chat markers of Idefics3 and ChatML for a backend whose
-tokenizer is remote (HTTP), is tokenized as plain text; a text carrying the image placeholder no
-longer hangs the hf backend (on main its prompt expansion raised StopIteration in a thread and the
-call never resolved)."""
+tokenizer is remote (HTTP), is tokenized as plain text; a text carrying the image placeholder
+is answered like any other text beside an image request in the same hf batch (it must not hang
+the backend)."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,9 @@
-"""faiss index (exact and IVF-PQ), its saved memory-mapped form, and retrieved candidates."""
+"""faiss index (exact and IVF-PQ), its saved memory-mapped form, retrieved candidates, and the
+GPU copy's rules (faiss-gpu faked at its boundary: searched on the CPU unless asked, IVF-PQ only in
+the code sizes faiss-gpu accepts)."""
+import sys
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +176,97 @@ def test_index_cli_is_registered_and_reports_errors_in_one_line(tmp_path):
     assert r.exit_code == 0 and "--out" in r.output
     r = CliRunner().invoke(app, ["index", "build", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2
+
+
+def _fake_faiss(monkeypatch, gpus=4):
+    import numpy as np
+
+    seen = {"clones": [], "temp": []}
+
+    class Res:
+        def setTempMemory(self, n):
+            seen["temp"].append(n)
+
+    class Flat:
+        def __init__(self, d):
+            self.d, self.ntotal = d, 0
+
+        def add(self, x):
+            self.ntotal += len(x)
+
+    class IVFPQ(Flat):
+        def __init__(self, q, d, lists, m, bits, metric):
+            super().__init__(d)
+            self.pq = types.SimpleNamespace(M=m)
+
+        def train(self, x):
+            pass
+
+    def to_gpu(res, dev, index, opts):
+        seen["clones"].append((res, dev, opts.useFloat16))
+        return index
+
+    fake = types.SimpleNamespace(IndexFlatIP=Flat, IndexIVFPQ=IVFPQ, METRIC_INNER_PRODUCT=0,
+                                 StandardGpuResources=Res, get_num_gpus=lambda: gpus, index_cpu_to_gpu=to_gpu,
+                                 GpuClonerOptions=lambda: types.SimpleNamespace(useFloat16=False),
+                                 downcast_index=lambda i: i)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    from kbridge.engine.rank import index
+
+    monkeypatch.setattr(index, "_RESOURCES", {})
+    return seen, np.random.default_rng(0).standard_normal((50, 16)).astype("float32")
+
+
+def test_faiss_searches_on_cpu_unless_asked_then_on_the_stage_gpu(monkeypatch):
+    from kbridge.engine.rank.index import GPU_TEMP_BYTES, EmbeddingIndex, IndexUnavailable
+
+    seen, x = _fake_faiss(monkeypatch)
+    EmbeddingIndex.build(x, "flat")  # default: the CPU, even with GPUs visible
+    assert seen["clones"] == []
+    EmbeddingIndex.build(x, "flat", use_gpu=True, device="cuda:2")
+    EmbeddingIndex.build(x, "flat", use_gpu=True, device="cuda:2")
+    (r1, d1, _), (r2, d2, _) = seen["clones"]
+    assert d1 == d2 == 2 and r1 is r2 and seen["temp"] == [GPU_TEMP_BYTES]  # one shared, small resource
+    with pytest.raises(IndexUnavailable, match="cuda:7"):
+        EmbeddingIndex.build(x, "flat", use_gpu=True, device="cuda:7")
+
+
+def test_ivfpq_goes_to_the_gpu_only_as_faiss_gpu_accepts_it(monkeypatch):
+    """Real faiss-cpu IVF-PQ indexes (their ``pq.M`` / ``pq.nbits`` as faiss built them), the GPU
+    copy stubbed (faiss-cpu has none): faiss-gpu's ``IVFPQ::isSupportedPQCodeLength`` accepts code
+    sizes 1, 2, 3, 4, 8, 12, …, 48, 56, 64, 96 only (faiss/gpu/impl/IVFPQ.cu) and, without the
+    interleaved layout, 8 bits per code only (GpuIndexIVFPQ). Anything else stays on the CPU."""
+    import numpy as np
+
+    faiss = pytest.importorskip("faiss")
+    from kbridge.engine.rank import index as I
+
+    clones = []
+    monkeypatch.setattr(I, "gpu_count", lambda: 2)
+    monkeypatch.setattr(I, "_RESOURCES", {})
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: type("R", (), {"setTempMemory": lambda s, b: None})(),
+                        raising=False)
+    monkeypatch.setattr(faiss, "GpuClonerOptions", lambda: type("O", (), {})(), raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, idx, opts: clones.append(
+        (faiss.downcast_index(idx).pq.M, opts.useFloat16)) or idx, raising=False)
+    rng = np.random.default_rng(0)
+
+    def build(n, d):
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        return I.EmbeddingIndex.build(x / np.linalg.norm(x, axis=1, keepdims=True), "ivfpq", use_gpu=True,
+                                      device="cuda:1")
+
+    small = build(120, 16)  # 120 vectors: fewer than 8 bits per code (k-means' 39 points per centroid)
+    assert faiss.downcast_index(small.index).pq.nbits < 8 and clones == []
+
+    def made(d, m, bits):  # faiss' own IndexIVFPQ (untrained: only its shape is read)
+        return I.EmbeddingIndex(faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, 1, m, bits), "ivfpq", d)._to_gpu(
+            True, "cuda:1")
+
+    made(48, 6, 8)  # 6 bytes per code: not a size faiss-gpu supports
+    made(64, 8, 4)  # 4 bits per code
+    assert clones == []
+    made(64, 8, 8)
+    made(512, 64, 8)  # only with float16 lookup tables
+    assert clones == [(8, False), (64, True)]
+    assert I.gpu_ivfpq_refusal(6, 8) and I.gpu_ivfpq_refusal(8, 4) and I.gpu_ivfpq_refusal(96, 8) is None

@@ -1,7 +1,7 @@
 """Cancellation reaches the render: a cancelled 100-step request (DELETE /v1/jobs/{id}) stops
 between denoising steps (diffusers' step-end callback), frees its slot, and the request sent right
 after it is answered in full. Counted in UNet evaluations, not timed: the tiny UNet is slowed by a
-hook only so that the cancel lands mid-render. On main, DELETE was 405 and the render ran to the end."""
+hook only so that the cancel lands mid-render."""
 from __future__ import annotations
 
 import time

@@ -78,7 +78,7 @@ def test_sigterm_drains_and_exits_0(engine):  # engine: the tiny twins are built
 @pytest.mark.slow  # a subprocess, as above
 def test_sigterm_with_a_wedged_request_exits_after_the_drain_deadline(engine):
     """A request whose LMM call blocks a thread for good: during the drain /health says 503
-    "draining" (still listening), and the process exits by the deadline anyway (on main it never did)."""
+    "draining" (still listening), and the process exits by the deadline anyway."""
     drain = 3.0
     p, url = _start(str(drain))
     try:

@@ -1,5 +1,5 @@
-"""Counted work (issue 28 §4): triples are answered as [head, relation, tail] tuples, which cost
-fewer generated tokens than keyed objects and give the same records."""
+"""Counted work of knowledge extraction: triples are answered as [head, relation, tail] tuples,
+which cost fewer generated tokens than keyed objects and give the same records."""
 import json
 
 from kbridge.engine.extract import parse_knowledge, parse_triples
