@@ -2,8 +2,8 @@
 and the turn structure checked against the requests' own timestamps."""
 import dataclasses
 
+from tests.helpers.engines import engine_with
 from tests.helpers.fake_lmm import FakeLMM
-from kbridge.engine.api import Engine
 from kbridge.engine.executor import stream
 from kbridge.engine.rows import LMMRecord, Row, critical_path
 from kbridge.engine.types import Sample
@@ -30,9 +30,7 @@ def test_critical_path_by_hand():
 
 def _capture(engine_cfg, engine, lmm, rows, **knowledge):
     cfg = dataclasses.replace(engine_cfg, knowledge=dataclasses.replace(engine_cfg.knowledge, **knowledge))
-    eng = Engine(cfg)
-    loaded = engine.models()
-    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
+    eng = engine_with(cfg, engine, lmm)
 
     async def tee(source, stages, ctx, sink, busy):  # the real executor; the sink also keeps the rows
         return await stream(source, stages, ctx, lambda r: (rows.append(r), sink(r)), busy)

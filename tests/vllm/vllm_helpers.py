@@ -10,16 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers.engines import engine_with
+
 
 
 def engine_on(cfg, engine, lmm, **run):
     """An Engine over the session's tiny dense models and the given LMM backend."""
-    from kbridge.engine.api import Engine
-
-    eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)))
-    loaded = engine.models()
-    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
-    return eng
+    return engine_with(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)), engine, lmm)
 
 
 class LMMServer:

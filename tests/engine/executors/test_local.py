@@ -1,22 +1,20 @@
-"""The execution core: streaming stages over immutable rows, fused and phased schedules.
+"""The local executor: streaming stages over immutable rows (the fused schedule).
 
 Behaviour is checked by order and counts, never by timing thresholds: a slow sample's batch-mates
-are written before it; rows in flight never exceed the bound; the source is read lazily; phased
-and fused runs agree under the determinism promise; a phased run killed inside a phase resumes
-there without redoing finished phases' LMM work.
+are written before it; rows in flight never exceed the bound; the source is read lazily; an
+exception fails only its call; render workers pull from one queue. The phased schedule:
+test_phased.py.
 """
 import asyncio
 import dataclasses
-import json
 import threading
 import time
 
 import pytest
 
-from tests.helpers import promise
 from tests.helpers.jsonl import read_jsonl
+from tests.helpers.engines import engine_with
 from tests.helpers.fake_lmm import FakeLMM
-from kbridge.engine.api import Engine
 from kbridge.engine.executor import stream
 from kbridge.engine.models import Models
 from kbridge.engine.rows import Row
@@ -25,11 +23,7 @@ from kbridge.engine.types import Sample
 
 
 def _engine(cfg, engine, lmm, **run):
-    eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)))
-    loaded = engine.models()
-    # the tiny dense models and a fake LMM, also when a phase reloads what the previous one released
-    eng.loaders.update(lmm=lambda: lmm, scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
-    return eng
+    return engine_with(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)), engine, lmm)
 
 
 def test_a_slow_sample_does_not_hold_up_the_others(cfg, engine, tmp_path):
@@ -169,59 +163,3 @@ def test_render_workers_pull_from_one_queue(cfg):
     asyncio.run(stream(src, [STAGES["render"]], ctx, out.append))
     assert len(out) == 12 and g1.rows > 0 and g2.rows > 0 and g1.rows + g2.rows == 12
     assert {r.candidates[0].image for r in out} == {"dev-a-img", "dev-b-img"}
-
-
-def test_phased_equals_fused_and_records_the_schedule(cfg, engine, tmp_path):
-    fused = _engine(cfg, engine, FakeLMM(), schedule="fused").run(out=tmp_path / "fused")
-    lmm = FakeLMM()
-    phased = _engine(cfg, engine, lmm, schedule="phased").run(out=tmp_path / "phased")
-    assert fused.completed == phased.completed == 8 and not phased.errors
-    # same thread count and one sample per dense call: identical results (images via lossless PNGs)
-    promise.same_settings(tmp_path / "fused", tmp_path / "phased")
-    man = json.loads((tmp_path / "phased" / "manifest.json").read_text())
-    assert man["schedule"] == "phased" and man["phases"][1] == ["render"]
-    assert not (tmp_path / "phased" / "phases").exists()  # persisted rows go when the run ends
-    turns = {r.sample_id: [] for r in lmm.requests}
-    for r in lmm.requests:  # phased: every extract/write answer came before any candidate analysis
-        turns[r.sample_id].append(r.stage)
-    order = [r.stage for r in lmm.requests]
-    assert max(i for i, s in enumerate(order) if s in ("extract", "generate")) < order.index("rank")
-
-
-@pytest.mark.parametrize("after", [0, 2], ids=["at-the-phase-boundary", "mid-phase"])
-def test_a_phased_run_killed_inside_a_phase_resumes_there(cfg, engine, tmp_path, monkeypatch, after):
-    from kbridge.engine import phased
-
-    out = tmp_path / "o"
-    real = phased.PhaseFiles.persist
-    seen = {"n": 0}
-
-    def dies_in_phase_1(self, k, row, store):  # render's output: the run stops after `after` rows
-        if k == 1:
-            seen["n"] += 1
-            if seen["n"] > after:
-                raise OSError(28, "No space left on device")
-        real(self, k, row, store)
-
-    monkeypatch.setattr(phased.PhaseFiles, "persist", dies_in_phase_1)
-    first_lmm = FakeLMM()
-    with pytest.raises(OSError, match="No space left"):
-        _engine(cfg, engine, first_lmm, schedule="phased").run(out=out)
-    assert len(read_jsonl(out / "phases" / "0.jsonl")) == 8
-    assert len(read_jsonl(out / "phases" / "1.jsonl")) == after if after else not (out / "phases" / "1.jsonl").exists()
-    monkeypatch.setattr(phased.PhaseFiles, "persist", real)
-    second_lmm = FakeLMM()
-    rep = _engine(cfg, engine, second_lmm, schedule="phased").run(out=out)
-    rows = read_jsonl(out / "results.jsonl")
-    assert rep.completed == 8 and len(rows) == len({r["sample_id"] for r in rows}) == 8
-    # phase 0 (extract + write) was complete: the re-run asked the LMM only for candidate analysis
-    assert {r.stage for r in second_lmm.requests} == {"rank"}
-    # and rendered only what phase 1 had not persisted
-    assert all(c["image"].startswith("images/") for r in rows for c in r["candidates"] if "image" in c)
-    promise.same_settings(out, _fused_reference(cfg, engine, tmp_path))
-
-
-def _fused_reference(cfg, engine, tmp_path):
-    ref = tmp_path / "ref"
-    _engine(cfg, engine, FakeLMM(), schedule="fused").run(out=ref)
-    return ref

@@ -10,6 +10,8 @@ import time
 
 import httpx2 as httpx
 
+from tests.helpers.engines import engine_with
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -19,15 +21,9 @@ def free_port() -> int:
 
 def serve_engine(cfg, engine, lmm=None, run: dict | None = None, **limits):
     """An Engine on the session's loaded tiny models (``lmm``: a fake backend, or None for the real tiny twin)."""
-    from kbridge.engine.api import Engine
-
     cfg = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, **limits),
                               run=dataclasses.replace(cfg.run, **(run or {})))
-    eng = Engine(cfg)
-    loaded = engine.models()
-    eng.loaders.update(lmm=(lambda: lmm) if lmm is not None else (lambda: loaded.lmm),
-                       scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
-    return eng
+    return engine_with(cfg, engine, lmm)
 
 
 @contextlib.contextmanager

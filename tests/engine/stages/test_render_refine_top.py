@@ -7,16 +7,13 @@ import pytest
 from PIL import Image
 
 from tests.helpers.jsonl import read_jsonl
+from tests.helpers.engines import engine_with
 from tests.helpers.fake_lmm import FakeLMM
-from kbridge.engine.api import Engine
 
 
 def _run(cfg, engine, out, **gen):
     c = dataclasses.replace(cfg, generation=dataclasses.replace(cfg.generation, **gen))
-    eng = Engine(c)
-    loaded = engine.models()
-    eng.loaders.update(lmm=lambda: FakeLMM(), scorer=lambda: loaded.scorer, generators=lambda: loaded.generators)
-    rep = eng.run(out=out, limit=3)
+    rep = engine_with(c, engine, FakeLMM()).run(out=out, limit=3)
     assert not rep.errors
     return {r["sample_id"]: r for r in read_jsonl(out / "results.jsonl")}
 
