@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from tests.helpers.jsonl import read_jsonl
 from kbridge.engine import data as D
@@ -41,6 +42,7 @@ def test_bad_dataset_is_one_clear_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # a kbridge run in a subprocess
 def test_run_prints_summary(tmp_path):
     r = kb("run", "--limit", 2, "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
@@ -48,6 +50,7 @@ def test_run_prints_summary(tmp_path):
     assert len(read_jsonl(tmp_path / "o" / "results.jsonl")) == 2
 
 
+@pytest.mark.slow  # a kbridge run killed, then resumed, in subprocesses
 def test_sigkill_mid_run_then_resume_finishes_every_sample_once(tmp_path):
     out = tmp_path / "o"
     cfg = tmp_path / "kb.toml"

@@ -17,6 +17,7 @@ from tests.helpers import ROOT
 from tests.reliability.relib import BUILD_BOTH, KB, error_lines, kb, plain_dataset, write_config
 
 
+@pytest.mark.slow  # two kbridge runs in subprocesses
 def test_a_second_run_on_the_same_out_exits_2_naming_the_holder(fake_server, tmp_path):
     root, missing = plain_dataset(tmp_path / "ds", 2)
     cfg = write_config(tmp_path / "c.toml", fake_server.url)
@@ -78,6 +79,7 @@ def built_twice(tmp_path_factory):
     return tmp / "cache", [r.stdout.splitlines() for r in runs]
 
 
+@pytest.mark.slow  # two processes building at once
 def test_two_processes_building_one_tiny_twin_leave_one_valid_copy(built_twice):
     cache, outs = built_twice
     assert outs[0][0] == outs[1][0]
@@ -93,6 +95,7 @@ def test_two_processes_building_one_tiny_twin_leave_one_valid_copy(built_twice):
     assert all(json.loads(f.read_text()) is not None for f in dirs[0].rglob("config.json"))
 
 
+@pytest.mark.slow  # two processes exporting at once
 def test_two_processes_exporting_one_onnx_artifact_leave_one_valid_copy(built_twice):
     from kbridge.export.cache import intact
 

@@ -83,6 +83,9 @@ CASES = [
 PAST_END = "index past the dataset"
 
 
+pytestmark = pytest.mark.slow  # every test reads one kbridge run in a subprocess over the malformed inputs
+
+
 @pytest.fixture(scope="module")
 def shared(fake_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inputs")

@@ -21,6 +21,8 @@ from tests.helpers.fake_lmm import FakeLMM
 from tests.helpers.openai_server import LMMServer
 from tests.reliability.relib import check_run_dir, error_lines, kb, plain_dataset, write_config
 
+pytestmark = pytest.mark.slow  # one chain of kbridge subprocesses, each killed by a fault point, then resumed
+
 N = 6
 CHAIN = [  # (fault, what the step must show)
     ("extract@1:kill", "killed"),

@@ -20,6 +20,7 @@ def test_gpu_scripts_are_executable_bash():
     assert r.returncode == 2 and "unknown argument --bogus" in r.stderr
 
 
+@pytest.mark.slow  # the GPU check script end to end
 def test_gpu_check_dry_run_writes_rows_as_measured_and_at_most_five_files(engine, tmp_path):
     """scripts/gpu_check.sh --dry-run: the GPU check's own script end to end on the CPU with the
     tiny twins (built by the ``engine`` fixture). The rows file is polled while the check runs: it

@@ -173,6 +173,7 @@ def _rows(path):
     return {r["sample_id"]: r for r in read_jsonl(path / "results.jsonl")}
 
 
+@pytest.mark.slow  # a kbridge run in a subprocess
 def test_cli_run_over_http_equals_in_process(demo_run, server, tmp_path):
     out = tmp_path / "o"
     # one torch thread in the client: the LMM decodes in this process, and two processes spinning
@@ -192,6 +193,7 @@ def test_cli_run_over_http_equals_in_process(demo_run, server, tmp_path):
     promise.cross_settings(out, demo_run[0], only=set(remote), counts=True)  # the same LMM work, counted
 
 
+@pytest.mark.slow  # the LMM server killed mid-run, then a rerun
 def test_server_killed_mid_run_then_rerun_completes(cfg, engine, demo_run, hf, tmp_path):
     from kbridge.engine.api import Engine
     from kbridge.engine.models import Models

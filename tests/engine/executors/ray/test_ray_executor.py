@@ -95,6 +95,7 @@ def test_a_worker_that_dies_mid_batch_still_completes_every_sample_once(cfg, ray
     promise.cross_settings(fake_reference, out)
 
 
+@pytest.mark.slow  # a Ray driver process killed, then resumed
 def test_a_killed_driver_resumes_where_it_stopped(cfg, ray_cluster, fake_reference, tmp_path):
     out = tmp_path / "o"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
