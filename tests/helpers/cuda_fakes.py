@@ -26,6 +26,8 @@ class CudaDevice:
 
 
 def example_spec(opt_batch):
+    """A float [batch, 4, 8, 8] input, an int64 [batch, 77] one (ids below 9), a float [batch, 4, 8, 8]
+    output; the batch from 1 to 2, optimal at ``opt_batch``."""
     from kbridge.export.specs import Axis, ExportSpec, TensorSpec
 
     return ExportSpec("m", (TensorSpec("x", ("batch", 4, 8, 8)), TensorSpec("ids", ("batch", 77), "int64", 9)),
