@@ -24,7 +24,8 @@ HTTPServer((host, port), H).serve_forever()
 def test_phased_http_profile_starts_the_server_and_release_stops_it(tmp_path):
     """4090x4-72b: `kbridge run` starts the profile's `vllm serve` when the LMM slot loads and the
     phased release (Models.release → close(), as in tests/engine/executors/test_phased.py) stops it,
-    process group and port, before render. A server already on the port is refused in one line rather than shared."""
+    process group and port, before render. A server already on the port is refused in one line rather
+    than shared."""
     import json
     import os
     import socket

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
-import pytest
 from PIL import Image
 
 from tests.helpers.fake_lmm import FakeLMM
