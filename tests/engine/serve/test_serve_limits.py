@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +75,7 @@ def test_odd_inputs_get_their_documented_answer(cfg, engine):
             s.sendall(b"POST /v1/complete HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                       b"content-length: 1000\r\n\r\n{\"text\":")
             s.settimeout(30)
-            answer = s.recv(65536).decode()
+            answer = _http_response(s)
         assert answer.startswith("HTTP/1.1 408") and '"code":"body_timeout_s"' in answer.replace(" ", "")
         with socket.create_connection((host, int(port))) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
@@ -85,6 +86,21 @@ def test_odd_inputs_get_their_documented_answer(cfg, engine):
         assert httpx.get(f"{url}/health").status_code == 200
         r = httpx.get(f"{url}/metrics")
         assert 'kbridge_http_responses_total{code="408",route="/v1/complete"} 1.0' in r.text
+
+
+def _http_response(s: socket.socket) -> str:
+    """One whole HTTP response from the socket: the head, then ``content-length`` bytes of body
+    (on a busy machine they may arrive in separate reads)."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        if sep and len(body) >= (int(length[1]) if length else 0):
+            return data.decode()
+        chunk = s.recv(65536)
+        if not chunk:  # closed by the server
+            return data.decode()
+        data += chunk
 
 
 def test_queued_cost_admission_and_retry_after(cfg, engine):

@@ -50,5 +50,5 @@ def test_bench_retrieve_writes_a_report_that_renders(tmp_path):
     rows = {row["name"]: row for row in rep["rows"]}
     assert rows["brute-force MaxSim (kernel)"]["recall_at_10"] == 1.0
     assert all(0.0 <= row["recall_at_10"] <= 1.0 for row in rep["rows"]) and len(rows) == 4
-    md = render([rep])
-    assert "late-interaction index vs brute force" in md and "| brute-force MaxSim (kernel) |" in md
+    md = render([rep], allow_loaded=True)  # this machine's load decides what BENCHMARKS.md shows, not the test
+    assert "late-interaction index vs brute force" in md and "| brute-force MaxSim (kernel)" in md
