@@ -126,6 +126,7 @@ def test_a_killed_writer_leaves_a_loadable_gzip_and_json_array(tmp_path):
     assert sum(1 for e in read_events(path) if e.get("name") == "call") == len(calls)
 
 
+@pytest.mark.slow  # a kbridge run killed by a fault point in a subprocess, then resumed
 def test_a_run_killed_mid_run_leaves_a_loadable_trace_and_the_resumed_run_appends(cfg, engine, tmp_path):
     out = tmp_path / "o"
     env = {**os.environ, "KBRIDGE_FAULT": "result@3:kill"}
