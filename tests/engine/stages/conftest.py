@@ -1,6 +1,7 @@
 """What the stage tests share: the one context a stage call gets (``stage_ctx``), the stage call
-itself (``call_stage``), rows as the previous stage hands them over (``loaded_rows``), and an LMM
-that cannot answer for chosen samples (``lmm_failing_for``).
+itself (``call_stage``), the demo set and a sample of each kind in it (``demo_set``,
+``demo_index``), rows as the load stage hands them on (``loaded_rows``), and an LMM that cannot
+answer for chosen samples (``lmm_failing_for``).
 
 Every stage test builds its context here and nowhere else: the session's loaded tiny twins
 (``engine`` fixture), an LMM client without a response cache, the bundled demo set.
