@@ -8,7 +8,7 @@ Two questions, one report:
    are what a GPU run pays for; they do not depend on the machine.
 2. Throughput of one fixed workload (the ranking stage's triple extraction from demo images) with 1, 4
    and 16 requests in flight: in-process (the hf backend decoding that many sequences together)
-   and over HTTP against the loopback OpenAI-compatible server (tests/openai_server.py), which
+   and over HTTP against the loopback OpenAI-compatible server (tests/helpers/openai_server.py), which
    batches whatever is in flight. Ratios are to in-process with 1 in flight.
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ COUNTED = ("lmm_calls", "lmm_serial_turns", "prompt_tokens", "generated_tokens")
 
 
 def _load_server_class():
-    tests = Path(__file__).resolve().parent.parent / "tests"
-    if not (tests / "openai_server.py").exists():
-        raise RuntimeError("kbridge bench lmm needs the source tree (tests/openai_server.py)")
-    sys.path.insert(0, str(tests))
+    helpers = Path(__file__).resolve().parent.parent / "tests" / "helpers"
+    if not (helpers / "openai_server.py").exists():
+        raise RuntimeError("kbridge bench lmm needs the source tree (tests/helpers/openai_server.py)")
+    sys.path.insert(0, str(helpers))
     from openai_server import LMMServer
 
     return LMMServer

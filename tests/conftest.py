@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -52,8 +51,3 @@ def exported(cfg, parts):
 
     return {n: ensure_onnx(ex, artifacts_root(cfg.cache_dir()), cfg.runtime) for n, ex in parts.items()}
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

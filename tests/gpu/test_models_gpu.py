@@ -22,7 +22,7 @@ def _a(img):
 
 
 def test_hf_lmm_schema_json_on_cuda_bf16_and_seeds_independent_of_batching(gpu_cfg):
-    """F1/F2: the xgrammar bitmask, temperatures and Gumbel noise meet CUDA logits on their device."""
+    """The xgrammar bitmask, temperatures and Gumbel noise meet CUDA logits on their device."""
     from kbridge.engine import zoo
     from kbridge.engine.lmm import Request
     from kbridge.engine.lmm.hf import HFBackend
@@ -58,7 +58,7 @@ def test_sdxl_base_refiner_fp16_no_nan_and_batching_invariant(gpu_cfg):
 
 
 def test_sdxl_gpu_options_and_compiled_unet_reduce_overhead(gpu_cfg):
-    """I1: fuse_qkv / channels_last / VAE slicing + tiling, and torch.compile with CUDA graphs."""
+    """fuse_qkv / channels_last / VAE slicing + tiling, and torch.compile with CUDA graphs."""
     from kbridge.engine import zoo
     from kbridge.engine.generate.sdxl import SDXLGenerator
     from kbridge.engine.runtime.torch_runner import torch_runner
@@ -92,7 +92,7 @@ def test_clip_scoring_cuda_matches_cpu(gpu_cfg, cfg):
 
 
 def test_cheff_fp16_on_cuda_batched_equals_alone(gpu_cfg):
-    """I2: pinned, asynchronous noise uploads keep each candidate's CPU-drawn noise."""
+    """Pinned, asynchronous noise uploads keep each candidate's CPU-drawn noise."""
     from kbridge.engine import zoo
     from kbridge.engine.generate.cheff import CheffGenerator
 

@@ -46,7 +46,7 @@ def _inputs(ex, batch, dtype=torch.float16):
 
 
 def test_onnx_export_from_cuda_fp16_pipeline(cuda_parts, tmp_path):
-    """B1: examples follow the CUDA fp16 module; B2: the VAE graph stays float32."""
+    """Export examples follow the CUDA fp16 module; the VAE graph stays float32."""
     import onnx
 
     from kbridge.export.cache import ensure_onnx
@@ -79,7 +79,7 @@ def test_onnxruntime_gpu_cuda_ep_io_binding_parity(cuda_parts, tmp_path):
 
 
 def test_tensorrt_build_graph_replay_and_parity(cuda_parts, tmp_path):
-    """A1 (TensorRT 11 fp16 build), A2 (bound to the stage's GPU), A3 (one context per graph)."""
+    """The TensorRT 11 fp16 build, bound to the stage's GPU, one context per graph."""
     pytest.importorskip("tensorrt", reason="needs the tensorrt extra (pip install 'kbridge[tensorrt]')")
     from kbridge.engine.runtime.trt import TrtRunner
     from kbridge.export.cache import ensure_tensorrt

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fake_lmm import FakeLMM
-from openai_server import Faults, LMMServer
+from tests.helpers.fake_lmm import FakeLMM
+from tests.helpers.openai_server import Faults, LMMServer
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ def write_config(path: Path, url: str, candidates: int = 2, steps: int = 1, **ru
     """A run config: the fake LMM behind the loopback server, 2 candidates, 1 diffusion step, and
     the joint writing call with self-written caption triples (one answer per write: the fault
     chain's call arithmetic counts on it; parallel writing and extracted caption triples, the
-    defaults, are covered by tests/perf and the run tests)."""
+    defaults, are covered by tests/engine/test_rows.py and tests/engine/test_api.py)."""
     run = {"rows_in_flight": 1, **run}
     lines = ["[lmm]", 'backend = "http"', f'url = "{url}"', "retries = 1", "backoff_s = 0.01",
              "[knowledge]", 'write = "joint"', 'caption_triples_from = "self"',
@@ -108,7 +108,7 @@ BUILD_BOTH = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from relib import tiny_exportable
+from tests.reliability.relib import tiny_exportable
 from kbridge.engine.config import RuntimeConfig
 from kbridge.engine.zoo import ensure_tiny
 from kbridge.export.cache import ensure_onnx
@@ -117,6 +117,3 @@ a = ensure_onnx(tiny_exportable(Path(sys.argv[1])), Path(sys.argv[2]) / "artifac
 print(a.built, a.path)
 """
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]

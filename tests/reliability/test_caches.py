@@ -18,7 +18,7 @@ from kbridge.engine.domains.general import prompts as P
 from kbridge.engine.domains.general import schemas as S
 from kbridge.engine.lmm.hf import model_fingerprint
 from kbridge.engine.store import ResponseCache
-from reliability.relib import tiny_exportable
+from tests.reliability.relib import tiny_exportable
 
 K = build_config("tiny").knowledge
 BASE = Request(P.chain_compress(K, "a red cup"), S.prompt(K), 7, 64, 0.7, "s0", "generate", 1)

@@ -8,17 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from kbridge.engine import locks
 from kbridge.engine.store import RunInUse, RunStore
-from reliability.relib import BUILD_BOTH, KB, error_lines, kb, plain_dataset, write_config
+from tests.helpers import ROOT
+from tests.reliability.relib import BUILD_BOTH, KB, error_lines, kb, plain_dataset, write_config
 
-HERE = Path(__file__).parent
 
-
+@pytest.mark.slow  # two kbridge runs in subprocesses
 def test_a_second_run_on_the_same_out_exits_2_naming_the_holder(fake_server, tmp_path):
     root, missing = plain_dataset(tmp_path / "ds", 2)
     cfg = write_config(tmp_path / "c.toml", fake_server.url)
@@ -74,12 +73,13 @@ def built_twice(tmp_path_factory):
     """Two processes started together, each building the same tiny twin, then the same ONNX
     artifact, in one fresh cache directory."""
     tmp = tmp_path_factory.mktemp("race")
-    runs = _both(BUILD_BOTH, tmp / "w.safetensors", tmp / "cache", HERE)
+    runs = _both(BUILD_BOTH, tmp / "w.safetensors", tmp / "cache", ROOT)
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
     return tmp / "cache", [r.stdout.splitlines() for r in runs]
 
 
+@pytest.mark.slow  # two processes building at once
 def test_two_processes_building_one_tiny_twin_leave_one_valid_copy(built_twice):
     cache, outs = built_twice
     assert outs[0][0] == outs[1][0]
@@ -95,6 +95,7 @@ def test_two_processes_building_one_tiny_twin_leave_one_valid_copy(built_twice):
     assert all(json.loads(f.read_text()) is not None for f in dirs[0].rglob("config.json"))
 
 
+@pytest.mark.slow  # two processes exporting at once
 def test_two_processes_exporting_one_onnx_artifact_leave_one_valid_copy(built_twice):
     from kbridge.export.cache import intact
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kbridge.cli.app import app
-from reliability.relib import plain_dataset, write_config
+from tests.reliability.relib import plain_dataset, write_config
 
 
 def _bad_dataset(tmp, kind):

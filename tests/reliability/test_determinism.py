@@ -1,4 +1,4 @@
-"""Determinism (the promise in tests/promise.py and the README), a stage's unexpected exception,
+"""Determinism (the promise in tests/helpers/promise.py and the README), a stage's unexpected exception,
 and load. In-process runs of the real pipeline: tiny dense models, the fake LMM."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import logging
 import pytest
 import torch
 
-import promise
-from reliability.relib import read_jsonl
-from fake_lmm import FakeLMM
+from tests.helpers import promise
+from tests.helpers.jsonl import read_jsonl
+from tests.helpers.fake_lmm import FakeLMM
 from kbridge.engine import faults
 from kbridge.engine.api import Engine
-from reliability.relib import check_run_dir, plain_dataset
+from tests.reliability.relib import check_run_dir, plain_dataset
 
 
 def _engine(cfg, loaded, gen=None, **run):

@@ -21,7 +21,7 @@ from PIL import Image
 
 from kbridge.engine import data as D
 from kbridge.engine import inputs as IN
-from reliability.relib import check_run_dir, error_lines, kb, write_config
+from tests.reliability.relib import check_run_dir, error_lines, kb, write_config
 
 CAP = 100_000_000
 RGB = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
@@ -81,6 +81,9 @@ CASES = [
     ("absolute file_name outside the root", {"file_name": "@OUTSIDE@"}, None, [0, 1], "error", "leaves the dataset directory"),
 ]
 PAST_END = "index past the dataset"
+
+
+pytestmark = pytest.mark.slow  # every test reads one kbridge run in a subprocess over the malformed inputs
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""LMM faults over loopback HTTP (the fake LMM behind tests/openai_server.py): each fault is
+"""LMM faults over loopback HTTP (the fake LMM behind tests/helpers/openai_server.py): each fault is
 retried as configured — transport faults by the HTTP backend (``lmm.retries``), unusable answers
 by the client (``LMMClient.retries``, another seed each time) — then becomes that request's error,
 which fails its sample; never a crash, never a hang past the timeouts."""

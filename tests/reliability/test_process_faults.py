@@ -2,7 +2,7 @@
 out of disk) at another named fault point (engine/faults.py), then a last clean re-run.
 
 After every step the directory holds only whole, unique result lines whose images are complete
-PNGs; the finished directory equals a clean run's under the same-settings rule (tests/promise.py),
+PNGs; the finished directory equals a clean run's under the same-settings rule (tests/helpers/promise.py),
 every sample completed exactly once, and the LMM was asked for nothing twice except the one answer
 that was in flight when the process died inside the response-cache write.
 
@@ -16,10 +16,12 @@ import json
 
 import pytest
 
-import promise
-from fake_lmm import FakeLMM
-from openai_server import LMMServer
-from reliability.relib import check_run_dir, error_lines, kb, plain_dataset, write_config
+from tests.helpers import promise
+from tests.helpers.fake_lmm import FakeLMM
+from tests.helpers.openai_server import LMMServer
+from tests.reliability.relib import check_run_dir, error_lines, kb, plain_dataset, write_config
+
+pytestmark = pytest.mark.slow  # one chain of kbridge subprocesses, each killed by a fault point, then resumed
 
 N = 6
 CHAIN = [  # (fault, what the step must show)

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "serve"))  # serve_helpers
-sys.path.insert(0, str(Path(__file__).parent))
-
-from vllm_helpers import LMMServer, engine_on  # noqa: E402
+from tests.vllm.vllm_helpers import LMMServer, engine_on
 
 
 def _vllm_missing() -> str:

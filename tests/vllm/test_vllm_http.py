@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-import promise
+from tests.helpers import promise
 from kbridge.engine.lmm.vllm_http import HTTPBackend
 from kbridge.engine.zoo import ZOO_VERSION
-from vllm_helpers import engine_on, read_jsonl
+from tests.helpers.jsonl import read_jsonl
+from tests.vllm.vllm_helpers import engine_on
 
 pytestmark = pytest.mark.vllm
 

@@ -8,9 +8,10 @@ import dataclasses
 
 import pytest
 
-import promise
+from tests.helpers import promise
 from kbridge.engine.lmm import LMMClient, Request, RequestLog
-from vllm_helpers import engine_on, read_jsonl
+from tests.helpers.jsonl import read_jsonl
+from tests.vllm.vllm_helpers import engine_on
 
 pytestmark = pytest.mark.vllm
 
@@ -113,7 +114,7 @@ def test_kbridge_serve_on_the_in_process_engine_agrees_with_kbridge_run(vcfg, en
     from concurrent.futures import ThreadPoolExecutor
 
     from kbridge.engine import data as D
-    from serve_helpers import running, serve_engine
+    from tests.engine.serve.serve_helpers import running, serve_engine
     from test_serve_agreement import _as_run_dir, _request
 
     run_dir, _ = inproc_fast

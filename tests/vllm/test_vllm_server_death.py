@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-import promise
-from vllm_helpers import LMMServer, read_jsonl
+from tests.helpers import promise
+from tests.helpers.jsonl import read_jsonl
+from tests.vllm.vllm_helpers import LMMServer
 
 pytestmark = pytest.mark.vllm
 

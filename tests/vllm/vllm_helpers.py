@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import signal
 import subprocess
@@ -10,19 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers.engines import engine_with
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def engine_on(cfg, engine, lmm, **run):
     """An Engine over the session's tiny dense models and the given LMM backend."""
-    from kbridge.engine.api import Engine
-
-    eng = Engine(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)))
-    loaded = engine.models()
-    eng.loaders.update(lmm=lambda _: lmm, scorer=lambda _: loaded.scorer, generators=lambda _: loaded.generators)
-    return eng
+    return engine_with(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)), engine, lmm)
 
 
 class LMMServer:
