@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", (
-        "kbridge.engine.errors", "kbridge.engine.types", "kbridge.engine.config", "kbridge.engine.rows",
+        "kbridge.engine.errors", "kbridge.engine.types", "kbridge.engine.config", "kbridge.engine.profiles", "kbridge.engine.rows",
         "kbridge.engine.locks", "kbridge.engine.faults", "kbridge.engine.inputs", "kbridge.engine.data",
         "kbridge.engine.published", "kbridge.engine.store", "kbridge.engine.trace", "kbridge.kernels")),
     ("models", (

@@ -12,7 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from kbridge.engine.config import PROFILES, QWEN_7B
+from kbridge.engine.profiles import PROFILES, QWEN_7B
 from kbridge.engine.errors import KbridgeError
 
 
