@@ -84,7 +84,9 @@ class LMMConfig:
     ``vllm serve``, at ``url``), "vllm" (in-process vLLM; needs the vllm extra and a CUDA GPU), or
     "auto" (vllm when it is installed and a GPU is present, else hf)."""
     device: str = "cpu"
+    """Torch device of the in-process hf backend ("cpu", "cuda:0"); vLLM places itself (the plan)."""
     dtype: str = "float32"
+    """Weight dtype of the in-process LMM ("float32", "bfloat16", "float16")."""
     max_new_tokens: int = 2048
     """Cap for a structured (JSON) answer whose schema has no computable bound; kbridge's own
     schemas are bounded, and their worst-case length is used instead, so a record always fits."""
@@ -99,6 +101,7 @@ class LMMConfig:
     max_batch: int = 16
     """Most sequences decoded together in one generate() call."""
     image_min_pixels: int = 56 * 56
+    """Images smaller than this pixel count are upscaled to it before the LMM sees them."""
     image_max_pixels: int = 112 * 112
     """Images are resized to this pixel budget before the LMM sees them (fewer vision tokens)."""
     cache: bool = True
@@ -133,6 +136,7 @@ class KnowledgeConfig:
     """Bounds of the structured records; they also bound every JSON answer's length."""
 
     max_objects: int = 7
+    """Objects per knowledge record (the reference's 7; with ``exact`` exactly this many)."""
     max_attributes: int = 3
     """Attributes per object (colour, material, size, pose...)."""
     triples: int = 10
@@ -142,6 +146,7 @@ class KnowledgeConfig:
     prompt_words: tuple[int, int] = (20, 70)
     """Word range of each diffusion prompt (SDXL reads 77 tokens)."""
     caption_words: tuple[int, int] = (8, 40)
+    """Word range of each generated caption (text-missing samples' candidates)."""
     name_chars: int = 32
     """Longest entity / object name; relations get 3/4 of it, attributes 1.5×."""
     exact: bool = False
@@ -165,20 +170,24 @@ class GenerationConfig:
     """Candidates generated per incomplete sample (the reference's 7)."""
     height: int = 1024
     width: int = 1024
+    """Generated image size in pixels, height × width (the reference's 1024²; multiples of 8)."""
     steps: int = 50
     """Total denoising steps, split between base and refiner by high_noise_frac."""
     high_noise_frac: float = 0.8
     """Fraction of the schedule the base runs before the refiner takes the latents."""
     guidance: float = 5.0
+    """Classifier-free guidance scale of base and refiner (the reference's 5.0)."""
     refiner: bool = True
     """Off: the base runs the whole schedule (the reference then stops at 80% and returns noise)."""
     batch_size: int = 8
     """Images per diffusion forward, across candidates and samples."""
     device: str = "cpu"
+    """Torch device of the single render worker when ``devices`` is empty."""
     devices: tuple[str, ...] = ()
     """Data-parallel diffusion: one render worker per device, all pulling from one queue (empty:
     one worker on ``device``). ``kbridge plan`` fills it for multi-GPU profiles."""
     dtype: str = "float32"
+    """Diffusion weight dtype ("float32"; "float16" on GPU profiles; the VAE upcasts as SDXL's does)."""
     vae: str = ""
     """Optional SDXL VAE directory (AutoencoderKL) replacing the base's, shared with the refiner, e.g.
     the fp16-fix VAE: its config's ``force_upcast: false`` lets it decode in float16 (no fp32 upcast,
@@ -217,6 +226,7 @@ class RankConfig:
     "cosine": the reference's cosine of adjacency matrices, fixed (shared node index, so any
     sizes compare and identical graphs score 1)."""
     device: str = "cpu"
+    """Torch device of the scorer (CLIP / BLIP, or the chest X-ray scorer)."""
     semantic: Semantic = "clip"
     """Semantic scorer: "clip", "blip", or "clip+blip" (the mean of both, as the reference does).
     Default "clip": one model, cheapest on the tiny profile; the reference pair is "clip+blip"."""
@@ -293,9 +303,11 @@ class MedicalConfig:
     batch_size: int = 8
     """X-rays per UNet forward, across candidates and samples."""
     device: str = "cpu"
+    """Torch device of the single X-ray render worker when ``devices`` is empty."""
     devices: tuple[str, ...] = ()
     """Data-parallel X-ray generation: one render worker per device (empty: one on ``device``)."""
     dtype: str = "float32"
+    """Weight dtype of the X-ray generator (Cheff: UNet, VQ-VAE, LDM-BERT)."""
     report_words: tuple[int, int] = (20, 80)
     """Word range of each written report (Cheff reads at most 150 tokens)."""
     few_shot: str = ""
@@ -374,7 +386,11 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """The whole configuration: the profile it was built from and one frozen section per concern
+    (each section's fields say what they change)."""
+
     profile: str = "tiny"
+    """The profile name it was built from (``engine/profiles.py``)."""
     models: ModelsConfig = field(default_factory=ModelsConfig)
     lmm: LMMConfig = field(default_factory=LMMConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
