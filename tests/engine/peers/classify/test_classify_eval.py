@@ -22,13 +22,14 @@ def _cli(*args: str):
 
 @pytest.fixture(scope="module")
 def trained(colour_sets, tmp_path_factory):
-    """The tiny DCP twin, prompts and a 3-class head fitted for 10 epochs (60 steps) on the colour task."""
+    """The tiny DCP twin, prompts and a 3-class head fitted for 200 steps on the colour task (held-out
+    accuracy 1.0; 180 and 240 steps give 1.0 too, where 60-120 steps give 0.80-0.93)."""
     (train_dir, train_missing), _ = colour_sets
     out = tmp_path_factory.mktemp("trained") / "model"
     r = _cli("classify", "train", "--model", "tiny", "--task", "food101", "--data", train_dir,
-             "--missing", train_missing, "--out", out, "--epochs", 10, "--lr", 1e-2, "--batch-size", 8)
+             "--missing", train_missing, "--out", out, "--steps", 200, "--lr", 3e-3, "--batch-size", 8)
     assert r.exit_code == 0, r.output
-    assert "for 60 steps (10 epochs) on 48 samples" in r.output and "→" in r.output
+    assert "for 200 steps (33.3 epochs) on 48 samples" in r.output and "→" in r.output
     assert not (out / "train-state.pt").exists()   # the resumable state goes once training has finished
     return out
 
@@ -227,7 +228,7 @@ def test_rep_memories_and_alpha_train(colour_sets):
     m, tok = with_classes(load(d), tuple(COLOURS)), load_tokenizer(d)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     ds = read_dataset(train_dir, "food101", train_missing, m.cfg.class_names)
-    res = train(m, ds.examples, tok, steps=12, lr=3e-3, batch_size=8)
+    res = train(m, ds.examples, tok, steps=30, lr=3e-3, batch_size=8)
     after = m.state_dict()
     assert res["loss_last"] < res["loss_first"]
     assert float(after["learner.residual_alpha"]) != float(before["learner.residual_alpha"])
