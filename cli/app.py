@@ -31,9 +31,10 @@ def _register_subapps() -> None:
 
     app.add_typer(bench_app, name="bench")
     models_app.command("convert-cheff")(convert_cheff)
-    from kbridge.cli.mire import convert_mire
+    from kbridge.cli.mire import convert_mire, mire_app
 
     models_app.command("convert-mire")(convert_mire)
+    app.add_typer(mire_app, name="mire")
     from kbridge.cli.index import index_app
 
     app.add_typer(index_app, name="index")

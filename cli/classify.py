@@ -64,6 +64,12 @@ def eval_cmd(
         print(json.dumps(js, indent=1))
         return
     for r, m in zip(reps, missing or [None]):
+        if r.nothing_scorable:   # one line, never a table of 0.00 / n/a
+            out.print(f"{r.nothing_scorable}{' (' + Path(m).name + ')' if m else ''}", markup=False)
+            if r.unmapped_labels:
+                out.print("unmapped labels (not among the head's classes): "
+                          + ", ".join(f"{k} ×{v}" for k, v in sorted(r.unmapped_labels.items())), markup=False)
+            continue
         t = Table(title=f"kbridge classify eval ({r.task}, {r.backend}{', ' + Path(m).name if m else ''}) — "
                         f"{r.primary} ×100", title_justify="left")
         t.add_column("condition")
@@ -78,7 +84,7 @@ def eval_cmd(
             out.print("unmapped labels (not among the head's classes): "
                       + ", ".join(f"{k} ×{v}" for k, v in sorted(r.unmapped_labels.items())))
         if r.unscored:
-            out.print(f"unscored samples (no single mapped label): {r.unscored}")
+            out.print(f"unscored samples (no mapped label{'' if r.task == 'mmimdb' else ', or several'}): {r.unscored}")
     if missing and len(missing) > 1:
         out.print(paper_row(reps, missing), markup=False)
 
@@ -86,25 +92,33 @@ def eval_cmd(
 @classify_app.command("train")
 def train_cmd(
     data: Path = DataOpt, missing: Optional[Path] = MissingOpt,
-    out_dir: Path = typer.Option(..., "--out", help="Directory for the trained classifier."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the trained classifier (and, while training, "
+                                                    "its resumable state train-state.pt)."),
     model: str = ModelOpt, kind: str = KindOpt, task: Optional[str] = TaskOpt,
-    steps: int = typer.Option(200, "--steps"), lr: float = typer.Option(1e-3, "--lr"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the data, each in its own seeded order "
+                                                                "(default 10 unless --steps is given)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Batches in all (with --epochs: at most this many)."),
+    lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(16, "--batch-size"), seed: int = typer.Option(0, "--seed"),
     warmup: float = typer.Option(0.1, "--warmup", help="Fraction of the steps with a linear warm-up; then cosine decay."),
     workers: int = typer.Option(0, "--workers", help="Data-loader processes decoding images beside the training."),
     val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation set: keep the weights of the best "
                                                                    "validation metric (as the papers' checkpoints)."),
     val_missing: Optional[Path] = typer.Option(None, "--val-missing", help="Missing config / table of --val-data."),
-    val_every: int = typer.Option(50, "--val-every", help="Validate every N steps (and at the end)."),
+    val_every: int = typer.Option(0, "--val-every", help="Also validate every N steps (always at each epoch's end)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Also save the resumable state every N steps "
+                                                                       "(always at each epoch's end)."),
     device: str = DeviceOpt,
 ):
-    """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes."""
+    """Fit the prompts (and head) on a frozen backbone; the head takes the data's classes. A killed
+    run resumes from OUT/train-state.pt when started again with the same settings."""
     from kbridge.cli.common import fail, out
     from kbridge.engine.errors import KbridgeError
     from kbridge.engine.peers.classify import model as M
     from kbridge.engine.peers.classify.data import read_dataset
     from kbridge.engine.peers.classify.train import train, with_classes
 
+    state = out_dir / "train-state.pt"
     try:
         d = _model_dir(model, kind, task)
         m = M.load(d)
@@ -113,13 +127,19 @@ def train_cmd(
         m = with_classes(m, names, seed)
         ds = read_dataset(data, m.cfg.task, missing, m.cfg.class_names)
         val = read_dataset(val_data, m.cfg.task, val_missing, m.cfg.class_names).examples if val_data else None
-        res = train(m, ds.examples, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                    warmup=warmup, workers=workers, val_examples=val, val_every=val_every)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        res = train(m, ds.examples, tok, steps=steps, epochs=10 if epochs is None and steps is None else epochs,
+                    lr=lr, batch_size=batch_size, seed=seed, device=device, warmup=warmup, workers=workers,
+                    val_examples=val, val_every=val_every, state_path=state, checkpoint_every=checkpoint_every)
         M.save(m.cpu(), out_dir, d)
-    except KbridgeError as e:
+        state.unlink(missing_ok=True)
+    except (KbridgeError, OSError) as e:
         fail(str(e))
-    out.print(f"trained {res['trainable_parameters']:,} parameters for {steps} steps on {res['samples']} samples: "
-              f"loss {res['loss_first']:.4f} → {res['loss_last']:.4f}; wrote {out_dir}")
+    if res["resumed_from"]:
+        out.print(f"resumed from step {res['resumed_from']} ({state})", markup=False)
+    out.print(f"trained {res['trainable_parameters']:,} parameters for {res['steps']} steps ({res['epochs']:.3g} "
+              f"epochs) on {res['samples']} samples: loss {res['loss_first']:.4f} → {res['loss_last']:.4f}; "
+              f"wrote {out_dir}", markup=False)
     if res["best_step"] is not None:
         out.print(f"kept the weights of step {res['best_step']} (best validation {res['best_metric']})")
 

@@ -224,7 +224,9 @@ def fill_completed(data: EvalData, completed: Path) -> EvalData:
 
 def label_targets(examples: list, class_names: tuple, multilabel: bool) -> tuple[torch.Tensor, list, Counter]:
     """Targets by name (case-insensitive) onto the head's classes. Returns (targets: [N, C] 0/1 or
-    [N] int, indices of the examples that can be scored, unmapped label → count)."""
+    [N] int, indices of the examples that can be scored, unmapped label → count). A sample is
+    scorable with at least one mapped label (multi-label) or exactly one (single-label): a sample
+    whose labels are all unknown to the head has no truth to score against."""
     lookup = {n.lower(): i for i, n in enumerate(class_names)}
     unmapped: Counter = Counter()
     rows, keep = [], []
@@ -235,7 +237,7 @@ def label_targets(examples: list, class_names: tuple, multilabel: bool) -> tuple
                 ids.append(lookup[lab.lower()])
             else:
                 unmapped[lab] += 1
-        if multilabel:
+        if multilabel and ids:
             v = torch.zeros(len(class_names), dtype=torch.long)
             v[ids] = 1
             rows.append(v)

@@ -29,6 +29,8 @@ class EvalReport:
     unscored: int
     """Samples left out of the metric because none (or several) of their single labels map."""
     notes: list = field(default_factory=list)
+    nothing_scorable: str | None = None
+    """Why no sample could be scored (every metric is then null), or None."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -89,8 +91,17 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
         conditions["completed"] = fill_completed(given, completed)
     forward = _forward(model, Path(model_dir), backend, device, Path(cache_dir or default_cache_dir()))
     results, notes = {}, []
+    why = None
+    if not keep:
+        why = (f"nothing scorable: none of the {len(given.examples)} samples has "
+               + ("a label among" if cfg.task == "mmimdb" else "exactly one label among")
+               + f" the head's {cfg.num_classes} classes")
     for name, d in conditions.items():
         ex = [d.examples[i] for i in keep]
+        if not ex:   # no forward pass: there is nothing to score it against
+            results[name] = _grouped(cfg.task, torch.zeros(0, cfg.num_classes), targets, ex)
+            notes += d.notes
+            continue
         t0 = time.perf_counter()
         logits = predict(forward, ex, tok, cfg, batch_size, device, workers)
         dt = time.perf_counter() - t0
@@ -99,7 +110,7 @@ def evaluate(model_dir: Path, data: Path, missing: Path | None, completed: Path 
         notes.append(f"{name}: {len(ex)} rows in {dt:.1f} s ({len(ex) / max(dt, 1e-9):.1f} rows/s, batch {batch_size}, "
                      f"{backend} on {device}, {workers} loader workers)")
     return EvalReport(cfg.task, str(model_dir), backend, PRIMARY[cfg.task], results, dict(unmapped),
-                      len(given.examples) - len(keep), notes)
+                      len(given.examples) - len(keep), notes, why)
 
 
 PAPER_METRIC = {"mmimdb": "F1-macro", "food101": "accuracy", "hatememes": "AUROC"}

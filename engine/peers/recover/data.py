@@ -160,11 +160,12 @@ PUBLISHED_SEEDS = tuple(range(1111, 1120))
 """The reference's train.py seeds, 1111–1119; the paper reports the mean over them."""
 
 
-def rate_patterns(n: int, batch_size: int, rate: float, seed: int) -> list[frozenset[str]]:
-    """One pattern per sample (in data order) under the paper's protocol: the samples are shuffled
-    into batches of ``batch_size``; the first batches lack two modalities, the next ones one, the
-    rest none, as ``RATE_SCHEDULE`` says; each batch's missing modalities are drawn uniformly. The
-    draws are ours (numpy, seeded): the same protocol as the reference, not its random stream."""
+def rate_batches(n: int, batch_size: int, rate: float, seed: int) -> list[tuple[np.ndarray, frozenset[str]]]:
+    """The paper's protocol as (sample indices, missing modalities) per batch: the samples are
+    shuffled into batches of ``batch_size``; the first batches lack two modalities, the next ones
+    one, the rest none, as ``RATE_SCHEDULE`` says; each batch's missing modalities are drawn
+    uniformly. The draws are ours (numpy, seeded): the same protocol as the reference, not its
+    random stream."""
     k = round(rate * 10)
     if k not in RATE_SCHEDULE or abs(rate * 10 - k) > 1e-9:
         raise RecoverDataError(f"--missing-rate {rate}: the paper's protocol has rates 0.1, 0.2, … 0.7")
@@ -173,7 +174,7 @@ def rate_patterns(n: int, batch_size: int, rate: float, seed: int) -> list[froze
     order = rng.permutation(n)
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     denom = float(np.round(len(batches) / 10) * 10) or float(len(batches))  # under 5 batches: their count
-    out: list = [frozenset()] * n
+    out = []
     n_two = n_one = 0
     for b in batches:
         if n_two / denom < two:
@@ -182,7 +183,14 @@ def rate_patterns(n: int, batch_size: int, rate: float, seed: int) -> list[froze
             missing, n_one = 1, n_one + 1
         else:
             missing = 0
-        pat = frozenset(MODALITIES[i] for i in rng.choice(3, missing, replace=False))
+        out.append((b, frozenset(MODALITIES[i] for i in rng.choice(3, missing, replace=False))))
+    return out
+
+
+def rate_patterns(n: int, batch_size: int, rate: float, seed: int) -> list[frozenset[str]]:
+    """One pattern per sample (in data order) under the paper's protocol (``rate_batches``)."""
+    out: list = [frozenset()] * n
+    for b, pat in rate_batches(n, batch_size, rate, seed):
         for i in b:
             out[int(i)] = pat
     return out

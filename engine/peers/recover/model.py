@@ -149,9 +149,11 @@ class DiCMoR(nn.Module):
             getattr(self, f"proj_{m}").requires_grad_(False)
 
     def complete(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, missing: torch.Tensor,
+                 detach_reverse: bool = False,
                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Features [B, T, D_m] and missing [B, 3] (bool, text/audio/vision) → (completed features,
-        latents, log-dets): dicts over l/a/v of [B, d, T'], [B, d, T'], [B]."""
+        latents, log-dets): dicts over l/a/v of [B, d, T'], [B, d, T'], [B]. ``detach_reverse``:
+        the reverse passes carry no gradient (training: the flows learn through the NLL alone)."""
         conv, z, logdet = {}, {}, {}
         for m, x in zip(SHORT, (text, audio, vision)):
             conv[m] = getattr(self, f"proj_{m}")(x.transpose(1, 2))
@@ -162,6 +164,8 @@ class DiCMoR(nn.Module):
             x, y = (o for o in _REF_ORDER if o != m)
             flow, rec, cat = getattr(self, f"flow_{m}"), getattr(self, f"rec_{m}"), getattr(self, f"cat_{m}")
             r_x, r_y = flow.reverse(z[x]), flow.reverse(z[y])
+            if detach_reverse:
+                r_x, r_y = r_x.detach(), r_y.detach()
             n = r_x.shape[0]
             # one refiner pass over the three candidates, stacked on the batch axis: [3B, d, T']
             cand = rec(torch.cat([r_x, r_y, cat(torch.cat([r_x, r_y], 1))], 0))

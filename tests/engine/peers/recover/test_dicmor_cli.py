@@ -120,13 +120,20 @@ def test_device_errors_and_a_failed_conversion_leaves_nothing(pkl, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dicmor.pth"]
 
 
-def test_missing_rate_rows_per_seed_and_their_mean(pkl):
-    r = run(app, ["recover", "--data", str(pkl), "--missing-rate", "0.3", "--seed", "1111", "--seed", "1112",
-                  "--rate-batch", "2", "--json"])
-    assert r.exit_code == 0, r.output
-    rows = json.loads(r.stdout)["patterns"]
+def test_missing_rate_rows_per_seed_and_their_mean(tmp_path):
+    """In process on the short twin (the command itself runs as docs/recover.md's example)."""
+    import dataclasses
+
+    from kbridge.engine.peers.recover.data import RecoverDataError
+
+    cfg = dataclasses.replace(TINY, n_flow=2, n_resblocks=1)
+    model = build(cfg, seed=4)
+    d = save_dir(tmp_path / "m", model, None, source="test")
+    pkl = write_mmsa(tmp_path / "a.pkl", n=10, t=12, dims=cfg.dims, text_features=True)
+    rows = evaluate(model, "features", d, pkl, missing_rate=0.3, seeds=(1111, 1112), rate_batch=2).to_dict()["patterns"]
     assert [p["pattern"] for p in rows] == ["MR 0.3 seed 1111", "MR 0.3 seed 1112", "MR 0.3 mean of 2"]
+    assert rows[0]["n"] == rows[1]["n"] == rows[2]["n"] == 10
     for k in ("acc2", "acc2_has0", "f1_has0", "acc5", "acc7", "mae"):
         assert rows[2][k] == pytest.approx((rows[0][k] + rows[1][k]) / 2, abs=1e-6)
-    r = run(app, ["recover", "--data", str(pkl), "--missing-rate", "0.3", "--missing", "text"])
-    assert r.exit_code == 2 and "exclusive" in r.stderr
+    with pytest.raises(RecoverDataError, match="exclusive"):
+        evaluate(model, "features", d, pkl, missing=["text"], missing_rate=0.3)
