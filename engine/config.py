@@ -125,6 +125,10 @@ class LMMConfig:
     http_max_pixels: int = 1280 * 28 * 28
     """Images larger than this are downscaled (aspect kept) before they are sent; the server
     resizes again to its own budget, so this only bounds upload size."""
+    stream: bool = True
+    """Ask the server to stream each answer (``stream: true`` with usage): each request's record
+    then gets its client-side queue, first-token and decode times. A server that answers with one
+    JSON body instead is read as such (no first-token time); false: never ask."""
 
 
 @dataclass(frozen=True)
@@ -394,7 +398,7 @@ class PipelineConfig:
         d["models"].pop("cache_dir")
         d["lmm"].pop("max_batch")
         d["lmm"].pop("cache")
-        for k in ("url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s"):
+        for k in ("url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s", "stream"):
             d["lmm"].pop(k)  # where and how the server is reached, not what it answers
         for sec in ("generation", "medical"):  # how work is placed and batched, not what it computes
             d[sec].pop("batch_size")

@@ -137,6 +137,8 @@ class VLLMBackend:
         from kbridge.engine.lmm.hf import model_fingerprint
 
         self.cfg = cfg
+        self.dead: str | None = None
+        """Set when a request finds the engine core dead (vLLM's ``EngineDeadError``)."""
         self.model_id = model_fingerprint(Path(path))
         self.tok = AutoTokenizer.from_pretrained(path)
         self._ids = itertools.count()
@@ -167,6 +169,8 @@ class VLLMBackend:
 
     async def _one(self, req: Request) -> Generation:
         """One request; its failure (vLLM's message) or the engine's death is this request's error."""
+        if self.dead:
+            return Generation("", 0, 0, error=f"vLLM: {self.dead}")
         final = None
         try:
             text, images = chat_prompt(self.tok, req.messages)
@@ -174,7 +178,10 @@ class VLLMBackend:
             async for out in self.engine.generate(prompt, self._params(req), request_id=f"kb-{next(self._ids)}"):
                 final = out  # cumulative outputs: the last one holds the whole answer
         except Exception as e:  # noqa: BLE001 - reported per request, never raised into the batch
-            return Generation("", 0, 0, error=f"vLLM: {error_message(e)}")
+            msg = error_message(e)
+            if type(e).__name__ == "EngineDeadError" and not self.dead:
+                self.dead = msg
+            return Generation("", 0, 0, error=f"vLLM: {msg}")
         if final is None or not final.outputs:
             return Generation("", 0, 0, error="vLLM: the engine returned no output")
         o = final.outputs[0]

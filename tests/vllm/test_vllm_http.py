@@ -40,6 +40,9 @@ def test_demo_set_over_http_fast_twice_identical(http_cfg, http_fast, engine, tm
     assert rep.lmm["prefix_cached_tokens"] > 0
     for r in rows:
         assert r["lmm_engine"]["cached_prompt_tokens"] >= 0 and r["lmm_engine"]["requests"]
+        # streamed answers: the client's own queue / first-token / decode split of every request
+        for q in r["lmm_engine"]["requests"]:
+            assert q["timing"] == "client" and q["queue_s"] >= 0 and q["first_token_s"] > 0 and q["decode_s"] >= 0, q
     again = tmp_path / "again"
     rep2 = engine_on(http_cfg, engine, HTTPBackend(http_cfg.lmm)).run(out=again)
     _complete(again, rep2)
@@ -55,3 +58,24 @@ def test_demo_set_over_http_reference_fidelity(http_cfg, engine, tmp_path):
     rows = _complete(tmp_path / "ref", rep)
     assert max(r["counts"]["lmm_serial_turns"] for r in rows) >= 3
     assert all(isinstance(json.dumps(r["knowledge"]), str) for r in rows)
+
+
+def test_a_streamed_answer_is_the_unstreamed_one(http_cfg):
+    """Same request (schema, seed) with and without ``stream``: the same compact JSON and token
+    counts; only the streamed one carries first-token timings."""
+    import asyncio
+    import dataclasses
+
+    from kbridge.engine.lmm import Request
+
+    schema = {"type": "object", "properties": {"caption": {"type": "string", "maxLength": 40}},
+              "required": ["caption"]}
+    req = Request([{"role": "user", "content": [{"type": "text", "text": "describe a red cup"}]}], schema, 77, 40,
+                  0.7, "probe", "probe", 1)
+    streamed = asyncio.run(HTTPBackend(http_cfg.lmm).generate([req]))[0]
+    plain_cfg = dataclasses.replace(http_cfg.lmm, stream=False)
+    plain = asyncio.run(HTTPBackend(plain_cfg).generate([req]))[0]
+    assert streamed.error is None and plain.error is None, (streamed.error, plain.error)
+    assert streamed.text == plain.text and json.loads(streamed.text)["caption"] is not None
+    assert (streamed.prompt_tokens, streamed.generated_tokens) == (plain.prompt_tokens, plain.generated_tokens)
+    assert streamed.engine["first_token_s"] > 0 and "first_token_s" not in plain.engine
