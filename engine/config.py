@@ -117,7 +117,8 @@ class LMMConfig:
     concurrency: int = 16
     """Most HTTP requests in flight at once (the server batches them continuously)."""
     timeout_s: float = 120.0
-    """Seconds one HTTP request may take before it is abandoned and retried."""
+    """Seconds the client waits on the server (to connect, for the answer's first byte, for each
+    further piece of a streamed answer) before the request is abandoned and retried."""
     retries: int = 3
     """Retries of one HTTP request after a connection error, a timeout or a 5xx answer."""
     backoff_s: float = 0.5

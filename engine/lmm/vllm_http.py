@@ -7,8 +7,10 @@ reuses the shared prompt prefix (system prompt and instructions first, sample co
 Connection errors, timeouts and 5xx answers are retried with exponential backoff; what still fails
 comes back as ``Generation.error`` for that request alone, so one sample fails and the run goes on.
 Schema requests carry ``response_format: json_schema``; every request carries its own seed.
-Answers are streamed (``lmm.stream``): the client times each request's queue (waiting for a
-connection slot), first token and decode, which an OpenAI server does not report per request.
+Each request's record says where its time went: vLLM's own queue / prefill / decode figures where
+the server returns them (``--enable-per-request-metrics``, which ``kbridge lmm serve`` sets), and
+from the streamed answer (``lmm.stream``) the client's first-token time; from a server that
+returns no figures, the client's own queue (a connection slot) / first-token / decode split.
 A request that failed every retry while the server no longer lists its models marks the backend
 ``dead``: later requests fail at once, and the executor stops admitting samples.
 """
@@ -167,36 +169,51 @@ class HTTPBackend:
                     await r.aread()
                     raise ValueError(f"HTTP {r.status_code}: {r.text[:200]}")
                 if r.headers.get("content-type", "").startswith("text/event-stream"):
-                    text, usage, first, last = await _read_stream(r)
+                    text, usage, metrics, first, last = await _read_stream(r)
                 else:  # one JSON body (not asked to stream, or a server that cannot)
                     first = last = None
-                    text, usage = _read_body(await r.aread())
+                    text, usage, metrics = _read_body(await r.aread())
         except httpx.TimeoutException as e:
             raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s") from e
         except httpx.TransportError as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from e
         # vLLM with --enable-prompt-tokens-details: prompt tokens served from its prefix cache
         cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
-        engine = {"cached_prompt_tokens": cached}
-        if first is not None:  # measured here, not by the engine: the server's queue is in first_token_s
-            engine.update(timing="client", queue_s=round(queued_s, 6), first_token_s=round(first - t0, 6),
-                          decode_s=round(last - first, 6))
+        engine = {"cached_prompt_tokens": cached, **server_timings(metrics)}
+        if first is not None:  # measured here: sent → first token holds the server's queue and prefill
+            engine["first_token_s"] = round(first - t0, 6)
+            if "decode_s" not in engine:  # no figures from the server: the client's own split
+                engine.update(timing="client", queue_s=round(queued_s, 6), decode_s=round(last - first, 6))
         return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
                           engine=engine)
 
 
-def _read_body(raw: bytes) -> tuple[str, dict]:
+def server_timings(metrics: dict | None) -> dict:
+    """vLLM's per-request figures (a server started with ``--enable-per-request-metrics``, as
+    ``kbridge lmm serve`` does: ``metrics`` in the body or the last streamed chunk) as the
+    in-process backend records them: queue, prefill (scheduled → first token), decode seconds."""
+    out = {}
+    for key, name in (("queue_time_ms", "queue_s"), ("time_to_first_token_ms", "prefill_s"),
+                      ("generation_time_ms", "decode_s")):
+        v = (metrics or {}).get(key)
+        if isinstance(v, (int, float)) and v >= 0:
+            out[name] = round(v / 1000.0, 6)
+    return {"timing": "engine", **out} if out else {}
+
+
+def _read_body(raw: bytes) -> tuple[str, dict, dict | None]:
     try:
         d = json.loads(raw)
-        return d["choices"][0]["message"]["content"] or "", d.get("usage") or {}
+        return d["choices"][0]["message"]["content"] or "", d.get("usage") or {}, d.get("metrics")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
         raise _Retryable(f"malformed response body ({type(e).__name__})") from e
 
 
-async def _read_stream(r) -> tuple[str, dict, float | None, float | None]:
-    """An SSE answer (``data: {chunk}`` lines, ``data: [DONE]``): the text, the usage (last chunk,
-    ``stream_options.include_usage``), and when the first and last text arrived (monotonic)."""
-    parts, usage, first, last, done = [], {}, None, None, False
+async def _read_stream(r) -> tuple[str, dict, dict | None, float | None, float | None]:
+    """An SSE answer (``data: {chunk}`` lines, ``data: [DONE]``): the text, the usage and the
+    server's metrics (last chunk, ``stream_options.include_usage``), and when the first and last
+    text arrived (monotonic)."""
+    parts, usage, metrics, first, last, done = [], {}, None, None, None, False
     async for ln in r.aiter_lines():
         if not ln.startswith("data:"):
             continue
@@ -222,6 +239,8 @@ async def _read_stream(r) -> tuple[str, dict, float | None, float | None]:
                 parts.append(piece)
         if d.get("usage"):
             usage = d["usage"]
+        if d.get("metrics"):
+            metrics = d["metrics"]
     if not done:
         raise _Retryable("the stream ended before [DONE]")
-    return "".join(parts), usage, first, last
+    return "".join(parts), usage, metrics, first, last

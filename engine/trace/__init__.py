@@ -235,6 +235,8 @@ class Tracer:
                 for part, key in (("decode", "decode_s"), ("first token", "first_token_s"), ("prefill", "prefill_s"),
                                   ("queued", "queue_s")):
                     sec = eng.get(key)  # the engine's (vLLM) or the client's figures, laid back from the answer
+                    if key == "first_token_s" and "prefill_s" in eng:
+                        continue  # the engine's own queue + prefill split it already
                     if isinstance(sec, (int, float)) and sec > 0:
                         ps = max(sa, t - _us(sec))
                         kids.insert(0, (part, ps, t, None))
