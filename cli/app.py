@@ -115,7 +115,10 @@ def run(
     trace_every: int = typer.Option(1, "--trace-every", min=1, help="Per-sample spans for every N-th sample only "
                                     "(big runs; device spans and counters are always kept)."),
 ):
-    """Complete every incomplete sample: extract → generate → rank."""
+    """Complete every incomplete sample: extract → generate → rank.
+
+    Exit codes: 0 done (failed samples are listed in OUT/errors.jsonl), 1 nothing could be
+    completed, 2 the run could not start, 3 the LMM engine died mid-run (re-run to resume)."""
     setup_logging(verbose)
     from kbridge.cli.profile import trace_options
 
