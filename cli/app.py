@@ -117,8 +117,7 @@ def run(
 ):
     """Complete every incomplete sample: extract → generate → rank.
 
-    Exit codes: 0 done (failed samples are listed in OUT/errors.jsonl), 1 nothing could be
-    completed, 2 the run could not start, 3 the LMM engine died mid-run (re-run to resume)."""
+    Exit codes: 0 done, 1 nothing completed, 2 could not start, 3 the LMM engine died (re-run resumes)."""
     setup_logging(verbose)
     from kbridge.cli.profile import trace_options
 

@@ -78,7 +78,8 @@ def test_a_streamed_answer_is_the_unstreamed_one(http_cfg):
     plain_cfg = dataclasses.replace(http_cfg.lmm, stream=False)
     plain = asyncio.run(HTTPBackend(plain_cfg).generate([req]))[0]
     assert streamed.error is None and plain.error is None, (streamed.error, plain.error)
-    assert streamed.text == plain.text and json.loads(streamed.text)["caption"] is not None
+    # (strict=False: the random twin may put a raw control character in a string, which xgrammar lets through)
+    assert streamed.text == plain.text and json.loads(streamed.text, strict=False)["caption"] is not None
     assert (streamed.prompt_tokens, streamed.generated_tokens) == (plain.prompt_tokens, plain.generated_tokens)
     assert streamed.engine["first_token_s"] > 0 and "first_token_s" not in plain.engine
     assert streamed.engine["prefill_s"] > 0 and plain.engine["prefill_s"] > 0
