@@ -11,7 +11,8 @@ rendered with the checkpoint's chat template and images are handed over as PIL i
 base64 round trip). Each request has its own seed, so an answer does not depend on what it was
 batched with. Serving settings (tensor parallelism, memory fraction, context length) come from
 the profile's ``ServeProfile``. A failing request (vLLM's own message) fails only its sample; a
-dead engine fails every request in flight and after it with one clear message each.
+dead engine fails every request in flight and after it with one clear message each, and sets
+``dead`` (the executor then stops admitting samples).
 """
 from __future__ import annotations
 
