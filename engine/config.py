@@ -121,7 +121,8 @@ class LMMConfig:
     concurrency: int = 16
     """Most HTTP requests in flight at once (the server batches them continuously)."""
     timeout_s: float = 120.0
-    """Seconds one HTTP request may take before it is abandoned and retried."""
+    """Seconds the client waits on the server (to connect, for the answer's first byte, for each
+    further piece of a streamed answer) before the request is abandoned and retried."""
     retries: int = 3
     """Retries of one HTTP request after a connection error, a timeout or a 5xx answer."""
     backoff_s: float = 0.5
@@ -129,6 +130,10 @@ class LMMConfig:
     http_max_pixels: int = 1280 * 28 * 28
     """Images larger than this are downscaled (aspect kept) before they are sent; the server
     resizes again to its own budget, so this only bounds upload size."""
+    stream: bool = True
+    """Ask the server to stream each answer (``stream: true`` with usage): each request's record
+    then gets its client-side queue, first-token and decode times. A server that answers with one
+    JSON body instead is read as such (no first-token time); false: never ask."""
 
 
 @dataclass(frozen=True)
@@ -411,7 +416,7 @@ class PipelineConfig:
         d["models"].pop("cache_dir")
         d["lmm"].pop("max_batch")
         d["lmm"].pop("cache")
-        for k in ("url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s"):
+        for k in ("url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s", "stream"):
             d["lmm"].pop(k)  # where and how the server is reached, not what it answers
         for sec in ("generation", "medical"):  # how work is placed and batched, not what it computes
             d[sec].pop("batch_size")

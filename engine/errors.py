@@ -20,3 +20,13 @@ class Unavailable(KbridgeError):
 class RuntimeUnavailable(Unavailable, RuntimeError):
     """The chosen dense-model runtime backend (engine/runtime) cannot run here (package missing, no
     GPU, provider fell back)."""
+
+
+class LMMEngineDied(KbridgeError):
+    """The LMM engine stopped answering for good (its server is gone, the in-process engine core
+    died): the executor stops admitting samples, lets the ones in flight fail with their own line,
+    and raises this. Everything written stays; a re-run once the engine is back resumes."""
+
+    def __init__(self, reason: str, admitted: int = 0):
+        super().__init__(reason)
+        self.reason, self.admitted = reason, admitted

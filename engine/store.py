@@ -368,13 +368,14 @@ def export_completed(run_dir: Path, dataset, out: Path) -> dict:
     return {"samples": len(meta), "skipped": skipped, "path": str(out)}
 
 
-ENGINE_TIMES = ("queue_s", "prefill_s", "decode_s")
+ENGINE_TIMES = ("queue_s", "prefill_s", "first_token_s", "decode_s")
 
 
 def lmm_engine(row: Row) -> dict | None:
-    """Where the row's LMM time went, by the engine's own account (vLLM): per fresh request its
-    stage, turn, queue / prefill / decode seconds and prompt tokens served from the prefix cache,
-    and their sums. None when the backend reports nothing (hf)."""
+    """Where the row's LMM time went, by the engine's own account (in-process vLLM: queue / prefill /
+    decode seconds) or the client's (over HTTP, streamed: ``timing: "client"``, queue / first-token /
+    decode seconds): per fresh request its stage, turn, times and prompt tokens served from the
+    prefix cache, and their sums. None when the backend reports nothing (hf)."""
     reqs = [{"stage": r.stage, "turn": r.turn, **r.engine} for r in row.lmm if r.engine and not r.cached]
     if not reqs:
         return None

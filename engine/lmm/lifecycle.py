@@ -76,6 +76,8 @@ class ManagedServer:
 class ServedBackend:
     """The HTTP backend and the server behind it: ``close()`` stops the server (its GPUs are free)."""
 
+    continuous_batching = True  # the server's: each row's requests go out on their own
+
     def __init__(self, cfg: PipelineConfig, model: str, **server_kw):
         from kbridge.engine.lmm.vllm_http import HTTPBackend
 
@@ -86,6 +88,10 @@ class ServedBackend:
             self.server.close()
             raise
         self.model_id = self.http.model_id
+
+    @property
+    def dead(self) -> str | None:
+        return self.http.dead
 
     async def generate(self, requests):
         return await self.http.generate(requests)

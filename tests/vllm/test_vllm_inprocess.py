@@ -115,7 +115,7 @@ def test_kbridge_serve_on_the_in_process_engine_agrees_with_kbridge_run(vcfg, en
 
     from kbridge.engine import data as D
     from tests.engine.serve.serve_helpers import running, serve_engine
-    from test_serve_agreement import _as_run_dir, _request
+    from tests.engine.serve.test_serve_agreement import _as_run_dir, _request
 
     run_dir, _ = inproc_fast
     ran = [r for r in read_jsonl(run_dir / "results.jsonl")]
@@ -155,7 +155,23 @@ def test_zz_engine_death_is_one_clear_line_per_sample(vcfg, engine, vllm_backend
         if out[0].error or time.monotonic() > deadline:
             break
     assert all(o.error and "the engine died" in o.error for o in out), [o.error for o in out]
+    assert vllm_backend.dead and "the engine died" in vllm_backend.dead
+    # a run on the dead engine starts no sample: it stops with the reason, nothing written, nothing lost
     rep = engine_on(vcfg, engine, vllm_backend).run(out=tmp_path / "dead", limit=2)
-    assert rep.completed == 0 and len(rep.errors) == 2
-    assert all("the engine died" in e["error"] for e in rep.errors), rep.errors
+    assert rep.completed == 0 and not rep.errors and "the engine died" in rep.stopped
     assert not (tmp_path / "dead" / "results.jsonl").exists() or not read_jsonl(tmp_path / "dead" / "results.jsonl")
+    # kbridge serve on the dead engine: /health 503 with the reason, a request a clear 503
+    import httpx2 as httpx
+
+    from kbridge.engine import data as D
+    from tests.engine.serve.serve_helpers import running, serve_engine
+    from tests.engine.serve.test_serve_agreement import _request
+
+    with running(serve_engine(vcfg, engine, vllm_backend), ready=False) as (url, svc):
+        deadline = time.monotonic() + 120
+        while "engine died" not in (svc.unready() or "") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the models load first
+        h = httpx.get(f"{url}/health", timeout=10)
+        assert h.status_code == 503 and "the LMM engine died" in h.json()["reason"], h.text
+        r = httpx.post(f"{url}/v1/complete", json=_request(D.open_dataset(None), 0, "image"), timeout=60)
+        assert r.status_code == 503 and "the LMM engine died" in r.json()["error"]["message"], r.text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kbridge.engine.config import ConfigError, build_config
-from kbridge.engine.lmm.serving import SERVE_PROFILES, ServeError, serve_command, wait_healthy
+from kbridge.engine.lmm.serving import COMPACT_JSON, SERVE_PROFILES, ServeError, serve_command, wait_healthy
 from kbridge.engine.lmm.vllm_local import VLLMBackend, llm_kwargs, vllm_usable
 from kbridge.engine.zoo import ZOO_VERSION
 
@@ -34,6 +34,8 @@ def test_serve_command_carries_the_plan(name, monkeypatch):
     assert json.loads(_flag(argv, "--mm-processor-kwargs")) == {"max_pixels": p.max_pixels}
     assert "--quantization" not in argv  # vLLM picks gptq_marlin itself
     assert _flag(argv, "--generation-config") == "vllm"
+    assert json.loads(_flag(argv, "--structured-outputs-config")) == COMPACT_JSON  # compact JSON on GPUs too
+    assert "--enable-per-request-metrics" in argv and "--enable-prompt-tokens-details" in argv
     assert env == {"CUDA_VISIBLE_DEVICES": p.devices, "VLLM_API_KEY": "s3cret"}
     assert not any("s3cret" in a for a in argv)  # never on the command line
 
@@ -88,6 +90,7 @@ def test_cpu_engine_arguments_and_server_flags_agree(cfg, tmp_path):
     assert "--enforce-eager" in argv and "--no-enable-chunked-prefill" in argv
     assert int(_flag(argv, "--max-num-batched-tokens")) >= int(_flag(argv, "--max-model-len"))
     assert json.loads(_flag(argv, "--structured-outputs-config")) == COMPACT_JSON
+    assert "--enable-per-request-metrics" in argv and "--enable-prompt-tokens-details" in argv
     assert _flag(argv, "--host") == "127.0.0.1" and env["VLLM_CPU_KVCACHE_SPACE"] == str(CPU_KV_CACHE_BYTES >> 30)
     r = subprocess.run([sys.executable, "-m", "kbridge.cli", "lmm", "serve", "-p", "tiny", "--dry-run"],
                        capture_output=True, text=True, timeout=300)
