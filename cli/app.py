@@ -51,10 +51,11 @@ def _register_subapps() -> None:
     app.add_typer(classify_app, name="classify")
     models_app.command("convert-dcp")(convert_dcp)
     models_app.command("convert-rep")(convert_rep)
-    from kbridge.cli.recover import convert_dicmor, recover
+    from kbridge.cli.recover import convert_dicmor, recover, train_dicmor
 
     app.command("recover")(recover)
     models_app.command("convert-dicmor")(convert_dicmor)
+    models_app.command("train-dicmor")(train_dicmor)
     from kbridge.cli.serve import serve
 
     app.command("serve")(serve)

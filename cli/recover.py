@@ -79,3 +79,40 @@ def convert_dicmor(
     except KbridgeError as e:
         fail(str(e))
     out.print(f"wrote {p}: run `kbridge recover --model {p} --data aligned_50.pkl`")
+
+
+def train_dicmor(
+    model: str = typer.Option("tiny", "--model", help="Starting weights: a `convert-dicmor` directory (the reference "
+                                                       "starts from its MR = 0 pretrained model), or tiny."),
+    data: Path = typer.Option(..., "--data", help="MMSA aligned pickle: trains on its train split, validates on valid."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the best validation epoch's model (use it as "
+                                                    "`kbridge recover --model DIR`); a killed run resumes from it."),
+    missing_rate: float = typer.Option(0.1, "--missing-rate", help="The missing-rate protocol's rate (0.1–0.7)."),
+    epochs: int = typer.Option(1000, "--epochs", help="Upper bound: 10 epochs without a better validation L1 end it."),
+    batch_size: int = typer.Option(4, "--batch-size", help="The reference: 4 on MOSI, 16 on MOSEI."),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam's learning rate (the reference's 1e-4)."),
+    seed: int = typer.Option(1111, "--seed", help="Seeds the missing patterns drawn each epoch."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """DiCMoR: train with the reference's loss and schedule (L1 + 0.1 · flows' NLL and recovery MSE,
+    one missing pattern per batch, Adam, clipping, accumulation over 8 batches, LR halving on plateau,
+    early stopping) and write the best validation epoch's model."""
+    from kbridge.cli.common import fail, out
+    from kbridge.engine.config import build_config
+    from kbridge.engine.errors import KbridgeError
+    from kbridge.engine.peers.recover.tiny import load
+    from kbridge.engine.peers.recover.train import TrainConfig, train_dir
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, missing_rate=missing_rate, seed=seed)
+    try:
+        net, text_mode, path = load(model, build_config("tiny").cache_dir())
+        rep = train_dir(net, text_mode, path, data, out_dir, cfg,
+                        on_epoch=None if as_json else lambda e, h: out.print(
+                            f"epoch {e}: train L1 {h['train_l1'][-1]:.4f}, valid L1 {h['valid_l1'][-1]:.4f}"))
+    except KbridgeError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(rep, indent=1))
+        return
+    out.print(f"wrote {out_dir}: best valid L1 {rep['best_valid']:.4f} at epoch {rep['best_epoch']} of {rep['epochs']}"
+              + (f" (resumed after epoch {rep['resumed_from']})" if rep["resumed_from"] else ""))

@@ -97,7 +97,7 @@ def onnx_predictor(model: DiCMoR, model_dir: Path, steps: int, device: str = "cp
     return predict_onnx
 
 
-def _check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> None:
+def check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> None:
     for name, a, want in zip(("text", "audio", "vision"), feats, model.cfg.dims):
         if a.ndim != 3 or a.shape[2] != want:
             raise D.RecoverDataError(f"{path}: {name} features have shape {a.shape}, the model expects [N, T, {want}]")
@@ -117,7 +117,7 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
     check_device(device)
     s = D.load_split(data, split)
     feats = (text_features(s, text_mode, model_dir, data, device), s.audio, s.vision)
-    _check_dims(model, feats, Path(data))
+    check_dims(model, feats, Path(data))
     if backend not in ("torch", "onnx"):
         raise D.RecoverDataError(f"unknown backend {backend!r} (torch | onnx)")
     run = predict

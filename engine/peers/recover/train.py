@@ -136,3 +136,35 @@ def train(model: DiCMoR, train_feats: tuple, train_labels: np.ndarray, valid_fea
     model.eval()
     return {"epochs": len(hist["valid_l1"]), "best_epoch": best_epoch, "best_valid": best,
             "resumed_from": start or None, **hist}
+
+
+def train_dir(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, out: Path, cfg: TrainConfig = TrainConfig(),
+              on_epoch=None) -> dict:
+    """Train a loaded model on the MMSA pickle ``data`` (its train split; validation on its valid
+    split) and write the best validation epoch's weights as a model directory ``out`` (what
+    ``convert-dicmor`` writes; the BERT directory copied when the text goes in as tokens). The
+    training state lives in ``out/train-state.pt`` until the run ends: a killed run resumes there."""
+    import shutil
+
+    from kbridge.engine.peers.recover.convert import save_dir
+    from kbridge.engine.peers.recover.evaluate import check_dims, text_features
+
+    feats, labels = [], []
+    for split in ("train", "valid"):
+        s = D.load_split(data, split)
+        f = (text_features(s, text_mode, model_dir, data), s.audio, s.vision)
+        check_dims(model, f, Path(data))
+        feats.append(f)
+        labels.append(s.labels)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = out / "train-state.pt"
+    rep = train(model, feats[0], labels[0], feats[1], labels[1], cfg, state, on_epoch)
+    bert = None
+    if text_mode == "bert":
+        bert = out / "bert"
+        if not bert.exists():
+            shutil.copytree(Path(model_dir) / "bert", bert)
+    save_dir(out, model, bert, source=f"trained from {model_dir} on {data} ({cfg})")
+    state.unlink(missing_ok=True)
+    return rep

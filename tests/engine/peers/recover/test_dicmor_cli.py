@@ -137,3 +137,37 @@ def test_missing_rate_rows_per_seed_and_their_mean(tmp_path):
         assert rows[2][k] == pytest.approx((rows[0][k] + rows[1][k]) / 2, abs=1e-6)
     with pytest.raises(RecoverDataError, match="exclusive"):
         evaluate(model, "features", d, pkl, missing=["text"], missing_rate=0.3)
+
+
+def test_train_dicmor_writes_the_best_epoch_as_a_model_that_recover_loads(pkl, tmp_path):
+    """`kbridge models train-dicmor` on the tiny twin (4 training rows, 3 validation rows, 3 epochs):
+    the model directory it writes holds the best validation epoch's weights (they differ from the
+    twin's), loads in `kbridge recover`, copies the BERT the tokens need, and leaves no training state."""
+    from kbridge.engine.config import build_config
+    from kbridge.engine.peers.recover.convert import load_dir
+    from kbridge.engine.peers.recover.tiny import load
+
+    out = tmp_path / "trained"
+    r = run(app, ["models", "train-dicmor", "--data", str(pkl), "--out", str(out), "--epochs", "3",
+                  "--batch-size", "2", "--lr", "1e-3", "--missing-rate", "0.3", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["epochs"] == 3 and len(rep["valid_l1"]) == 3 and rep["best_valid"] == min(rep["valid_l1"])
+    assert rep["best_epoch"] == 1 + rep["valid_l1"].index(rep["best_valid"])
+    assert not (out / "train-state.pt").exists()
+    trained, text = load_dir(out)
+    twin, twin_text, _ = load("tiny", build_config("tiny").cache_dir())
+    assert text == twin_text
+    if text == "bert":
+        assert (out / "bert").is_dir()
+    diff = [k for k, v in trained.state_dict().items() if not torch.equal(v, twin.state_dict()[k])]
+    assert diff and not any(k.startswith(("proj_l", "proj_a", "proj_v")) for k in diff)  # input projections frozen
+    r = run(app, ["recover", "--model", str(out), "--data", str(pkl), "--missing", "text", "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_train_dicmor_bad_data_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"not a pickle")
+    r = run(app, ["models", "train-dicmor", "--data", str(bad), "--out", str(tmp_path / "o"), "--epochs", "1"])
+    assert r.exit_code != 0 and "Traceback" not in r.output and str(bad) in r.output
