@@ -105,6 +105,14 @@ def check_dims(model: DiCMoR, feats: tuple[np.ndarray, ...], path: Path) -> None
             raise D.RecoverDataError(f"{path}: {name} has {a.shape[1]} steps, fewer than the conv kernel {model.cfg.kernel}")
 
 
+def split_features(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, split: str, device: str = "cpu"):
+    """(the split, its (text, audio, vision) features checked against the model's dimensions)."""
+    s = D.load_split(data, split)
+    feats = (text_features(s, text_mode, model_dir, data, device), s.audio, s.vision)
+    check_dims(model, feats, Path(data))
+    return s, feats
+
+
 def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing: list[str] | None = None,
              split: str = "test", batch_size: int = 64, device: str = "cpu", missing_rate: float | None = None,
              seeds: tuple[int, ...] = D.PUBLISHED_SEEDS, rate_batch: int = 32, backend: str = "torch",
@@ -115,9 +123,7 @@ def evaluate(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, missing
     from kbridge.engine.published import check_device
 
     check_device(device)
-    s = D.load_split(data, split)
-    feats = (text_features(s, text_mode, model_dir, data, device), s.audio, s.vision)
-    check_dims(model, feats, Path(data))
+    s, feats = split_features(model, text_mode, model_dir, data, split, device)
     if backend not in ("torch", "onnx"):
         raise D.RecoverDataError(f"unknown backend {backend!r} (torch | onnx)")
     run = predict

@@ -147,19 +147,13 @@ def train_dir(model: DiCMoR, text_mode: str, model_dir: Path, data: Path, out: P
     import shutil
 
     from kbridge.engine.peers.recover.convert import save_dir
-    from kbridge.engine.peers.recover.evaluate import check_dims, text_features
+    from kbridge.engine.peers.recover.evaluate import split_features
 
-    feats, labels = [], []
-    for split in ("train", "valid"):
-        s = D.load_split(data, split)
-        f = (text_features(s, text_mode, model_dir, data), s.audio, s.vision)
-        check_dims(model, f, Path(data))
-        feats.append(f)
-        labels.append(s.labels)
+    (tr, ftr), (va, fva) = (split_features(model, text_mode, model_dir, data, k) for k in ("train", "valid"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = out / "train-state.pt"
-    rep = train(model, feats[0], labels[0], feats[1], labels[1], cfg, state, on_epoch)
+    rep = train(model, ftr, tr.labels, fva, va.labels, cfg, state, on_epoch)
     bert = None
     if text_mode == "bert":
         bert = out / "bert"
