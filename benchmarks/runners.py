@@ -18,7 +18,8 @@ import time
 import torch
 
 from kbridge.benchmarks.harness import stamp, summarize
-from kbridge.engine.config import PROFILES, PipelineConfig, build_config
+from kbridge.engine.config import PipelineConfig, build_config
+from kbridge.engine.profiles import PROFILES
 
 COLUMNS = ["name", "model", "backend", "batch", "ms_p50", "ms_p95", "speedup_vs_eager", "max_abs_diff",
            "first_call_s"]

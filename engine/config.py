@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 from kbridge.engine.errors import KbridgeError
-from kbridge.engine.profiles import PROFILES, QWEN_7B, Profile  # noqa: F401  (the one profile table)
+from kbridge.engine.profiles import PROFILES
 
 
 class ConfigError(KbridgeError, ValueError):

@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbridge.engine.config import PROFILES, ConfigError, PipelineConfig
+from kbridge.engine.config import ConfigError, PipelineConfig
+from kbridge.engine.profiles import PROFILES
 from kbridge.engine.errors import KbridgeError
 
 GB = 1e9

@@ -54,7 +54,7 @@ class ServeProfile:
 
 SERVE_PROFILES: dict[str, ServeProfile] = {name: ServeProfile(name=name, **p.serve)
                                            for name, p in PROFILES.items() if p.serve}
-"""The serving plan of each GPU profile (config.PROFILES holds them)."""
+"""The serving plan of each GPU profile (profiles.PROFILES holds them)."""
 
 DEFAULT_LOCAL = ServeProfile(name="local", model=QWEN_7B, quantization="", tensor_parallel=1, devices="0",
                              gpu_memory_utilization=0.90, max_model_len=8192, max_num_seqs=32, max_pixels=448 * 448,

@@ -2,7 +2,8 @@ import re
 
 import pytest
 
-from kbridge.engine.config import PROFILES, ConfigError, build_config
+from kbridge.engine.config import ConfigError, build_config
+from kbridge.engine.profiles import PROFILES
 
 
 def test_profiles_build_and_gpu_profiles_keep_reference_sdxl_settings():

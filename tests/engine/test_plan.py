@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbridge.engine.config import PROFILES, ConfigError, build_config
+from kbridge.engine.config import ConfigError, build_config
+from kbridge.engine.profiles import PROFILES
 from kbridge.engine.lmm.serving import SERVE_PROFILES
 from kbridge.engine.plan import PlanError, devices_of, make_plan, needs, parse_gpus, safetensors_gb
 
