@@ -40,7 +40,7 @@ def variants(cfg: PipelineConfig, compile: bool = True) -> list[tuple[str, dict,
     """(name, overrides over the profile, exact). The first is the reference: the profile itself."""
     b = cfg.generation.batch_size
     out = [(f"profile settings (batch {b})", {}, True)]
-    out += [(f"batch {n}", {"generation": {"batch_size": n}}, True) for n in (1, 2) if n < b]
+    out += [(f"batch {n}", {"generation": {"batch_size": n}}, True) for n in (1, 2, 7) if n != b]
     out += [("channels-last", {"generation": {"channels_last": True}}, True),
             ("1 torch thread", {"run": {"threads": 1}}, True),
             ("onnxruntime", {"runtime": {"backend": "onnx"}}, True)]
