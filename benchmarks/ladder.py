@@ -2,8 +2,10 @@
 the same samples in one process, every row repeated in alternating order (benchmarks/e2e.py).
 
 Rungs: ``baseline`` (the reference's execution pattern), ``fast`` (kbridge's streaming engine,
-joint writing, caption triples extracted from the captions), ``+parallel`` (N prompts / captions
-as N parallel sequences), ``+onnx`` (compiled CPU runners; graphs exported before timing), then
+joint writing, caption triples extracted from the captions, the UNet micro-batch of 7 that
+``small`` had before), ``+parallel`` (N prompts / captions as N parallel sequences), ``+render
+batch 2`` (the UNet micro-batch ``small`` now has: the fastest exact variant of ``kbridge bench
+render``, which also measures onnxruntime and torch.compile for render), then
 the rungs that change the method's outputs by design (``+refine-top-2``: only the two candidates
 whose base-latent previews score best are refined and fully decoded; ``+self-triples``: caption
 triples written by the caption writer, one LMM turn less; ``+bf16 render``: the precision rung,
@@ -22,9 +24,10 @@ from kbridge.benchmarks.harness import LOAD_KEY, loaded, stamp
 from kbridge.engine.config import build_config
 
 RUNGS: tuple[tuple[str, dict, bool], ...] = (
-    ("fast", {"knowledge": {"write": "joint", "caption_triples_from": "extracted"}}, False),
+    ("fast", {"knowledge": {"write": "joint", "caption_triples_from": "extracted"}, "generation": {"batch_size": 7}},
+     False),
     ("+parallel", {"knowledge": {"write": "parallel"}}, False),
-    ("+onnx", {"runtime": {"backend": "onnx"}}, False),
+    ("+render batch 2", {"generation": {"batch_size": 2}}, False),
     ("+refine-top-2", {"generation": {"refine_top": 2, "preview": "linear"}}, True),
     ("+self-triples", {"knowledge": {"caption_triples_from": "self"}}, True),
     ("+bf16 render", {"runtime": {"backend": "torch"}, "generation": {"dtype": "bfloat16"}}, True),

@@ -74,7 +74,7 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
                                               help="Repetitions per row, alternating order (default 3; --quick 1; BENCHMARKS.md shows "
                                                    "only rows with >= 3)."),
         ladder: bool = typer.Option(False, "--ladder",
-                                    help="One cumulative row per rung: baseline, fast, +parallel, +onnx, ..."),
+                                    help="One cumulative row per rung: baseline, fast, +parallel, +render batch 2, ..."),
         allow_loaded: bool = typer.Option(False, "--allow-loaded",
                                           help="Compute ratios even from rows measured on a loaded machine.")):
     """Reference execution pattern vs kbridge, end to end, on the same samples in one process."""

@@ -32,9 +32,10 @@ def test_rows_repeat_in_alternating_order_and_report_the_median():
 def test_ladder_rungs_are_cumulative_and_valid():
     rungs = rung_overrides()
     names = [n for n, _, _ in rungs]
-    assert names[:3] == ["fast", "+parallel", "+onnx"]
-    onnx = dict((n, o) for n, o, _ in rungs)["+onnx"]
-    assert onnx["knowledge"]["write"] == "parallel" and onnx["runtime"]["backend"] == "onnx"
+    assert names[:3] == ["fast", "+parallel", "+render batch 2"]
+    by = dict((n, o) for n, o, _ in rungs)
+    assert by["fast"]["generation"]["batch_size"] == 7
+    assert by["+render batch 2"]["knowledge"]["write"] == "parallel" and by["+render batch 2"]["generation"]["batch_size"] == 2
     assert [c for _, _, c in rungs][:3] == [False, False, False] and rungs[-1][2]
     for _, over, _ in rungs:
         build_config("small", overrides=over)  # every rung is a valid configuration
