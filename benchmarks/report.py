@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kbridge.benchmarks.harness import LOADED_PER_CORE, RESULTS_DIR, loaded, markdown_table
 
-ORDER = ["e2e", "e2e_ladder", "render", "serve", "serve_small", "scale", "lmm", "lmm_engines", "trace", "runners",
+ORDER = ["e2e", "e2e_ladder", "render", "serve", "serve_small", "scale", "lmm", "lmm_engines", "trace", "trace_small", "runners",
          "maxsim", "retrieve", "report-page"]
 """Questions in the order they appear; unknown ones follow alphabetically."""
 

@@ -67,7 +67,7 @@ def run(profile: str = "tiny", samples: int = 8, repeats: int = 3) -> dict:
             row.update(events_per_sample=round(info["events"] / samples, 1),
                        bytes_per_sample=round(info["bytes"] / samples), trace_problems=info["problems"])
         rows.append(row)
-    return stamp({"question": "trace", "title": f"Tracing overhead: kbridge run with and without --trace ({profile})",
+    return stamp({"question": "trace" if profile == "tiny" else f"trace_{profile}", "title": f"Tracing overhead: kbridge run with and without --trace ({profile})",
                   "how": f"kbridge bench trace --profile {profile} --samples {samples} --repeats {repeats}",
                   "columns": COLUMNS, "rows": rows,
                   "notes": ["cpu_s: this process's CPU time (user + system) for the run, steadier than wall time "

@@ -48,7 +48,7 @@ def trace(profile: str = typer.Option("tiny", "--profile", "-p", help="Profile o
           samples: int = typer.Option(8, "--samples", min=2, help="Incomplete samples (alternating kinds)."),
           repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per row, alternating order."),
           json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
-          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/trace.json.")):
+          save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/trace.json (trace_PROFILE.json for a profile other than tiny).")):
     """The cost of `kbridge run --trace`: wall time with and without, events and bytes per sample."""
     from kbridge.benchmarks import trace as q
     from kbridge.engine.models import quiet_libraries
