@@ -1,7 +1,8 @@
 """Regenerate docs/profile.png and docs/profile.txt, docs/report.md's profiling pictures: a traced run
 (`small` profile by default) on the demo set, `kbridge profile` of it, and a screenshot of the
 report's profile section (verdict, tables, the busiest window's timeline) in headless Chromium
-(Debian's chromium + chromium-driver).
+(Debian's chromium + chromium-driver). The README's profiling section quotes the run's verdict
+between its ``profile:begin`` / ``profile:end`` markers; this script rewrites that block too.
 
     .venv/bin/python scripts/profile_screenshot.py [--profile small] [OUT.png]
 """
@@ -33,6 +34,8 @@ def main(profile: str, out: Path) -> None:
     text = out.with_suffix(".txt")
     text.write_text("\n".join(p["verdict"]) + "\n\n" + json.dumps({k: p[k] for k in ("devices", "stages", "kinds")},
                                                                  indent=1) + "\n")
+    readme = ROOT / "README.md"
+    readme.write_text(with_verdict(readme.read_text(), p["verdict"], profile))
     page = build_report(run, run / "report.html")
     with chromium() as driver:
         driver.get(page.resolve().as_uri() + "#profile")
@@ -40,6 +43,23 @@ def main(profile: str, out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         section.screenshot(str(out))
     print(f"wrote {out} and {text} (trace: {run / 'trace.json.gz'})")
+
+
+BEGIN, END = "<!-- profile:begin -->", "<!-- profile:end -->"
+
+
+def with_verdict(readme: str, verdict: list[str], profile: str) -> str:
+    """``readme`` with the block between the markers replaced by the run's verdict."""
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    block = f"\n```\n$ kbridge profile RUN_DIR   # the {profile} profile's run in the picture\n" + "\n".join(verdict) + "\n```\n"
+    return head + BEGIN + block + END + tail
+
+
+def readme_verdict(readme: str) -> list[str]:
+    """The verdict lines quoted in the README's block."""
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+    return [ln for ln in block.strip().strip("`").strip().splitlines()[1:] if ln and not ln.startswith("```")]
 
 
 if __name__ == "__main__":
