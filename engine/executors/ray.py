@@ -40,7 +40,7 @@ from pathlib import Path
 from kbridge.engine.config import ConfigError
 from kbridge.engine.errors import Unavailable
 from kbridge.engine.lmm import engine_dead
-from kbridge.engine.lmm.vllm_http import LMMUnavailable
+from kbridge.engine.lmm.vllm_http import HTTPBackend, LMMUnavailable
 from kbridge.engine.executors.phased import row_from_json, row_to_json
 from kbridge.engine.executors.ray_plan import Operator, operators
 from kbridge.engine.rows import Failure, Row
@@ -303,6 +303,8 @@ def manifest(cfg, address: str | None) -> dict:
     if resolve_schedule(cfg) == "phased":
         raise ConfigError("--executor ray runs every stage as one streaming Ray pipeline; use --schedule fused "
                           "(the LMM server is outside Ray) or the local executor for a phased run")
+    if cfg.lmm.backend == "http":  # the LMM actors are its clients: a server not there stops the run now, as locally
+        HTTPBackend(cfg.lmm)  # GET /models: LMMUnavailable with the reason
     return {"ray": {"version": ray.__version__, "address": address or "local",
                     "operators": [{"stages": list(op.stages), "num_cpus": op.num_cpus, "num_gpus": op.num_gpus,
                                    "actors": op.actors} for op in operators(cfg)]}}
