@@ -4,8 +4,8 @@ flight fails with its own line, the rows not started are left untouched, ``kbrid
 one line and exits 3, the manifest records it, and a re-run against a server that is back
 completes every sample exactly once.
 
-One test drives the operators themselves, in this process (no cluster: the death as the backend
-reports it); the other is the whole chain on the local Ray cluster with the HTTP backend in the
+One test drives the operators themselves, called in this process (the death as the backend
+reports it; the cluster is only there because an operator asks Ray for its GPUs); the other is the whole chain on the local Ray cluster with the HTTP backend in the
 LMM actors, pointed at a real server process that is killed mid-run."""
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _rows(out):
     return [decode(b) for b in out["row"]]
 
 
-def test_lmm_actors_start_no_row_once_the_engine_died(cfg, tmp_path):
+def test_lmm_actors_start_no_row_once_the_engine_died(cfg, ray_cluster, tmp_path):
     from kbridge.engine.data import incomplete_indices, open_dataset
 
     ds = open_dataset()
