@@ -1,5 +1,5 @@
 """``kbridge bench lmm`` with vLLM: the hf backend in-process vs vLLM in-process vs vLLM over HTTP
-on the same requests, at 1, 8 and 32 requests in flight.
+on the same requests, at 1, 8 and 32 requests in flight (``REQUESTS``: how many at each level).
 
 The workload is the ranking stage's triple extraction from the demo images under the ``small``
 profile (its schema bounds and token caps: the real prompt and answer sizes of that profile).
@@ -19,7 +19,16 @@ import time
 
 from kbridge.benchmarks.harness import percentile
 
-LEVELS = (1, 8, 32)
+REQUESTS = {1: 8, 8: 16, 32: 32}
+"""Requests sent at each level (requests in flight → requests), the same ones (the first N of one
+workload) for every engine. What a level's figure needs: at 1 in flight the requests run one after
+another, so 8 give a rate and a median (their p95 is the slowest); at k in flight at least k, or
+the level is never reached — 16 at 8 is two waves, so the figure holds a full batch, not only
+its start and drain; 32 at 32 is one full wave, the most the hf rows can afford (hf decodes a
+batch until its longest answer ends, and random twins often run to their token caps). The hf rows
+take most of the time: the full mode runs in about 20 minutes on a quiet 2-core machine."""
+QUICK = {1: 4, 8: 8}
+"""``--quick``: a check that every engine runs, not a figure to compare."""
 
 
 def _workload(cfg, n: int):
@@ -66,11 +75,12 @@ def _row(name: str, k: int, gens, lat, wall: float) -> dict:
             "prefix_cache_hit": (cached / prompt) if prompt and name != "hf in-process" else None}
 
 
-def _level_rows(name, generate, reqs, per_call: bool, levels) -> list[dict]:
+def _level_rows(name, generate, reqs, per_call: bool, plan: dict[int, int]) -> list[dict]:
+    """One row per level of ``plan`` (in flight → requests: the first that many of ``reqs``)."""
     rows = []
     asyncio.run(_timed(generate, reqs[:2], 2, per_call))  # warm-up (first-call overheads, grammar compile)
-    for k in levels:
-        gens, lat, wall = asyncio.run(_timed(generate, reqs, k, per_call))
+    for k, n in plan.items():
+        gens, lat, wall = asyncio.run(_timed(generate, reqs[:n], k, per_call))
         rows.append(_row(name, k, gens, lat, wall))
     return rows
 
@@ -82,22 +92,21 @@ def run(quick: bool = False, python: str | None = None) -> dict:
     from kbridge.engine.lmm.hf import HFBackend
     from kbridge.engine.lmm.vllm_local import VLLMBackend, model_dir
 
-    n = 8 if quick else 32
-    levels = (1, 8) if quick else LEVELS
+    plan = QUICK if quick else REQUESTS
     load_before = os.getloadavg()
     cfg = build_config("small")
-    reqs = _workload(cfg, n)
+    reqs = _workload(cfg, max(plan.values()))
     rows: list[dict] = []
     hf = HFBackend(zoo.resolve("lmm", cfg), cfg.lmm)
-    rows += _level_rows("hf in-process", hf.generate, reqs, False, levels)
+    rows += _level_rows("hf in-process", hf.generate, reqs, False, plan)
     del hf
     vcfg = dataclasses.replace(cfg, lmm=dataclasses.replace(cfg.lmm, backend="vllm"))
     vl = VLLMBackend(model_dir(vcfg), vcfg.lmm, "small")
     try:
-        rows += _level_rows("vLLM in-process", vl.generate, reqs, True, levels)
+        rows += _level_rows("vLLM in-process", vl.generate, reqs, True, plan)
     finally:
         vl.close()
-    rows += _http_rows(cfg, reqs, levels, python)
+    rows += _http_rows(cfg, reqs, plan, python)
     hf_rows = {r["in_flight"]: r for r in rows if r["name"].startswith("hf")}
     for r in rows:
         r["vs_hf"] = r["req_per_s"] / hf_rows[r["in_flight"]]["req_per_s"]
@@ -114,14 +123,18 @@ def run(quick: bool = False, python: str | None = None) -> dict:
             "8 heads); the requests (prompts, schemas, seeds, token caps) are identical.",
             "vLLM's CPU engine binds its compute to one core and keeps the other for the caller (2-core machine); "
             "hf uses torch's threads.",
-            f"quick={quick}: {n} requests per level, levels {list(levels)}, one warm-up call first.",
+            f"quick={quick}: requests per level (in flight: requests) {plan}, the first N of one workload for "
+            "every engine, one warm-up call first. " + ("A check that every engine runs, not a figure to compare." if
+            quick else "1 in flight: serial requests, 8 give a rate and a median (p95 = the slowest); 8: two "
+            "full waves; 32: one full wave, the most the hf rows (a batch decodes until its longest answer "
+            "ends) can afford."),
             "load average (1/5/15 min) before and after: "
             f"{[round(x, 2) for x in load_before]} → {[round(x, 2) for x in os.getloadavg()]}.",
         ],
     })
 
 
-def _http_rows(cfg, reqs, levels, python) -> list[dict]:
+def _http_rows(cfg, reqs, plan: dict[int, int], python) -> list[dict]:
     import signal
     import subprocess
     import sys
@@ -138,12 +151,12 @@ def _http_rows(cfg, reqs, levels, python) -> list[dict]:
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc, 900)
         rows = []
-        for k in levels:
+        for k, n in plan.items():
             be = HTTPBackend(dataclasses.replace(cfg.lmm, backend="http", url=f"http://127.0.0.1:{port}/v1",
                                                  concurrency=k))
             if not rows:
                 asyncio.run(_timed(be.generate, reqs[:2], 2, True))
-            gens, lat, wall = asyncio.run(_timed(be.generate, reqs, k, True))
+            gens, lat, wall = asyncio.run(_timed(be.generate, reqs[:n], k, True))
             rows.append(_row("vLLM over HTTP", k, gens, lat, wall))
         return rows
     finally:

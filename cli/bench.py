@@ -186,8 +186,8 @@ def lmm(quick: bool = typer.Option(False, "--quick", help="4 demo samples, 16 re
         json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report here."),
         save: bool = typer.Option(True, "--save/--no-save", help="Write benchmarks/results/lmm.json."),
         engines: bool = typer.Option(False, "--engines", help="Instead: hf vs vLLM in-process vs vLLM over HTTP "
-                                     "at 1/8/32 in flight, 32 requests (--quick: 8 at 1/8; needs vLLM: .venv-vllm); "
-                                     "writes lmm_engines.json.")):
+                                     "at 1/8/32 in flight, 8/16/32 requests (--quick: 4 at 1, 8 at 8; needs vLLM: "
+                                     ".venv-vllm); writes lmm_engines.json.")):
     """LMM sequences, serial turns and tokens per sample (reference vs fast); throughput at 1/4/16 in flight."""
     if engines:
         from kbridge.benchmarks.lmm_engines import run as run_engines

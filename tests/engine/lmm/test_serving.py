@@ -165,3 +165,24 @@ def test_in_process_vllm_gets_the_plans_data_parallel_replicas():
     argv, _ = serve_command(SERVE_PROFILES["4090x4"], "m")
     assert kw["data_parallel_size"] == 2 == int(argv[argv.index("--data-parallel-size") + 1])
     assert "data_parallel_size" not in llm_kwargs(Path("m"), cfg.lmm, "h100")
+
+
+def test_otlp_tracing_reaches_the_server_command(monkeypatch, tmp_path):
+    """``kbridge lmm serve --otlp-traces-endpoint``: vLLM's flag, and the protocol vLLM reads
+    (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, grpc when unset) set to kbridge's own exporter's."""
+    from kbridge.engine.lmm.serving import cpu_serve_command, otlp_tracing
+
+    for k in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        monkeypatch.delenv(k, raising=False)
+    assert otlp_tracing(None) == ([], {})
+    url = "http://127.0.0.1:4318/v1/traces"
+    argv, env = cpu_serve_command(str(tmp_path), port=8123, python="py", otlp_traces_endpoint=url)
+    assert _flag(argv, "--otlp-traces-endpoint") == url and env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    argv, env = serve_command(next(iter(SERVE_PROFILES.values())), "/models/x", otlp_traces_endpoint=url)
+    assert _flag(argv, "--otlp-traces-endpoint") == url and env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    assert otlp_tracing("http://c:4317")[1] == {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")  # the traces variable wins
+    with pytest.raises(ServeError, match="not 'http/json'"):
+        otlp_tracing(url)
+    assert "--otlp-traces-endpoint" not in cpu_serve_command(str(tmp_path), python="py")[0]
