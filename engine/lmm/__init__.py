@@ -69,6 +69,9 @@ class Generation:
     tokens served from the prefix cache). Over HTTP, measured by the client instead (``timing:
     "client"``): ``queue_s`` (waiting for a connection slot), ``first_token_s`` (sent → first
     token: the server's queue and prefill), ``decode_s``."""
+    token_ids: list[int] | None = None
+    """The decoded token ids, when the backend has them (hf): what the token breakdown
+    (benchmarks/tokens.py) classifies. Not cached, not logged."""
 
 
 @dataclass
