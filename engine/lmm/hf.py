@@ -87,6 +87,8 @@ class _GuidedSampler:
     def advance(self, input_ids: torch.Tensor) -> None:
         """Accept each live row's newest token (once per step: generate() calls this as its stopping
         criterion after appending a token, and the next logits call finds it done)."""
+        if input_ids is None:  # a direct call with scores only (no tokens to accept)
+            return
         n = input_ids.shape[1]
         if self.seen is None:  # the first logits call: the prompt only
             self.seen = n
