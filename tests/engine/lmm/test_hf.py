@@ -174,8 +174,10 @@ def test_a_structured_row_ends_when_its_grammar_is_complete_without_decoding_the
     structured row one generated token fewer, free-text rows unchanged."""
     from kbridge.engine.lmm import hf
 
-    reqs = [_json(cfg, "a cup of coffee on a table", 2), _free(cfg, "a cat on a mat", 1, 12),
-            _json(cfg, "a red bus in the rain", 4)]
+    k = cfg.knowledge
+    reqs = [Request(P.caption_triples(k, "a cup of coffee on a table"), S.triple_list(k, 2), 2, 200, 0.7, "t2", "test", 1),
+            _free(cfg, "a cat on a mat", 1, 12),
+            Request(P.prompt_one(k, 2, 0, "a red bus", _kn()), S.prompt_text(k), 4, 200, 0.7, "p4", "test", 1)]
     now = backend._generate_batch(reqs)
     monkeypatch.setattr(hf._GuidedSampler, "_only_end", lambda self, i: False)  # the end token decoded, as before
     before = backend._generate_batch(reqs)
@@ -209,3 +211,9 @@ def test_records_on_the_tiny_profile_are_those_decoded_with_the_end_token(engine
             {k: v for k, v in cb.items() if "generated" not in k and "decode" not in k}
         # every LMM sequence of the general domain's fast path is structured: one token fewer each
         assert cb["generated_tokens"] - ca["generated_tokens"] == ca["lmm_calls"] > 0, sid
+
+
+def _kn():
+    from kbridge.engine.types import Knowledge, ObjectInfo, Triple
+
+    return Knowledge([ObjectInfo("bus", 1, ["red"])], "photo", [Triple("bus", "in", "rain")])
