@@ -51,8 +51,9 @@ class Tally:
 
 def char_fields(text: str) -> list[str]:
     """One label per character of a JSON text: the dotted field path of the value it belongs to
-    (array levels add nothing: ``objects.name``), ``"key"`` for the characters of an object key
-    (quotes included), ``""`` for structure (braces, brackets, commas, colons, spaces)."""
+    (array levels add nothing: ``objects.name``; a bare answer's own value: ``value``), ``"key"``
+    for the characters of an object key (quotes included), ``""`` for structure (braces, brackets,
+    commas, colons, spaces)."""
     labels: list[str] = []
     stack: list[list] = []  # [kind, current key, expecting a key]
     in_str = is_key = esc = False
@@ -98,10 +99,11 @@ def char_fields(text: str) -> list[str]:
     return labels
 
 
-def classify(ids: list[int], matcher, vocab: list[bytes], eos: int, bitmask=None) -> Tally:
+def classify(ids: list[int], matcher, vocab: list[bytes], eos: int, bitmask=None, root: str = "answer") -> Tally:
     """Classify one structured answer's generated ids (``matcher``: a fresh xgrammar
     GrammarMatcher of its schema, consumed; ``vocab``: each id's bytes, ``TokenizerInfo.decoded_vocab``).
-    ``bitmask`` (``xgrammar.allocate_token_bitmask(1, len(vocab))``) turns on the ``single`` count."""
+    ``bitmask`` (``xgrammar.allocate_token_bitmask(1, len(vocab))``) turns on the ``single`` count;
+    content fields are named ``root:field``."""
     t = Tally(sequences=1)
     body = b"".join(vocab[i] for i in ids if i != eos).decode("utf-8", errors="replace")
     labels = char_fields(body)
@@ -122,10 +124,10 @@ def classify(ids: list[int], matcher, vocab: list[bytes], eos: int, bitmask=None
         if n == len(piece):
             kind = "keys" if "key" in labels[at:at + len(piece)] else "framing"
             t.kinds[kind] += 1
-        else:
+        else:  # the first character the model chose names the field; a chosen "," or "]" is a list's length
             t.kinds["content"] += 1
-            lab = labels[at + n] if at + n < len(labels) else "value"
-            t.fields[lab or "value"] += 1
+            lab = labels[at + n] if at + n < len(labels) else ""
+            t.fields[f"{root}:{lab or 'list lengths'}"] += 1
         at += len(piece)
         if not matcher.accept_token(tok):
             raise ValueError(f"token {tok} ({piece!r}) is not admitted by the schema at character {at}")
@@ -140,17 +142,18 @@ def _allowed(bitmask, vocab: int) -> int:
     return int(bits[:vocab].sum())
 
 
-def free_text(ids: list[int], eos: int) -> Tally:
+def free_text(ids: list[int], eos: int, root: str = "answer") -> Tally:
     t = Tally(sequences=1)
     t.kinds["end"] += sum(1 for i in ids if i == eos)
     t.kinds["content"] += sum(1 for i in ids if i != eos)
-    t.fields["free text"] += t.kinds["content"]
+    t.fields[f"{root}:free text"] += t.kinds["content"]
     return t
 
 
 def breakdown(seen, tokenizer_info, compile_schema, eos: int, single: bool = True) -> dict[str, Tally]:
     """One Tally per stage (``extract``, ``generate``, ``rank``) from (request, generation) pairs
-    whose generations carry ``token_ids``; ``compile_schema(schema)`` gives the compiled grammar."""
+    whose generations carry ``token_ids``; ``compile_schema(schema)`` gives the compiled grammar.
+    Content fields are named ``stage:field`` (``generate:value``: a bare prompt or caption)."""
     import json
 
     import xgrammar as xgr
@@ -162,9 +165,10 @@ def breakdown(seen, tokenizer_info, compile_schema, eos: int, single: bool = Tru
         if gen.error is not None or gen.token_ids is None:
             continue
         if req.schema is None:
-            t = free_text(gen.token_ids, eos)
+            t = free_text(gen.token_ids, eos, req.stage)
         else:
-            t = classify(gen.token_ids, xgr.GrammarMatcher(compile_schema(json.dumps(req.schema))), vocab, eos, mask)
+            t = classify(gen.token_ids, xgr.GrammarMatcher(compile_schema(json.dumps(req.schema))), vocab, eos, mask,
+                         req.stage)
         t.cut = int(len(gen.token_ids) >= req.max_new_tokens)
         out[req.stage].add(t)
     return dict(out)

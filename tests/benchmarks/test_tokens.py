@@ -32,7 +32,7 @@ def test_classify_counts_content_keys_framing_and_the_end_token():
     ids = [0, 2, 3, 6, 7, 8, 4, 5, 9]
     t = T.classify(ids, xgr.GrammarMatcher(g), [v.encode() for v in vocab], 9, xgr.allocate_token_bitmask(1, len(vocab)))
     assert t.kinds == {"content": 4, "keys": 3, "framing": 1, "end": 1} and t.total == len(ids)
-    assert dict(t.fields) == {"prompt": 4}
+    assert dict(t.fields) == {"answer:prompt": 4}
     # one allowed token: "prompt" after '{"', "}" after the closing quote, and the end token
     assert t.single == 3
     with pytest.raises(ValueError, match="not admitted"):
