@@ -17,7 +17,7 @@ from typing import Any, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = "2026-12-02.1"
+PROMPT_VERSION = "2026-12-06.1"
 """Version of every domain's prompt text (engine/domains/*/prompts.py): part of the response-cache
 key, so bump it whenever any prompt text changes."""
 
@@ -69,13 +69,17 @@ class Generation:
     tokens served from the prefix cache). Over HTTP, measured by the client instead (``timing:
     "client"``): ``queue_s`` (waiting for a connection slot), ``first_token_s`` (sent → first
     token: the server's queue and prefill), ``decode_s``."""
+    token_ids: list[int] | None = None
+    """The decoded token ids, when the backend has them (hf): what the token breakdown
+    (benchmarks/tokens.py) classifies. Not cached, not logged."""
 
 
 @dataclass
 class Response:
     text: str
     parsed: Any
-    """The JSON value for schema requests (None when still invalid after retries), else None."""
+    """The JSON value for schema requests (an object, or the bare array or string some schemas
+    ask for; None when still invalid after retries), else None."""
     prompt_tokens: int
     generated_tokens: int
     cached: bool
@@ -175,8 +179,14 @@ def build_request(cfg, messages: list, schema: dict | None, sample_id: str, stag
 
 
 def parse_json(text: str, schema: dict) -> Any:
-    """Strict JSON parse plus the structural checks the callers rely on."""
+    """Strict JSON parse plus the structural checks the callers rely on: an object with the
+    schema's required keys, or the array or string a bare-answer schema asks for."""
     value = json.loads(text)
+    want = schema.get("type", "object")
+    if want == "array" or want == "string":
+        if not isinstance(value, list if want == "array" else str):
+            raise ValueError(f"answer is not the {want} the schema asks for")
+        return value
     if not isinstance(value, dict) or not set(schema.get("required", [])) <= set(value):
         raise ValueError("answer does not match the schema's required keys")
     return value

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from kbridge.engine.config import LMMConfig
 from kbridge.engine.lmm import Generation, Request
@@ -45,7 +45,11 @@ class _GuidedSampler:
     Everything that meets the logits lives on the logits' device (F1/F2 of the GPU review): the
     bitmask is filled on the CPU (xgrammar's matchers write host memory) and copied over, temps and
     banned ids are moved once, and the Gumbel noise is drawn by one generator per row on that device
-    (seeded by the request, so a row still depends on its own seed only)."""
+    (seeded by the request, so a row still depends on its own seed only).
+
+    A structured row whose answer is complete (its grammar admits nothing but the end token) stops
+    there: ``stop`` is also generate()'s stopping criterion, so the forced end token is never
+    decoded (nor counted: the model is not run for it). The answer's text is the same."""
 
     def __init__(self, matchers, seeds, temps, caps, eos: int, banned: list[int], vocab: int, greedy: bool,
                  on_end=None):
@@ -62,8 +66,12 @@ class _GuidedSampler:
         self.gens: list[torch.Generator] = []
         self.device: torch.device | None = None
         self.done = [False] * len(matchers)
+        self.complete = [False] * len(matchers)
+        """Rows ended by their grammar (no end token decoded)."""
         self.step = 0
+        self.seen: int | None = None  # input length whose last tokens were accepted
         self.on_end = on_end
+        self.stop = _GrammarComplete(self)
 
     def _to(self, device: torch.device) -> None:
         """Move the per-call state to the logits' device, once (the first call sees the device)."""
@@ -76,24 +84,48 @@ class _GuidedSampler:
         gen_dev = device if device.type == "cuda" else torch.device("cpu")
         self.gens = [torch.Generator(gen_dev).manual_seed(s) for s in self.seeds]
 
+    def advance(self, input_ids: torch.Tensor) -> None:
+        """Accept each live row's newest token (once per step: generate() calls this as its stopping
+        criterion after appending a token, and the next logits call finds it done)."""
+        if input_ids is None:  # a direct call with scores only (no tokens to accept)
+            return
+        n = input_ids.shape[1]
+        if self.seen is None:  # the first logits call: the prompt only
+            self.seen = n
+        if n <= self.seen:
+            return
+        self.seen = n
+        last = input_ids[:, -1].tolist()  # one device→host copy per step, not one per row
+        for i, m in enumerate(self.matchers):
+            if self.done[i]:
+                continue
+            tok = int(last[i])
+            if tok == self.eos:
+                self.done[i] = True
+                if self.on_end is not None:
+                    self.on_end(i, input_ids[i])
+            elif m is not None and not m.accept_token(tok):
+                log.warning("grammar rejected token %d in row %d", tok, i)
+                self.done[i] = True
+            elif m is not None and m.is_completed() and self._only_end(i):
+                self.done[i] = self.complete[i] = True
+                if self.on_end is not None:
+                    self.on_end(i, input_ids[i])
+
+    def _only_end(self, i: int) -> bool:
+        """Whether row ``i``'s grammar admits the end token and nothing else (its answer is whole)."""
+        import numpy as np
+
+        self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
+        bits = np.unpackbits(self.bitmask[i].numpy().view(np.uint8), bitorder="little")
+        return int(bits.sum()) == 1 and bool(bits[self.eos])
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         # scores: [B, V] float, on the model's device
         scores = scores.float()
         b, v = scores.shape
         self._to(scores.device)
-        if self.step > 0:
-            last = input_ids[:, -1].tolist()  # one device→host copy per step, not one per row
-            for i, m in enumerate(self.matchers):
-                if self.done[i]:
-                    continue
-                tok = int(last[i])
-                if tok == self.eos:
-                    self.done[i] = True
-                    if self.on_end is not None:
-                        self.on_end(i, input_ids[i])
-                elif m is not None and not m.accept_token(tok):
-                    log.warning("grammar rejected token %d in row %d", tok, i)
-                    self.done[i] = True
+        self.advance(input_ids)
         guided = []
         for i, m in enumerate(self.matchers):
             if self.done[i] or self.step >= self.caps[i] - 1:  # the cap counts the end token
@@ -112,6 +144,18 @@ class _GuidedSampler:
             scores = scores / self.temps - torch.log(-torch.log(u))
         self.step += 1
         return scores
+
+
+class _GrammarComplete(StoppingCriteria):
+    """generate()'s stopping criterion: a row stops the step its grammar completes (after it, the
+    row gets padding, not an end token)."""
+
+    def __init__(self, sampler: _GuidedSampler):
+        self.sampler = sampler
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        self.sampler.advance(input_ids)
+        return torch.tensor(self.sampler.complete, dtype=torch.bool, device=input_ids.device)
 
 
 class _Pending:
@@ -265,15 +309,17 @@ class HFBackend:
         self.batches += 1
         self.batch_rows += len(reqs)
         seq = self.model.generate(input_ids=ids, attention_mask=mask, **extra, generation_config=gen_cfg,
-                                  logits_processor=[sampler])
+                                  logits_processor=[sampler], stopping_criteria=StoppingCriteriaList([sampler.stop]))
         new = seq[:, width:].cpu()
         return [self._answer(new[row].tolist(), m) for row, m in enumerate(prompt_tokens)]
 
     def _answer(self, toks: list[int], prompt_tokens: int) -> Generation:
-        """A row's Generation from its generated ids: up to and including the first end token."""
-        n = toks.index(self.eos) + 1 if self.eos in toks else len(toks)
+        """A row's Generation from its generated ids: up to and including the first end token, or
+        up to the padding that follows an answer its grammar ended (``_GuidedSampler``)."""
+        ends = [toks.index(t) + (t == self.eos) for t in {self.eos, self.pad} if t in toks]
+        n = min(ends) if ends else len(toks)
         return Generation(text=self.tok.decode(toks[:n], skip_special_tokens=True),
-                          prompt_tokens=int(prompt_tokens), generated_tokens=n)
+                          prompt_tokens=int(prompt_tokens), generated_tokens=n, token_ids=toks[:n])
 
 
 def _expand(text: str, token: str, counts) -> str:

@@ -71,7 +71,9 @@ def test_joint_and_parallel_writing_write_the_same_number_of_candidates(cfg, eng
             if r.missing == "text":
                 assert all(c.triples for c in r.candidates)  # extracted from each caption
     # every parallel prompt request names its own candidate and angle, and has its own seed
-    reqs = [q for q in lmm.requests if q.stage == "generate" and q.schema and "prompt" in q.schema["properties"]]
+    from kbridge.engine.domains.general.schemas import prompt_text
+
+    reqs = [q for q in lmm.requests if q.stage == "generate" and q.schema == prompt_text(cfg.knowledge)]
     seeds = {(q.sample_id, q.seed) for q in reqs}
     assert len(seeds) == len(reqs) > 0
     last = {q.messages[-1]["content"][-1]["text"] for q in reqs}

@@ -16,13 +16,16 @@ from kbridge.engine.types import Candidate, Knowledge, ObjectInfo, Sample, Sampl
 
 
 def parse_knowledge(record: dict, triples: list | None = None) -> Knowledge:
+    """The record of a knowledge answer: objects as ``[name, count, [attributes]]`` tuples (fast
+    fidelity, ``schemas.object_item``) or keyed objects (the reference chain) give the same record."""
     objs, seen = [], set()
     for o in record.get("objects", []):
-        name = str(o["name"]).strip()
+        name, count, attrs = o if isinstance(o, (list, tuple)) else (o["name"], o.get("count", 1), o.get("attributes", []))
+        name = str(name).strip()
         if normalize_entity(name) in seen:
             continue
         seen.add(normalize_entity(name))
-        objs.append(ObjectInfo(name, int(o.get("count", 1)), [str(a) for a in o.get("attributes", [])]))
+        objs.append(ObjectInfo(name, int(count), [str(a) for a in attrs]))
     return Knowledge(objs, str(record.get("style", "")), parse_triples(record.get("triples") if triples is None
                                                                        else triples))
 
@@ -79,6 +82,6 @@ async def candidate_triples(client: LMMClient, cfg: PipelineConfig, owners: list
     k = cfg.knowledge
     # generated images, and written captions when [knowledge] caption_triples_from = "extracted"
     reqs = [build_request(cfg, P.candidate_triples(k, c.image) if c.image is not None else P.caption_triples(k, c.text),
-                          S.triples(k), o, "rank", turn + 1, c.id, temperature=temp) for o, c in zip(owners, cands)]
-    return [SampleError(o, f"candidate {c.id} triples: {r.error}") if r.error else parse_triples(r.parsed["triples"])
+                          S.triple_list(k), o, "rank", turn + 1, c.id, temperature=temp) for o, c in zip(owners, cands)]
+    return [SampleError(o, f"candidate {c.id} triples: {r.error}") if r.error else parse_triples(r.parsed)
             for o, c, r in zip(owners, cands, await client.complete(reqs))]

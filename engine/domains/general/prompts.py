@@ -36,8 +36,8 @@ def _what(image) -> str:
 
 def knowledge_fast(k: KnowledgeConfig, text: str | None, image: Image.Image | None) -> list[dict]:
     ask = (f"Read {_what(image)} below and return one JSON record. objects: up to {k.max_objects} salient "
-           f"objects, each with a specific name, how many are present, and up to {k.max_attributes} short "
-           f"attributes. style: the overall visual or writing style in a few words. triples: up to {k.triples} "
+           f"objects, each as [specific name, how many are present, [up to {k.max_attributes} short "
+           f"attributes]]. style: the overall visual or writing style in a few words. triples: up to {k.triples} "
            "distinct (head, relation, tail) facts connecting the objects, their attributes and the scene; "
            "heads and tails are short noun phrases, relations are short verbs or prepositions.")
     return [_sys(), user_message(ask, *_source(text, image))]

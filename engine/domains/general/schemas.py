@@ -24,11 +24,27 @@ def objects(k: KnowledgeConfig) -> dict:
                 "style": text(k.name_chars * 3 // 2)})
 
 
+def object_item(k: KnowledgeConfig) -> dict:
+    """One object as a ``[name, count, [attributes]]`` tuple: the keyed form (``objects``) repeats
+    ``"name": ``, ``"count": `` and ``"attributes": `` in every object, forced characters the model
+    is run for that carry nothing; ``parse_knowledge`` reads both into the same record."""
+    return {"type": "array", "prefixItems": [text(k.name_chars), {"type": "integer", "minimum": 1, "maximum": 99},
+                                             array(text(k.name_chars * 3 // 2), 0, k.max_attributes)],
+            "items": False, "minItems": 3, "maxItems": 3}
+
+
 def knowledge(k: KnowledgeConfig) -> dict:
-    """The whole record in one answer: objects, counts, attributes, style and triples."""
-    o = objects(k)["properties"]
-    return obj({"objects": o["objects"], "style": o["style"],
-                "triples": array(triple(k), _lo(k, k.triples), k.triples)})
+    """The whole record in one answer (fast fidelity): objects as tuples (``object_item``), style
+    and triples. The reference chain keeps the keyed objects of its turn 2 (``objects``)."""
+    return obj({"objects": array(object_item(k), _lo(k, k.max_objects), k.max_objects),
+                "style": text(k.name_chars * 3 // 2), "triples": array(triple(k), _lo(k, k.triples), k.triples)})
+
+
+def triple_list(k: KnowledgeConfig, n: int | None = None) -> dict:
+    """Triples as the answer itself, a bare array (fast fidelity's candidate triples): no
+    ``{"triples": …}`` wrapper in each of the batch's sequences."""
+    n = n or k.triples
+    return array(triple(k), _lo(k, n), n)
 
 
 def prompts(k: KnowledgeConfig, n: int) -> dict:
@@ -48,6 +64,17 @@ def captions(k: KnowledgeConfig, n: int, with_triples: bool = True) -> dict:
     return obj({"captions": array(obj(props), n, n)})
 
 
+def prompt_text(k: KnowledgeConfig) -> dict:
+    """One prompt of parallel writing as the answer itself, a bare JSON string (each of the N
+    sequences would otherwise spend tokens on its own ``{"prompt": …}`` frame)."""
+    return words(*k.prompt_words)
+
+
 def caption(k: KnowledgeConfig, with_triples: bool) -> dict:
-    """One caption (parallel writing): its text, and its facts when the writer reports them."""
-    return captions(k, 1, with_triples)["properties"]["captions"]["items"]
+    """One caption of parallel writing: a bare JSON string, or ``[text, [triples]]`` when the
+    writer reports its facts (``write.caption_item`` reads both into the joint answer's items)."""
+    body = words(*k.caption_words)
+    if not with_triples:
+        return body
+    return {"type": "array", "prefixItems": [body, array(triple(k), _lo(k, k.caption_triples), k.caption_triples)],
+            "items": False, "minItems": 2, "maxItems": 2}

@@ -28,9 +28,9 @@ async def write_prompts(client: LMMClient, cfg: PipelineConfig, samples: list[Sa
         return await _prompt_chain(client, cfg, samples, knowledge, turn)
     if cfg.knowledge.write == "parallel":
         return await fan_out(client, samples, lambda s, i: [
-            build_request(cfg, P.prompt_one(k, n, j, s.text, knowledge[i]), S.prompt(k), s.sample_id, "generate",
-                          turn, j) for j in range(n)],
-            "prompt writing", lambda answers: dedupe([clean_text(a["prompt"]) for a in answers]))
+            build_request(cfg, P.prompt_one(k, n, j, s.text, knowledge[i]), S.prompt_text(k), s.sample_id,
+                          "generate", turn, j) for j in range(n)],
+            "prompt writing", lambda answers: dedupe([clean_text(a) for a in answers]))
     reqs = [build_request(cfg, P.prompts_fast(k, n, s.text, kn), S.prompts(k, n), s.sample_id, "generate", turn)
             for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "prompt writing",
@@ -80,7 +80,8 @@ async def write_captions(client: LMMClient, cfg: PipelineConfig, samples: list[S
         one = S.caption(k, with_triples)
         return await fan_out(client, samples, lambda s, i: [
             build_request(cfg, P.caption_one(k, n, j, s.image, knowledge[i], with_triples), one, s.sample_id,
-                          "generate", turn, j) for j in range(n)], "caption writing", text_candidates)
+                          "generate", turn, j) for j in range(n)], "caption writing",
+            lambda answers: text_candidates([caption_item(a) for a in answers]))
     reqs = [build_request(cfg, P.captions_fast(k, n, s.image, kn, with_triples), S.captions(k, n, with_triples), s.sample_id,
                  "generate", turn) for s, kn in zip(samples, knowledge)]
     return await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
@@ -99,3 +100,11 @@ async def _caption_chain(client, cfg, samples, knowledge, turn) -> list[list[Can
     out = await per_sample(client, samples, reqs, "caption writing", lambda a: text_candidates(a["captions"]))
     return [SampleError(s.sample_id, f"image description turn: {d.error}") if d.error else o
             for s, d, o in zip(samples, described, out)]
+
+
+def caption_item(answer) -> dict:
+    """A parallel caption answer (a bare string, or ``[text, [triples]]``, ``schemas.caption``) as
+    the joint answer's item ``{"text", "triples"}``."""
+    if isinstance(answer, str):
+        return {"text": answer}
+    return {"text": answer[0], "triples": answer[1]}

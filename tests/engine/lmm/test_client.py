@@ -42,7 +42,8 @@ def test_structured_answers_are_always_valid(cfg, backend, image):
     for r in out[:9]:
         rec = r.parsed
         assert 1 <= len(rec["objects"]) <= k.max_objects and 1 <= len(rec["triples"]) <= k.triples
-        assert all(1 <= o["count"] <= 99 and len(o["attributes"]) <= k.max_attributes for o in rec["objects"])
+        # objects are [name, count, [attributes]] tuples
+        assert all(len(o) == 3 and o[0] and 1 <= o[1] <= 99 and len(o[2]) <= k.max_attributes for o in rec["objects"])
         assert all(len(t) == 3 and all(isinstance(x, str) and x for x in t) for t in rec["triples"])  # tuples
     prompts = out[-1].parsed["prompts"]
     lo, hi = k.prompt_words

@@ -2,6 +2,7 @@
 its guided sampler keeps every tensor on the logits' device (xgrammar faked at its boundary) and
 draws each row's noise from that row's own generator."""
 import asyncio
+import json
 import sys
 
 import pytest
@@ -166,3 +167,53 @@ def test_guided_sampler_cpu_noise_is_each_rows_own_whatever_the_batch(monkeypatc
     torch.testing.assert_close(both[1:], alone, rtol=0, atol=0)
     u = torch.rand(40, generator=torch.Generator().manual_seed(1)).clamp_(1e-20, 1.0)
     torch.testing.assert_close(both[0], scores[0] / 0.7 - torch.log(-torch.log(u)), rtol=1e-6, atol=1e-6)
+
+
+def test_a_structured_row_ends_when_its_grammar_is_complete_without_decoding_the_end_token(cfg, backend, monkeypatch):
+    """The end token a complete answer's grammar forces is not decoded: the same texts, each
+    structured row one generated token fewer, free-text rows unchanged."""
+    from kbridge.engine.lmm import hf
+
+    k = cfg.knowledge
+    reqs = [Request(P.caption_triples(k, "a cup of coffee on a table"), S.triple_list(k, 2), 2, 200, 0.7, "t2", "test", 1),
+            _free(cfg, "a cat on a mat", 1, 12),
+            Request(P.prompt_one(k, 2, 0, "a red bus", _kn()), S.prompt_text(k), 4, 200, 0.7, "p4", "test", 1)]
+    now = backend._generate_batch(reqs)
+    monkeypatch.setattr(hf._GuidedSampler, "_only_end", lambda self, i: False)  # the end token decoded, as before
+    before = backend._generate_batch(reqs)
+    assert [g.text for g in now] == [g.text for g in before]
+    for r, a, b in zip(reqs, now, before):
+        if r.schema is None:
+            assert a.token_ids == b.token_ids and a.generated_tokens == b.generated_tokens
+        else:
+            json.loads(a.text)
+            assert b.token_ids[-1] == backend.eos and a.token_ids == b.token_ids[:-1]
+            assert a.generated_tokens == b.generated_tokens - 1 == len(a.token_ids)
+
+
+def test_records_on_the_tiny_profile_are_those_decoded_with_the_end_token(engine, tmp_path, monkeypatch):
+    """The records of a tiny run are identical to a run that decodes each structured answer's end
+    token (the behaviour before); only the counted generated tokens differ, by one per structured
+    sequence."""
+    from kbridge.engine.lmm import hf
+    from tests.helpers.promise import rows
+
+    engine.run(out=tmp_path / "now", limit=4)
+    monkeypatch.setattr(hf._GuidedSampler, "_only_end", lambda self, i: False)
+    engine.run(out=tmp_path / "before", limit=4)
+    a, b = rows(tmp_path / "now"), rows(tmp_path / "before")
+    assert set(a) == set(b) and len(a) == 4
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("timings", "lmm_engine", "counts")}  # noqa: E731
+    for sid in a:
+        assert strip(a[sid]) == strip(b[sid]), sid
+        ca, cb = a[sid]["counts"], b[sid]["counts"]
+        assert {k: v for k, v in ca.items() if "generated" not in k and "decode" not in k} == \
+            {k: v for k, v in cb.items() if "generated" not in k and "decode" not in k}
+        # every LMM sequence of the general domain's fast path is structured: one token fewer each
+        assert cb["generated_tokens"] - ca["generated_tokens"] == ca["lmm_calls"] > 0, sid
+
+
+def _kn():
+    from kbridge.engine.types import Knowledge, ObjectInfo, Triple
+
+    return Knowledge([ObjectInfo("bus", 1, ["red"])], "photo", [Triple("bus", "in", "rain")])
