@@ -75,5 +75,5 @@ def run(profile: str = "tiny", samples: int = 8, repeats: int = 3) -> dict:
                             "overhead_pct: median wall time with --trace over without, same process, same samples, "
                             "alternating order; on a shared machine a swing of a few percent either way is noise — "
                             "the counted figures (events, bytes per sample) are exact",
-                            "the trace holds counters every 0.25 s as well, so bytes per sample fall as runs get "
+                            "the trace holds counters every second as well, so bytes per sample fall as runs get "
                             "longer per sample; --trace-every N thins the per-sample spans for 50k-sample runs"]})

@@ -51,8 +51,10 @@ class TraceOptions:
     sample_every: int = 1
     """Per-sample and LMM-request spans for every N-th sample only (device spans and counters are
     always written): 1 by default; for 50k-sample runs see the README's profiling section."""
-    counters_s: float = 0.25
-    """Interval of the counter samples (queue depths, rows in flight, memory)."""
+    counters_s: float = 1.0
+    """Interval of the counter samples (queue depths, rows in flight, memory). Each sample wakes the
+    executor's loop; on a CPU whose cores the dense stages' threads keep busy, every wake-up
+    preempts one of them, so the interval is a second, not finer."""
     flush_s: float = 1.0
     flush_events: int = 512
     kernels: tuple[int, int] | None = None
