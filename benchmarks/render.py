@@ -7,7 +7,7 @@ C B A …) after one untimed warm-up call each (exports, compilation, kernel sel
 machine's load recorded per repetition. Rows:
 
 - exact variants (float32, the same arithmetic up to summation order): the UNet micro-batch size
-  (``generation.batch_size``), channels-last, the torch thread count, torch.compile (inductor),
+  (``generation.batch_size``), render lanes (``generation.split``), channels-last, the torch thread count, torch.compile (inductor),
   onnxruntime. They change the images only by float rounding; the table gives the largest pixel
   difference to the reference row (the profile's settings) against the cross-setting rule (2 grey
   levels, tests/promise.py).
@@ -41,6 +41,7 @@ def variants(cfg: PipelineConfig, compile: bool = True) -> list[tuple[str, dict,
     b = cfg.generation.batch_size
     out = [(f"profile settings (batch {b})", {}, True)]
     out += [(f"batch {n}", {"generation": {"batch_size": n}}, True) for n in (1, 2, 7) if n != b]
+    out += [("split 2 (two 1-thread lanes)", {"generation": {"split": 2}}, True)] if cfg.generation.split == 1 else []
     out += [("channels-last", {"generation": {"channels_last": True}}, True),
             ("1 torch thread", {"run": {"threads": 1}}, True),
             ("onnxruntime", {"runtime": {"backend": "onnx"}}, True)]

@@ -76,7 +76,9 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
         ladder: bool = typer.Option(False, "--ladder",
                                     help="One cumulative row per rung: baseline, fast, +parallel, +render batch 2, ..."),
         allow_loaded: bool = typer.Option(False, "--allow-loaded",
-                                          help="Compute ratios even from rows measured on a loaded machine.")):
+                                          help="Compute ratios even from rows measured on a loaded machine."),
+        precision: bool = typer.Option(True, "--precision/--no-precision",
+                                       help="--ladder: also the baseline and the last exact rung in bfloat16.")):
     """Reference execution pattern vs kbridge, end to end, on the same samples in one process."""
     from kbridge.benchmarks import e2e as q
     from kbridge.benchmarks import ladder as lad
@@ -84,7 +86,7 @@ def e2e(profile: str = typer.Option("small", "--profile", "-p", help="Profile fo
 
     quiet_libraries()
     if ladder:
-        _finish(lad.run(profile, samples, quick, threads, repeats, allow_loaded), json_path, save)
+        _finish(lad.run(profile, samples, quick, threads, repeats, allow_loaded, precision), json_path, save)
         return
     from kbridge.cli.common import fail
     from kbridge.engine.config import ConfigError

@@ -186,6 +186,11 @@ class GenerationConfig:
     """Off: the base runs the whole schedule (the reference then stops at 80% and returns noise)."""
     batch_size: int = 8
     """Images per diffusion forward, across candidates and samples."""
+    split: int = 1
+    """CPU only: render this many micro-batches at once, each on a thread of its own with
+    1/split of the torch threads (the same modules, a scheduler each). On a 2-core CPU two 1-thread
+    UNets beat one 2-thread UNet (`kbridge bench render`); images follow the cross-setting rule.
+    Ignored on GPUs."""
     device: str = "cpu"
     """Torch device of the single render worker when ``devices`` is empty."""
     devices: tuple[str, ...] = ()
@@ -421,6 +426,7 @@ class PipelineConfig:
         for sec in ("generation", "medical"):  # how work is placed and batched, not what it computes
             d[sec].pop("batch_size")
             d[sec].pop("devices")
+        d["generation"].pop("split")
         if d["run"]["domain"] == "general":  # general runs keep the hashes they had before the medical domain
             d.pop("medical")
             d["run"].pop("domain")
@@ -505,6 +511,8 @@ def validate(cfg: PipelineConfig) -> None:
                           "run.batch_wait_ms >= 0")
     if cfg.generation.refine_top < 0:
         raise ConfigError("generation.refine_top must be >= 0 (0: refine all)")
+    if not 1 <= g.split <= 16:
+        raise ConfigError("generation.split must be between 1 and 16")
     m = cfg.medical
     if m.steps < 1 or not 0.0 <= m.eta <= 1.0 or m.few_shot_count < 0 or not 1 <= m.report_words[0] <= m.report_words[1]:
         raise ConfigError("medical: steps >= 1, eta in [0, 1], few_shot_count >= 0, report_words (min, max)")

@@ -7,7 +7,10 @@ base at 80% regardless and returns half-denoised images).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import dataclasses
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,30 +103,69 @@ class SDXLGenerator:
         if swap is not None:
             swap(self.base, self.refiner)
         self.counters = DiffusionCounters()
+        self._lock = threading.Lock()
+        self.lanes = max(1, cfg.split) if torch.device(cfg.device).type == "cpu" else 1
+        self._replicas = [(self.base, self.refiner)] + [(_replica(self.base), _replica(self.refiner))
+                                                         for _ in range(self.lanes - 1)]
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.lanes, thread_name_prefix="kbridge-render-lane") \
+            if self.lanes > 1 else None
         for pipe in (self.base, self.refiner):
             if pipe is not None:
                 pipe.unet.register_forward_pre_hook(self._count_unet, with_kwargs=True)
 
     def _count_unet(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
-        self.counters.unet_evals += int(sample.shape[0])
+        with self._lock:  # split lanes count from their own threads
+            self.counters.unet_evals += int(sample.shape[0])
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         dev = torch.device(self.cfg.device)
         return [torch.Generator(dev.type if dev.type != "cuda" else dev).manual_seed(int(s) % (2**63)) for s in seeds]
 
-    def _batches(self, n: int):
+    def _batches(self, n: int, start: int = 0):
         b = max(1, self.cfg.batch_size)
-        return [slice(i, min(n, i + b)) for i in range(0, n, b)]
+        return [slice(i, min(start + n, i + b)) for i in range(start, start + n, b)]
+
+    def _map(self, fn, n: int) -> list:
+        """``fn(base, refiner, sl)`` over micro-batch slices of ``n`` images, the results in order.
+        With ``split`` lanes (CPU) each lane renders ``n // split`` images on its own thread with
+        1/split of the torch threads, then the remainder runs here on all of them (7 candidates on
+        2 lanes: 3 + 3, then 1 on both cores, not 4 on one lane while the other idles)."""
+        k = min(self.lanes, n)
+        if k <= 1:
+            return [fn(self.base, self.refiner, sl) for sl in self._batches(n)]
+        q = n // k
+        total = torch.get_num_threads()
+        each = max(1, total // k)
+        ready = threading.Barrier(k + 1)
+
+        def lane(w: int) -> list:
+            # torch's thread count is per thread once a thread has set it (the lazy first-use setup
+            # done first, or it would overwrite it), but setting it also changes the process default
+            # that threads started later begin with: the caller puts that back once every lane is set
+            torch.get_num_threads()
+            torch.set_num_threads(each)
+            ready.wait()
+            base, refiner = self._replicas[w]
+            with torch.inference_mode():
+                return [fn(base, refiner, sl) for sl in self._batches(q, w * q)]
+
+        futs = [self._pool.submit(lane, w) for w in range(k)]
+        ready.wait()
+        torch.set_num_threads(total)
+        concurrent.futures.wait(futs)  # every lane ends before an error is raised
+        out = [r for f in futs for r in f.result()]
+        return out + [fn(self.base, self.refiner, sl) for sl in self._batches(n - k * q, k * q)]
 
     @torch.inference_mode()
     def base_latents(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         """The base's part of the schedule for every (prompt, seed): latents [N, 4, H/8, W/8] at
         the hand-over to the refiner, as the refiner takes them."""
         c = self.cfg
-        out = [self.base(prompt=prompts[sl], height=c.height, width=c.width, denoising_end=c.high_noise_frac,
-                         generator=self._generators(seeds[sl]), output_type="latent", num_inference_steps=c.steps,
-                         guidance_scale=c.guidance).images for sl in self._batches(len(prompts))]
+        out = self._map(lambda base, _, sl: base(
+            prompt=prompts[sl], height=c.height, width=c.width, denoising_end=c.high_noise_frac,
+            generator=self._generators(seeds[sl]), output_type="latent", num_inference_steps=c.steps,
+            guidance_scale=c.guidance).images, len(prompts))
         return torch.cat(out) if out else torch.empty(0)
 
     @torch.inference_mode()
@@ -131,11 +173,10 @@ class SDXLGenerator:
         """The refiner's part and the full VAE decode, for latents from ``base_latents`` (the same
         seeds: the refiner's noise is drawn from the same per-image generators as in ``render``)."""
         c = self.cfg
-        out: list[Image.Image] = []
-        for sl in self._batches(len(prompts)):
-            out += self.refiner(prompt=prompts[sl], image=latents[sl], denoising_start=c.high_noise_frac,
-                                generator=self._generators(seeds[sl]), output_type="pil", num_inference_steps=c.steps,
-                                guidance_scale=c.guidance).images
+        out = [im for part in self._map(lambda _, refiner, sl: refiner(
+            prompt=prompts[sl], image=latents[sl], denoising_start=c.high_noise_frac,
+            generator=self._generators(seeds[sl]), output_type="pil", num_inference_steps=c.steps,
+            guidance_scale=c.guidance).images, len(prompts)) for im in part]
         self.counters.vae_decodes += len(out)
         self.counters.images += len(out)
         return out
@@ -162,28 +203,38 @@ class SDXLGenerator:
     @torch.inference_mode()
     def render(self, prompts: list[str], seeds: list[int], steps: int | None = None,
                stop=None) -> list[Image.Image]:
-        """One image per (prompt, seed), in order, in batches of ``cfg.batch_size``; ``steps``
-        overrides ``cfg.steps`` for this call. ``stop()`` is asked after every denoising step
-        (diffusers' step-end callback): when true the call raises ``Interrupted`` there."""
+        """One image per (prompt, seed), in order, in batches of ``cfg.batch_size`` (on ``split``
+        lanes, ``_map``); ``steps`` overrides ``cfg.steps`` for this call. ``stop()`` is asked after
+        every denoising step (diffusers' step-end callback): when true the call raises ``Interrupted``."""
         c = self.cfg if steps is None else replace(self.cfg, steps=steps)
-        out: list[Image.Image] = []
-        for i in range(0, len(prompts), max(1, c.batch_size)):
-            p, s = prompts[i:i + c.batch_size], seeds[i:i + c.batch_size]
-            common = dict(num_inference_steps=c.steps, guidance_scale=c.guidance)
-            if stop is not None:
-                common["callback_on_step_end"] = _stopper(stop)
-            if self.refiner is not None and c.high_noise_frac < 1.0:
-                lat = self.base(prompt=p, height=c.height, width=c.width, denoising_end=c.high_noise_frac,
-                                generator=self._generators(s), output_type="latent", **common).images
-                imgs = self.refiner(prompt=p, image=lat, denoising_start=c.high_noise_frac,
-                                    generator=self._generators(s), output_type="pil", **common).images
-            else:
-                imgs = self.base(prompt=p, height=c.height, width=c.width, generator=self._generators(s),
-                                 output_type="pil", **common).images
-            self.counters.vae_decodes += len(imgs)
-            self.counters.images += len(imgs)
-            out.extend(imgs)
+        common = dict(num_inference_steps=c.steps, guidance_scale=c.guidance)
+        if stop is not None:
+            common["callback_on_step_end"] = _stopper(stop)
+
+        def one(base, refiner, sl) -> list[Image.Image]:
+            p, gens = prompts[sl], (lambda: self._generators(seeds[sl]))
+            if refiner is not None and c.high_noise_frac < 1.0:
+                lat = base(prompt=p, height=c.height, width=c.width, denoising_end=c.high_noise_frac,
+                           generator=gens(), output_type="latent", **common).images
+                return refiner(prompt=p, image=lat, denoising_start=c.high_noise_frac, generator=gens(),
+                               output_type="pil", **common).images
+            return base(prompt=p, height=c.height, width=c.width, generator=gens(), output_type="pil", **common).images
+
+        out = [im for part in self._map(one, len(prompts)) for im in part]
+        with self._lock:
+            self.counters.vae_decodes += len(out)
+            self.counters.images += len(out)
         return out
+
+
+def _replica(pipe):
+    """``pipe`` with its own scheduler (which holds the denoising loop's step state) and per-call
+    attributes, sharing every module (the weights are read-only at inference)."""
+    if pipe is None:
+        return None
+    twin = copy.copy(pipe)  # a new __dict__: diffusers sets _guidance_scale etc. per call on the instance
+    object.__setattr__(twin, "scheduler", copy.deepcopy(pipe.scheduler))
+    return twin
 
 
 class Interrupted(KbridgeError):

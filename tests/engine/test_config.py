@@ -48,6 +48,9 @@ def test_result_hash_ignores_throughput_knobs_but_not_results():
     base = build_config("tiny")
     assert base.result_hash() == build_config("tiny", overrides={"run": {"batch_size": 9}}).result_hash()
     assert base.result_hash() == build_config("tiny", overrides={"lmm": {"max_batch": 2}}).result_hash()
+    assert base.result_hash() == build_config("tiny", overrides={"generation": {"split": 2}}).result_hash()
+    with pytest.raises(ConfigError, match="generation.split"):
+        build_config("tiny", overrides={"generation": {"split": 0}})
     assert base.result_hash() != build_config("tiny", overrides={"run": {"seed": 1}}).result_hash()
     assert base.result_hash() != build_config("tiny", overrides={"generation": {"candidates": 2}}).result_hash()
 

@@ -75,3 +75,67 @@ def test_memory_and_speed_options_render_the_same_images(cfg):
     got = gen.render(["a red cup", "a dog"], [5, 6])
     for a, b in zip(ref, got):  # the same images within float noise (fused matmuls, another layout)
         assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 3
+
+
+def test_split_lanes_render_the_same_images_in_order_and_count_them(cfg, gen):
+    """``generation.split = 2``: 5 candidates as 2 + 2 on two 1-thread lanes, then 1 on both threads;
+    each image is its seed's (in order, within the cross-setting rule), every UNet evaluation and
+    decode is counted once, the caller's thread count comes back, and the base-latents / refine
+    path of ``refine_top`` splits the same way."""
+    import dataclasses
+
+    import torch
+
+    from kbridge.engine import zoo
+    from kbridge.engine.generate.sdxl import SDXLGenerator
+
+    prompts, seeds = ["a cat", "a dog on grass", "a rocket", "a red cup", "a clock"], [1, 2, 3, 4, 5]
+    split = SDXLGenerator(zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg),
+                          dataclasses.replace(cfg.generation, split=2, batch_size=1))
+    assert split.lanes == 2 and split._replicas[1][0].unet is split.base.unet
+    assert split._replicas[1][0].scheduler is not split.base.scheduler
+    threads = torch.get_num_threads()
+    u0, v0 = gen.counters.unet_evals, gen.counters.vae_decodes
+    ref = gen.render(prompts, seeds)
+    got = split.render(prompts, seeds)
+    assert torch.get_num_threads() == threads
+    fresh = []  # a thread started now begins with the process default, not a lane's 1 thread
+    t = __import__("threading").Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert fresh == [threads]
+    for a, b in zip(ref, got):
+        assert np.abs(_a(a) - _a(b)).max() <= 2
+    assert (split.counters.unet_evals, split.counters.vae_decodes) == (gen.counters.unet_evals - u0,
+                                                                       gen.counters.vae_decodes - v0)
+    # the lanes' share: 2 images each, the fifth on the caller's thread
+    seen = []
+    orig = split._map.__func__
+
+    def spy(self, fn, n):
+        def tagged(base, refiner, sl):
+            seen.append((base is self.base, sl.start, sl.stop))
+            return fn(base, refiner, sl)
+        return orig(self, tagged, n)
+
+    split._map = spy.__get__(split)
+    lat = split.base_latents(prompts, seeds)
+    assert sorted(seen) == [(False, 2, 3), (False, 3, 4), (True, 0, 1), (True, 1, 2), (True, 4, 5)]
+    assert torch.equal(lat[4], gen.base_latents(prompts[4:], seeds[4:])[0])  # the remainder: the same call
+    imgs = split.refine(lat[:3], prompts[:3], seeds[:3])
+    for a, b in zip(ref, imgs):
+        assert np.abs(_a(a) - _a(b)).max() <= 2
+
+
+def test_a_split_render_stops_in_every_lane(cfg):
+    import dataclasses
+
+    from kbridge.engine import zoo
+    from kbridge.engine.generate.sdxl import Interrupted, SDXLGenerator
+
+    split = SDXLGenerator(zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg),
+                          dataclasses.replace(cfg.generation, split=2, batch_size=1))
+    asked = []
+    with pytest.raises(Interrupted):
+        split.render(["a", "b", "c", "d"], [1, 2, 3, 4], stop=lambda: asked.append(1) or True)
+    assert len(asked) == 2  # each lane stopped after its first denoising step; nothing ran after
