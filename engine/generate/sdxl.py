@@ -104,7 +104,9 @@ class SDXLGenerator:
             swap(self.base, self.refiner)
         self.counters = DiffusionCounters()
         self._lock = threading.Lock()
-        self.lanes = max(1, cfg.split) if torch.device(cfg.device).type == "cpu" else 1
+        # lanes on a CPU only, and not with float16 weights: a float16 SDXL VAE is cast to float32
+        # and back around each decode (force_upcast), a change of a module the lanes share
+        self.lanes = max(1, cfg.split) if torch.device(cfg.device).type == "cpu" and dtype != torch.float16 else 1
         self._replicas = [(self.base, self.refiner)] + [(_replica(self.base), _replica(self.refiner))
                                                          for _ in range(self.lanes - 1)]
         self._pool = concurrent.futures.ThreadPoolExecutor(self.lanes, thread_name_prefix="kbridge-render-lane") \
@@ -228,12 +230,16 @@ class SDXLGenerator:
 
 
 def _replica(pipe):
-    """``pipe`` with its own scheduler (which holds the denoising loop's step state) and per-call
-    attributes, sharing every module (the weights are read-only at inference)."""
+    """``pipe`` with its own scheduler (which holds the denoising loop's step state), tokenizers
+    (a Rust-backed tokenizer sets its truncation on the shared backend for each call: two threads
+    sharing one can each undo the other's and pass an untruncated prompt to the 77-position text
+    encoder) and per-call attributes, sharing every module (the weights are read-only)."""
     if pipe is None:
         return None
     twin = copy.copy(pipe)  # a new __dict__: diffusers sets _guidance_scale etc. per call on the instance
-    object.__setattr__(twin, "scheduler", copy.deepcopy(pipe.scheduler))
+    for name in ("scheduler", "tokenizer", "tokenizer_2"):
+        if getattr(pipe, name, None) is not None:
+            object.__setattr__(twin, name, copy.deepcopy(getattr(pipe, name)))
     return twin
 
 

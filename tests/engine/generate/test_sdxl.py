@@ -93,7 +93,9 @@ def test_split_lanes_render_the_same_images_in_order_and_count_them(cfg, gen):
     split = SDXLGenerator(zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg),
                           dataclasses.replace(cfg.generation, split=2, batch_size=1))
     assert split.lanes == 2 and split._replicas[1][0].unet is split.base.unet
-    assert split._replicas[1][0].scheduler is not split.base.scheduler
+    for name in ("scheduler", "tokenizer", "tokenizer_2"):  # per-call state: one per lane
+        assert getattr(split._replicas[1][0], name) is not getattr(split.base, name)
+    assert split._replicas[1][1].tokenizer_2 is not split.refiner.tokenizer_2
     threads = torch.get_num_threads()
     u0, v0 = gen.counters.unet_evals, gen.counters.vae_decodes
     ref = gen.render(prompts, seeds)
@@ -125,6 +127,37 @@ def test_split_lanes_render_the_same_images_in_order_and_count_them(cfg, gen):
     imgs = split.refine(lat[:3], prompts[:3], seeds[:3])
     for a, b in zip(ref, imgs):
         assert np.abs(_a(a) - _a(b)).max() <= 2
+
+
+def test_split_lanes_encode_long_prompts_at_once_each_with_its_own_tokenizer(cfg):
+    """Two lanes encoding prompts far over the text encoders' 77 positions at the same time, many
+    times: never an error (a tokenizer shared by the lanes lets one lane's untruncated length
+    check switch truncation off under the other's call: "Sequence length must be less than
+    max_position_embeddings")."""
+    import dataclasses
+    import threading
+
+    from kbridge.engine import zoo
+    from kbridge.engine.generate.sdxl import SDXLGenerator
+
+    split = SDXLGenerator(zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg),
+                          dataclasses.replace(cfg.generation, split=2))
+    long = " ".join(["a red cup on a wooden table beside a small clock"] * 30)
+    errors = []
+
+    def encode(pipe):
+        try:
+            for _ in range(150):
+                pipe.encode_prompt(prompt=long, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+        except Exception as e:  # noqa: BLE001 — collected and asserted on
+            errors.append(repr(e))
+
+    lanes = [threading.Thread(target=encode, args=(p,)) for p in (split._replicas[0][0], split._replicas[1][0])]
+    for t in lanes:
+        t.start()
+    for t in lanes:
+        t.join()
+    assert errors == []
 
 
 def test_a_split_render_stops_in_every_lane(cfg):
