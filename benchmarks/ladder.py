@@ -28,8 +28,8 @@ from kbridge.benchmarks.harness import LOAD_KEY, loaded, stamp
 from kbridge.engine.config import build_config
 
 RUNGS: tuple[tuple[str, dict, bool], ...] = (
-    ("fast", {"knowledge": {"write": "joint", "caption_triples_from": "extracted"}, "generation": {"batch_size": 7}},
-     False),
+    ("fast", {"knowledge": {"write": "joint", "caption_triples_from": "extracted"},
+              "generation": {"batch_size": 7, "split": 1}}, False),
     ("+parallel", {"knowledge": {"write": "parallel"}}, False),
     ("+render batch 2", {"generation": {"batch_size": 2}}, False),
     ("+render split 2", {"generation": {"split": 2}}, False),

@@ -37,8 +37,9 @@ PROFILES: dict[str, Profile] = {
     "small": Profile(dict(models=dict(lmm="small", lmm_vllm_cpu="small", sdxl_base="small", sdxl_refiner="small",
                                       clip="small"),
                           # UNet micro-batch 2: the fastest exact setting of `kbridge bench render` on a
-                          # quiet 2-core CPU (1.15x per candidate over 7; BENCHMARKS.md, render section)
-                          generation=dict(height=128, width=128, steps=16, batch_size=2),
+                          # quiet 2-core CPU (1.15x per candidate over 7; BENCHMARKS.md, render section);
+                          # two render lanes of one thread each (the ladder's +render split 2 rung)
+                          generation=dict(height=128, width=128, steps=16, batch_size=2, split=2),
                           knowledge=dict(exact=True, name_chars=24), run=dict(batch_size=2))),
     "h100": Profile(dict(lmm=_GPU_LMM, generation=dict(_REFERENCE_SDXL, device="cuda:0", batch_size=7),
                          rank=dict(device="cuda:0"), medical=dict(device="cuda:0", dtype="float16"),

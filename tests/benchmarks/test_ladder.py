@@ -34,7 +34,7 @@ def test_ladder_rungs_are_cumulative_and_valid():
     names = [n for n, _, _ in rungs]
     assert names[:4] == ["fast", "+parallel", "+render batch 2", "+render split 2"]
     by = dict((n, o) for n, o, _ in rungs)
-    assert by["fast"]["generation"]["batch_size"] == 7
+    assert by["fast"]["generation"] == {"batch_size": 7, "split": 1}  # whatever the profile's defaults
     assert by["+render batch 2"]["knowledge"]["write"] == "parallel" and by["+render batch 2"]["generation"]["batch_size"] == 2
     assert by["+render split 2"]["generation"] == {"batch_size": 2, "split": 2}
     assert [c for _, _, c in rungs][:4] == [False] * 4 and rungs[-1][2]
