@@ -38,12 +38,13 @@ GREY_LEVELS = 2
 
 def variants(cfg: PipelineConfig, compile: bool = True) -> list[tuple[str, dict, bool]]:
     """(name, overrides over the profile, exact). The first is the reference: the profile itself."""
-    b = cfg.generation.batch_size
-    out = [(f"profile settings (batch {b})", {}, True)]
+    b, lanes = cfg.generation.batch_size, cfg.generation.split
+    out = [(f"profile settings (batch {b}{f', split {lanes}' if lanes > 1 else ''})", {}, True)]
     out += [(f"batch {n}", {"generation": {"batch_size": n}}, True) for n in (1, 2, 7) if n != b]
-    out += [("split 2 (two 1-thread lanes)", {"generation": {"split": 2}}, True)] if cfg.generation.split == 1 else []
+    out += [("split 2 (two 1-thread lanes)", {"generation": {"split": 2}}, True)] if lanes == 1 else \
+        [("split 1 (one lane)", {"generation": {"split": 1}}, True)]
     out += [("channels-last", {"generation": {"channels_last": True}}, True),
-            ("1 torch thread", {"run": {"threads": 1}}, True),
+            ("1 torch thread", {"run": {"threads": 1}, "generation": {"split": 1}}, True),
             ("onnxruntime", {"runtime": {"backend": "onnx"}}, True)]
     if compile:
         out.append(("torch.compile (inductor)", {"runtime": {"backend": "compile"}}, True))

@@ -187,10 +187,11 @@ class GenerationConfig:
     batch_size: int = 8
     """Images per diffusion forward, across candidates and samples."""
     split: int = 1
-    """CPU only: render this many micro-batches at once, each on a thread of its own with
-    1/split of the torch threads (the same modules, a scheduler each). On a 2-core CPU two 1-thread
-    UNets beat one 2-thread UNet (`kbridge bench render`); images follow the cross-setting rule.
-    Ignored on GPUs."""
+    """CPU and the torch runtime only: render this many micro-batches at once, each on a thread
+    of its own with 1/split of the torch threads (the same modules; a scheduler and tokenizers
+    each). On a 2-core CPU two 1-thread UNets do more per second than one 2-thread UNet (`kbridge
+    bench render`); images follow the cross-setting rule. Ignored on GPUs, with float16 weights
+    and with runtime.backend other than torch."""
     device: str = "cpu"
     """Torch device of the single render worker when ``devices`` is empty."""
     devices: tuple[str, ...] = ()

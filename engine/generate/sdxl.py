@@ -104,9 +104,11 @@ class SDXLGenerator:
             swap(self.base, self.refiner)
         self.counters = DiffusionCounters()
         self._lock = threading.Lock()
-        # lanes on a CPU only, and not with float16 weights: a float16 SDXL VAE is cast to float32
-        # and back around each decode (force_upcast), a change of a module the lanes share
-        self.lanes = max(1, cfg.split) if torch.device(cfg.device).type == "cpu" and dtype != torch.float16 else 1
+        # lanes on a CPU under torch only: not with float16 weights (a float16 SDXL VAE is cast to
+        # float32 and back around each decode, force_upcast: a change of a module the lanes share),
+        # nor with runners (onnxruntime / compiled graphs keep threads and state of their own)
+        cpu = torch.device(cfg.device).type == "cpu"
+        self.lanes = max(1, cfg.split) if cpu and dtype != torch.float16 and swap is None else 1
         self._replicas = [(self.base, self.refiner)] + [(_replica(self.base), _replica(self.refiner))
                                                          for _ in range(self.lanes - 1)]
         self._pool = concurrent.futures.ThreadPoolExecutor(self.lanes, thread_name_prefix="kbridge-render-lane") \
@@ -145,9 +147,11 @@ class SDXLGenerator:
             # torch's thread count is per thread once a thread has set it (the lazy first-use setup
             # done first, or it would overwrite it), but setting it also changes the process default
             # that threads started later begin with: the caller puts that back once every lane is set
-            torch.get_num_threads()
-            torch.set_num_threads(each)
-            ready.wait()
+            try:
+                torch.get_num_threads()
+                torch.set_num_threads(each)
+            finally:  # the caller waits for every lane here
+                ready.wait()
             base, refiner = self._replicas[w]
             with torch.inference_mode():
                 return [fn(base, refiner, sl) for sl in self._batches(q, w * q)]

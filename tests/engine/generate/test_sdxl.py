@@ -96,6 +96,9 @@ def test_split_lanes_render_the_same_images_in_order_and_count_them(cfg, gen):
     for name in ("scheduler", "tokenizer", "tokenizer_2"):  # per-call state: one per lane
         assert getattr(split._replicas[1][0], name) is not getattr(split.base, name)
     assert split._replicas[1][1].tokenizer_2 is not split.refiner.tokenizer_2
+    # no lanes under a runner swap (onnxruntime, compiled graphs) or on a GPU
+    assert SDXLGenerator(zoo.resolve("sdxl_base", cfg), zoo.resolve("sdxl_refiner", cfg),
+                         dataclasses.replace(cfg.generation, split=2), swap=lambda b, r: None).lanes == 1
     threads = torch.get_num_threads()
     u0, v0 = gen.counters.unet_evals, gen.counters.vae_decodes
     ref = gen.render(prompts, seeds)
