@@ -139,6 +139,8 @@ def notes(rows: list[dict], splits: list[dict]) -> list[str]:
     if any(loaded(r) for r in rows):
         out.append("LOADED: " + ", ".join(r["name"] for r in rows if loaded(r)) + " ran on a loaded machine "
                    "(harness.is_loaded); their ratios are left out")
+    pair = [r for r in rows if "speedup_same_precision" in r]  # the precision pair's rows, not rungs
+    paired = {r["name"] for r in pair}
     exact = [r for r in rows[1:] if r["output_changing"] == "no" and r["speedup_vs_baseline"] is not None]
     if exact:
         best = max(exact, key=lambda r: r["samples_per_s"])
@@ -146,16 +148,15 @@ def notes(rows: list[dict], splits: list[dict]) -> list[str]:
                    f"(target >= 3x{'' if best['speedup_vs_baseline'] >= 3 else ', missed by ' + format(3 - best['speedup_vs_baseline'], '.2f') + 'x'}); "
                    f"latency p50 {best['s_per_sample_p50']:.1f} s vs baseline {base['s_per_sample_p50']:.1f} s")
         for r in rows[1:]:
-            if r["output_changing"] == "yes" and r["speedup_vs_baseline"] is not None and "speedup_same_precision" not in r:
+            if r["output_changing"] == "yes" and r["speedup_vs_baseline"] is not None and r["name"] not in paired:
                 out.append(f"{r['name']} (changes outputs): {r['samples_per_s'] / best['samples_per_s']:.2f}x over "
                            f"{best['name']}")
-    pair = [r for r in rows if "speedup_same_precision" in r]
     if len(pair) == 2 and pair[1]["speedup_same_precision"] is not None:
         k = pair[1]
         out.append(f"both sides in bfloat16: {k['name']} {k['speedup_same_precision']:.2f}x the baseline in bfloat16 "
                    f"(min {k['same_precision_min']:.2f}, max {k['same_precision_max']:.2f}); the same-precision "
                    f"headline (the baseline itself: {pair[0]['speedup_vs_baseline']:.2f}x from bf16 alone)")
-    img = {r["name"]: r for r in splits if r["missing"] == "image" and not r["name"].endswith(", bf16")}
+    img = {r["name"]: r for r in splits if r["missing"] == "image" and r["name"] not in paired}
     if "baseline" in img:
         b = img["baseline"]
         for name, r in img.items():

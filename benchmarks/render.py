@@ -7,10 +7,10 @@ C B A …) after one untimed warm-up call each (exports, compilation, kernel sel
 machine's load recorded per repetition. Rows:
 
 - exact variants (float32, the same arithmetic up to summation order): the UNet micro-batch size
-  (``generation.batch_size``), render lanes (``generation.split``), channels-last, the torch thread count, torch.compile (inductor),
-  onnxruntime. They change the images only by float rounding; the table gives the largest pixel
-  difference to the reference row (the profile's settings) against the cross-setting rule (2 grey
-  levels, tests/promise.py).
+  (``generation.batch_size``), render lanes (``generation.split``), channels-last, the torch
+  thread count, torch.compile (inductor), onnxruntime. They change the images only by float
+  rounding; the table gives the largest pixel difference to the reference row (the profile's
+  settings) against the cross-setting rule (2 grey levels, tests/promise.py).
 - the precision rung (bfloat16 UNets / VAE / text encoders; fast on CPUs with AVX512-BF16 or AMX),
   in its own table with its fidelity to the exact run: image PSNR, largest pixel difference, and
   best-candidate agreement (for each candidate's prompt as the query, the CLIP-best image among the

@@ -42,7 +42,8 @@ def test_ladder_rungs_are_cumulative_and_valid():
     (bn, bo), (kn, ko) = precision_pair(rungs, threads=1)
     assert (bn, kn) == ("baseline, bf16", "+render split 2, bf16")
     assert bo == {"run": {"threads": 1}, "runtime": {"backend": "torch"}, "generation": {"dtype": "bfloat16"}}
-    assert ko["generation"] == {"batch_size": 2, "split": 2, "dtype": "bfloat16"} and ko["knowledge"] == by["+render split 2"]["knowledge"]
+    assert ko["generation"] == {"batch_size": 2, "split": 2, "dtype": "bfloat16"}
+    assert ko["knowledge"] == by["+render split 2"]["knowledge"]
     for _, over, _ in rungs:
         build_config("small", overrides=over)  # every rung is a valid configuration
     for _, over in precision_pair(rungs):
